@@ -1,0 +1,3 @@
+from giftrelay.cli import main
+
+main()

@@ -1,0 +1,120 @@
+"""Configuration in one typed place.
+
+Every setting has a default, an environment variable ``GIFTRELAY_<NAME>`` and, for
+the ones an operator changes often, a command-line flag that overrides it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from fractions import Fraction
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+ENV_PREFIX = "GIFTRELAY_"
+
+Positive = Annotated[int, msgspec.Meta(ge=1)]
+NonNegative = Annotated[int, msgspec.Meta(ge=0)]
+
+
+class ConfigError(ValueError):
+    """A setting has a value that cannot be used; the message names it."""
+
+
+def _fraction(name: str, text: str) -> Fraction:
+    try:
+        value = Fraction(text.strip())
+    except (ValueError, ZeroDivisionError):
+        raise ConfigError(f"{name}: {text!r} is not a number or fraction such as 1/2") from None
+    if value < 0:
+        raise ConfigError(f"{name}: must not be negative, got {text!r}")
+    return value
+
+
+class Settings(msgspec.Struct, kw_only=True, frozen=True):
+    """All of giftrelay's settings. Build with :meth:`Settings.load`."""
+
+    # Where things are.
+    secret: str | None = None
+    redis_url: str | None = None
+    ledger_url: str = "sqlite:///var/ledger.sqlite3"
+    catalog: str | None = None
+    var_dir: str = "var"
+    host: str = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8080
+    workers: Positive = 1
+
+    # Money rules.
+    diamonds_per_coin: str = "1"
+    payout_min_diamonds: Positive = 2000
+    cents_per_diamond: str = "1/2"
+    payout_fee_percent: str = "0"
+    max_gift_count: Positive = 1000
+    max_balance: Positive = 10**12
+
+    # Retention and windows.
+    idempotency_ttl: Positive = 3600
+    receipt_ttl: Positive = 30 * 86400
+    combo_window_ms: Positive = 3000
+    history_len: Positive = 1000
+
+    # Redis client behaviour.
+    redis_timeout: Annotated[float, msgspec.Meta(gt=0)] = 2.0
+
+    # Logging.
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    def __post_init__(self) -> None:
+        self.diamond_rate  # noqa: B018 - validate the fractions at load time
+        self.cent_rate  # noqa: B018
+        if self.fee_rate >= 1:
+            raise ConfigError("payout_fee_percent: must be below 100")
+
+    @property
+    def diamond_rate(self) -> Fraction:
+        return _fraction("diamonds_per_coin", self.diamonds_per_coin)
+
+    @property
+    def cent_rate(self) -> Fraction:
+        return _fraction("cents_per_diamond", self.cents_per_diamond)
+
+    @property
+    def fee_rate(self) -> Fraction:
+        return _fraction("payout_fee_percent", self.payout_fee_percent) / 100
+
+    @property
+    def embedded(self) -> bool:
+        """True when giftrelay runs its own Redis (no ``GIFTRELAY_REDIS_URL``)."""
+        return not self.redis_url
+
+    @property
+    def var_path(self) -> Path:
+        return Path(self.var_dir)
+
+    @classmethod
+    def load(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read ``GIFTRELAY_*`` variables, then apply overrides that are not None."""
+        env = os.environ if env is None else env
+        raw: dict[str, Any] = {}
+        for name in cls.__struct_fields__:
+            value = env.get(ENV_PREFIX + name.upper())
+            if value not in (None, ""):
+                raw[name] = value
+        raw.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            return msgspec.convert(raw, cls, strict=False)
+        except msgspec.ValidationError as exc:
+            raise ConfigError(_explain(str(exc))) from None
+
+
+def _explain(message: str) -> str:
+    """Turn msgspec's ``- at `$.name``` into the environment variable's name."""
+    text, sep, where = message.rpartition(" - at `$.")
+    if not sep:
+        return message
+    name = where.rstrip("`")
+    return f"{ENV_PREFIX}{name.upper()}: {text}"
