@@ -1,0 +1,112 @@
+"""The gift catalog: a TOML file, validated once at start-up.
+
+A bad file stops start-up with a message naming the gift, its line and the field,
+rather than failing later on the money path.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Iterator
+from importlib import resources
+from pathlib import Path
+from typing import Annotated
+
+import msgspec
+
+from giftrelay.rules import Ident
+
+DEFAULT_NAME = "catalog.toml (shipped default)"
+
+
+class CatalogError(ValueError):
+    """The catalog file cannot be used; the message says where and why."""
+
+
+class Gift(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One gift, as served on the ``catalog`` reply and ``/catalog.json``."""
+
+    id: Ident
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    coins: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)]
+    streakable: bool
+    image: Annotated[str, msgspec.Meta(min_length=1, max_length=512)]
+
+
+class _File(msgspec.Struct, forbid_unknown_fields=True):
+    gift: Annotated[list[Gift], msgspec.Meta(min_length=1, max_length=1000)]
+
+
+class Catalog:
+    """Gifts by id, and the list cheapest first."""
+
+    def __init__(self, gifts: list[Gift]) -> None:
+        self.gifts: tuple[Gift, ...] = tuple(sorted(gifts, key=lambda g: (g.coins, g.id)))
+        self._by_id = {g.id: g for g in self.gifts}
+        self.json: bytes = msgspec.json.encode({"gifts": self.gifts})
+
+    def get(self, gift_id: str) -> Gift | None:
+        return self._by_id.get(gift_id)
+
+    def __iter__(self) -> Iterator[Gift]:
+        return iter(self.gifts)
+
+    def __len__(self) -> int:
+        return len(self.gifts)
+
+
+def load(path: str | Path | None = None) -> Catalog:
+    """Load ``path``, or the shipped default when it is None."""
+    if path is None:
+        text = resources.files("giftrelay").joinpath("catalog.toml").read_text("utf-8")
+        name = DEFAULT_NAME
+    else:
+        try:
+            text = Path(path).read_text("utf-8")
+        except OSError as exc:
+            raise CatalogError(f"catalog {path}: cannot read it: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise CatalogError(f"catalog {path}: not UTF-8 text") from None
+        name = str(path)
+    return parse(text, name)
+
+
+def parse(text: str, name: str = "catalog") -> Catalog:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise CatalogError(f"catalog {name}: not valid TOML: {exc}") from None
+    try:
+        gifts = msgspec.convert(data, _File).gift
+    except msgspec.ValidationError as exc:
+        raise CatalogError(f"catalog {name}: {_locate(str(exc), text)}") from None
+    seen: dict[str, int] = {}
+    for index, gift in enumerate(gifts):
+        if gift.id in seen:
+            line = _gift_line(text, index)
+            raise CatalogError(
+                f"catalog {name}: gift #{index + 1} (line {line}): id {gift.id!r} "
+                f"is already used by gift #{seen[gift.id] + 1}"
+            )
+        seen[gift.id] = index
+    return Catalog(gifts)
+
+
+def _locate(message: str, text: str) -> str:
+    """Add the gift number and the line of its ``[[gift]]`` header to msgspec's path."""
+    marker = "`$.gift["
+    start = message.find(marker)
+    if start < 0:
+        return message
+    index = int(message[start + len(marker) : message.index("]", start)])
+    return f"gift #{index + 1} (line {_gift_line(text, index)}): {message}"
+
+
+def _gift_line(text: str, index: int) -> int:
+    found = -1
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip().startswith("[[gift]]"):
+            found += 1
+            if found == index:
+                return number
+    return 0

@@ -1,0 +1,58 @@
+"""Error codes of the wire protocol and the exceptions that carry them."""
+
+from __future__ import annotations
+
+import enum
+
+
+class Code(enum.StrEnum):
+    """The ``code`` of an ``error`` reply (PROTOCOL.md)."""
+
+    BAD_REQUEST = "bad_request"
+    TOO_LARGE = "too_large"
+    UNAUTHORIZED = "unauthorized"
+    FORBIDDEN = "forbidden"
+    UNKNOWN_STREAM = "unknown_stream"
+    STREAM_NOT_LIVE = "stream_not_live"
+    UNKNOWN_GIFT = "unknown_gift"
+    SELF_GIFT = "self_gift"
+    INSUFFICIENT_COINS = "insufficient_coins"
+    INSUFFICIENT_DIAMONDS = "insufficient_diamonds"
+    BELOW_MINIMUM = "below_minimum"
+    SPEND_LIMIT = "spend_limit"
+    IDEMPOTENCY_CONFLICT = "idempotency_conflict"
+    RATE_LIMITED = "rate_limited"
+    UNAVAILABLE = "unavailable"
+    INTERNAL = "internal"
+
+
+_MESSAGES: dict[Code, str] = {
+    Code.UNKNOWN_STREAM: "there is no such stream",
+    Code.STREAM_NOT_LIVE: "the stream is not live",
+    Code.UNKNOWN_GIFT: "there is no such gift in the catalog",
+    Code.SELF_GIFT: "you cannot send gifts to your own stream",
+    Code.INSUFFICIENT_COINS: "not enough coins",
+    Code.INSUFFICIENT_DIAMONDS: "not enough diamonds",
+    Code.BELOW_MINIMUM: "below the minimum payout",
+    Code.SPEND_LIMIT: "this gift would cross your daily spending limit",
+    Code.IDEMPOTENCY_CONFLICT: "this id was already used for a different request",
+    Code.UNAVAILABLE: "a backend is unavailable; nothing moved, retry with the same id",
+    Code.FORBIDDEN: "not allowed",
+    Code.INTERNAL: "internal error",
+}
+
+
+class Refused(Exception):
+    """A request was refused; nothing moved. ``code`` is the protocol error code."""
+
+    def __init__(self, code: Code, message: str | None = None) -> None:
+        self.code = code
+        self.message = message or _MESSAGES.get(code, code.value.replace("_", " "))
+        super().__init__(f"{code}: {self.message}")
+
+
+class Unavailable(Refused):
+    """Redis could not be reached; nothing moved and a retry with the same id is safe."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(Code.UNAVAILABLE, message)

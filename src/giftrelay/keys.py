@@ -1,0 +1,57 @@
+"""The whole Redis key schema, in one place.
+
+Every key a script touches is built here and passed to it in KEYS. The part in
+braces is the hash tag: a user's wallet and idempotency records share the user's
+slot, and a stream's keys share the stream's slot, so a Redis Cluster layout can
+keep each together.
+"""
+
+from __future__ import annotations
+
+LEDGER = "ledger"
+"""The stream of every money movement, read by the ledger consumer group."""
+
+
+def wallet(user: str) -> str:
+    """Hash: coins, diamonds, spent_day, spent, cap."""
+    return f"w:{{{user}}}"
+
+
+def gift_idem(viewer: str, request_id: str) -> str:
+    """String: the fingerprint and first reply of a gift request."""
+    return f"idem:{{{viewer}}}:g:{request_id}"
+
+
+def payout_idem(creator: str, request_id: str) -> str:
+    """String: the fingerprint and first reply of a payout request."""
+    return f"idem:{{{creator}}}:p:{request_id}"
+
+
+def topup_idem(receipt: str) -> str:
+    """String: a payment receipt already credited (receipts are global)."""
+    return f"idem:topup:{{{receipt}}}"
+
+
+def stream(stream_id: str) -> str:
+    """Hash: creator, title, status, totals, goal."""
+    return f"st:{{{stream_id}}}"
+
+
+def top(stream_id: str) -> str:
+    """Sorted set: coins spent on the stream, by viewer."""
+    return f"top:{{{stream_id}}}"
+
+
+def history(stream_id: str) -> str:
+    """Stream (capped): the stream's public events; entry ids are the offsets."""
+    return f"hist:{{{stream_id}}}"
+
+
+def combo(stream_id: str, viewer: str, gift: str) -> str:
+    """String with a TTL: the viewer's running combo of one gift."""
+    return f"combo:{{{stream_id}}}:{viewer}:{gift}"
+
+
+def channel(stream_id: str) -> str:
+    """Pub/sub channel carrying the stream's events to relay workers."""
+    return f"ev:{{{stream_id}}}"
