@@ -1,0 +1,98 @@
+"""The events the money core writes, as typed messages.
+
+Ledger entries (the ``ledger`` stream, private, for the ledger consumer) carry
+enough to rebuild every wallet: who, what, amounts, balances after, the request
+id and the time. Stream events (``hist:{stream}`` and ``ev:{stream}``, public)
+are what viewers receive, exactly as PROTOCOL.md describes them.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+# -- ledger entries (field ``e`` of each ``ledger`` stream entry, JSON) ---------------------
+
+
+class LedgerEntry(msgspec.Struct, tag_field="kind", frozen=True, kw_only=True):
+    v: int
+    ts: int
+    """Milliseconds since the epoch, from the relay's clock."""
+
+
+class GiftEntry(LedgerEntry, tag="gift", frozen=True):
+    id: str
+    stream: str
+    offset: str
+    sender: str = msgspec.field(name="from")
+    to: str
+    gift: str
+    count: int
+    coins: int
+    diamonds: int
+    coins_after: int
+    """The sender's coins after the gift."""
+    diamonds_after: int
+    """The creator's diamonds after the gift."""
+
+
+class TopupEntry(LedgerEntry, tag="topup", frozen=True):
+    id: str
+    """The payment receipt."""
+    user: str
+    coins: int
+    coins_after: int
+
+
+class PayoutEntry(LedgerEntry, tag="payout", frozen=True):
+    id: str
+    user: str
+    diamonds: int
+    cash_cents: int
+    fee_cents: int
+    diamonds_after: int
+
+
+class CapEntry(LedgerEntry, tag="cap", frozen=True):
+    user: str
+    daily_coins: int | None
+
+
+AnyLedgerEntry = GiftEntry | TopupEntry | PayoutEntry | CapEntry
+
+ledger_decoder = msgspec.json.Decoder(AnyLedgerEntry)
+
+# -- public stream events ------------------------------------------------------------------
+
+
+class StreamEvent(msgspec.Struct, tag_field="kind", frozen=True, kw_only=True):
+    offset: str
+    ts: int
+
+
+class GiftEvent(StreamEvent, tag="gift", frozen=True):
+    id: str
+    sender: str = msgspec.field(name="from")
+    gift: str
+    name: str
+    count: int
+    coins: int
+    diamonds: int
+    combo: int
+    combo_id: str
+    test: bool = False
+
+
+class GoalEvent(StreamEvent, tag="goal", frozen=True):
+    title: str
+    target: int
+    progress: int
+
+
+class StreamEndedEvent(StreamEvent, tag="stream_ended", frozen=True):
+    pass
+
+
+AnyStoredEvent = GiftEvent | GoalEvent | StreamEndedEvent
+"""The events kept in a stream's history and published by the money core."""
+
+stored_event_decoder = msgspec.json.Decoder(AnyStoredEvent)

@@ -1,0 +1,85 @@
+-- Helpers shared by every money-core script; prepended to each when loaded.
+--
+-- Redis does not roll a script back when it fails half-way, so every script
+-- reads and checks everything first (key types, numbers, rules) and only then
+-- writes, with commands that cannot fail on the values already checked.
+
+-- A refusal: nothing was written. {'err', code, detail}
+local function refuse(code, detail)
+  return {'err', code, detail or ''}
+end
+
+-- The first key among `expected` (key -> type) that holds another type, or nil.
+local function wrong_type(expected)
+  for key, want in pairs(expected) do
+    local got = redis.call('TYPE', key)['ok']
+    if got ~= 'none' and got ~= want then
+      return key .. ' holds a ' .. got .. ', expected a ' .. want
+    end
+  end
+  return nil
+end
+
+-- Reads integer fields of a hash; returns (values, nil) or (nil, problem).
+-- Missing fields read as 0, or as nil for those listed in `optional`.
+local function read_ints(key, fields, optional)
+  local raw = redis.call('HMGET', key, unpack(fields))
+  local out = {}
+  for i, field in ipairs(fields) do
+    local v = raw[i]
+    if v then
+      local n = tonumber(v)
+      if n == nil or n ~= math.floor(n) then
+        return nil, key .. ' field ' .. field .. ' is not an integer: ' .. tostring(v)
+      end
+      out[field] = n
+    elseif not (optional and optional[field]) then
+      out[field] = 0
+    end
+  end
+  return out, nil
+end
+
+-- An idempotency record is '<fingerprint>\n<reply as JSON>'.
+-- Returns the first reply (marked replayed) for the same fingerprint,
+-- a refusal for a different one, or nil when the id is new.
+local function replay(key, fingerprint)
+  local stored = redis.call('GET', key)
+  if not stored then
+    return nil
+  end
+  local sep = string.find(stored, '\n', 1, true)
+  if not sep or string.sub(stored, 1, sep - 1) ~= fingerprint then
+    return refuse('idempotency_conflict')
+  end
+  local reply = cjson.decode(string.sub(stored, sep + 1))
+  reply[#reply + 1] = 1
+  return reply
+end
+
+-- Remembers the reply under the id for `ttl_ms`, and returns it marked as new.
+local function remember(key, fingerprint, reply, ttl_ms)
+  redis.call('SET', key, fingerprint .. '\n' .. cjson.encode(reply), 'PX', ttl_ms)
+  reply[#reply + 1] = 0
+  return reply
+end
+
+local function int(s)
+  return math.floor(tonumber(s))
+end
+
+-- Integers as JSON numbers: cjson prints 14 significant digits, and every
+-- amount is bounded well below 10^14 by the caller.
+local function ledger(key, event)
+  event.v = 1
+  redis.call('XADD', key, '*', 'e', cjson.encode(event))
+end
+
+-- Appends a public event to the stream's history, then publishes it with its
+-- offset (the history entry id). Returns the offset.
+local function announce(hist_key, channel, maxlen, event)
+  local offset = redis.call('XADD', hist_key, 'MAXLEN', '~', maxlen, '*', 'e', cjson.encode(event))
+  event.offset = offset
+  redis.call('PUBLISH', channel, cjson.encode(event))
+  return offset
+end

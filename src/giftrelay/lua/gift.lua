@@ -1,0 +1,92 @@
+-- gift.lua: a viewer sends `count` of one gift to a live stream, all or nothing.
+--
+-- KEYS[1] w:{viewer}                       viewer's wallet (hash)
+-- KEYS[2] w:{creator}                      creator's wallet (hash)
+-- KEYS[3] idem:{viewer}:g:<id>             idempotency record (string)
+-- KEYS[4] st:{stream}                      stream (hash)
+-- KEYS[5] top:{stream}                     top gifters (sorted set)
+-- KEYS[6] hist:{stream}                    public history (stream)
+-- KEYS[7] combo:{stream}:<viewer>:<gift>   running combo (string)
+-- KEYS[8] ledger                           ledger (stream)
+-- KEYS[9] ev:{stream}                      pub/sub channel (listed for Cluster)
+-- ARGV[1] request id        ARGV[2] viewer      ARGV[3] creator     ARGV[4] stream
+-- ARGV[5] gift id           ARGV[6] gift name   ARGV[7] count       ARGV[8] coins (price x count)
+-- ARGV[9] diamonds          ARGV[10] streakable (1/0)               ARGV[11] now (ms)
+-- ARGV[12] combo window (ms)  ARGV[13] idempotency retention (ms)    ARGV[14] history length
+-- Returns {'ok', offset, coins, balance, combo, combo_id, diamonds, replayed}
+--      or {'err', code, detail}; code 'stale_creator' asks the caller to re-read the creator.
+
+local id, viewer, creator, stream = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local gift, name = ARGV[5], ARGV[6]
+local count, coins, diamonds = int(ARGV[7]), int(ARGV[8]), int(ARGV[9])
+local streakable, now, window = ARGV[10] == '1', int(ARGV[11]), int(ARGV[12])
+
+local bad = wrong_type({
+  [KEYS[1]] = 'hash', [KEYS[2]] = 'hash', [KEYS[3]] = 'string', [KEYS[4]] = 'hash',
+  [KEYS[5]] = 'zset', [KEYS[6]] = 'stream', [KEYS[7]] = 'string', [KEYS[8]] = 'stream',
+})
+if bad then return refuse('internal', bad) end
+
+local fingerprint = 'gift|' .. stream .. '|' .. gift .. '|' .. count
+local first = replay(KEYS[3], fingerprint)
+if first then return first end
+
+if viewer == creator then return refuse('self_gift') end
+local st = redis.call('HMGET', KEYS[4], 'creator', 'status')
+if not st[1] then return refuse('unknown_stream') end
+if st[1] ~= creator then return refuse('stale_creator', st[1]) end
+if st[2] ~= 'live' then return refuse('stream_not_live') end
+
+local w, problem = read_ints(KEYS[1], {'coins', 'spent_day', 'spent', 'cap'}, {cap = true})
+if problem then return refuse('internal', problem) end
+local c
+c, problem = read_ints(KEYS[2], {'diamonds'})
+if problem then return refuse('internal', problem) end
+local totals
+totals, problem = read_ints(KEYS[4], {'diamonds', 'coins', 'gifts', 'combos'})
+if problem then return refuse('internal', problem) end
+
+if w.coins < coins then return refuse('insufficient_coins') end
+local day = math.floor(now / 86400000)
+local spent = 0
+if w.spent_day == day then spent = w.spent end
+if w.cap and spent + coins > w.cap then return refuse('spend_limit') end
+
+-- A combo continues while the same viewer sends the same streakable gift
+-- within the window of the last one: '<combo_id>|<gifts>|<last ms>'.
+local combo, combo_id, fresh = count, nil, true
+if streakable then
+  local state = redis.call('GET', KEYS[7])
+  if state then
+    local cid, n, last = string.match(state, '^([^|]+)|(%d+)|(%d+)$')
+    if cid and now - int(last) <= window then
+      combo_id, combo, fresh = cid, int(n) + count, false
+    end
+  end
+end
+if fresh then combo_id = 'c' .. (totals.combos + 1) end
+
+-- Every check passed: from here on, only writes that cannot fail.
+local balance = w.coins - coins
+redis.call('HSET', KEYS[1], 'coins', balance, 'spent_day', day, 'spent', spent + coins)
+local creator_diamonds = redis.call('HINCRBY', KEYS[2], 'diamonds', diamonds)
+redis.call('HINCRBY', KEYS[4], 'diamonds', diamonds)
+redis.call('HINCRBY', KEYS[4], 'coins', coins)
+redis.call('HINCRBY', KEYS[4], 'gifts', count)
+if fresh then redis.call('HINCRBY', KEYS[4], 'combos', 1) end
+redis.call('ZINCRBY', KEYS[5], coins, viewer)
+if streakable then
+  redis.call('SET', KEYS[7], combo_id .. '|' .. combo .. '|' .. now, 'PX', window * 2)
+end
+
+local offset = announce(KEYS[6], KEYS[9], ARGV[14], {
+  kind = 'gift', ts = now, id = id, from = viewer, gift = gift, name = name,
+  count = count, coins = coins, diamonds = diamonds, combo = combo, combo_id = combo_id,
+})
+ledger(KEYS[8], {
+  kind = 'gift', id = id, ts = now, stream = stream, offset = offset,
+  from = viewer, to = creator, gift = gift, count = count, coins = coins,
+  diamonds = diamonds, coins_after = balance, diamonds_after = creator_diamonds,
+})
+return remember(KEYS[3], fingerprint,
+  {'ok', offset, coins, balance, combo, combo_id, diamonds}, int(ARGV[13]))

@@ -1,0 +1,29 @@
+-- payout.lua: a creator cashes out diamonds, all or nothing; idempotent by request id.
+--
+-- KEYS[1] w:{creator}               the creator's wallet (hash)
+-- KEYS[2] idem:{creator}:p:<id>     idempotency record (string)
+-- KEYS[3] ledger                    ledger (stream)
+-- ARGV[1] request id   ARGV[2] creator   ARGV[3] diamonds   ARGV[4] cash (cents)
+-- ARGV[5] fee (cents)  ARGV[6] minimum diamonds   ARGV[7] now (ms)   ARGV[8] retention (ms)
+-- Returns {'ok', diamonds, cash_cents, fee_cents, diamonds_left, replayed}
+--      or {'err', code, detail}.
+
+local id, creator, diamonds = ARGV[1], ARGV[2], int(ARGV[3])
+local cash, fee, now = int(ARGV[4]), int(ARGV[5]), int(ARGV[7])
+
+local bad = wrong_type({[KEYS[1]] = 'hash', [KEYS[2]] = 'string', [KEYS[3]] = 'stream'})
+if bad then return refuse('internal', bad) end
+
+local fingerprint = 'payout|' .. diamonds
+local first = replay(KEYS[2], fingerprint)
+if first then return first end
+
+if diamonds < int(ARGV[6]) then return refuse('below_minimum', 'the minimum is ' .. ARGV[6]) end
+local w, problem = read_ints(KEYS[1], {'diamonds'})
+if problem then return refuse('internal', problem) end
+if w.diamonds < diamonds then return refuse('insufficient_diamonds') end
+
+local left = redis.call('HINCRBY', KEYS[1], 'diamonds', -diamonds)
+ledger(KEYS[3], {kind = 'payout', id = id, ts = now, user = creator, diamonds = diamonds,
+                 cash_cents = cash, fee_cents = fee, diamonds_after = left})
+return remember(KEYS[2], fingerprint, {'ok', diamonds, cash, fee, left}, int(ARGV[8]))

@@ -1,0 +1,360 @@
+"""The money core's typed async API over the Lua scripts.
+
+Every call checks its arguments before Redis sees them, runs one atomic script,
+and either returns a receipt or raises :class:`~giftrelay.errors.Refused` having
+moved nothing. Gifts, top-ups and payouts are idempotent by the caller's id.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar, cast
+
+import msgspec
+import structlog
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from giftrelay import keys, rules
+from giftrelay.autopipe import AutoPipeline
+from giftrelay.catalog import Catalog
+from giftrelay.config import Settings
+from giftrelay.errors import Code, Refused, Unavailable
+from giftrelay.scripts import SCRIPTS, Script
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class GiftReceipt(msgspec.Struct, frozen=True):
+    """A gift that was applied (or, with ``replayed``, had been applied before)."""
+
+    id: str
+    stream: str
+    offset: str
+    coins: int
+    balance: int
+    combo: int
+    combo_id: str
+    diamonds: int
+    replayed: bool = False
+
+
+class TopupReceipt(msgspec.Struct, frozen=True):
+    user: str
+    coins: int
+    """The new balance."""
+    replayed: bool = False
+
+
+class PayoutReceipt(msgspec.Struct, frozen=True):
+    id: str
+    diamonds: int
+    cash_cents: int
+    fee_cents: int
+    diamonds_left: int
+    replayed: bool = False
+
+
+class Balance(msgspec.Struct, frozen=True):
+    coins: int
+    diamonds: int
+    spent_today: int
+    daily_cap: int | None
+
+
+class Goal(msgspec.Struct, frozen=True):
+    title: str
+    target: int
+    progress: int
+
+
+class StreamInfo(msgspec.Struct, frozen=True):
+    stream: str
+    creator: str
+    title: str
+    live: bool
+    diamonds: int
+    coins: int
+    gifts: int
+    goal: Goal | None
+
+
+class Money:
+    """Wallets, streams and gifts. One per process; safe for any number of tasks."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        settings: Settings,
+        catalog: Catalog,
+        *,
+        clock: Callable[[], int] = now_ms,
+    ) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.catalog = catalog
+        self.clock = clock
+        self.pipe = AutoPipeline(redis)
+        self._creators: dict[str, str] = {}
+
+    async def start(self) -> None:
+        """Load the scripts into Redis (they are loaded again by themselves if Redis forgets)."""
+        await _guard(SCRIPTS.load(self.redis))
+
+    async def aclose(self) -> None:
+        await self.pipe.aclose()
+
+    # -- gifts -----------------------------------------------------------------------------
+
+    async def gift(
+        self, viewer: str, stream: str, gift: str, count: int, request_id: str
+    ) -> GiftReceipt:
+        _check_ident("viewer", viewer)
+        _check_ident("stream", stream)
+        _check_request_id(request_id)
+        if not 1 <= count <= self.settings.max_gift_count:
+            raise Refused(Code.BAD_REQUEST, f"count must be 1 to {self.settings.max_gift_count}")
+        item = self.catalog.get(gift)
+        if item is None:
+            raise Refused(Code.UNKNOWN_GIFT, f"there is no gift {gift!r} in the catalog")
+        coins = item.coins * count
+        diamonds = rules.diamonds_for(coins, self.settings.diamond_rate)
+        for attempt in range(2):
+            creator = await self._creator(stream, refresh=attempt > 0)
+            reply = await self.pipe.call(
+                Script.GIFT,
+                [
+                    keys.wallet(viewer),
+                    keys.wallet(creator),
+                    keys.gift_idem(viewer, request_id),
+                    keys.stream(stream),
+                    keys.top(stream),
+                    keys.history(stream),
+                    keys.combo(stream, viewer, gift),
+                    keys.LEDGER,
+                    keys.channel(stream),
+                ],
+                [
+                    request_id,
+                    viewer,
+                    creator,
+                    stream,
+                    gift,
+                    item.name,
+                    count,
+                    coins,
+                    diamonds,
+                    int(item.streakable),
+                    self.clock(),
+                    self.settings.combo_window_ms,
+                    self.settings.idempotency_ttl * 1000,
+                    self.settings.history_len,
+                ],
+            )
+            if reply[0] == "err" and reply[1] == "stale_creator":
+                continue
+            _, offset, spent, balance, combo, combo_id, credited, replayed = _ok(reply, "gift")
+            return GiftReceipt(
+                id=request_id,
+                stream=stream,
+                offset=offset,
+                coins=spent,
+                balance=balance,
+                combo=combo,
+                combo_id=combo_id,
+                diamonds=credited,
+                replayed=bool(replayed),
+            )
+        raise Refused(Code.INTERNAL, "the stream's creator keeps changing")
+
+    async def _creator(self, stream: str, *, refresh: bool) -> str:
+        """Streams never change creator, so the gift path reads it once per process."""
+        creator = None if refresh else self._creators.get(stream)
+        if creator is None:
+            found = await _guard(self.redis.hget(keys.stream(stream), "creator"))
+            if found is None:
+                raise Refused(Code.UNKNOWN_STREAM, f"there is no stream {stream!r}")
+            creator = self._creators[stream] = str(found)
+        return creator
+
+    # -- wallets ---------------------------------------------------------------------------
+
+    async def topup(self, user: str, coins: int, receipt: str) -> TopupReceipt:
+        _check_ident("user", user)
+        _check_request_id(receipt)
+        if not 1 <= coins <= self.settings.max_balance:
+            raise Refused(Code.BAD_REQUEST, f"coins must be 1 to {self.settings.max_balance}")
+        reply = await self.pipe.call(
+            Script.TOPUP,
+            [keys.wallet(user), keys.topup_idem(receipt), keys.LEDGER],
+            [
+                receipt,
+                user,
+                coins,
+                self.clock(),
+                self.settings.receipt_ttl * 1000,
+                self.settings.max_balance,
+            ],
+        )
+        _, balance, replayed = _ok(reply, "topup")
+        return TopupReceipt(user=user, coins=balance, replayed=bool(replayed))
+
+    async def payout(self, creator: str, diamonds: int, request_id: str) -> PayoutReceipt:
+        _check_ident("creator", creator)
+        _check_request_id(request_id)
+        if not 1 <= diamonds <= self.settings.max_balance:
+            raise Refused(Code.BAD_REQUEST, f"diamonds must be 1 to {self.settings.max_balance}")
+        quote = rules.payout_quote(diamonds, self.settings.cent_rate, self.settings.fee_rate)
+        reply = await self.pipe.call(
+            Script.PAYOUT,
+            [keys.wallet(creator), keys.payout_idem(creator, request_id), keys.LEDGER],
+            [
+                request_id,
+                creator,
+                diamonds,
+                quote.cash_cents,
+                quote.fee_cents,
+                self.settings.payout_min_diamonds,
+                self.clock(),
+                self.settings.idempotency_ttl * 1000,
+            ],
+        )
+        _, paid, cash, fee, left, replayed = _ok(reply, "payout")
+        return PayoutReceipt(
+            id=request_id,
+            diamonds=paid,
+            cash_cents=cash,
+            fee_cents=fee,
+            diamonds_left=left,
+            replayed=bool(replayed),
+        )
+
+    async def set_cap(self, user: str, daily_coins: int | None) -> int | None:
+        """Set (or with None remove) the user's daily coin limit, in UTC days."""
+        _check_ident("user", user)
+        if daily_coins is not None and not 0 <= daily_coins <= self.settings.max_balance:
+            raise Refused(Code.BAD_REQUEST, f"daily_coins must be 0 to {self.settings.max_balance}")
+        cap = "" if daily_coins is None else daily_coins
+        reply = await self.pipe.call(
+            Script.SET_CAP, [keys.wallet(user), keys.LEDGER], [user, cap, self.clock()]
+        )
+        _ok(reply, "set_cap")
+        return daily_coins
+
+    async def balance(self, user: str) -> Balance:
+        _check_ident("user", user)
+        raw = await _guard(
+            self.redis.hmget(keys.wallet(user), ["coins", "diamonds", "spent_day", "spent", "cap"])
+        )
+        coins, diamonds, spent_day, spent, cap = raw
+        today = rules.utc_day(self.clock())
+        return Balance(
+            coins=int(coins or 0),
+            diamonds=int(diamonds or 0),
+            spent_today=int(spent or 0) if int(spent_day or -1) == today else 0,
+            daily_cap=None if cap is None else int(cap),
+        )
+
+    # -- streams ---------------------------------------------------------------------------
+
+    async def stream_open(self, stream: str, creator: str, title: str) -> StreamInfo:
+        _check_ident("stream", stream)
+        _check_ident("creator", creator)
+        _check_title(title)
+        reply = await self.pipe.call(
+            Script.STREAM_OPEN, [keys.stream(stream)], [creator, title, self.clock()]
+        )
+        _ok(reply, "stream_open")
+        self._creators[stream] = creator
+        return await self.stream_info(stream)
+
+    async def stream_close(self, stream: str, actor: str | None = None) -> StreamInfo:
+        """Close a stream. ``actor`` is the creator acting, or None for an admin."""
+        _check_ident("stream", stream)
+        reply = await self.pipe.call(
+            Script.STREAM_CLOSE,
+            [keys.stream(stream), keys.history(stream), keys.channel(stream)],
+            [actor or "", self.clock(), self.settings.history_len],
+        )
+        _ok(reply, "stream_close")
+        return await self.stream_info(stream)
+
+    async def set_goal(self, stream: str, actor: str | None, title: str, target: int) -> Goal:
+        """Set the stream's goal; progress counts diamonds received from now on."""
+        _check_ident("stream", stream)
+        _check_title(title)
+        if not 1 <= target <= self.settings.max_balance:
+            raise Refused(Code.BAD_REQUEST, f"target must be 1 to {self.settings.max_balance}")
+        reply = await self.pipe.call(
+            Script.SET_GOAL,
+            [keys.stream(stream), keys.history(stream), keys.channel(stream)],
+            [actor or "", title, target, self.clock(), self.settings.history_len],
+        )
+        _ok(reply, "set_goal")
+        return Goal(title=title, target=target, progress=0)
+
+    async def stream_info(self, stream: str) -> StreamInfo:
+        _check_ident("stream", stream)
+        raw = cast(dict[str, str], await _guard(self.redis.hgetall(keys.stream(stream))))
+        if not raw:
+            raise Refused(Code.UNKNOWN_STREAM, f"there is no stream {stream!r}")
+        diamonds = int(raw.get("diamonds", 0))
+        goal = None
+        if "goal_target" in raw:
+            goal = Goal(
+                title=raw["goal_title"],
+                target=int(raw["goal_target"]),
+                progress=diamonds - int(raw["goal_base"]),
+            )
+        return StreamInfo(
+            stream=stream,
+            creator=raw["creator"],
+            title=raw.get("title", ""),
+            live=raw.get("status") == "live",
+            diamonds=diamonds,
+            coins=int(raw.get("coins", 0)),
+            gifts=int(raw.get("gifts", 0)),
+            goal=goal,
+        )
+
+
+def _ok(reply: list[Any], script: str) -> list[Any]:
+    """The reply of a script that succeeded, or the refusal it carries, raised."""
+    if reply[0] == "ok":
+        return reply
+    code, detail = reply[1], reply[2]
+    if code == Code.INTERNAL:
+        log.error("money script refused on bad data", script=script, detail=detail)
+        raise Refused(Code.INTERNAL)
+    raise Refused(Code(code), detail or None)
+
+
+async def _guard(awaitable: Awaitable[T]) -> T:
+    """Redis being down is ``unavailable``, never an exception of the client library."""
+    try:
+        return await awaitable
+    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        raise Unavailable() from exc
+
+
+def _check_ident(what: str, value: str) -> None:
+    if not rules.is_ident(value):
+        raise Refused(Code.BAD_REQUEST, f"{what} must be 1-64 characters of A-Z a-z 0-9 _ . -")
+
+
+def _check_request_id(value: str) -> None:
+    if not rules.is_request_id(value):
+        raise Refused(Code.BAD_REQUEST, "id must be 8-64 characters of A-Z a-z 0-9 _ -")
+
+
+def _check_title(title: str) -> None:
+    if not 0 < len(title) <= 200:
+        raise Refused(Code.BAD_REQUEST, "title must be 1-200 characters")

@@ -1,0 +1,49 @@
+"""The money core's Lua scripts: read once from package files, called by SHA.
+
+Each script is its own ``.lua`` file with a header naming its KEYS, ARGV and
+reply; ``_prelude.lua`` (shared helpers) is prepended to each when loaded.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from importlib import resources
+
+from redis.asyncio import Redis
+
+
+class Script(enum.Enum):
+    GIFT = "gift"
+    TOPUP = "topup"
+    PAYOUT = "payout"
+    SET_CAP = "set_cap"
+    STREAM_OPEN = "stream_open"
+    STREAM_CLOSE = "stream_close"
+    SET_GOAL = "set_goal"
+
+
+def _read(name: str) -> str:
+    return resources.files("giftrelay").joinpath("lua", f"{name}.lua").read_text("utf-8")
+
+
+class Scripts:
+    """The source and SHA1 of every script, read from the package once."""
+
+    def __init__(self) -> None:
+        prelude = _read("_prelude")
+        self.source: dict[Script, str] = {s: prelude + "\n" + _read(s.value) for s in Script}
+        self.sha: dict[Script, str] = {
+            s: hashlib.sha1(src.encode(), usedforsecurity=False).hexdigest()
+            for s, src in self.source.items()
+        }
+
+    async def load(self, redis: Redis) -> None:
+        """SCRIPT LOAD each one: at start, and again after Redis lost its script cache."""
+        for script, source in self.source.items():
+            sha = await redis.script_load(source)
+            if sha != self.sha[script]:  # pragma: no cover - Redis computes the same SHA1
+                raise RuntimeError(f"Redis gave {script.value} another SHA1: {sha}")
+
+
+SCRIPTS = Scripts()
