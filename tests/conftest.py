@@ -1,0 +1,105 @@
+"""Fixtures: a real redis-server on a free port in a temp dir, and the money core over it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from giftrelay import catalog as catalog_module
+from giftrelay.config import Settings
+from giftrelay.embedded import RedisServer
+from giftrelay.money import Money
+from giftrelay.redis_client import connect
+
+START_MS = 1_795_392_000_000  # 2026-11-23 00:00:00 UTC
+
+
+class Clock:
+    """An injected clock: tests move time instead of waiting for it."""
+
+    def __init__(self, ms: int = START_MS + 12 * 3_600_000) -> None:
+        self.ms = ms
+
+    def __call__(self) -> int:
+        return self.ms
+
+    def advance(self, ms: int) -> None:
+        self.ms += ms
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One server for the session; each test starts from an empty database."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"), appendonly=False)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def own_redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A server of the test's own, with AOF on, that the test may kill and restart."""
+    server = RedisServer(tmp_path / "redis", appendonly=True)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
+    client = connect(redis_server.url)
+    await client.flushall()
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return Settings.load({})
+
+
+@pytest.fixture
+async def money(redis: Redis, settings: Settings, clock: Clock) -> AsyncIterator[Money]:
+    core = Money(redis, settings, catalog_module.load(), clock=clock)
+    await core.start()
+    yield core
+    await core.aclose()
+
+
+async def dump(redis: Redis) -> dict[str, Any]:
+    """Every key with its type and full value: to prove a refusal wrote nothing."""
+    out: dict[str, Any] = {}
+    async for key in redis.scan_iter(count=1000):
+        kind = await redis.type(key)
+        if kind == "string":
+            value: Any = await redis.get(key)
+        elif kind == "hash":
+            value = await redis.hgetall(key)
+        elif kind == "zset":
+            value = await redis.zrange(key, 0, -1, withscores=True)
+        elif kind == "stream":
+            value = await redis.xrange(key)
+        elif kind == "list":
+            value = await redis.lrange(key, 0, -1)
+        elif kind == "set":
+            value = sorted(await redis.smembers(key))
+        else:  # pragma: no cover
+            raise AssertionError(f"unexpected type {kind} at {key}")
+        out[key] = (kind, value)
+    return out
+
+
+async def ledger_entries(redis: Redis, kind: str | None = None) -> list[dict[str, Any]]:
+    import msgspec
+
+    entries = [msgspec.json.decode(f["e"]) for _, f in await redis.xrange("ledger")]
+    return [e for e in entries if kind is None or e["kind"] == kind]

@@ -1,0 +1,44 @@
+"""Configuration: environment variables, overrides, and errors that name the variable."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import pytest
+
+from giftrelay.config import ConfigError, Settings
+
+
+def test_defaults_are_the_embedded_default() -> None:
+    settings = Settings.load({})
+    assert settings.embedded
+    assert settings.ledger_url == "sqlite:///var/ledger.sqlite3"
+    assert settings.diamond_rate == 1
+    assert settings.cent_rate == Fraction(1, 2)
+    assert settings.payout_min_diamonds == 2000
+    assert settings.idempotency_ttl == 3600
+
+
+def test_environment_is_read_and_flags_override_it() -> None:
+    env = {"GIFTRELAY_PORT": "9000", "GIFTRELAY_REDIS_URL": "redis://r:6379/0"}
+    settings = Settings.load(env, port=9100, host=None)
+    assert settings.port == 9100
+    assert settings.host == "127.0.0.1"  # None means "not given on the command line"
+    assert settings.redis_url == "redis://r:6379/0"
+    assert not settings.embedded
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"GIFTRELAY_PORT": "http"}, "GIFTRELAY_PORT: Expected `int`"),
+        ({"GIFTRELAY_PORT": "70000"}, "GIFTRELAY_PORT: Expected `int` <= 65535"),
+        ({"GIFTRELAY_DIAMONDS_PER_COIN": "lots"}, "diamonds_per_coin: 'lots' is not a number"),
+        ({"GIFTRELAY_PAYOUT_FEE_PERCENT": "100"}, "payout_fee_percent: must be below 100"),
+        ({"GIFTRELAY_LOG_FORMAT": "xml"}, "GIFTRELAY_LOG_FORMAT"),
+    ],
+)
+def test_a_bad_value_names_its_variable(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        Settings.load(env)
+    assert message in str(error.value)
