@@ -1,0 +1,1 @@
+"""giftrelay's load tests and benchmarks, run from the command line."""
