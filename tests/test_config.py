@@ -12,7 +12,7 @@ from giftrelay.config import ConfigError, Settings
 def test_defaults_are_the_embedded_default() -> None:
     settings = Settings.load({})
     assert settings.embedded
-    assert settings.ledger_url == "sqlite:///var/ledger.sqlite3"
+    assert settings.ledger == "sqlite:///var/ledger.sqlite3"
     assert settings.diamond_rate == 1
     assert settings.cent_rate == Fraction(1, 2)
     assert settings.payout_min_diamonds == 2000
@@ -36,6 +36,7 @@ def test_environment_is_read_and_flags_override_it() -> None:
         ({"GIFTRELAY_DIAMONDS_PER_COIN": "lots"}, "diamonds_per_coin: 'lots' is not a number"),
         ({"GIFTRELAY_PAYOUT_FEE_PERCENT": "100"}, "payout_fee_percent: must be below 100"),
         ({"GIFTRELAY_LOG_FORMAT": "xml"}, "GIFTRELAY_LOG_FORMAT"),
+        ({"GIFTRELAY_MAX_BALANCE": str(10**15)}, "GIFTRELAY_MAX_BALANCE: Expected `int` <= "),
     ],
 )
 def test_a_bad_value_names_its_variable(env: dict[str, str], message: str) -> None:

@@ -12,11 +12,12 @@ from collections.abc import Awaitable, Callable
 import pytest
 from redis.asyncio import Redis
 
-from giftrelay import keys
+from giftrelay import catalog, keys
+from giftrelay.config import Settings
 from giftrelay.errors import Code, Refused
 from giftrelay.money import Money
 
-from .conftest import dump
+from .conftest import Clock, dump
 
 Plant = Callable[[Redis], Awaitable[object]]
 
@@ -29,6 +30,14 @@ PLANTS: dict[str, Plant] = {
     "creator wallet is a string": lambda r: r.set(keys.wallet("bob"), "x"),
     "creator diamonds not a number": lambda r: r.hset(keys.wallet("bob"), "diamonds", "lots"),
     "viewer coins a fraction": lambda r: r.hset(keys.wallet("alice"), "coins", "99.5"),
+    # Lua's tonumber reads these, HINCRBY refuses them: they must be caught before any write.
+    "creator diamonds 5.0": lambda r: r.hset(keys.wallet("bob"), "diamonds", "5.0"),
+    "creator diamonds hex": lambda r: r.hset(keys.wallet("bob"), "diamonds", "0x10"),
+    "creator diamonds at int64 max": lambda r: r.hset(
+        keys.wallet("bob"), "diamonds", "9223372036854775807"
+    ),
+    "stream coins 1e2": lambda r: r.hset(keys.stream("s1"), "coins", "1e2"),
+    "viewer spent padded": lambda r: r.hset(keys.wallet("alice"), "spent", " 5"),
     "stream totals not a number": lambda r: r.hset(keys.stream("s1"), "diamonds", "x"),
     "combo is a hash": lambda r: r.hset(keys.combo("s1", "alice", "rose"), "a", "b"),
     "idempotency record is a set": lambda r: r.sadd(keys.gift_idem("alice", "gift-000001"), "x"),
@@ -55,3 +64,23 @@ async def test_the_money_core_survives_a_script_cache_flush(money: Money, redis:
     await redis.script_flush()
     receipt = await money.gift("alice", "s1", "rose", 1, "gift-000001")
     assert receipt.balance == 99
+
+
+async def test_a_creator_at_the_largest_balance_gets_no_more_and_the_viewer_keeps_coins(
+    redis: Redis, clock: Clock
+) -> None:
+    core = Money(
+        redis, Settings.load({"GIFTRELAY_MAX_BALANCE": "1000"}), catalog.load(), clock=clock
+    )
+    await core.start()
+    await core.stream_open("s1", "bob", "t")
+    await core.topup("alice", 1000, "receipt-alice-1")
+    await core.gift("alice", "s1", "crown", 1, "gift-000001")  # bob: 500 diamonds
+    await core.topup("carol", 1000, "receipt-carol-1")
+    await core.gift("carol", "s1", "heart", 99, "gift-000002")  # bob: 995
+    before = await dump(redis)
+    with pytest.raises(Refused) as refused:
+        await core.gift("carol", "s1", "donut", 1, "gift-000003")  # would be 1025
+    assert refused.value.code == Code.INTERNAL
+    assert await dump(redis) == before
+    await core.aclose()

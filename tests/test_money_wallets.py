@@ -38,6 +38,23 @@ async def test_cap_refuses_then_resets_at_utc_midnight(live: Money, clock: Clock
     assert (balance.spent_today, balance.daily_cap, balance.coins) == (2, 10, 100_000 - 12)
 
 
+async def test_a_worker_clock_behind_at_midnight_cannot_reset_the_cap(
+    live: Money, redis: Redis
+) -> None:
+    ahead = Money(redis, live.settings, live.catalog, clock=lambda: START_MS + 86_400_500)
+    behind = Money(redis, live.settings, live.catalog, clock=lambda: START_MS + 86_399_500)
+    await live.set_cap("alice", 10)
+    refusals = []
+    for i in range(40):  # alternate workers one second apart across midnight
+        core = ahead if i % 2 == 0 else behind
+        try:
+            await core.gift("alice", "s1", "rose", 1, f"gift-skew-{i:04d}")
+        except Refused as exc:
+            refusals.append(exc.code)
+    assert refusals == [Code.SPEND_LIMIT] * 30  # the cap held: 10 coins, not 10 per clock
+    assert (await ahead.balance("alice")).spent_today == 10
+
+
 async def test_cap_zero_blocks_and_none_removes(live: Money) -> None:
     await live.set_cap("alice", 0)
     with pytest.raises(Refused) as refused:

@@ -33,9 +33,9 @@ class Role(enum.StrEnum):
 class Claims(msgspec.Struct, frozen=True):
     sub: str
     role: Role
-    exp: int
+    exp: float
     stream: str | None = None
-    iat: int | None = None
+    iat: float | None = None
     """Issued at: lets a stream revoke the overlay tokens issued before a moment."""
 
 

@@ -13,11 +13,11 @@ from typing import Any
 
 import structlog
 from redis.asyncio import Redis
+from redis.exceptions import BusyLoadingError, NoScriptError, ReadOnlyError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from giftrelay.errors import Unavailable
+from giftrelay.errors import Code, Refused, Unavailable
 from giftrelay.scripts import SCRIPTS, Script
 
 log = structlog.get_logger(__name__)
@@ -64,20 +64,23 @@ class AutoPipeline:
 
     async def _send(self, batch: list[_Call]) -> None:
         try:
-            replies = await self._execute(batch)
-            missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+            replies = await self._round_trip(batch)
+            if replies is None:
+                return
+            missing = {i for i, r in enumerate(replies) if isinstance(r, NoScriptError)}
+            ran = [i for i in range(len(batch)) if i not in missing]
+            _resolve([batch[i] for i in ran], [replies[i] for i in ran])
             if missing:
-                # Redis restarted and lost its script cache: nothing of these ran.
-                await SCRIPTS.load(self.redis)
-                retried = await self._execute([batch[i] for i in missing])
-                for i, reply in zip(missing, retried, strict=True):
-                    replies[i] = reply
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            log.warning("redis unavailable", error=str(exc), calls=len(batch))
-            for *_, future in batch:
-                if not future.done():
-                    future.set_exception(Unavailable())
-            return
+                # Redis restarted and lost its script cache: none of these ran.
+                again = [batch[i] for i in sorted(missing)]
+                try:
+                    await SCRIPTS.load(self.redis)
+                except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                    _fail(again, exc)
+                    return
+                retried = await self._round_trip(again)
+                if retried is not None:
+                    _resolve(again, retried)
         except asyncio.CancelledError:
             for *_, future in batch:
                 future.cancel()
@@ -87,13 +90,14 @@ class AutoPipeline:
                 if not future.done():
                     future.set_exception(exc)
             raise
-        for (*_, future), reply in zip(batch, replies, strict=True):
-            if future.done():
-                continue
-            if isinstance(reply, Exception):
-                future.set_exception(reply)
-            else:
-                future.set_result(reply)
+
+    async def _round_trip(self, batch: list[_Call]) -> list[Any] | None:
+        """The replies, or None having failed every call because Redis is unreachable."""
+        try:
+            return await self._execute(batch)
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            _fail(batch, exc)
+            return None
 
     async def _execute(self, batch: list[_Call]) -> list[Any]:
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -102,8 +106,36 @@ class AutoPipeline:
             return await pipe.execute(raise_on_error=False)
 
     async def aclose(self) -> None:
-        """Wait for the batches already on the wire."""
-        while self._tasks or self._pending:
-            if self._pending and not self._scheduled:
+        """Wait until every call made so far has its reply."""
+        while self._pending or self._tasks:
+            if self._pending:
                 self._flush()
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+            if self._tasks:
+                await asyncio.gather(*list(self._tasks), return_exceptions=True)
+            else:
+                await asyncio.sleep(0)
+
+
+def _resolve(calls: list[_Call], replies: list[Any]) -> None:
+    for (script, *_, future), reply in zip(calls, replies, strict=True):
+        if future.done():
+            continue
+        if isinstance(reply, BusyLoadingError | ReadOnlyError):
+            # Loading its AOF after a restart, or a replica after a failover: nothing ran.
+            future.set_exception(Unavailable())
+        elif isinstance(reply, Exception):
+            log.error("money script failed", script=script.value, error=str(reply))
+            future.set_exception(Refused(Code.INTERNAL))
+        else:
+            future.set_result(reply)
+
+
+def _fail(calls: list[_Call], exc: BaseException) -> None:
+    """Redis is unreachable. A call that was sent may or may not have run; its
+    retry with the same id is safe either way (idempotency returns the first reply)."""
+    log.warning("redis unavailable", error=str(exc), calls=len(calls))
+    for *_, future in calls:
+        if not future.done():
+            future.set_exception(
+                Unavailable("Redis is unavailable; retry with the same id to learn the outcome")
+            )

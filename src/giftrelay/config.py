@@ -40,7 +40,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     # Where things are.
     secret: str | None = None
     redis_url: str | None = None
-    ledger_url: str = "sqlite:///var/ledger.sqlite3"
+    ledger_url: str | None = None
+    """Default: ``sqlite:///<var_dir>/ledger.sqlite3``."""
     catalog: str | None = None
     var_dir: str = "var"
     host: str = "127.0.0.1"
@@ -53,13 +54,19 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     cents_per_diamond: str = "1/2"
     payout_fee_percent: str = "0"
     max_gift_count: Positive = 1000
-    max_balance: Positive = 10**12
+    max_balance: Annotated[int, msgspec.Meta(ge=1, le=10**13)] = 10**12
+    """At most 10^13, so every amount stays exact in Lua and in JSON."""
 
     # Retention and windows.
     idempotency_ttl: Positive = 3600
     receipt_ttl: Positive = 30 * 86400
     combo_window_ms: Positive = 3000
     history_len: Positive = 1000
+
+    # Ledger consumer.
+    ledger_batch: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 1000
+    ledger_claim_idle_ms: Positive = 30_000
+    ledger_max_deliveries: Positive = 5
 
     # Redis client behaviour.
     redis_timeout: Annotated[float, msgspec.Meta(gt=0)] = 2.0
@@ -90,6 +97,11 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     def embedded(self) -> bool:
         """True when giftrelay runs its own Redis (no ``GIFTRELAY_REDIS_URL``)."""
         return not self.redis_url
+
+    @property
+    def ledger(self) -> str:
+        """The ledger store's URL."""
+        return self.ledger_url or f"sqlite:///{self.var_dir}/ledger.sqlite3"
 
     @property
     def var_path(self) -> Path:

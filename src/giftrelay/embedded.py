@@ -90,10 +90,22 @@ class RedisServer:
             "--daemonize", "no",
             "--logfile", str((self.directory / "redis.log").resolve()),
         ]  # fmt: skip
-        self.process = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
-        self._wait_ready(timeout)
+        assert self._lock is not None
+        with open(self.directory / "redis.stderr", "wb") as stderr:
+            # The child inherits the lock: while this redis-server lives, even
+            # orphaned by a crash of ours, no other can start on its files.
+            self.process = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                pass_fds=(self._lock.fileno(),),
+            )
+        try:
+            self._wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
         self.url_file.write_text(self.url + "\n")
         log.debug("embedded redis started", url=self.url, dir=str(self.directory))
 
@@ -102,13 +114,11 @@ class RedisServer:
         while True:
             assert self.process is not None
             if self.process.poll() is not None:
-                stderr = self.process.stderr.read() if self.process.stderr else b""
-                tail = _tail(self.directory / "redis.log") or stderr.decode(errors="replace")
+                tail = _tail(self.directory / "redis.log") or _tail(self.directory / "redis.stderr")
                 raise EmbeddedRedisError(f"redis-server exited at start: {tail.strip()}")
             if _answers_ping(self.port):
                 return
             if time.monotonic() > deadline:
-                self.stop()
                 raise EmbeddedRedisError(f"redis-server did not answer within {timeout:.0f} s")
             time.sleep(0.02)
 
@@ -166,8 +176,10 @@ def _take_lock(path: Path) -> IO[str]:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         lock.close()
+        url = running_url(path.parent)
         raise EmbeddedRedisError(
-            f"another giftrelay process runs the embedded Redis in {path.parent}"
+            f"another giftrelay process, or a redis-server it left running ({url}), "
+            f"owns {path.parent}; stop it first (redis-cli -u {url} shutdown)"
         ) from None
     lock.truncate(0)
     lock.write(f"{os.getpid()}\n")

@@ -157,6 +157,7 @@ class Money:
                     self.settings.combo_window_ms,
                     self.settings.idempotency_ttl * 1000,
                     self.settings.history_len,
+                    self.settings.max_balance,
                 ],
             )
             if reply[0] == "err" and reply[1] == "stale_creator":
@@ -259,7 +260,7 @@ class Money:
         return Balance(
             coins=int(coins or 0),
             diamonds=int(diamonds or 0),
-            spent_today=int(spent or 0) if int(spent_day or -1) == today else 0,
+            spent_today=int(spent or 0) if int(spent_day or -1) >= today else 0,
             daily_cap=None if cap is None else int(cap),
         )
 

@@ -20,6 +20,24 @@ local function wrong_type(expected)
   return nil
 end
 
+-- Every integer a script reads or writes stays within MAX_INT, where Lua's
+-- doubles are exact. Amounts are further bounded by the caller (max_balance
+-- <= 10^13), so they also print exactly through cjson and Redis's %.14g.
+local MAX_INT = 9007199254740991
+
+-- The integer in `v`, written as Redis writes integers, or nil. Rejects what
+-- HINCRBY would refuse after our first write ('5.0', '1e2', '0x10', ' 5').
+local function as_int(v)
+  if v ~= '0' and not string.match(v, '^%-?[1-9]%d*$') then
+    return nil
+  end
+  local n = tonumber(v)
+  if n > MAX_INT or n < -MAX_INT then
+    return nil
+  end
+  return n
+end
+
 -- Reads integer fields of a hash; returns (values, nil) or (nil, problem).
 -- Missing fields read as 0, or as nil for those listed in `optional`.
 local function read_ints(key, fields, optional)
@@ -28,8 +46,8 @@ local function read_ints(key, fields, optional)
   for i, field in ipairs(fields) do
     local v = raw[i]
     if v then
-      local n = tonumber(v)
-      if n == nil or n ~= math.floor(n) then
+      local n = as_int(v)
+      if n == nil then
         return nil, key .. ' field ' .. field .. ' is not an integer: ' .. tostring(v)
       end
       out[field] = n
@@ -38,6 +56,14 @@ local function read_ints(key, fields, optional)
     end
   end
   return out, nil
+end
+
+-- A problem when adding `amount` to field `field` of `values` would pass `limit`.
+local function overflows(values, field, amount, limit)
+  if values[field] + amount > limit then
+    return 'adding ' .. amount .. ' to ' .. field .. ' would pass ' .. limit
+  end
+  return nil
 end
 
 -- An idempotency record is '<fingerprint>\n<reply as JSON>'.

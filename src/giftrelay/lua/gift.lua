@@ -13,6 +13,7 @@
 -- ARGV[5] gift id           ARGV[6] gift name   ARGV[7] count       ARGV[8] coins (price x count)
 -- ARGV[9] diamonds          ARGV[10] streakable (1/0)               ARGV[11] now (ms)
 -- ARGV[12] combo window (ms)  ARGV[13] idempotency retention (ms)    ARGV[14] history length
+-- ARGV[15] largest balance a wallet may hold
 -- Returns {'ok', offset, coins, balance, combo, combo_id, diamonds, replayed}
 --      or {'err', code, detail}; code 'stale_creator' asks the caller to re-read the creator.
 
@@ -47,7 +48,17 @@ totals, problem = read_ints(KEYS[4], {'diamonds', 'coins', 'gifts', 'combos'})
 if problem then return refuse('internal', problem) end
 
 if w.coins < coins then return refuse('insufficient_coins') end
+problem = overflows(c, 'diamonds', diamonds, int(ARGV[15]))
+  or overflows(totals, 'diamonds', diamonds, MAX_INT)
+  or overflows(totals, 'coins', coins, MAX_INT)
+  or overflows(totals, 'gifts', count, MAX_INT)
+if problem then return refuse('internal', problem) end
+
+-- The UTC day of the gift. Workers' clocks differ a little: a gift stamped
+-- before the day already recorded counts in that day, so a clock behind at
+-- midnight cannot reset the spending that the cap counts.
 local day = math.floor(now / 86400000)
+if w.spent_day > day then day = w.spent_day end
 local spent = 0
 if w.spent_day == day then spent = w.spent end
 if w.cap and spent + coins > w.cap then return refuse('spend_limit') end
