@@ -119,3 +119,19 @@ async def test_unavailable_is_not_remembered_and_the_retry_succeeds(
     assert receipt.balance == 99
     await core.aclose()
     await redis.aclose()
+
+
+async def test_gifts_resume_at_once_after_a_redis_restart(
+    own_redis_server: RedisServer, clock: Clock
+) -> None:
+    redis = connect(own_redis_server.url, timeout=1.0)
+    core = Money(redis, Settings.load({}), catalog.load(), clock=clock)
+    await core.start()
+    await core.stream_open("s1", "bob", "t")
+    await core.topup("alice", 100, "receipt-alice-1")
+    own_redis_server.kill()
+    own_redis_server.start()  # every pooled connection is now dead
+    receipt = await core.gift("alice", "s1", "rose", 1, "gift-after-restart")
+    assert receipt.balance == 99
+    await core.aclose()
+    await redis.aclose()
