@@ -1,0 +1,194 @@
+"""The PostgreSQL ledger store (asyncpg), for scaled-out deployments.
+
+A batch is two statements in one transaction: the events, inserted with
+``ON CONFLICT DO NOTHING RETURNING`` (so a redelivered event is skipped and we
+learn which are new), then the postings of the new ones. Migrations run under
+an advisory lock, so several consumers may start at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import asyncpg
+
+from giftrelay.ledger.postings import Asset, Posting, Record
+from giftrelay.ledger.store import (
+    ExportRow,
+    Position,
+    StoreDataError,
+    StoreUnavailable,
+    WriteResult,
+    migrations,
+    statements,
+)
+
+MIGRATION_LOCK = 0x6C6564676572  # "ledger"
+EXPORT_PAGE = 1000
+
+_DATA_ERRORS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
+
+
+@contextlib.contextmanager
+def _translated() -> Any:
+    """asyncpg's errors as the store interface's two kinds."""
+    try:
+        yield
+    except _DATA_ERRORS as exc:
+        raise StoreDataError(str(exc)) from exc
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+        raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+
+class PostgresStore:
+    def __init__(self, url: str, *, timeout: float = 10.0) -> None:
+        self.url = url
+        self.timeout = timeout
+        self._pool: asyncpg.Pool | None = None
+
+    async def open(self) -> None:
+        with _translated():
+            self._pool = await asyncpg.create_pool(
+                self.url, min_size=0, max_size=4, command_timeout=self.timeout, timeout=self.timeout
+            )
+            async with self._pool.acquire() as conn, conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
+                await conn.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                    " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_ms BIGINT NOT NULL)"
+                )
+                done = {
+                    r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")
+                }
+                for migration in migrations("postgresql"):
+                    if migration.version in done:
+                        continue
+                    for statement in statements(migration.sql):
+                        await conn.execute(statement)
+                    await conn.execute(
+                        "INSERT INTO schema_migrations VALUES ($1, $2, $3)",
+                        migration.version,
+                        migration.name,
+                        time.time_ns() // 1_000_000,
+                    )
+
+    def _pool_or_fail(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise StoreUnavailable("the store is not open")
+        return self._pool
+
+    async def write(self, records: Sequence[Record]) -> WriteResult:
+        if not records:
+            return WriteResult(0, 0)
+        unique = list({r.event_id: r for r in records}.values())
+        with _translated():
+            async with self._pool_or_fail().acquire() as conn, conn.transaction():
+                rows = await conn.fetch(
+                    "INSERT INTO events"
+                    " SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[],"
+                    "                      $5::text[], $6::text[], $7::bigint[], $8::text[])"
+                    " ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
+                    [r.event_id for r in unique],
+                    [r.ms for r in unique],
+                    [r.seq for r in unique],
+                    [r.kind for r in unique],
+                    [r.request_id for r in unique],
+                    [r.actor for r in unique],
+                    [r.ts for r in unique],
+                    [r.body for r in unique],
+                )
+                fresh = {row["event_id"] for row in rows}
+                postings = [
+                    (r.event_id, n, p.account, p.asset.value, p.amount)
+                    for r in unique
+                    if r.event_id in fresh
+                    for n, p in enumerate(r.postings)
+                ]
+                if postings:
+                    await conn.execute(
+                        "INSERT INTO postings SELECT * FROM unnest("
+                        " $1::text[], $2::int[], $3::text[], $4::text[], $5::bigint[])",
+                        *(list(column) for column in zip(*postings, strict=True)),
+                    )
+        return WriteResult(inserted=len(fresh), duplicates=len(records) - len(fresh))
+
+    async def balances(self, upto: Position | None = None) -> dict[tuple[str, str], int]:
+        sql = "SELECT account, asset, SUM(amount) AS total FROM postings"
+        args: list[int] = []
+        if upto is not None:
+            sql += (
+                " WHERE event_id IN (SELECT event_id FROM events"
+                " WHERE ms < $1 OR (ms = $1 AND seq <= $2))"
+            )
+            args = [upto[0], upto[1]]
+        with _translated():
+            rows = await self._pool_or_fail().fetch(sql + " GROUP BY account, asset", *args)
+        return {(r["account"], r["asset"]): int(r["total"]) for r in rows}
+
+    async def count(self, since_ms: int | None = None, until_ms: int | None = None) -> int:
+        with _translated():
+            return int(
+                await self._pool_or_fail().fetchval(
+                    "SELECT COUNT(*) FROM events WHERE ts >= $1 AND ts < $2",
+                    since_ms or 0,
+                    until_ms or 2**62,
+                )
+            )
+
+    async def export(self, since_ms: int | None, until_ms: int | None) -> AsyncIterator[ExportRow]:
+        after: Position = (-1, -1)
+        while True:
+            with _translated():
+                page = await self._page(after, since_ms, until_ms)
+            for row in page:
+                yield row
+            if len(page) < EXPORT_PAGE:
+                return
+            ms, seq = page[-1].event_id.split("-")
+            after = (int(ms), int(seq))
+
+    async def _page(
+        self, after: Position, since_ms: int | None, until_ms: int | None
+    ) -> list[ExportRow]:
+        pool = self._pool_or_fail()
+        rows = await pool.fetch(
+            "SELECT event_id, ts, kind, request_id, actor, body FROM events"
+            " WHERE (ms > $1 OR (ms = $1 AND seq > $2)) AND ts >= $3 AND ts < $4"
+            " ORDER BY ms, seq LIMIT $5",
+            after[0],
+            after[1],
+            since_ms or 0,
+            until_ms or 2**62,
+            EXPORT_PAGE,
+        )
+        postings: dict[str, list[Posting]] = {}
+        for p in await pool.fetch(
+            "SELECT event_id, account, asset, amount FROM postings"
+            " WHERE event_id = ANY($1::text[]) ORDER BY event_id, n",
+            [r["event_id"] for r in rows],
+        ):
+            postings.setdefault(p["event_id"], []).append(
+                Posting(p["account"], Asset(p["asset"]), p["amount"])
+            )
+        return [
+            ExportRow(
+                r["event_id"],
+                r["ts"],
+                r["kind"],
+                r["request_id"],
+                r["actor"],
+                r["body"],
+                postings.get(r["event_id"], []),
+            )
+            for r in rows
+        ]
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(pool.close(), self.timeout)

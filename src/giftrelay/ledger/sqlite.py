@@ -1,0 +1,198 @@
+"""The SQLite ledger store: the embedded default, one file in WAL mode.
+
+sqlite3 is synchronous, so every call runs in a worker thread, one at a time.
+``synchronous=FULL``: a commit is on disk before the consumer acknowledges the
+entries, so a power cut cannot lose an acknowledged entry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+from giftrelay.ledger.postings import Asset, Posting, Record
+from giftrelay.ledger.store import (
+    ExportRow,
+    Position,
+    StoreDataError,
+    StoreUnavailable,
+    WriteResult,
+    migrations,
+    statements,
+)
+
+T = TypeVar("T")
+
+EXPORT_PAGE = 1000
+
+
+class SQLiteStore:
+    def __init__(self, url: str, *, busy_timeout_ms: int = 5000) -> None:
+        self.url = url
+        self.path = Path(url.removeprefix("sqlite:///"))
+        self.busy_timeout_ms = busy_timeout_ms
+        self._db: sqlite3.Connection | None = None
+        self._lock = asyncio.Lock()
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        async with self._lock:
+            if self._db is None:
+                raise StoreUnavailable("the store is not open")
+            db = self._db
+            try:
+                return await asyncio.to_thread(fn, db)
+            except sqlite3.OperationalError as exc:
+                raise StoreUnavailable(str(exc)) from exc
+            except (sqlite3.IntegrityError, sqlite3.DataError, OverflowError) as exc:
+                raise StoreDataError(str(exc)) from exc
+
+    async def open(self) -> None:
+        def connect() -> sqlite3.Connection:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(
+                self.path,
+                isolation_level=None,
+                check_same_thread=False,
+                timeout=self.busy_timeout_ms / 1000,
+            )
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA foreign_keys=ON")
+            return db
+
+        try:
+            self._db = await asyncio.to_thread(connect)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot open {self.path}: {exc}") from exc
+        await self._run(_migrate)
+
+    async def write(self, records: Sequence[Record]) -> WriteResult:
+        if not records:
+            return WriteResult(0, 0)
+        return await self._run(lambda db: _write(db, records))
+
+    async def balances(self, upto: Position | None = None) -> dict[tuple[str, str], int]:
+        def query(db: sqlite3.Connection) -> dict[tuple[str, str], int]:
+            sql = "SELECT account, asset, SUM(amount) FROM postings"
+            args: tuple[int, ...] = ()
+            if upto is not None:
+                sql += (
+                    " WHERE event_id IN (SELECT event_id FROM events"
+                    " WHERE ms < ? OR (ms = ? AND seq <= ?))"
+                )
+                args = (upto[0], upto[0], upto[1])
+            rows = db.execute(sql + " GROUP BY account, asset", args).fetchall()
+            return {(account, asset): int(total) for account, asset, total in rows}
+
+        return await self._run(query)
+
+    async def count(self, since_ms: int | None = None, until_ms: int | None = None) -> int:
+        sql = "SELECT COUNT(*) FROM events WHERE ts >= ? AND ts < ?"
+        args = (since_ms or 0, until_ms or 2**62)
+        return await self._run(lambda db: int(db.execute(sql, args).fetchone()[0]))
+
+    async def export(self, since_ms: int | None, until_ms: int | None) -> AsyncIterator[ExportRow]:
+        after = (-1, -1)
+        while True:
+            page = await self._run(
+                functools.partial(_export_page, after=after, since_ms=since_ms, until_ms=until_ms)
+            )
+            for row in page:
+                yield row
+            if len(page) < EXPORT_PAGE:
+                return
+            last = page[-1].event_id.split("-")
+            after = (int(last[0]), int(last[1]))
+
+    async def close(self) -> None:
+        async with self._lock:
+            if self._db is not None:
+                db, self._db = self._db, None
+                await asyncio.to_thread(db.close)
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_ms INTEGER NOT NULL)"
+        )
+        done = {v for (v,) in db.execute("SELECT version FROM schema_migrations")}
+        for migration in migrations("sqlite"):
+            if migration.version in done:
+                continue
+            for statement in statements(migration.sql):
+                db.execute(statement)
+            db.execute(
+                "INSERT INTO schema_migrations VALUES (?, ?, ?)",
+                (migration.version, migration.name, time.time_ns() // 1_000_000),
+            )
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+
+
+def _write(db: sqlite3.Connection, records: Sequence[Record]) -> WriteResult:
+    # BEGIN IMMEDIATE takes the write lock first, so no other writer can insert
+    # the same event between the check below and the insert.
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        ids = [r.event_id for r in records]
+        existing: set[str] = set()
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            existing.update(
+                row[0]
+                for row in db.execute(
+                    f"SELECT event_id FROM events WHERE event_id IN ({marks})", chunk
+                )
+            )
+        fresh = [r for r in records if r.event_id not in existing]
+        fresh = list({r.event_id: r for r in fresh}.values())  # a batch may repeat an entry
+        db.executemany(
+            "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [(r.event_id, r.ms, r.seq, r.kind, r.request_id, r.actor, r.ts, r.body) for r in fresh],
+        )
+        db.executemany(
+            "INSERT INTO postings VALUES (?, ?, ?, ?, ?)",
+            [
+                (r.event_id, n, p.account, p.asset.value, p.amount)
+                for r in fresh
+                for n, p in enumerate(r.postings)
+            ],
+        )
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    return WriteResult(inserted=len(fresh), duplicates=len(records) - len(fresh))
+
+
+def _export_page(
+    db: sqlite3.Connection, *, after: Position, since_ms: int | None, until_ms: int | None
+) -> list[ExportRow]:
+    rows = db.execute(
+        "SELECT event_id, ts, kind, request_id, actor, body FROM events"
+        " WHERE (ms > ? OR (ms = ? AND seq > ?)) AND ts >= ? AND ts < ?"
+        " ORDER BY ms, seq LIMIT ?",
+        (after[0], after[0], after[1], since_ms or 0, until_ms or 2**62, EXPORT_PAGE),
+    ).fetchall()
+    if not rows:
+        return []
+    marks = ",".join("?" * len(rows))
+    postings: dict[str, list[Posting]] = {}
+    for event_id, account, asset, amount in db.execute(
+        f"SELECT event_id, account, asset, amount FROM postings WHERE event_id IN ({marks})"
+        " ORDER BY event_id, n",
+        [r[0] for r in rows],
+    ):
+        postings.setdefault(event_id, []).append(Posting(account, Asset(asset), amount))
+    return [ExportRow(e, ts, k, rid, a, b, postings.get(e, [])) for e, ts, k, rid, a, b in rows]

@@ -1,0 +1,106 @@
+"""The ledger store interface, and the factory that picks one by URL.
+
+A store writes batches of records in one transaction keyed by event id, so a
+batch delivered twice is written once; it applies its versioned schema
+migrations when opened. ``sqlite:///path`` (the embedded default) and
+``postgresql://...`` are the two implementations.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Sequence
+from importlib import resources
+from typing import Protocol
+
+import msgspec
+
+from giftrelay.ledger.postings import Posting, Record
+
+
+class StoreUnavailable(Exception):
+    """The store cannot be reached or is busy: retry later, nothing was written."""
+
+
+class StoreDataError(Exception):
+    """The store refused the data itself: retrying the same records will fail again."""
+
+
+class WriteResult(msgspec.Struct, frozen=True):
+    inserted: int
+    duplicates: int
+    """Records whose event id was already stored (a redelivery): written nowhere."""
+
+
+class ExportRow(msgspec.Struct, frozen=True):
+    event_id: str
+    ts: int
+    kind: str
+    request_id: str | None
+    actor: str
+    body: str
+    postings: list[Posting]
+
+
+Position = tuple[int, int]
+"""A ledger stream entry id as (ms, seq)."""
+
+
+class Store(Protocol):
+    url: str
+
+    async def open(self) -> None:
+        """Connect and apply any migrations not yet applied."""
+
+    async def write(self, records: Sequence[Record]) -> WriteResult:
+        """Write the records not already stored, with their postings, in one transaction."""
+
+    async def balances(self, upto: Position | None = None) -> dict[tuple[str, str], int]:
+        """Sum of postings per (account, asset), over events up to ``upto`` inclusive."""
+
+    async def count(self, since_ms: int | None = None, until_ms: int | None = None) -> int:
+        """How many events are stored (with ``since_ms <= ts < until_ms``)."""
+
+    def export(self, since_ms: int | None, until_ms: int | None) -> AsyncIterator[ExportRow]:
+        """Events with ``since_ms <= ts < until_ms``, in ledger order, with their postings."""
+
+    async def close(self) -> None: ...
+
+
+class Migration(msgspec.Struct, frozen=True):
+    version: int
+    name: str
+    sql: str
+
+
+def migrations(dialect: str) -> list[Migration]:
+    """The dialect's ``migrations/<dialect>/NNNN_name.sql`` files, in order."""
+    folder = resources.files("giftrelay.ledger").joinpath("migrations", dialect)
+    found = []
+    for item in folder.iterdir():
+        if item.name.endswith(".sql"):
+            number, _, rest = item.name.partition("_")
+            found.append(Migration(int(number), rest.removesuffix(".sql"), item.read_text()))
+    return sorted(found, key=lambda m: m.version)
+
+
+def statements(sql: str) -> list[str]:
+    """A migration file's statements (split on ';' at line ends; no procedural SQL)."""
+    lines = [line for line in sql.splitlines() if not line.lstrip().startswith("--")]
+    return [s.strip() for s in re.split(r";\s*$", "\n".join(lines), flags=re.M) if s.strip()]
+
+
+def open_store(url: str) -> Store:
+    """The store for ``url``: ``sqlite:///relative/path``, ``sqlite:////abs/path``
+    or ``postgresql://user@host/db``."""
+    if url.startswith("sqlite:///"):
+        from giftrelay.ledger.sqlite import SQLiteStore
+
+        return SQLiteStore(url)
+    if url.startswith(("postgresql://", "postgres://")):
+        from giftrelay.ledger.postgres import PostgresStore
+
+        return PostgresStore(url)
+    raise ValueError(
+        f"GIFTRELAY_LEDGER_URL: {url!r} is neither sqlite:///path nor postgresql://..."
+    )
