@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import signal
+import sys
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, ParamSpec, TypeVar
@@ -16,10 +18,14 @@ import structlog
 from giftrelay import __version__, auth, catalog, logs
 from giftrelay.catalog import CatalogError
 from giftrelay.config import ConfigError, Settings
-from giftrelay.embedded import EmbeddedRedisError, RedisServer
+from giftrelay.embedded import EmbeddedRedisError
 from giftrelay.errors import Refused
+from giftrelay.ledger import export as ledger_export
+from giftrelay.ledger.reconcile import reconcile as reconcile_ledger
+from giftrelay.ledger.store import StoreUnavailable
 from giftrelay.money import Money
-from giftrelay.runtime import money, redis_url, secret_for
+from giftrelay.redis_client import connect
+from giftrelay.runtime import consumer, ledger_store, money, redis_url, secret_for
 
 log = structlog.get_logger(__name__)
 
@@ -43,6 +49,8 @@ def _friendly(fn: Callable[P, R]) -> Callable[P, R]:
             raise click.ClickException(str(exc)) from None
         except Refused as exc:
             raise click.ClickException(f"{exc.code}: {exc.message}") from None
+        except StoreUnavailable as exc:
+            raise click.ClickException(f"the ledger store is unavailable: {exc}") from None
 
     return wrapper
 
@@ -77,6 +85,12 @@ def main() -> None:
 @click.option("--redis-url", help="Use this Redis instead of the embedded one.")
 @click.option("--ledger-url", help="sqlite:///path or postgresql://... ")
 @click.option("--catalog", "catalog_path", help="Gift catalog TOML.")
+@click.option(
+    "--ledger/--no-ledger",
+    "run_ledger",
+    default=None,
+    help="Run the ledger consumer in this process [default: on the embedded default only].",
+)
 @_friendly
 def serve(
     host: str | None,
@@ -85,8 +99,10 @@ def serve(
     redis_url: str | None,
     ledger_url: str | None,
     catalog_path: str | None,
+    run_ledger: bool | None,
 ) -> None:
-    """Run giftrelay. With no Redis URL, it starts its own Redis under ./var/."""
+    """Run giftrelay. With no Redis URL, it starts its own Redis under ./var/
+    and runs the ledger consumer in-process on SQLite."""
     settings = _settings(
         host=host,
         port=port,
@@ -97,33 +113,36 @@ def serve(
     )
     catalog.load(settings.catalog)  # a bad catalog stops start-up before anything runs
     secret = secret_for(settings)
-    _run(_serve(settings, secret))
+    _run(_serve(settings, secret, settings.embedded if run_ledger is None else run_ledger))
 
 
-async def _serve(settings: Settings, secret: str) -> None:
+def _stop_on_signals() -> asyncio.Event:
+    """An event set by SIGINT or SIGTERM."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    return stop
 
-    server: RedisServer | None = None
-    if settings.embedded:
-        server = RedisServer(settings.var_path / "redis")
-        server.start()
-    url = server.url if server else settings.redis_url
-    assert url is not None
-    try:
-        async with money(settings, url) as core:
-            log.info("money core ready", redis=url, embedded=server is not None)
-            if server is not None:
-                await _seed_demo(core)
-                _print_demo(settings, secret, url)
-            await stop.wait()
-            log.info("stopping")
-    finally:
-        if server is not None:
-            server.stop()
-            log.info("embedded redis stopped")
+
+async def _serve(settings: Settings, secret: str, run_ledger: bool) -> None:
+    stop = _stop_on_signals()
+    async with contextlib.AsyncExitStack() as stack:
+        url = await stack.enter_async_context(redis_url(settings))
+        core = await stack.enter_async_context(money(settings, url))
+        log.info("money core ready", redis=url, embedded=settings.embedded)
+        tasks = []
+        if run_ledger:
+            store = await stack.enter_async_context(ledger_store(settings))
+            writer = consumer(settings, url, store)
+            stack.push_async_callback(writer.redis.aclose)
+            tasks.append(asyncio.create_task(writer.run(stop)))
+        if settings.embedded:
+            await _seed_demo(core)
+            _print_demo(settings, secret, url)
+        await stop.wait()
+        log.info("stopping")
+        await asyncio.gather(*tasks)
 
 
 async def _seed_demo(core: Money) -> None:
@@ -139,6 +158,7 @@ def _print_demo(settings: Settings, secret: str, url: str) -> None:
 
     click.echo(f"giftrelay {__version__} on the embedded default")
     click.echo(f"  redis:   {url}  (data in {settings.var_path / 'redis'})")
+    click.echo(f"  ledger:  {settings.ledger}")
     click.echo(f"  stream:  {DEMO_STREAM!r} by {DEMO_CREATOR!r}, live")
     click.echo("  demo tokens (24 h):")
     click.echo(f"    viewer  {DEMO_VIEWERS[0]}: {token(DEMO_VIEWERS[0], auth.Role.VIEWER)}")
@@ -247,3 +267,108 @@ def stream_close(stream: str) -> None:
 def stream_show(stream: str) -> None:
     """Show STREAM's creator, status, totals and goal."""
     _with_money(lambda core: core.stream_info(stream))
+
+
+# -- ledger --------------------------------------------------------------------------------
+
+
+@main.group(invoke_without_command=True)
+@click.option("--name", help="This consumer's name in the group [default: host-pid-random].")
+@click.option(
+    "--batch-size", type=int, help="Entries per batch [env GIFTRELAY_LEDGER_BATCH; 1000]."
+)
+@click.pass_context
+@_friendly
+def ledger(ctx: click.Context, name: str | None, batch_size: int | None) -> None:
+    """Run the ledger consumer: the ledger stream into the ledger store, exactly once."""
+    if ctx.invoked_subcommand is not None:
+        return
+    settings = _settings(ledger_batch=batch_size)
+
+    async def go() -> None:
+        stop = _stop_on_signals()
+        async with redis_url(settings) as url, ledger_store(settings) as store:
+            writer = consumer(settings, url, store, name)
+            try:
+                await writer.run(stop)
+            finally:
+                await writer.redis.aclose()
+
+    _run(go())
+
+
+@ledger.command("export")
+@click.option("--since", help="From this time on (ISO date/time, UTC unless given; or ms).")
+@click.option("--until", help="Before this time (same forms).")
+@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), default="csv",
+              show_default=True)  # fmt: skip
+@click.option("-o", "--output", type=click.Path(dir_okay=False, allow_dash=True), default="-",
+              show_default=True, help="File to write; - for standard output.")  # fmt: skip
+@_friendly
+def ledger_export_command(since: str | None, until: str | None, fmt: str, output: str) -> None:
+    """Export ledger events with their postings, one row per event, for accounting."""
+    settings = _settings()
+    try:
+        since_ms = ledger_export.parse_time(since) if since else None
+        until_ms = ledger_export.parse_time(until) if until else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+    async def go() -> None:
+        from rich.progress import Progress
+
+        async with ledger_store(settings) as store:
+            total = await store.count(since_ms, until_ms)
+            opened = (
+                contextlib.nullcontext(sys.stdout)
+                if output == "-"
+                else open(output, "w", encoding="utf-8", newline="")  # noqa: ASYNC230, SIM115
+            )
+            progress = Progress(console=_stderr_console(), transient=True, disable=output == "-")
+            with opened as out, progress:
+                task = progress.add_task("exporting", total=total)
+                rows = store.export(since_ms, until_ms)
+                async for n in ledger_export.write(rows, out, fmt):
+                    if n % 1000 == 0:
+                        progress.update(task, completed=n)
+        log.info("ledger exported", events=total, format=fmt, output=output)
+
+    _run(go())
+
+
+def _stderr_console() -> Any:
+    from rich.console import Console
+
+    return Console(file=sys.stderr)
+
+
+# -- reconcile -----------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--wait", type=float, default=30.0, show_default=True,
+              help="Seconds to wait for the ledger consumer to catch up.")  # fmt: skip
+@_friendly
+def reconcile(wait: float) -> None:
+    """Prove every wallet in Redis agrees with the ledger. Exit 1 on any difference."""
+    settings = _settings()
+
+    async def go() -> bool:
+        async with redis_url(settings) as url, ledger_store(settings) as store:
+            redis = connect(url, timeout=settings.redis_timeout)
+            try:
+                report = await reconcile_ledger(redis, store, wait=wait)
+            finally:
+                await redis.aclose()
+        where = report.position or "(empty)"
+        click.echo(f"reconcile: {report.wallets} wallets against the ledger up to {where}")
+        for line in report.lines():
+            click.echo(line)
+        if report.ok:
+            click.echo("OK: every wallet agrees with the ledger; every asset sums to zero")
+        else:
+            click.echo(f"FAILED: {len(report.lines())} problem(s)")
+        return report.ok
+
+    if not _run(go()):
+        sys.exit(1)

@@ -11,6 +11,12 @@ from __future__ import annotations
 LEDGER = "ledger"
 """The stream of every money movement, read by the ledger consumer group."""
 
+LEDGER_GROUP = "ledger-writers"
+"""The consumer group that writes ``ledger`` into the ledger store."""
+
+LEDGER_DEAD = "ledger:dead"
+"""Stream of ledger entries that failed too often, with the reason, for a person to look at."""
+
 
 def wallet(user: str) -> str:
     """Hash: coins, diamonds, spent_day, spent, cap."""

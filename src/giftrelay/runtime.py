@@ -7,7 +7,9 @@ one-off command while none runs, one started for the command and stopped after.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 
 import structlog
@@ -15,6 +17,8 @@ import structlog
 from giftrelay import auth, catalog
 from giftrelay.config import ConfigError, Settings
 from giftrelay.embedded import RedisServer, running_url
+from giftrelay.ledger.consumer import LedgerConsumer
+from giftrelay.ledger.store import Store, StoreUnavailable, open_store
 from giftrelay.money import Money
 from giftrelay.redis_client import connect
 
@@ -49,6 +53,46 @@ async def redis_url(settings: Settings) -> AsyncIterator[str]:
         yield server.url
     finally:
         server.stop()
+
+
+@contextlib.asynccontextmanager
+async def ledger_store(settings: Settings, *, wait: float = 30.0) -> AsyncIterator[Store]:
+    """The opened (and migrated) ledger store, closed on exit; waits ``wait`` s for it."""
+    try:
+        store = open_store(settings.ledger)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    delay = 0.5
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            await store.open()
+            break
+        except StoreUnavailable as exc:
+            if time.monotonic() + delay > deadline:
+                raise ConfigError(f"the ledger store is unavailable: {exc}") from None
+            log.warning("ledger store unavailable; retrying", reason=str(exc), retry_in=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+def consumer(settings: Settings, url: str, store: Store, name: str | None = None) -> LedgerConsumer:
+    """A ledger consumer with its own client: its reads block longer than money calls may."""
+    block_ms = 500
+    redis = connect(url, timeout=settings.redis_timeout + block_ms / 1000, name="giftrelay-ledger")
+    return LedgerConsumer(
+        redis,
+        store,
+        name=name,
+        batch=settings.ledger_batch,
+        block_ms=block_ms,
+        claim_idle_ms=settings.ledger_claim_idle_ms,
+        max_deliveries=settings.ledger_max_deliveries,
+    )
 
 
 @contextlib.asynccontextmanager

@@ -1,0 +1,281 @@
+"""The ledger consumer: the ``ledger`` stream into the ledger store, exactly once.
+
+A Redis Streams consumer group reads entries in batches; each batch is written
+to the store in one transaction keyed by event id and acknowledged only after
+the commit. A consumer that dies leaves its entries pending; any consumer claims
+them after ``claim_idle_ms`` (XAUTOCLAIM) and writes them again, which the store
+turns into a no-op for what was already committed. An entry that cannot be
+written after ``max_deliveries`` goes to ``ledger:dead`` and stops blocking
+nobody: the others flow around it. The stream is trimmed only below the oldest
+entry the group has not acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import socket
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import msgspec
+import structlog
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from giftrelay import keys, metrics
+from giftrelay.ledger.postings import PoisonEntry, Record, record
+from giftrelay.ledger.store import Store, StoreDataError, StoreUnavailable
+
+log = structlog.get_logger(__name__)
+
+Entry = tuple[str, dict[str, str] | None]
+
+
+def parse_id(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+class Stats(msgspec.Struct):
+    written: int = 0
+    duplicates: int = 0
+    dead_letters: int = 0
+    batches: int = 0
+
+
+class LedgerConsumer:
+    """One member of the ``ledger-writers`` group. Run several for throughput or failover."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        store: Store,
+        *,
+        name: str | None = None,
+        batch: int = 1000,
+        block_ms: int = 500,
+        claim_idle_ms: int = 30_000,
+        claim_every_ms: int = 5_000,
+        max_deliveries: int = 5,
+        trim_every_ms: int = 10_000,
+    ) -> None:
+        self.redis = redis
+        self.store = store
+        self.name = name or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        self.batch = batch
+        self.block_ms = block_ms
+        self.claim_idle_ms = claim_idle_ms
+        self.claim_every = claim_every_ms / 1000
+        self.max_deliveries = max_deliveries
+        self.trim_every = trim_every_ms / 1000
+        self.stats = Stats()
+        self.failures = 0
+        """Rounds that failed because Redis or the store was unavailable."""
+        self.after_commit: Callable[[Sequence[str]], Awaitable[None]] | None = None
+        """Test hook: awaited between a batch's commit and its acknowledgement."""
+        self._claim_cursor = "0-0"
+        self._next_claim = 0.0
+        self._next_trim = 0.0
+        self._reread_own = True  # at start, and after a failure: our own pending entries first
+
+    async def ensure_group(self) -> None:
+        """Create the group (and the stream) unless it exists; any other error is raised."""
+        try:
+            await self.redis.xgroup_create(keys.LEDGER, keys.LEDGER_GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume until ``stop`` is set, riding out Redis and store outages."""
+        log.info("ledger consumer started", consumer=self.name, store=_redact(self.store.url))
+        delay = 0.0
+        while not stop.is_set():
+            try:
+                await self.ensure_group()
+                while not stop.is_set():
+                    await self.step()
+                    if delay:
+                        log.info("ledger consumer recovered", consumer=self.name)
+                        delay = 0.0
+            except (StoreUnavailable, RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                metrics.LEDGER_STORE_UP.set(0 if isinstance(exc, StoreUnavailable) else 1)
+                self.failures += 1
+                if not delay:
+                    log.warning("ledger consumer waiting", reason=str(exc), consumer=self.name)
+                delay = min(max(delay * 2, 0.05), 2.0)
+                self._reread_own = True
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):  # the stream was deleted: make the group again
+                    raise
+        log.info(
+            "ledger consumer stopped", consumer=self.name, **msgspec.structs.asdict(self.stats)
+        )
+
+    async def step(self) -> int:
+        """One round: own pending, claimed and new entries written and acknowledged."""
+        handled = 0
+        now = time.monotonic()
+        if self._reread_own:
+            own = await self._read("0")
+            handled += await self._handle(own)
+            self._reread_own = len(own) == self.batch
+        if now >= self._next_claim:
+            claimed = await self._claim()
+            handled += await self._handle(claimed)
+            self._next_claim = now + (0 if len(claimed) == self.batch else self.claim_every)
+        fresh = await self._read(">", block=None if handled else self.block_ms)
+        handled += await self._handle(fresh)
+        if now >= self._next_trim:
+            await self.trim()
+            self._next_trim = now + self.trim_every
+        return handled
+
+    async def _read(self, start: str, block: int | None = None) -> list[Entry]:
+        reply: Any = await self.redis.xreadgroup(
+            keys.LEDGER_GROUP, self.name, {keys.LEDGER: start}, count=self.batch, block=block
+        )
+        return list(reply[0][1]) if reply else []
+
+    async def _claim(self) -> list[Entry]:
+        reply: list[Any] = await self.redis.xautoclaim(
+            keys.LEDGER,
+            keys.LEDGER_GROUP,
+            self.name,
+            self.claim_idle_ms,
+            start_id=self._claim_cursor,
+            count=self.batch,
+        )
+        self._claim_cursor = reply[0]
+        deleted = reply[2] if len(reply) > 2 else []
+        if deleted:  # trimmed or deleted while pending: nothing left to write
+            await self.redis.xack(keys.LEDGER, keys.LEDGER_GROUP, *deleted)
+        claimed: list[Entry] = reply[1]
+        if claimed:
+            log.info("claimed pending ledger entries", count=len(claimed), consumer=self.name)
+        return claimed
+
+    async def _handle(self, entries: list[Entry]) -> int:
+        if not entries:
+            return 0
+        started = time.perf_counter()
+        records: list[Record] = []
+        poison: list[tuple[str, dict[str, str], str]] = []
+        for entry_id, fields in entries:
+            if fields is None:
+                continue
+            try:
+                records.append(record(entry_id, fields.get("e", "")))
+            except PoisonEntry as exc:
+                poison.append((entry_id, fields, str(exc)))
+        written = await self._write(records, poison)
+        metrics.LEDGER_STORE_UP.set(1)
+        if self.after_commit is not None:
+            await self.after_commit([r.event_id for r in written])
+        done = [r.event_id for r in written] + [i for i, f in entries if f is None]
+        if done:
+            await self.redis.xack(keys.LEDGER, keys.LEDGER_GROUP, *done)
+        for entry_id, fields, reason in poison:
+            await self._poisoned(entry_id, fields, reason)
+        metrics.LEDGER_BATCH_SECONDS.observe(time.perf_counter() - started)
+        self.stats.batches += 1
+        return len(entries)
+
+    async def _write(
+        self, records: list[Record], poison: list[tuple[str, dict[str, str], str]]
+    ) -> list[Record]:
+        """Write in one transaction; if the store rejects the data, find the culprits."""
+        try:
+            result = await self.store.write(records)
+            self._count(result.inserted, result.duplicates)
+            return records
+        except StoreDataError:
+            pass
+        written = []
+        for r in records:
+            try:
+                result = await self.store.write([r])
+            except StoreDataError as exc:
+                poison.append((r.event_id, {"e": r.body}, f"the store refused it: {exc}"))
+                continue
+            self._count(result.inserted, result.duplicates)
+            written.append(r)
+        return written
+
+    def _count(self, inserted: int, duplicates: int) -> None:
+        self.stats.written += inserted
+        self.stats.duplicates += duplicates
+        metrics.LEDGER_EVENTS.labels("written").inc(inserted)
+        if duplicates:
+            metrics.LEDGER_EVENTS.labels("duplicate").inc(duplicates)
+            log.info("ledger entries already stored (redelivered)", count=duplicates)
+
+    async def _poisoned(self, entry_id: str, fields: dict[str, str], reason: str) -> None:
+        pending = await self.redis.xpending_range(
+            keys.LEDGER, keys.LEDGER_GROUP, min=entry_id, max=entry_id, count=1
+        )
+        deliveries = int(pending[0]["times_delivered"]) if pending else self.max_deliveries
+        if deliveries < self.max_deliveries:
+            log.warning("ledger entry failed; it will be retried", entry=entry_id, reason=reason,
+                        deliveries=deliveries)  # fmt: skip
+            return
+        async with self.redis.pipeline(transaction=True) as pipe:
+            dead: dict[Any, Any] = {**fields, "entry": entry_id, "reason": reason}
+            pipe.xadd(keys.LEDGER_DEAD, {**dead, "consumer": self.name, "deliveries": deliveries})
+            pipe.xack(keys.LEDGER, keys.LEDGER_GROUP, entry_id)
+            await pipe.execute()
+        self.stats.dead_letters += 1
+        metrics.LEDGER_EVENTS.labels("dead_letter").inc()
+        log.error("ledger entry moved to the dead-letter stream", entry=entry_id, reason=reason,
+                  stream=keys.LEDGER_DEAD, deliveries=deliveries)  # fmt: skip
+
+    async def trim(self) -> str | None:
+        """Trim ``ledger`` below the oldest entry the group has not acknowledged."""
+        group = await group_info(self.redis)
+        if group is None:
+            return None
+        lag = group.get("lag")
+        metrics.LEDGER_LAG.set(int(group["pending"]) + int(lag if lag is not None else 0))
+        # Everything up to last-delivered-id was delivered; of that, the oldest pending
+        # entry (if any) is the first one not yet acknowledged. Entries delivered after
+        # this read are newer than last-delivered-id, so they are safe too.
+        min_id = str(group["last-delivered-id"])
+        if int(group["pending"]):
+            summary = await self.redis.xpending(keys.LEDGER, keys.LEDGER_GROUP)
+            if summary["min"] is not None:  # none left pending by the time we asked
+                min_id = str(summary["min"])
+        if min_id == "0-0":
+            return None
+        # MINID keeps min_id itself and everything after it. Exact, not '~': it runs
+        # once per trim interval, and an exact bound is one a test can check.
+        await self.redis.xtrim(keys.LEDGER, minid=min_id, approximate=False)
+        return min_id
+
+
+async def group_info(redis: Redis) -> dict[str, Any] | None:
+    """The ``ledger-writers`` group's XINFO, or None when it (or the stream) does not exist."""
+    try:
+        groups = await redis.xinfo_groups(keys.LEDGER)
+    except ResponseError:
+        return None
+    for group in groups:
+        if group["name"] == keys.LEDGER_GROUP:
+            return dict(group)
+    return None
+
+
+def _redact(url: str) -> str:
+    """A URL without its password, for logs."""
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest:
+        credentials, _, host = rest.rpartition("@")
+        return f"{scheme}{sep}{credentials.split(':')[0]}:***@{host}"
+    return url
