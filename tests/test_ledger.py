@@ -1,0 +1,229 @@
+"""The ledger: exactly once into real SQLite and PostgreSQL stores, whatever breaks."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import msgspec
+import pytest
+from redis.asyncio import Redis
+
+from giftrelay import keys
+from giftrelay.ledger.postgres import PostgresStore
+from giftrelay.ledger.reconcile import Difference, reconcile
+from giftrelay.ledger.sqlite import SQLiteStore
+from giftrelay.ledger.store import Store
+from giftrelay.money import Money
+
+from .ledger_helpers import (
+    caught_up,
+    drain,
+    gift_load,
+    make_store,
+    quick_consumer,
+    set_postgres_available,
+    true,
+    wait_for,
+)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    async for opened in make_store(request.param, tmp_path):
+        yield opened
+
+
+async def assert_exactly_once(redis: Redis, store: Store, expected: int) -> None:
+    """Every ledger event once, balanced per asset, and every wallet agreeing."""
+    assert await store.count() == expected
+    report = await reconcile(redis, store, wait=5)
+    assert report.lines() == []
+    assert report.ok
+
+
+async def test_thousands_of_events_land_exactly_once(
+    money: Money, redis: Redis, store: Store
+) -> None:
+    events = await gift_load(money, viewers=20, gifts=3000)
+    await drain(quick_consumer(redis, store, batch=500))
+    await assert_exactly_once(redis, store, events)
+    balances = await store.balances()
+    left = sum([(await money.balance(f"v{v}")).coins for v in range(20)])
+    sold = -balances[("system:coins_sold", "coins")]
+    assert balances[("system:gifts", "coins")] == sold - left  # coins spent = sold - held
+    assert balances[("user:creator", "diamonds")] == sold - left  # = diamonds credited (rate 1)
+
+
+async def test_a_consumer_cancelled_between_commit_and_ack_is_replayed_once(
+    money: Money, redis: Redis, store: Store
+) -> None:
+    events = await gift_load(money, viewers=5, gifts=1000)
+    first = quick_consumer(redis, store, name="first", batch=300)
+    committed = asyncio.Event()
+
+    async def hang(ids: object) -> None:
+        committed.set()
+        await asyncio.Event().wait()  # never acknowledges: cancelled here
+
+    first.after_commit = hang
+    await first.ensure_group()
+    task = asyncio.create_task(first.step())
+    await asyncio.wait_for(committed.wait(), 10)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await store.count() == 300  # committed, never acknowledged
+    assert len(await redis.xpending_range(keys.LEDGER, keys.LEDGER_GROUP, "-", "+", 1000)) == 300
+
+    second = quick_consumer(redis, store, name="second", batch=300, claim_idle_ms=0)
+    await drain(second)
+    assert second.stats.duplicates == 300  # the claimed batch was written before: no-op
+    await assert_exactly_once(redis, store, events)
+
+
+async def test_two_consumers_at_once_write_each_event_once(
+    money: Money, redis: Redis, store: Store
+) -> None:
+    stop = asyncio.Event()
+    consumers = [quick_consumer(redis, store, name=f"c{i}", batch=50) for i in range(2)]
+    await consumers[0].ensure_group()
+    tasks = [asyncio.create_task(c.run(stop)) for c in consumers]
+    events = await gift_load(money, viewers=10, gifts=4000)
+    await wait_for(lambda: caught_up(redis))
+    stop.set()
+    await asyncio.gather(*tasks)
+    assert all(c.stats.written > 0 for c in consumers)
+    assert sum(c.stats.written for c in consumers) == events
+    await assert_exactly_once(redis, store, events)
+
+
+async def test_store_down_lag_grows_then_catches_up(
+    money: Money, redis: Redis, store: Store, tmp_path: Path
+) -> None:
+    stop = asyncio.Event()
+    consumer = quick_consumer(redis, store)
+    task = asyncio.create_task(consumer.run(stop))
+
+    blocker: sqlite3.Connection | None = None
+    if isinstance(store, SQLiteStore):  # another process holds the write lock
+        blocker = sqlite3.connect(store.path, isolation_level=None)
+        blocker.execute("BEGIN EXCLUSIVE")
+    else:
+        assert isinstance(store, PostgresStore)
+        name = store.url.rpartition("/")[2]
+        await set_postgres_available(name, False)
+
+    events = await gift_load(money, viewers=5, gifts=500)
+    await wait_for(lambda: true(consumer.failures >= 3))
+    assert not await caught_up(redis)  # the lag grew: nothing was acknowledged
+
+    if blocker is not None:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    else:
+        await set_postgres_available(name, True)
+    await wait_for(lambda: caught_up(redis))
+    stop.set()
+    await task
+    await assert_exactly_once(redis, store, events)
+
+
+async def test_a_poison_entry_goes_to_the_dead_letters_and_the_rest_flows(
+    money: Money, redis: Redis, store: Store
+) -> None:
+    events = await gift_load(money, viewers=3, gifts=100)
+    poison = await redis.xadd(keys.LEDGER, {"e": '{"kind": "gift", "coins": "lots"}'})
+    events += await gift_load(money, viewers=3, gifts=100, stream="s2") - 3  # same viewers
+
+    await drain(quick_consumer(redis, store, claim_idle_ms=0))
+
+    [(_, dead)] = await redis.xrange(keys.LEDGER_DEAD)
+    assert dead["entry"] == poison
+    assert "not a ledger event" in dead["reason"]
+    assert int(dead["deliveries"]) >= 3
+    assert await store.count() == events
+    report = await reconcile(redis, store, wait=5)
+    assert report.differences == []
+    assert report.dead_letters == 1
+    assert not report.ok  # a dead letter is money the ledger does not have
+
+
+async def test_trimming_never_drops_an_unacknowledged_entry(
+    money: Money, redis: Redis, store: Store
+) -> None:
+    await gift_load(money, viewers=2, gifts=98)
+    consumer = quick_consumer(redis, store, claim_idle_ms=60_000)
+    await consumer.ensure_group()
+    stuck = await redis.xreadgroup(keys.LEDGER_GROUP, "stuck", {keys.LEDGER: ">"}, count=30)
+    stuck_ids = [entry_id for entry_id, _ in stuck[0][1]]
+    await consumer.step()  # writes and acknowledges the other 70
+    await consumer.trim()
+
+    remaining = [entry_id for entry_id, _ in await redis.xrange(keys.LEDGER)]
+    assert set(stuck_ids) <= set(remaining)
+    assert remaining[0] == stuck_ids[0]
+
+    await redis.xack(keys.LEDGER, keys.LEDGER_GROUP, *stuck_ids)  # as if written
+    await consumer.trim()
+    assert await redis.xlen(keys.LEDGER) == 1  # only the last delivered entry is kept
+
+
+async def test_reconcile_passes_under_live_load_and_fails_after_tampering(
+    money: Money, redis: Redis, store: Store
+) -> None:
+    stop = asyncio.Event()
+    task = asyncio.create_task(quick_consumer(redis, store).run(stop))
+    load = asyncio.create_task(gift_load(money, viewers=10, gifts=2000))
+    await asyncio.sleep(0)
+    report = await reconcile(redis, store, wait=20)  # a snapshot taken mid-load
+    assert report.lines() == []
+    await load
+    await wait_for(lambda: caught_up(redis))
+
+    coins = (await money.balance("v3")).coins
+    await redis.hincrby(keys.wallet("v3"), "coins", 5)
+    report = await reconcile(redis, store, wait=5)
+    stop.set()
+    await task
+    assert report.differences == [Difference("v3", "coins", coins + 5, coins)]
+    assert report.lines() == [f"difference: wallet=v3 asset=coins redis={coins + 5} ledger={coins}"]
+    assert not report.ok
+
+
+async def test_reconcile_says_when_the_consumer_has_not_caught_up(
+    money: Money, redis: Redis, store: Store
+) -> None:
+    await gift_load(money, viewers=2, gifts=10)
+    report = await reconcile(redis, store, wait=0.2)
+    assert not report.caught_up
+    assert "no ledger consumer group" in report.lines()[0]
+
+
+async def test_migrations_are_versioned_and_applied_once(store: Store) -> None:
+    await store.open()  # a second start applies nothing new
+    assert await store.count() == 0
+
+
+async def test_events_keep_the_money_cores_words(money: Money, redis: Redis, store: Store) -> None:
+    await money.stream_open("s1", "bob", "t")
+    await money.topup("alice", 100, "receipt-alice-1")
+    await money.gift("alice", "s1", "heart", 2, "gift-000001")
+    await money.set_cap("alice", 50)
+    await drain(quick_consumer(redis, store))
+    rows = [row async for row in store.export(None, None)]
+    assert [(r.kind, r.actor, r.request_id) for r in rows] == [
+        ("topup", "alice", "receipt-alice-1"),
+        ("gift", "alice", "gift-000001"),
+        ("cap", "alice", None),
+    ]
+    gift = msgspec.json.decode(rows[1].body)
+    assert (gift["to"], gift["coins"], gift["coins_after"]) == ("bob", 10, 90)
+    assert [(p.account, p.asset, p.amount) for p in rows[1].postings] == [
+        ("user:alice", "coins", -10),
+        ("system:gifts", "coins", 10),
+        ("user:bob", "diamonds", 10),
+        ("system:diamonds_issued", "diamonds", -10),
+    ]
