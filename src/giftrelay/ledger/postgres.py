@@ -84,15 +84,14 @@ class PostgresStore:
     async def write(self, records: Sequence[Record]) -> WriteResult:
         if not records:
             return WriteResult(0, 0)
-        unique = list({r.event_id: r for r in records}.values())
+        unique = list({(r.ms, r.seq): r for r in records}.values())
         with _translated():
             async with self._pool_or_fail().acquire() as conn, conn.transaction():
                 rows = await conn.fetch(
                     "INSERT INTO events"
-                    " SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[],"
-                    "                      $5::text[], $6::text[], $7::bigint[], $8::text[])"
-                    " ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
-                    [r.event_id for r in unique],
+                    " SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[],"
+                    "                      $5::text[], $6::bigint[], $7::text[])"
+                    " ON CONFLICT (ms, seq) DO NOTHING RETURNING ms, seq",
                     [r.ms for r in unique],
                     [r.seq for r in unique],
                     [r.kind for r in unique],
@@ -101,17 +100,17 @@ class PostgresStore:
                     [r.ts for r in unique],
                     [r.body for r in unique],
                 )
-                fresh = {row["event_id"] for row in rows}
+                fresh = {(row["ms"], row["seq"]) for row in rows}
                 postings = [
-                    (r.event_id, n, p.account, p.asset.value, p.amount)
+                    (r.ms, r.seq, n, p.account, p.asset.value, p.amount)
                     for r in unique
-                    if r.event_id in fresh
+                    if (r.ms, r.seq) in fresh
                     for n, p in enumerate(r.postings)
                 ]
                 if postings:
                     await conn.execute(
-                        "INSERT INTO postings SELECT * FROM unnest("
-                        " $1::text[], $2::int[], $3::text[], $4::text[], $5::bigint[])",
+                        "INSERT INTO postings SELECT * FROM unnest($1::bigint[], $2::bigint[],"
+                        " $3::smallint[], $4::text[], $5::text[], $6::bigint[])",
                         *(list(column) for column in zip(*postings, strict=True)),
                     )
         return WriteResult(inserted=len(fresh), duplicates=len(records) - len(fresh))
@@ -120,10 +119,7 @@ class PostgresStore:
         sql = "SELECT account, asset, SUM(amount) AS total FROM postings"
         args: list[int] = []
         if upto is not None:
-            sql += (
-                " WHERE event_id IN (SELECT event_id FROM events"
-                " WHERE ms < $1 OR (ms = $1 AND seq <= $2))"
-            )
+            sql += " WHERE ms < $1 OR (ms = $1 AND seq <= $2)"
             args = [upto[0], upto[1]]
         with _translated():
             rows = await self._pool_or_fail().fetch(sql + " GROUP BY account, asset", *args)
@@ -156,8 +152,8 @@ class PostgresStore:
     ) -> list[ExportRow]:
         pool = self._pool_or_fail()
         rows = await pool.fetch(
-            "SELECT event_id, ts, kind, request_id, actor, body FROM events"
-            " WHERE (ms > $1 OR (ms = $1 AND seq > $2)) AND ts >= $3 AND ts < $4"
+            "SELECT ms, seq, ts, kind, request_id, actor, body FROM events"
+            " WHERE (ms, seq) > ($1, $2) AND ts >= $3 AND ts < $4"
             " ORDER BY ms, seq LIMIT $5",
             after[0],
             after[1],
@@ -165,24 +161,29 @@ class PostgresStore:
             until_ms or 2**62,
             EXPORT_PAGE,
         )
-        postings: dict[str, list[Posting]] = {}
+        if not rows:
+            return []
+        postings: dict[tuple[int, int], list[Posting]] = {}
         for p in await pool.fetch(
-            "SELECT event_id, account, asset, amount FROM postings"
-            " WHERE event_id = ANY($1::text[]) ORDER BY event_id, n",
-            [r["event_id"] for r in rows],
+            "SELECT ms, seq, account, asset, amount FROM postings"
+            " WHERE (ms, seq) >= ($1, $2) AND (ms, seq) <= ($3, $4) ORDER BY ms, seq, n",
+            rows[0]["ms"],
+            rows[0]["seq"],
+            rows[-1]["ms"],
+            rows[-1]["seq"],
         ):
-            postings.setdefault(p["event_id"], []).append(
+            postings.setdefault((p["ms"], p["seq"]), []).append(
                 Posting(p["account"], Asset(p["asset"]), p["amount"])
             )
         return [
             ExportRow(
-                r["event_id"],
+                f"{r['ms']}-{r['seq']}",
                 r["ts"],
                 r["kind"],
                 r["request_id"],
                 r["actor"],
                 r["body"],
-                postings.get(r["event_id"], []),
+                postings.get((r["ms"], r["seq"]), []),
             )
             for r in rows
         ]

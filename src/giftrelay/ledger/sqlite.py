@@ -81,10 +81,7 @@ class SQLiteStore:
             sql = "SELECT account, asset, SUM(amount) FROM postings"
             args: tuple[int, ...] = ()
             if upto is not None:
-                sql += (
-                    " WHERE event_id IN (SELECT event_id FROM events"
-                    " WHERE ms < ? OR (ms = ? AND seq <= ?))"
-                )
+                sql += " WHERE ms < ? OR (ms = ? AND seq <= ?)"
                 args = (upto[0], upto[0], upto[1])
             rows = db.execute(sql + " GROUP BY account, asset", args).fetchall()
             return {(account, asset): int(total) for account, asset, total in rows}
@@ -144,27 +141,25 @@ def _write(db: sqlite3.Connection, records: Sequence[Record]) -> WriteResult:
     # the same event between the check below and the insert.
     db.execute("BEGIN IMMEDIATE")
     try:
-        ids = [r.event_id for r in records]
-        existing: set[str] = set()
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            marks = ",".join("?" * len(chunk))
+        unique = {(r.ms, r.seq): r for r in records}
+        keys = list(unique)
+        existing: set[tuple[int, int]] = set()
+        for start in range(0, len(keys), 400):
+            chunk = keys[start : start + 400]
+            values = ",".join("(?,?)" for _ in chunk)
+            flat = [part for key in chunk for part in key]
             existing.update(
-                row[0]
-                for row in db.execute(
-                    f"SELECT event_id FROM events WHERE event_id IN ({marks})", chunk
-                )
+                db.execute(f"SELECT ms, seq FROM events WHERE (ms, seq) IN (VALUES {values})", flat)
             )
-        fresh = [r for r in records if r.event_id not in existing]
-        fresh = list({r.event_id: r for r in fresh}.values())  # a batch may repeat an entry
+        fresh = [r for key, r in unique.items() if key not in existing]
         db.executemany(
-            "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [(r.event_id, r.ms, r.seq, r.kind, r.request_id, r.actor, r.ts, r.body) for r in fresh],
+            "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(r.ms, r.seq, r.kind, r.request_id, r.actor, r.ts, r.body) for r in fresh],
         )
         db.executemany(
-            "INSERT INTO postings VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO postings VALUES (?, ?, ?, ?, ?, ?)",
             [
-                (r.event_id, n, p.account, p.asset.value, p.amount)
+                (r.ms, r.seq, n, p.account, p.asset.value, p.amount)
                 for r in fresh
                 for n, p in enumerate(r.postings)
             ],
@@ -180,19 +175,23 @@ def _export_page(
     db: sqlite3.Connection, *, after: Position, since_ms: int | None, until_ms: int | None
 ) -> list[ExportRow]:
     rows = db.execute(
-        "SELECT event_id, ts, kind, request_id, actor, body FROM events"
+        "SELECT ms, seq, ts, kind, request_id, actor, body FROM events"
         " WHERE (ms > ? OR (ms = ? AND seq > ?)) AND ts >= ? AND ts < ?"
         " ORDER BY ms, seq LIMIT ?",
         (after[0], after[0], after[1], since_ms or 0, until_ms or 2**62, EXPORT_PAGE),
     ).fetchall()
     if not rows:
         return []
-    marks = ",".join("?" * len(rows))
-    postings: dict[str, list[Posting]] = {}
-    for event_id, account, asset, amount in db.execute(
-        f"SELECT event_id, account, asset, amount FROM postings WHERE event_id IN ({marks})"
-        " ORDER BY event_id, n",
-        [r[0] for r in rows],
+    first, last = rows[0][:2], rows[-1][:2]
+    postings: dict[tuple[int, int], list[Posting]] = {}
+    for ms, seq, account, asset, amount in db.execute(
+        "SELECT ms, seq, account, asset, amount FROM postings"
+        " WHERE (ms > ? OR (ms = ? AND seq >= ?)) AND (ms < ? OR (ms = ? AND seq <= ?))"
+        " ORDER BY ms, seq, n",
+        (first[0], first[0], first[1], last[0], last[0], last[1]),
     ):
-        postings.setdefault(event_id, []).append(Posting(account, Asset(asset), amount))
-    return [ExportRow(e, ts, k, rid, a, b, postings.get(e, [])) for e, ts, k, rid, a, b in rows]
+        postings.setdefault((ms, seq), []).append(Posting(account, Asset(asset), amount))
+    return [
+        ExportRow(f"{ms}-{seq}", ts, kind, rid, actor, body, postings.get((ms, seq), []))
+        for ms, seq, ts, kind, rid, actor, body in rows
+    ]
