@@ -118,11 +118,10 @@ async def lag_under_load(
     while producer.is_alive():
         worst = max(worst, await _lag(redis))
         await asyncio.sleep(0.1)
-    produced = rate * seconds
     final = await _lag(redis)
     stop.set()
     await task
-    return worst, final, consumer.stats.written / (time.perf_counter() - began) if produced else 0
+    return worst, final, consumer.stats.written / (time.perf_counter() - began)
 
 
 async def _lag(redis: Redis) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 
 import msgspec
 import pytest
@@ -98,14 +99,23 @@ async def test_payout_id_pays_once(live: Money, redis: Redis) -> None:
     assert len(await ledger_entries(redis, "payout")) == 1
 
 
-async def test_unavailable_is_not_remembered_and_the_retry_succeeds(
-    own_redis_server: RedisServer, clock: Clock
-) -> None:
+@pytest.fixture
+async def restartable(own_redis_server: RedisServer, clock: Clock) -> AsyncIterator[Money]:
+    """A money core over a Redis of the test's own, with a live stream and alice's 100 coins."""
     redis = connect(own_redis_server.url, timeout=1.0)
     core = Money(redis, Settings.load({}), catalog.load(), clock=clock)
     await core.start()
     await core.stream_open("s1", "bob", "t")
     await core.topup("alice", 100, "receipt-alice-1")
+    yield core
+    await core.aclose()
+    await redis.aclose()
+
+
+async def test_unavailable_is_not_remembered_and_the_retry_succeeds(
+    own_redis_server: RedisServer, restartable: Money
+) -> None:
+    core = restartable
 
     own_redis_server.kill()
     started = time.monotonic()
@@ -117,21 +127,13 @@ async def test_unavailable_is_not_remembered_and_the_retry_succeeds(
     receipt = await core.gift("alice", "s1", "rose", 1, "gift-outage-1")
     assert not receipt.replayed
     assert receipt.balance == 99
-    await core.aclose()
-    await redis.aclose()
 
 
 async def test_gifts_resume_at_once_after_a_redis_restart(
-    own_redis_server: RedisServer, clock: Clock
+    own_redis_server: RedisServer, restartable: Money
 ) -> None:
-    redis = connect(own_redis_server.url, timeout=1.0)
-    core = Money(redis, Settings.load({}), catalog.load(), clock=clock)
-    await core.start()
-    await core.stream_open("s1", "bob", "t")
-    await core.topup("alice", 100, "receipt-alice-1")
+    core = restartable
     own_redis_server.kill()
     own_redis_server.start()  # every pooled connection is now dead
     receipt = await core.gift("alice", "s1", "rose", 1, "gift-after-restart")
     assert receipt.balance == 99
-    await core.aclose()
-    await redis.aclose()
