@@ -60,12 +60,13 @@ def mint(
         raise TokenError("the stream must be 1-64 characters of A-Z a-z 0-9 _ . -")
     if ttl <= 0:
         raise TokenError("the lifetime must be positive")
-    issued = int(time.time() if now is None else now)
+    # iat to the millisecond: a token minted right after ``revoke_overlays`` is not revoked.
+    issued = round(time.time() if now is None else now, 3)
     claims: dict[str, object] = {
         "sub": subject,
         "role": role.value,
         "iat": issued,
-        "exp": issued + ttl,
+        "exp": int(issued) + ttl,
     }
     if stream is not None:
         claims["stream"] = stream

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import os
 import signal
 import sys
 import uuid
@@ -18,7 +19,7 @@ import structlog
 from giftrelay import __version__, auth, catalog, logs
 from giftrelay.catalog import CatalogError
 from giftrelay.config import ConfigError, Settings
-from giftrelay.embedded import EmbeddedRedisError
+from giftrelay.embedded import EmbeddedRedisError, free_port
 from giftrelay.errors import Refused
 from giftrelay.ledger import export as ledger_export
 from giftrelay.ledger.reconcile import reconcile as reconcile_ledger
@@ -26,6 +27,8 @@ from giftrelay.ledger.store import StoreUnavailable
 from giftrelay.money import Money
 from giftrelay.redis_client import connect
 from giftrelay.runtime import consumer, ledger_store, money, redis_url, secret_for
+from giftrelay.server import Relay
+from giftrelay.workers import Workers, mark_ready
 
 log = structlog.get_logger(__name__)
 
@@ -55,8 +58,16 @@ def _friendly(fn: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
-def _run(coro: Coroutine[Any, Any, R]) -> R:
-    return asyncio.run(coro)
+def _run(coro: Coroutine[Any, Any, R], *, fast: bool = False) -> R:
+    """Run ``coro``; ``fast`` uses uvloop where it is installed (the relay's hot paths)."""
+    factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    if fast:
+        with contextlib.suppress(ImportError):
+            import uvloop
+
+            factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(coro)
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -113,36 +124,89 @@ def serve(
     )
     catalog.load(settings.catalog)  # a bad catalog stops start-up before anything runs
     secret = secret_for(settings)
-    _run(_serve(settings, secret, settings.embedded if run_ledger is None else run_ledger))
+    _run(
+        _serve(settings, secret, settings.embedded if run_ledger is None else run_ledger), fast=True
+    )
 
 
-def _stop_on_signals() -> asyncio.Event:
-    """An event set by SIGINT or SIGTERM."""
+def _stop_on_signals(on_force: Callable[[], None] | None = None) -> asyncio.Event:
+    """An event set by SIGINT or SIGTERM; a second signal forces an immediate exit."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def signalled(sig: signal.Signals) -> None:
+        if stop.is_set():
+            log.warning("second signal: exiting now", signal=sig.name)
+            if on_force is not None:
+                on_force()
+            os._exit(128 + sig.value)
+        log.info("stopping", signal=sig.name)
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, signalled, sig)
     return stop
 
 
 async def _serve(settings: Settings, secret: str, run_ledger: bool) -> None:
-    stop = _stop_on_signals()
+    """Redis, money core and ledger consumer, then the relay worker(s); stopped in reverse."""
+    workers: Workers | None = None
+    stop = _stop_on_signals(lambda: workers.kill() if workers else None)
     async with contextlib.AsyncExitStack() as stack:
         url = await stack.enter_async_context(redis_url(settings))
         core = await stack.enter_async_context(money(settings, url))
         log.info("money core ready", redis=url, embedded=settings.embedded)
+        ledger_stop = asyncio.Event()
         tasks = []
         if run_ledger:
             store = await stack.enter_async_context(ledger_store(settings))
             writer = consumer(settings, url, store)
             stack.push_async_callback(writer.redis.aclose)
-            tasks.append(asyncio.create_task(writer.run(stop)))
+            tasks.append(asyncio.create_task(writer.run(ledger_stop)))
         if settings.embedded:
             await _seed_demo(core)
-            _print_demo(settings, secret, url)
-        await stop.wait()
-        log.info("stopping")
-        await asyncio.gather(*tasks)
+        relay: Relay | None = None
+        if settings.workers == 1:
+            relay = Relay(settings, secret, url, core, core.catalog)
+            port = await relay.start(settings.host, settings.port)
+        else:
+            port = settings.port or free_port()
+            workers = Workers(settings, secret, url, port)
+            await workers.start()
+        _print_urls(settings, secret, url, port)
+        try:
+            await stop.wait()
+        finally:
+            if relay is not None:
+                await relay.shutdown()
+            if workers is not None:
+                await workers.stop()
+            ledger_stop.set()
+            await asyncio.gather(*tasks)
+
+
+async def _worker(settings: Settings, secret: str) -> None:
+    """One of ``serve --workers N``'s processes: a relay sharing the port, nothing else."""
+    stop = _stop_on_signals()
+    assert settings.redis_url is not None
+    async with money(settings, settings.redis_url) as core:
+        relay = Relay(settings, secret, settings.redis_url, core, core.catalog)
+        await relay.start(settings.host, settings.port, reuse_port=True)
+        mark_ready()
+        try:
+            await stop.wait()
+        finally:
+            await relay.shutdown()
+
+
+@main.command(hidden=True)
+@_friendly
+def worker() -> None:
+    """A relay worker process, started by ``serve --workers N`` (settings from the environment)."""
+    settings = _settings()
+    if not settings.redis_url:
+        raise click.ClickException("a worker needs GIFTRELAY_REDIS_URL (serve sets it)")
+    _run(_worker(settings, secret_for(settings)), fast=True)
 
 
 async def _seed_demo(core: Money) -> None:
@@ -152,19 +216,30 @@ async def _seed_demo(core: Money) -> None:
         await core.topup(viewer, DEMO_COINS, f"demo-grant-{viewer}")
 
 
-def _print_demo(settings: Settings, secret: str, url: str) -> None:
-    def token(sub: str, role: auth.Role, stream: str | None = None) -> str:
-        return auth.mint(secret, sub, role, ttl=86400, stream=stream)
+def _print_urls(settings: Settings, secret: str, url: str, port: int) -> None:
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    base = f"{host}:{port}"
+    click.echo(f"giftrelay {__version__}: {settings.workers} worker(s) on port {port}")
+    click.echo(f"  websocket: ws://{base}/ws")
+    click.echo(f"  health:    http://{base}/healthz  ready: /readyz  metrics: /metrics")
+    click.echo(
+        f"  redis:     {url}" + ("  (embedded, data in var/redis)" if settings.embedded else "")
+    )
+    click.echo(f"  ledger:    {settings.ledger}")
+    if settings.embedded:
 
-    click.echo(f"giftrelay {__version__} on the embedded default")
-    click.echo(f"  redis:   {url}  (data in {settings.var_path / 'redis'})")
-    click.echo(f"  ledger:  {settings.ledger}")
-    click.echo(f"  stream:  {DEMO_STREAM!r} by {DEMO_CREATOR!r}, live")
-    click.echo("  demo tokens (24 h):")
-    click.echo(f"    viewer  {DEMO_VIEWERS[0]}: {token(DEMO_VIEWERS[0], auth.Role.VIEWER)}")
-    click.echo(f"    creator {DEMO_CREATOR}: {token(DEMO_CREATOR, auth.Role.CREATOR)}")
-    click.echo(f"    overlay {DEMO_STREAM}: {token(DEMO_STREAM, auth.Role.OVERLAY, DEMO_STREAM)}")
-    click.echo(f"    admin   admin: {token('admin', auth.Role.ADMIN)}")
+        def token(sub: str, role: auth.Role, stream: str | None = None) -> str:
+            return auth.mint(secret, sub, role, ttl=86400, stream=stream)
+
+        viewer = token(DEMO_VIEWERS[0], auth.Role.VIEWER)
+        click.echo(f"  demo page: http://{base}/?token={viewer}")
+        click.echo(f"  stream:    {DEMO_STREAM!r} by {DEMO_CREATOR!r}, live")
+        click.echo("  demo tokens (24 h):")
+        click.echo(f"    viewer  {DEMO_VIEWERS[0]}: {viewer}")
+        click.echo(f"    creator {DEMO_CREATOR}: {token(DEMO_CREATOR, auth.Role.CREATOR)}")
+        overlay = token(DEMO_STREAM, auth.Role.OVERLAY, DEMO_STREAM)
+        click.echo(f"    overlay {DEMO_STREAM}: {overlay}")
+        click.echo(f"    admin   admin: {token('admin', auth.Role.ADMIN)}")
     click.echo("  press Ctrl+C to stop")
 
 

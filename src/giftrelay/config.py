@@ -68,6 +68,34 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     ledger_claim_idle_ms: Positive = 30_000
     ledger_max_deliveries: Positive = 5
 
+    # Relay: fan-out, limits and time-outs.
+    tick_ms: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 25
+    """Fan-out tick; it grows under load up to ``max_tick_ms``. 0 flushes at once."""
+    max_tick_ms: Annotated[int, msgspec.Meta(ge=1, le=5000)] = 250
+    max_frame_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 65536
+    """Frames above this close the connection with 1009."""
+    max_message_bytes: Annotated[int, msgspec.Meta(ge=256)] = 4096
+    """Messages above this (but within a frame) get a ``too_large`` error."""
+    max_streams_per_connection: Positive = 16
+    max_connections_per_ip: Positive = 1000
+    """Per worker process."""
+    max_connections: Positive = 50_000
+    """Per worker process; beyond it new connections get HTTP 503."""
+    gift_rate: Annotated[float, msgspec.Meta(gt=0)] = 20.0
+    """Gifts per second per user (token bucket), per worker."""
+    gift_burst: Positive = 40
+    message_rate: Annotated[float, msgspec.Meta(gt=0)] = 200.0
+    """Messages per second per connection; a flood beyond twice this closes with 1008."""
+    message_burst: Positive = 400
+    max_inflight_per_connection: Positive = 64
+    write_buffer_bytes: Annotated[int, msgspec.Meta(ge=65536)] = 1 << 20
+    """A viewer whose unsent data passes this is too slow: closed with 1013."""
+    ping_interval: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+    ping_timeout: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+    request_timeout: Annotated[float, msgspec.Meta(gt=0, le=10)] = 1.5
+    """Longest a request waits for Redis before answering ``unavailable``."""
+    shutdown_timeout: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+
     # Redis client behaviour.
     redis_timeout: Annotated[float, msgspec.Meta(gt=0)] = 2.0
 

@@ -61,3 +61,8 @@ def combo(stream_id: str, viewer: str, gift: str) -> str:
 def channel(stream_id: str) -> str:
     """Pub/sub channel carrying the stream's events to relay workers."""
     return f"ev:{{{stream_id}}}"
+
+
+def viewers(stream_id: str) -> str:
+    """Hash: each relay worker's viewer count of the stream, with its heartbeat expiry."""
+    return f"vw:{{{stream_id}}}"

@@ -21,3 +21,50 @@ LEDGER_LAG = Gauge(
 LEDGER_STORE_UP = Gauge(
     "giftrelay_ledger_store_up", "1 when the last write to the ledger store succeeded."
 )
+
+# -- relay ---------------------------------------------------------------------------------
+
+CONNECTIONS = Gauge(
+    "giftrelay_open_connections",
+    "Open WebSocket connections.",
+    multiprocess_mode="livesum",
+)
+CONNECTIONS_TOTAL = Counter(
+    "giftrelay_connections_total",
+    "WebSocket connections accepted or refused, by outcome.",
+    ["outcome"],  # accepted | unauthorized | revoked | too_many
+)
+JOINS = Counter("giftrelay_joins_total", "Streams joined.")
+MESSAGES = Counter("giftrelay_messages_total", "Client messages received, by type.", ["type"])
+GIFTS = Counter(
+    "giftrelay_gifts_total",
+    "Gift requests, by outcome (ok, replayed, or the error code).",
+    ["outcome"],
+)
+ERRORS = Counter("giftrelay_errors_total", "Error replies sent, by code.", ["code"])
+SCRIPT_SECONDS = Histogram(
+    "giftrelay_gift_seconds",
+    "Time from a gift request to the money core's answer.",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2),
+)
+EVENT_LAG = Histogram(
+    "giftrelay_fanout_lag_seconds",
+    "From a gift's timestamp to its event arriving at this worker's fan-out.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+TICK_SECONDS = Gauge(
+    "giftrelay_fanout_tick_seconds",
+    "The fan-out tick now in use (it grows when flushing is expensive).",
+    multiprocess_mode="max",
+)
+FRAMES_SENT = Counter("giftrelay_frames_sent_total", "Event frames written to viewers.")
+BYTES_SENT = Counter("giftrelay_bytes_sent_total", "Bytes of event frames written to viewers.")
+EVENTS_SENT = Counter("giftrelay_events_sent_total", "Events delivered to viewers.")
+SLOW_CLOSES = Counter(
+    "giftrelay_slow_client_closes_total", "Viewers closed with 1013 for reading too slowly."
+)
+REDIS_UP = Gauge(
+    "giftrelay_redis_up",
+    "1 while this worker's event channel is connected to Redis.",
+    multiprocess_mode="min",
+)

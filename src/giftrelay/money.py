@@ -7,6 +7,7 @@ moved nothing. Gifts, top-ups and payouts are idempotent by the caller's id.
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, cast
@@ -19,7 +20,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from giftrelay import keys, rules
 from giftrelay.autopipe import AutoPipeline
-from giftrelay.catalog import Catalog
+from giftrelay.catalog import Catalog, Gift
 from giftrelay.config import Settings
 from giftrelay.errors import Code, Refused, Unavailable
 from giftrelay.scripts import SCRIPTS, Script
@@ -120,12 +121,7 @@ class Money:
         _check_ident("viewer", viewer)
         _check_ident("stream", stream)
         _check_request_id(request_id)
-        if not 1 <= count <= self.settings.max_gift_count:
-            raise Refused(Code.BAD_REQUEST, f"count must be 1 to {self.settings.max_gift_count}")
-        item = self.catalog.get(gift)
-        if item is None:
-            raise Refused(Code.UNKNOWN_GIFT, f"there is no gift {gift!r} in the catalog")
-        coins = item.coins * count
+        item, coins = self._priced(gift, count)
         diamonds = rules.diamonds_for(coins, self.settings.diamond_rate)
         for attempt in range(2):
             creator = await self._creator(stream, refresh=attempt > 0)
@@ -175,6 +171,15 @@ class Money:
                 replayed=bool(replayed),
             )
         raise Refused(Code.INTERNAL, "the stream's creator keeps changing")
+
+    def _priced(self, gift: str, count: int) -> tuple[Gift, int]:
+        """The catalog gift and the coins that ``count`` of it cost."""
+        if not 1 <= count <= self.settings.max_gift_count:
+            raise Refused(Code.BAD_REQUEST, f"count must be 1 to {self.settings.max_gift_count}")
+        item = self.catalog.get(gift)
+        if item is None:
+            raise Refused(Code.UNKNOWN_GIFT, f"there is no gift {gift!r} in the catalog")
+        return item, item.coins * count
 
     async def _creator(self, stream: str, *, refresh: bool) -> str:
         """Streams never change creator, so the gift path reads it once per process."""
@@ -302,11 +307,69 @@ class Money:
         _ok(reply, "set_goal")
         return Goal(title=title, target=target, progress=0)
 
+    async def test_alert(self, stream: str, actor: str | None, gift: str, count: int) -> str:
+        """Show a gift marked ``test`` on the stream's overlays; returns its offset.
+
+        Nothing but the stream's history and channel is written: no wallet, no total,
+        no leaderboard, no ledger entry.
+        """
+        _check_ident("stream", stream)
+        item, coins = self._priced(gift, count)
+        now = self.clock()
+        reply = await self.pipe.call(
+            Script.TEST_ALERT,
+            [keys.stream(stream), keys.history(stream), keys.channel(stream)],
+            [
+                actor or "",
+                f"test-{now}-{secrets.token_hex(4)}",
+                gift,
+                item.name,
+                count,
+                coins,
+                rules.diamonds_for(coins, self.settings.diamond_rate),
+                now,
+                self.settings.history_len,
+            ],
+        )
+        return str(_ok(reply, "test_alert")[1])
+
+    async def revoke_overlays(self, stream: str, actor: str | None) -> int:
+        """Overlay tokens of the stream issued before now stop working; returns now (ms)."""
+        _check_ident("stream", stream)
+        now = self.clock()
+        reply = await self.pipe.call(
+            Script.REVOKE_OVERLAYS, [keys.stream(stream), keys.channel(stream)], [actor or "", now]
+        )
+        _ok(reply, "revoke_overlays")
+        return now
+
+    async def overlay_epoch(self, stream: str) -> int | None:
+        """Overlay tokens of the stream issued before this moment (ms) are revoked."""
+        raw = await _guard(self.redis.hget(keys.stream(stream), "overlay_epoch"))
+        return None if raw is None else int(raw)
+
+    async def viewers_heartbeat(self, stream: str, worker: str, count: int, ttl_ms: int) -> int:
+        """Report this worker's viewers of the stream; returns the total over live workers."""
+        reply = await self.pipe.call(
+            Script.VIEWERS, [keys.viewers(stream)], [worker, count, self.clock(), ttl_ms]
+        )
+        return int(_ok(reply, "viewers")[1])
+
+    async def top(self, stream: str, n: int = 10) -> list[tuple[str, int]]:
+        """The stream's top gifters by coins spent, highest first."""
+        raw = await _guard(self.redis.zrevrange(keys.top(stream), 0, n - 1, withscores=True))
+        return [(str(user), int(score)) for user, score in cast(list[tuple[str, float]], raw)]
+
     async def stream_info(self, stream: str) -> StreamInfo:
         _check_ident("stream", stream)
         raw = cast(dict[str, str], await _guard(self.redis.hgetall(keys.stream(stream))))
         if not raw:
             raise Refused(Code.UNKNOWN_STREAM, f"there is no stream {stream!r}")
+        return self.parse_stream(stream, raw)
+
+    @staticmethod
+    def parse_stream(stream: str, raw: dict[str, str]) -> StreamInfo:
+        """A stream's hash (``st:{stream}``) as a :class:`StreamInfo`."""
         diamonds = int(raw.get("diamonds", 0))
         goal = None
         if "goal_target" in raw:

@@ -21,6 +21,9 @@ class Script(enum.Enum):
     STREAM_OPEN = "stream_open"
     STREAM_CLOSE = "stream_close"
     SET_GOAL = "set_goal"
+    TEST_ALERT = "test_alert"
+    REVOKE_OVERLAYS = "revoke_overlays"
+    VIEWERS = "viewers"
 
 
 def _read(name: str) -> str:

@@ -1,0 +1,656 @@
+"""Fan-out: every event of a stream to every viewer of it on this worker, once, in order.
+
+A worker subscribes to a stream's channel only while it holds a viewer of it.
+Events are buffered per stream (a :class:`Room`) and flushed every tick as one
+``events`` frame, encoded once and written to every viewer with
+``websockets.broadcast``. The tick grows when flushing gets expensive, so a busy
+worker sends fewer, fuller frames instead of queueing.
+
+Ordering and exactly-once rest on offsets: Redis publishes a stream's events in
+offset order, and a room drops anything at or below the last offset it has seen.
+A join reads the history only after the subscription is confirmed, and is
+answered in the same synchronous step that adds the viewer to the room, so
+nothing falls between what the ``joined`` reply carries and what follows it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import os
+import secrets
+import socket
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
+
+import msgspec
+import structlog
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from websockets.asyncio.server import ServerConnection, broadcast
+from websockets.protocol import State
+
+from giftrelay import keys, metrics, protocol
+from giftrelay.catalog import Catalog
+from giftrelay.errors import Code, Refused, Unavailable
+from giftrelay.money import Money, StreamInfo
+
+log = structlog.get_logger(__name__)
+
+ZERO = (0, 0)
+SLOW_CLOSE_REASON = "too slow a reader: rejoin with since"
+
+
+class _Head(msgspec.Struct):
+    """The parts of a published event the fan-out itself needs."""
+
+    kind: str
+    offset: str = ""
+    ts: int = 0
+    sender: str = msgspec.field(name="from", default="")
+    gift: str = ""
+    count: int = 0
+    coins: int = 0
+    combo: int = 0
+    combo_id: str = ""
+    test: bool = False
+    before: int = 0
+    """``revoke_overlays``: overlay tokens issued before this (ms) are revoked."""
+
+
+_head = msgspec.json.Decoder(_Head)
+
+
+class _Combo(msgspec.Struct):
+    deadline: int
+    stream: str
+    event: protocol.ComboEndEvent
+
+
+class Room:
+    """One stream on this worker: its viewers, and events waiting for the next tick."""
+
+    def __init__(self, stream: str) -> None:
+        self.stream = stream
+        self.viewers: set[ServerConnection] = set()
+        self.joining = 0
+        self.pending: list[msgspec.Raw] = []
+        self.last = ZERO
+        self.last_offset = "0-0"
+        self.joiners: list[list[tuple[tuple[int, int], msgspec.Raw]]] = []
+        self.held: list[tuple[bytes, _Head]] | None = None
+        """While a gap is filled after a reconnect: live events, held back in order."""
+        self.combos: dict[str, _Combo] = {}
+        self.top_dirty = False
+        self.top: list[protocol.TopEntry] | None = None
+        self.viewers_total = -1
+        self.beat_count = -1
+        self.beat_at = 0.0
+        self.empty_since: float | None = None
+
+    @property
+    def channel(self) -> str:
+        return keys.channel(self.stream)
+
+    def accept(self, offset: str, raw: msgspec.Raw) -> bool:
+        """Queue a stored event unless this room has already seen its offset."""
+        key = protocol.parse_offset(offset)
+        if key <= self.last:
+            return False
+        self.last, self.last_offset = key, offset
+        self.pending.append(raw)
+        for buffer in self.joiners:
+            buffer.append((key, raw))
+        return True
+
+    def add_live(self, event: protocol.LiveEvent) -> None:
+        """Queue an event that is not stored (viewers, top, combo_end)."""
+        self.pending.append(protocol.encode_event(event))
+
+
+class Fanout:
+    """The worker's rooms, its pub/sub connection and the tick that flushes them."""
+
+    def __init__(
+        self,
+        url: str,
+        money: Money,
+        catalog: Catalog,
+        *,
+        tick: float = 0.025,
+        max_tick: float = 0.25,
+        combo_window_ms: int = 3000,
+        write_buffer_limit: int = 1 << 20,
+        heartbeat_ttl_ms: int = 6000,
+        history_limit: int = 5000,
+        linger: float = 5.0,
+        on_revoke: Callable[[str, int], None] | None = None,
+        drop_hook: Callable[[str, bytes], bool] | None = None,
+    ) -> None:
+        self.url = url
+        self.money = money
+        self.catalog = catalog
+        self.tick = tick
+        self.max_tick = max(max_tick, tick)
+        self.combo_window_ms = combo_window_ms
+        self.write_buffer_limit = write_buffer_limit
+        self.heartbeat_ttl_ms = heartbeat_ttl_ms
+        self.history_limit = history_limit
+        self.linger = linger
+        self.on_revoke = on_revoke
+        self.drop_hook = drop_hook
+        self.worker = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self.rooms: dict[str, Room] = {}
+        self.dirty: set[Room] = set()
+        self.combo_heap: list[tuple[int, str, str]] = []
+        # No retries inside redis-py: a lost connection must reach _read(), which
+        # resubscribes and fills the gap from the history.
+        self.redis = Redis.from_url(
+            url, socket_timeout=None, socket_connect_timeout=2.0, retry=Retry(NoBackoff(), 0)
+        )
+        self.pubsub: PubSub | None = None
+        self.confirms: dict[str, deque[asyncio.Future[None]]] = {}
+        self.connected = asyncio.Event()
+        self.current_tick = tick
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
+        self.stats_slow_closes = 0
+
+    # -- life cycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._read(), name="fanout-read"),
+            asyncio.create_task(self._flush_loop(), name="fanout-flush"),
+            asyncio.create_task(self._beat_loop(), name="fanout-beat"),
+        ]
+
+    async def aclose(self) -> None:
+        self._closing = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.flush_all()
+        with contextlib.suppress(RedisError, OSError):
+            for room in self.rooms.values():
+                await self.money.viewers_heartbeat(room.stream, self.worker, 0, 1)
+        if self.pubsub is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await self.pubsub.aclose()  # type: ignore[no-untyped-call]
+        await self.redis.aclose()
+
+    # -- joining and leaving ---------------------------------------------------------------
+
+    async def join(
+        self, conn: ServerConnection, stream: str, since: str | None, ref: str | None
+    ) -> protocol.Joined:
+        """Subscribe if need be, read what the viewer needs, and add it to the room.
+
+        The returned ``joined`` reply has already been written to the connection:
+        it had to be, in the same step as entering the room.
+        """
+        room = self.rooms.get(stream)
+        if room is None:
+            room = self.rooms[stream] = Room(stream)
+        room.joining += 1
+        room.empty_since = None
+        buffer: list[tuple[tuple[int, int], msgspec.Raw]] = []
+        try:
+            await self._subscribed(room)
+            room.joiners.append(buffer)
+            missed, recovered, latest, snapshot = await self._read_join(stream, since)
+        except BaseException:
+            self._discard_if_empty(room)
+            raise
+        finally:
+            room.joining -= 1
+            if buffer in room.joiners:
+                room.joiners.remove(buffer)
+
+        # From here on, no awaits: the reply and the entry into the room are one step.
+        self.flush_room(room)
+        last = protocol.parse_offset(latest)
+        if missed:
+            last = max(last, protocol.parse_offset(_offset_of(missed[-1])))
+        for key, raw in buffer:
+            if key > last:
+                if since is not None:
+                    missed.append(raw)
+                last = key
+        offset = "{}-{}".format(*last)
+        reply = protocol.Joined(
+            ref=ref,
+            stream=stream,
+            offset=offset,
+            recovered=recovered,
+            missed=missed,
+            snapshot=snapshot,
+        )
+        broadcast([conn], protocol.encode(reply), text=True)
+        room.viewers.add(conn)
+        metrics.JOINS.inc()
+        return reply
+
+    def leave(self, conn: ServerConnection, stream: str) -> bool:
+        room = self.rooms.get(stream)
+        if room is None or conn not in room.viewers:
+            return False
+        room.viewers.discard(conn)
+        self._discard_if_empty(room)
+        return True
+
+    def _discard_if_empty(self, room: Room) -> None:
+        if not room.viewers and not room.joining and room.empty_since is None:
+            room.empty_since = time.monotonic()
+
+    async def _subscribed(self, room: Room) -> None:
+        """Wait until this worker receives the room's channel (subscribing if need be)."""
+        if room.channel in self.confirms and not self.confirms[room.channel]:
+            return  # subscribed and confirmed
+        if room.channel not in self.confirms:
+            await self._subscribe([room])
+        waiters = self.confirms.get(room.channel)
+        if waiters:
+            try:
+                async with asyncio.timeout(2.0):
+                    await asyncio.shield(waiters[-1])
+            except TimeoutError:
+                raise Unavailable("Redis did not confirm the subscription") from None
+
+    async def _subscribe(self, rooms: list[Room]) -> None:
+        pubsub = self.pubsub
+        if pubsub is None or not self.connected.is_set():
+            raise Unavailable("the event channel is reconnecting to Redis")
+        loop = asyncio.get_running_loop()
+        for room in rooms:
+            self.confirms.setdefault(room.channel, deque()).append(loop.create_future())
+        try:
+            await pubsub.subscribe(*(room.channel for room in rooms))
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise Unavailable("Redis is unavailable") from exc
+
+    async def _read_join(
+        self, stream: str, since: str | None
+    ) -> tuple[list[msgspec.Raw], bool, str, protocol.Snapshot]:
+        """History after ``since`` (or the latest offset), and the snapshot, in one round trip."""
+        hist = keys.history(stream)
+        try:
+            async with self.money.redis.pipeline(transaction=False) as pipe:
+                pipe.hgetall(keys.stream(stream))
+                pipe.zrevrange(keys.top(stream), 0, 9, withscores=True)
+                pipe.hgetall(keys.viewers(stream))
+                pipe.xrevrange(hist, "+", "-", count=1)
+                if since is not None:
+                    pipe.xrange(hist, f"({since}", "+", count=self.history_limit)
+                    pipe.xinfo_stream(hist)
+                replies = await pipe.execute(raise_on_error=False)
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise Unavailable() from exc
+        info_raw, top_raw, viewers_raw, latest_raw = replies[:4]
+        for reply in replies[:4]:
+            if isinstance(reply, Exception):
+                raise Refused(Code.INTERNAL) from reply
+        if not info_raw:
+            raise Refused(Code.UNKNOWN_STREAM, f"there is no stream {stream!r}")
+        latest = latest_raw[0][0] if latest_raw else "0-0"
+        info = Money.parse_stream(stream, info_raw)
+        snapshot = _snapshot(info, top_raw, _viewers_total(viewers_raw))
+        if since is None:
+            return [], True, latest, snapshot
+        entries, xinfo = replies[4], replies[5]
+        if isinstance(entries, Exception):
+            raise Refused(Code.INTERNAL) from entries
+        missed = [_with_offset(entry_id, fields) for entry_id, fields in entries]
+        recovered = _reaches_back(since, latest, xinfo) and len(entries) < self.history_limit
+        if not recovered:
+            missed = []
+        return missed, recovered, latest, snapshot
+
+    # -- reading the channel ---------------------------------------------------------------
+
+    async def _read(self) -> None:
+        """Read the pub/sub connection; on a failure, reconnect, resubscribe, fill the gap."""
+        delay = 0.1
+        while True:
+            try:
+                await self._connect()
+                delay = 0.1
+                assert self.pubsub is not None
+                while True:
+                    message = await self.pubsub.get_message(timeout=None)
+                    if message is not None:
+                        self._on_message(message)
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                self._disconnected(exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    async def _connect(self) -> None:
+        """A fresh pub/sub connection holding every room this worker has."""
+        if self.pubsub is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await self.pubsub.aclose()  # type: ignore[no-untyped-call]
+        self.pubsub = self.redis.pubsub()
+        await self.pubsub.connect()  # type: ignore[no-untyped-call]
+        self.connected.set()
+        rooms = list(self.rooms.values())
+        if rooms:
+            for room in rooms:
+                room.held = []
+            await self._subscribe(rooms)
+            for room in rooms:
+                asyncio.create_task(self._fill_gap(room))  # noqa: RUF006 - logged in place
+        log.info("event channel connected", rooms=len(rooms))
+
+    def _disconnected(self, exc: BaseException) -> None:
+        if self.connected.is_set():
+            log.warning("event channel lost; reconnecting", error=str(exc))
+        self.connected.clear()
+        metrics.REDIS_UP.set(0)
+        for waiters in self.confirms.values():
+            for future in waiters:
+                if not future.done():
+                    future.set_exception(Unavailable("the event channel lost Redis"))
+        self.confirms.clear()
+
+    async def _fill_gap(self, room: Room) -> None:
+        """After a reconnect: what the room missed, from its history, before what is held."""
+        try:
+            async with asyncio.timeout(5.0):
+                await asyncio.shield(self.confirms[room.channel][-1])
+                entries = cast(
+                    list[tuple[str, dict[str, str]]],
+                    await self.money.redis.xrange(
+                        keys.history(room.stream),
+                        f"({room.last_offset}",
+                        "+",
+                        count=self.history_limit,
+                    ),
+                )
+        except (Exception, asyncio.CancelledError) as exc:
+            log.warning("could not fill a stream's gap", stream=room.stream, error=str(exc))
+            entries = cast(list[tuple[str, dict[str, str]]], [])
+        held, room.held = room.held or [], None
+        for entry_id, fields in entries:
+            self._accept(room, entry_id, bytes(_with_offset(entry_id, fields)), None)
+        for data, head in held:
+            self._accept(room, head.offset, data, head)
+        if entries:
+            log.info("stream gap filled", stream=room.stream, events=len(entries))
+
+    def _on_message(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        channel = _text(message["channel"])
+        if kind == "message":
+            stream = channel[4:-1]  # ev:{stream}
+            room = self.rooms.get(stream)
+            if room is None:
+                return
+            data = message["data"]
+            head = _head.decode(data)
+            if head.kind == "revoke_overlays":
+                if self.on_revoke is not None:
+                    self.on_revoke(stream, head.before)
+                return
+            if room.held is not None:
+                room.held.append((data, head))
+                return
+            self._accept(room, head.offset, data, head)
+        elif kind == "subscribe":
+            waiters = self.confirms.get(channel)
+            while waiters:
+                future = waiters.popleft()
+                if not future.done():
+                    future.set_result(None)
+                    break
+            metrics.REDIS_UP.set(1)
+
+    def _accept(self, room: Room, offset: str, data: bytes, head: _Head | None) -> None:
+        if self.drop_hook is not None and self.drop_hook(room.stream, data):
+            return
+        if not room.accept(offset, msgspec.Raw(data)):
+            return
+        self.dirty.add(room)
+        if head is None:
+            head = _head.decode(data)
+        if head.kind == "gift":
+            metrics.EVENT_LAG.observe(max(0.0, time.time() - head.ts / 1000))
+            if not head.test:
+                room.top_dirty = True
+            item = self.catalog.get(head.gift)
+            if item is not None and item.streakable and head.count:
+                deadline = head.ts + self.combo_window_ms + 50
+                price = head.coins // head.count
+                room.combos[head.combo_id] = _Combo(
+                    deadline=deadline,
+                    stream=room.stream,
+                    event=protocol.ComboEndEvent(
+                        offset="",
+                        ts=0,
+                        combo_id=head.combo_id,
+                        sender=head.sender,
+                        gift=head.gift,
+                        total=head.combo,
+                        coins=head.combo * price,
+                    ),
+                )
+                heapq.heappush(self.combo_heap, (deadline, room.stream, head.combo_id))
+
+    # -- flushing --------------------------------------------------------------------------
+
+    async def _flush_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            try:
+                self._end_combos()
+                self.flush_all()
+            except Exception:
+                log.exception("fan-out flush failed")
+            spent = loop.time() - started
+            # Adaptive tick: when a flush costs a good share of the tick, wait longer so
+            # the next frames carry more events each (fewer writes per event).
+            self.current_tick = min(self.max_tick, max(self.tick, spent * 4))
+            metrics.TICK_SECONDS.set(self.current_tick)
+            await asyncio.sleep(self.current_tick)
+
+    def flush_all(self) -> None:
+        dirty, self.dirty = self.dirty, set()
+        for room in dirty:
+            self.flush_room(room)
+
+    def flush_room(self, room: Room) -> None:
+        """Write the room's pending events to its viewers as one frame."""
+        if not room.pending:
+            return
+        events, room.pending = room.pending, []
+        self.dirty.discard(room)
+        if not room.viewers:
+            return
+        frame = protocol.encode(protocol.Events(stream=room.stream, events=events))
+        broadcast(room.viewers, frame, text=True)
+        n = len(room.viewers)
+        metrics.FRAMES_SENT.inc(n)
+        metrics.BYTES_SENT.inc(n * len(frame))
+        metrics.EVENTS_SENT.inc(n * len(events))
+        limit = self.write_buffer_limit
+        slow = [
+            c
+            for c in room.viewers
+            if c.transport is not None and c.transport.get_write_buffer_size() > limit
+        ]
+        for conn in slow:
+            self.close_slow(conn)
+
+    def close_slow(self, conn: ServerConnection) -> None:
+        """A viewer that cannot keep up is closed with 1013; it recovers with ``since``."""
+        for room in self.rooms.values():
+            room.viewers.discard(conn)
+        if conn.protocol.state is State.OPEN:
+            self.stats_slow_closes += 1
+            metrics.SLOW_CLOSES.inc()
+            task = asyncio.create_task(conn.close(1013, SLOW_CLOSE_REASON))
+            task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
+
+    def _end_combos(self) -> None:
+        now = time.time_ns() // 1_000_000
+        heap = self.combo_heap
+        while heap and heap[0][0] <= now:
+            deadline, stream, combo_id = heapq.heappop(heap)
+            room = self.rooms.get(stream)
+            if room is None:
+                continue
+            combo = room.combos.get(combo_id)
+            if combo is None or combo.deadline != deadline:
+                continue  # extended since: a later deadline is in the heap
+            del room.combos[combo_id]
+            room.add_live(msgspec.structs.replace(combo.event, offset=room.last_offset, ts=now))
+            self.dirty.add(room)
+
+    # -- viewers, top, and lingering rooms --------------------------------------------------
+
+    async def _beat_loop(self) -> None:
+        """A few times a second: viewer counts, top gifters, and rooms nobody watches."""
+        while True:
+            await asyncio.sleep(0.25)
+            try:
+                await self._beat()
+            except (Refused, RedisError, OSError) as exc:
+                log.debug("heartbeat skipped", error=str(exc))
+
+    async def _beat(self) -> None:
+        now = time.monotonic()
+        rooms = list(self.rooms.values())
+        calls: list[Awaitable[Any]] = []
+        beating = []
+        for room in rooms:
+            count = len(room.viewers)
+            if count != room.beat_count or now - room.beat_at > 2.0:
+                beating.append((room, count))
+                calls.append(
+                    self.money.viewers_heartbeat(
+                        room.stream, self.worker, count, self.heartbeat_ttl_ms
+                    )
+                )
+        tops = [room for room in rooms if room.top_dirty]
+        for room in tops:
+            room.top_dirty = False
+            calls.append(self.money.top(room.stream))
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        ts = time.time_ns() // 1_000_000
+        for (room, count), total in zip(beating, results[: len(beating)], strict=True):
+            if isinstance(total, BaseException):
+                continue
+            room.beat_count, room.beat_at = count, now
+            if total != room.viewers_total:
+                room.viewers_total = total
+                room.add_live(
+                    protocol.ViewersEvent(offset=room.last_offset, ts=ts, count=int(total))
+                )
+                self.dirty.add(room)
+        for room, top in zip(tops, results[len(beating) :], strict=True):
+            if isinstance(top, BaseException):
+                room.top_dirty = True
+                continue
+            entries = [protocol.TopEntry(user=u, coins=c) for u, c in top]
+            if entries != room.top:
+                room.top = entries
+                room.add_live(protocol.TopEvent(offset=room.last_offset, ts=ts, top=entries))
+                self.dirty.add(room)
+        await self._drop_idle_rooms(now)
+
+    async def _drop_idle_rooms(self, now: float) -> None:
+        idle = [
+            room
+            for room in self.rooms.values()
+            if room.empty_since is not None
+            and now - room.empty_since >= self.linger
+            and not room.viewers
+            and not room.joining
+        ]
+        if not idle:
+            return
+        for room in idle:
+            del self.rooms[room.stream]
+            self.dirty.discard(room)
+            self.confirms.pop(room.channel, None)
+        if self.pubsub is not None and self.connected.is_set():
+            await self.pubsub.unsubscribe(*(room.channel for room in idle))
+        await asyncio.gather(
+            *(self.money.viewers_heartbeat(r.stream, self.worker, 0, 1) for r in idle),
+            return_exceptions=True,
+        )
+
+    def viewer_count(self) -> int:
+        return sum(len(room.viewers) for room in self.rooms.values())
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _with_offset(entry_id: bytes | str, fields: dict[Any, Any]) -> msgspec.Raw:
+    """A history entry as its public event: the stored JSON with its offset put in front."""
+    offset = _text(entry_id)
+    body = fields.get("e", fields.get(b"e", b"{}"))
+    if isinstance(body, str):
+        body = body.encode()
+    return msgspec.Raw(b'{"offset":"' + offset.encode() + b'",' + body[1:])
+
+
+def _offset_of(raw: msgspec.Raw) -> str:
+    return _head.decode(raw).offset
+
+
+def _reaches_back(since: str, latest: str, xinfo: Any) -> bool:
+    """True when the history still holds every event after ``since``.
+
+    The history is only ever trimmed from the front (MAXLEN), so it is complete
+    after ``since`` when nothing was trimmed, or when its first entry is at or
+    before ``since``.
+    """
+    mark = protocol.parse_offset(since)
+    if isinstance(xinfo, Exception):  # no history at all: nothing ever happened
+        return mark == ZERO
+    last = protocol.parse_offset(_text(xinfo.get("last-generated-id", latest)))
+    if mark >= last:
+        return mark == last  # nothing after it; an offset from the future is not ours
+    if xinfo.get("entries-added") == xinfo.get("length"):
+        return True
+    first = xinfo.get("first-entry")
+    return bool(first) and protocol.parse_offset(_text(first[0])) <= mark
+
+
+def _viewers_total(raw: dict[str, str]) -> int:
+    now = time.time_ns() // 1_000_000
+    total = 0
+    for value in raw.values():
+        count, _, expires = value.partition("|")
+        if expires.isdigit() and int(expires) > now:
+            total += int(count)
+    return total
+
+
+def _snapshot(info: StreamInfo, top: list[Any], viewers: int) -> protocol.Snapshot:
+    goal = info.goal
+    return protocol.Snapshot(
+        creator=info.creator,
+        title=info.title,
+        live=info.live,
+        viewers=viewers,
+        diamonds=info.diamonds,
+        top=[protocol.TopEntry(user=str(u), coins=int(c)) for u, c in top],
+        goal=None
+        if goal is None
+        else protocol.GoalState(title=goal.title, target=goal.target, progress=goal.progress),
+    )

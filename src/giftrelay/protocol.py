@@ -1,0 +1,346 @@
+"""The wire protocol (PROTOCOL.md, v1) as typed messages: pure, no I/O.
+
+Every client message is a tagged msgspec Struct; one decoder validates types,
+ranges and lengths before anything is touched, and :func:`decode` turns any bad
+input into a :class:`~giftrelay.errors.Refused` carrying the ``ref``/``id`` it
+could still read. Replies and events are Structs encoded by one encoder.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgspec
+
+from giftrelay.errors import Code, Refused
+from giftrelay.rules import IDENT_PATTERN, REQUEST_ID_PATTERN
+
+VERSION = 1
+
+OFFSET_PATTERN = r"^[0-9]{1,20}-[0-9]{1,20}$"
+
+Ident = Annotated[str, msgspec.Meta(pattern=IDENT_PATTERN)]
+RequestId = Annotated[str, msgspec.Meta(pattern=REQUEST_ID_PATTERN)]
+Offset = Annotated[str, msgspec.Meta(pattern=OFFSET_PATTERN)]
+Ref = Annotated[str, msgspec.Meta(max_length=64)]
+Title = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+Amount = Annotated[int, msgspec.Meta(ge=1, le=10**13)]
+Count = Annotated[int, msgspec.Meta(ge=1, le=1_000_000)]
+
+# -- client -> server -------------------------------------------------------------------------
+
+
+class Request(msgspec.Struct, tag_field="type", kw_only=True, frozen=True):
+    ref: Ref | None = None
+
+
+class Join(Request, tag="join", frozen=True):
+    stream: Ident
+    since: Offset | None = None
+
+
+class Leave(Request, tag="leave", frozen=True):
+    stream: Ident
+
+
+class Gift(Request, tag="gift", frozen=True):
+    stream: Ident
+    gift: Ident
+    id: RequestId
+    count: Count = 1
+
+
+class BalanceRequest(Request, tag="balance", frozen=True):
+    pass
+
+
+class Ping(Request, tag="ping", frozen=True):
+    pass
+
+
+class CatalogRequest(Request, tag="catalog", frozen=True):
+    pass
+
+
+class Topup(Request, tag="topup", frozen=True):
+    user: Ident
+    coins: Amount
+    id: RequestId
+
+
+class StreamOpen(Request, tag="stream_open", frozen=True):
+    stream: Ident
+    title: Title
+    creator: Ident | None = None
+
+
+class StreamClose(Request, tag="stream_close", frozen=True):
+    stream: Ident
+
+
+class Payout(Request, tag="payout", frozen=True):
+    diamonds: Amount
+    id: RequestId
+
+
+class SetGoal(Request, tag="set_goal", frozen=True):
+    stream: Ident
+    title: Title
+    target: Amount
+
+
+class TestAlert(Request, tag="test_alert", frozen=True):
+    stream: Ident
+    gift: Ident
+    count: Count = 1
+
+
+class RevokeOverlays(Request, tag="revoke_overlays", frozen=True):
+    stream: Ident
+
+
+class SetCap(Request, tag="set_cap", frozen=True):
+    daily_coins: Annotated[int, msgspec.Meta(ge=0, le=10**13)] | None
+
+
+ClientMessage = (
+    Join
+    | Leave
+    | Gift
+    | BalanceRequest
+    | Ping
+    | CatalogRequest
+    | Topup
+    | StreamOpen
+    | StreamClose
+    | Payout
+    | SetGoal
+    | TestAlert
+    | RevokeOverlays
+    | SetCap
+)
+
+# -- server -> client -------------------------------------------------------------------------
+
+
+class Reply(msgspec.Struct, tag_field="type", kw_only=True, frozen=True, omit_defaults=True):
+    ref: str | None = None
+
+
+class Hello(Reply, tag="hello", frozen=True):
+    v: int
+    server: str
+    user: str | None
+    role: str
+
+
+class TopEntry(msgspec.Struct, frozen=True):
+    user: str
+    coins: int
+
+
+class GoalState(msgspec.Struct, frozen=True):
+    title: str
+    target: int
+    progress: int
+
+
+class Snapshot(msgspec.Struct, frozen=True):
+    creator: str
+    title: str
+    live: bool
+    viewers: int
+    diamonds: int
+    top: list[TopEntry]
+    goal: GoalState | None
+
+
+class Joined(Reply, tag="joined", frozen=True):
+    stream: str
+    offset: str
+    recovered: bool
+    missed: list[msgspec.Raw]
+    snapshot: Snapshot
+
+
+class Left(Reply, tag="left", frozen=True):
+    stream: str
+
+
+class GiftOk(Reply, tag="gift_ok", frozen=True):
+    id: str
+    stream: str
+    offset: str
+    coins: int
+    balance: int
+    combo: int
+
+
+class Balance(Reply, tag="balance", frozen=True):
+    coins: int
+    diamonds: int
+    spent_today: int
+    daily_cap: int | None
+
+
+class Pong(Reply, tag="pong", frozen=True):
+    pass
+
+
+class CatalogReply(Reply, tag="catalog", frozen=True):
+    gifts: msgspec.Raw
+
+
+class TopupOk(Reply, tag="topup_ok", frozen=True):
+    user: str
+    coins: int
+
+
+class StreamOk(Reply, tag="stream_ok", frozen=True):
+    stream: str
+    live: bool
+
+
+class PayoutOk(Reply, tag="payout_ok", frozen=True):
+    id: str
+    diamonds: int
+    cash_cents: int
+    fee_cents: int
+    diamonds_left: int
+
+
+class CapOk(Reply, tag="cap_ok", frozen=True):
+    daily_coins: int | None
+
+
+class GoalOk(Reply, tag="goal_ok", frozen=True):
+    stream: str
+    goal: GoalState
+
+
+class TestOk(Reply, tag="test_ok", frozen=True):
+    stream: str
+    offset: str
+
+
+class RevokeOk(Reply, tag="revoke_ok", frozen=True):
+    stream: str
+
+
+class Error(Reply, tag="error", frozen=True):
+    code: str
+    message: str
+    id: str | None = None
+
+
+class Events(Reply, tag="events", frozen=True):
+    """One frame of a stream's events, in offset order (each event already encoded)."""
+
+    stream: str
+    events: list[msgspec.Raw]
+
+
+# -- events that are not stored in a stream's history -----------------------------------------
+
+
+class LiveEvent(msgspec.Struct, tag_field="kind", kw_only=True, frozen=True):
+    """Carries the offset of the latest stored event (PROTOCOL.md)."""
+
+    offset: str
+    ts: int
+
+
+class ViewersEvent(LiveEvent, tag="viewers", frozen=True):
+    count: int
+
+
+class TopEvent(LiveEvent, tag="top", frozen=True):
+    top: list[TopEntry]
+
+
+class ComboEndEvent(LiveEvent, tag="combo_end", frozen=True):
+    combo_id: str
+    sender: str = msgspec.field(name="from")
+    gift: str
+    total: int
+    coins: int
+
+
+# -- codec ------------------------------------------------------------------------------------
+
+
+class _Envelope(msgspec.Struct):
+    """What can still be read of a message that failed validation, to echo it back."""
+
+    type: Any = None
+    ref: Any = None
+    id: Any = None
+
+
+_decoder = msgspec.json.Decoder(ClientMessage)
+_envelope = msgspec.json.Decoder(_Envelope)
+_encoder = msgspec.json.Encoder()
+
+MAX_MESSAGE_BYTES = 4096
+"""No valid client message comes near this; larger ones get ``too_large``."""
+
+
+class BadMessage(Refused):
+    """A message that could not be accepted, with the ``ref``/``id`` it carried if readable."""
+
+    def __init__(
+        self, code: Code, message: str, ref: str | None = None, id: str | None = None
+    ) -> None:
+        super().__init__(code, message)
+        self.ref = ref
+        self.id = id
+
+
+def decode(data: str | bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> ClientMessage:
+    """One client message, validated; anything else raises :class:`BadMessage`."""
+    if len(data) > max_bytes:
+        raise BadMessage(Code.TOO_LARGE, f"messages are limited to {max_bytes} bytes")
+    try:
+        message: ClientMessage = _decoder.decode(data)
+        return message
+    except msgspec.DecodeError as exc:
+        ref, id_ = echo(data)
+        raise BadMessage(Code.BAD_REQUEST, _explain(str(exc)), ref, id_) from None
+
+
+def echo(data: str | bytes) -> tuple[str | None, str | None]:
+    """The ``ref`` and ``id`` of a message, where they can be read, to put on its error."""
+    try:
+        env = _envelope.decode(data)
+    except msgspec.DecodeError:
+        return None, None
+    ref = env.ref if isinstance(env.ref, str) and len(env.ref) <= 64 else None
+    id_ = env.id if isinstance(env.id, str) and len(env.id) <= 64 else None
+    return ref, id_
+
+
+def _explain(detail: str) -> str:
+    """msgspec's message, with its ``$.field`` path made readable."""
+    if detail.startswith("Invalid value") and "`$.type`" in detail:
+        return "unknown message type"
+    if detail.startswith(("Expected `object`", "JSON is malformed", "Input data was truncated")):
+        return f"not a JSON object: {detail}"
+    return detail.replace("- at `$.", "- field `").replace("`$`", "the message")
+
+
+def encode(message: Reply) -> bytes:
+    return _encoder.encode(message)
+
+
+def encode_event(event: LiveEvent) -> msgspec.Raw:
+    return msgspec.Raw(_encoder.encode(event))
+
+
+def error(exc: Refused, ref: str | None = None, id: str | None = None) -> Error:
+    return Error(code=exc.code.value, message=exc.message, ref=ref, id=id)
+
+
+def parse_offset(offset: str) -> tuple[int, int]:
+    """A history entry id as a comparable pair: ``"1700000000000-3"`` -> (1700000000000, 3)."""
+    ms, _, seq = offset.partition("-")
+    return int(ms), int(seq or 0)
