@@ -163,6 +163,7 @@ class Fanout:
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
         self.stats_slow_closes = 0
+        self.wake = asyncio.Event()
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -421,6 +422,7 @@ class Fanout:
         if not room.accept(offset, msgspec.Raw(data)):
             return
         self.dirty.add(room)
+        self.wake.set()
         if head is None:
             head = _head.decode(data)
         if head.kind == "gift":
@@ -457,6 +459,12 @@ class Fanout:
                 self.flush_all()
             except Exception:
                 log.exception("fan-out flush failed")
+            if self.tick == 0:  # flush at once: wake on the next event (or for combo ends)
+                self.wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(0.05):
+                        await self.wake.wait()
+                continue
             spent = loop.time() - started
             # Adaptive tick: when a flush costs a good share of the tick, wait longer so
             # the next frames carry more events each (fewer writes per event).

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import http
 import os
+import resource
 import time
 import weakref
 from collections import Counter
@@ -84,6 +85,7 @@ class Relay:
 
     async def start(self, host: str, port: int, *, reuse_port: bool = False) -> int:
         """Listen; returns the port (useful with port 0)."""
+        _raise_open_files_limit()
         await self.fanout.start()
         s = self.settings
         self.server = await serve(
@@ -97,6 +99,7 @@ class Relay:
             ping_timeout=s.ping_timeout,
             close_timeout=5,
             reuse_port=reuse_port,
+            backlog=2048,
             server_header=None,
         )
         sockets = list(self.server.sockets)
@@ -226,6 +229,13 @@ class Relay:
                 self.fanout.leave(session.conn, stream)
                 task = asyncio.create_task(session.conn.close(1008, "overlay token revoked"))
                 task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
+
+
+def _raise_open_files_limit() -> None:
+    """Each connection is a file descriptor: allow as many as the hard limit does."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def _ip(conn: ServerConnection) -> str:
