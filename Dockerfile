@@ -19,6 +19,7 @@ ENV GIFTRELAY_HOST=0.0.0.0 \
     GIFTRELAY_LOG_FORMAT=json
 EXPOSE 8080
 VOLUME ["/home/giftrelay/var"]
-# HEALTHCHECK on /healthz is added with the relay's HTTP endpoints (issue 3).
+HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
+  CMD python -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('GIFTRELAY_PORT', '8080'), timeout=2)"
 ENTRYPOINT ["giftrelay"]
 CMD ["serve"]
