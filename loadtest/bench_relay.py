@@ -230,8 +230,7 @@ def sink_main(port: int, count: int, join: bool, ready: Any, stop: Any, out: Any
 
         await asyncio.gather(*(one() for _ in range(count)))
         ready.set()
-        while not stop.is_set():
-            await asyncio.sleep(0.1)
+        await loop.run_in_executor(None, stop.wait)
         out.put(_Sink.received)
         for t in transports:
             t.close()
@@ -246,6 +245,19 @@ def sink_main(port: int, count: int, join: bool, ready: Any, stop: Any, out: Any
 # -- measuring viewers and gifters ---------------------------------------------------------------
 
 
+PROGRESS = asyncio.Event()
+"""Set whenever a measuring viewer or a gifter receives something."""
+
+
+async def until(check: Any, within: float = 30.0) -> None:
+    """Wait until ``check()`` holds (or give up after ``within`` s: loss is reported)."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(within):
+            while not check():
+                PROGRESS.clear()
+                await PROGRESS.wait()
+
+
 class Viewer:
     def __init__(self, ws: ClientConnection, hist: HdrHistogram) -> None:
         self.ws = ws
@@ -258,6 +270,7 @@ class Viewer:
         with contextlib.suppress(Exception):
             async for raw in self.ws:
                 frame = _frame.decode(raw)
+                PROGRESS.set()
                 if frame.type != "events":
                     continue
                 self.frames += 1
@@ -281,6 +294,7 @@ class Gifter:
         with contextlib.suppress(Exception):
             async for raw in self.ws:
                 reply = msgspec.json.decode(raw)
+                PROGRESS.set()
                 if reply.get("type") == "gift_ok":
                     self.acked.append(reply["offset"])
                 elif reply.get("type") == "error":
@@ -356,15 +370,11 @@ async def drive(
         rss = rss_bytes(relay.pid)
         # Let the last events arrive, then check every acknowledged gift reached each viewer.
         sent = sum(g.sent for g in gifters)
-        async with asyncio.timeout(60):
-            while sum(len(g.acked) + sum(g.errors.values()) for g in gifters) < sent:
-                await asyncio.sleep(0.05)
+        await until(lambda: sum(len(g.acked) + sum(g.errors.values()) for g in gifters) >= sent)
         acked = sorted(
             (o for g in gifters for o in g.acked), key=lambda o: tuple(map(int, o.split("-")))
         )
-        async with asyncio.timeout(60):
-            while any(len(v.offsets) < len(acked) for v in watchers):
-                await asyncio.sleep(0.05)
+        await until(lambda: all(len(v.offsets) >= len(acked) for v in watchers))
         lost = dup = disorder = 0
         for v in watchers:
             got = v.offsets
@@ -430,8 +440,8 @@ async def idle(port: int, count: int, redis_url: str) -> tuple[float, float, flo
         await loop.run_in_executor(None, ready2.wait, 300)
         # Both halves connected: wait until the relay counts them all.
         async with asyncio.timeout(120):
-            while metric(port, "giftrelay_open_connections") < count + 1:
-                await asyncio.sleep(0.2)
+            while metric(port, "giftrelay_open_connections") < count + 1:  # noqa: ASYNC110
+                await asyncio.sleep(0.2)  # polling the relay process's metric
         after = rss_bytes(relay.pid)
         stop.set()
         stop2.set()
