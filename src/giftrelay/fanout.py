@@ -466,9 +466,11 @@ class Fanout:
                         await self.wake.wait()
                 continue
             spent = loop.time() - started
-            # Adaptive tick: when a flush costs a good share of the tick, wait longer so
-            # the next frames carry more events each (fewer writes per event).
-            self.current_tick = min(self.max_tick, max(self.tick, spent * 4))
+            # Adaptive tick: a flush that cost more than the tick is followed by a wait
+            # as long as it took, so flushing uses at most half the worker's time and
+            # the next frames carry more events each (fewer writes per event) instead
+            # of the worker falling behind.
+            self.current_tick = min(self.max_tick, max(self.tick, spent))
             metrics.TICK_SECONDS.set(self.current_tick)
             await asyncio.sleep(self.current_tick)
 
