@@ -36,7 +36,23 @@ MANAGERS = (Role.CREATOR, Role.ADMIN)
 
 
 class Session:
-    """The protocol for one connection."""
+    """The protocol for one connection. Kept small: a relay holds tens of thousands."""
+
+    __slots__ = (
+        "bucket",
+        "claims",
+        "conn",
+        "inflight",
+        "messages_in",
+        "messages_out",
+        "refused_in_row",
+        "relay",
+        "role",
+        "slots",
+        "started",
+        "streams",
+        "user",
+    )
 
     def __init__(self, relay: Relay, conn: ServerConnection, claims: Claims | None) -> None:
         self.relay = relay
@@ -51,8 +67,9 @@ class Session:
         settings = relay.settings
         self.bucket = TokenBucket(settings.message_rate, settings.message_burst, self.started)
         self.refused_in_row = 0
-        self.inflight: set[asyncio.Task[None]] = set()
-        self.slots = asyncio.Semaphore(settings.max_inflight_per_connection)
+        # Made on the first gift: most connections only watch.
+        self.inflight: set[asyncio.Task[None]] | None = None
+        self.slots: asyncio.Semaphore | None = None
 
     # -- the connection's life ------------------------------------------------------------
 
@@ -114,18 +131,21 @@ class Session:
         kind = type(message).__struct_config__.tag
         metrics.MESSAGES.labels(str(kind)).inc()
         if isinstance(message, protocol.Gift):
+            if self.slots is None or self.inflight is None:
+                self.slots = asyncio.Semaphore(self.relay.settings.max_inflight_per_connection)
+                self.inflight = set()
             await self.slots.acquire()
-            task = asyncio.create_task(self._gift_task(message))
+            task = asyncio.create_task(self._gift_task(message, self.slots))
             self.inflight.add(task)
             task.add_done_callback(self.inflight.discard)
             return
         await self.answer(message)
 
-    async def _gift_task(self, message: protocol.Gift) -> None:
+    async def _gift_task(self, message: protocol.Gift, slots: asyncio.Semaphore) -> None:
         try:
             await self.answer(message)
         finally:
-            self.slots.release()
+            slots.release()
 
     async def answer(self, message: protocol.ClientMessage) -> None:
         """Handle one valid message and send its reply (or its error)."""
