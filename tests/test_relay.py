@@ -341,9 +341,10 @@ async def test_every_error_code_is_reachable(relay: RelayHandle, redis: Redis) -
     creator = await Client.open(relay.ws, token("cre", Role.CREATOR))
 
     async def code(client: Client, **message: Any) -> str:
-        reply = await client.request(**message)
+        ref = f"ref-{len(message)}-{message.get('id', '')}"
+        reply = await client.request(**message, ref=ref)
         assert reply["type"] == "error", reply
-        assert reply["ref"] == message["ref"] if "ref" in message else True
+        assert reply["ref"] == ref
         assert reply["message"]
         if "id" in message:
             assert reply["id"] == message["id"]

@@ -85,7 +85,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     """Gifts per second per user (token bucket), per worker."""
     gift_burst: Positive = 40
     message_rate: Annotated[float, msgspec.Meta(gt=0)] = 200.0
-    """Messages per second per connection; a flood beyond twice this closes with 1008."""
+    """Messages per second per connection; more refused in a row than the burst: 1008."""
     message_burst: Positive = 400
     max_inflight_per_connection: Positive = 64
     write_buffer_bytes: Annotated[int, msgspec.Meta(ge=65536)] = 1 << 20

@@ -8,9 +8,12 @@ worker sends fewer, fuller frames instead of queueing.
 
 Ordering and exactly-once rest on offsets: Redis publishes a stream's events in
 offset order, and a room drops anything at or below the last offset it has seen.
-A join reads the history only after the subscription is confirmed, and is
-answered in the same synchronous step that adds the viewer to the room, so
-nothing falls between what the ``joined`` reply carries and what follows it.
+A join reads the history and the snapshot in one MULTI that also publishes a
+marker on the stream's channel. Everything before the marker on the channel is
+covered by what the join read; everything after it is new. The viewer enters the
+room once its marker has come through, in the same synchronous step as its
+``joined`` reply, so no event falls between the reply and what follows it, and
+none arrives twice.
 """
 
 from __future__ import annotations
@@ -47,6 +50,9 @@ log = structlog.get_logger(__name__)
 
 ZERO = (0, 0)
 SLOW_CLOSE_REASON = "too slow a reader: rejoin with since"
+GAP_CLOSE_REASON = "events may have been missed: rejoin with since"
+LIVENESS_PING = 5.0
+"""Seconds between PINGs on the pub/sub connection; three without an answer: lost."""
 
 
 class _Head(msgspec.Struct):
@@ -64,6 +70,8 @@ class _Head(msgspec.Struct):
     test: bool = False
     before: int = 0
     """``revoke_overlays``: overlay tokens issued before this (ms) are revoked."""
+    token: str = ""
+    """``sync``: the marker a join published."""
 
 
 _head = msgspec.json.Decoder(_Head)
@@ -75,19 +83,38 @@ class _Combo(msgspec.Struct):
     event: protocol.ComboEndEvent
 
 
+class _Join:
+    """A viewer on its way into a room: what it read, and what came after its marker."""
+
+    __slots__ = ("after", "conn", "counted", "done", "marked", "reply")
+
+    def __init__(self, conn: ServerConnection, counted: bool) -> None:
+        self.conn = conn
+        self.counted = counted
+        self.marked = False
+        """Its marker came through the channel: events from now on are newer than its read."""
+        self.after: list[msgspec.Raw] = []
+        self.reply: tuple[protocol.Joined, str] | None = None
+        """The reply without the events after the marker, and the marker's offset."""
+        self.done: asyncio.Future[protocol.Joined] = asyncio.get_running_loop().create_future()
+
+
 class Room:
     """One stream on this worker: its viewers, and events waiting for the next tick."""
 
     def __init__(self, stream: str) -> None:
         self.stream = stream
         self.viewers: set[ServerConnection] = set()
+        self.uncounted: set[ServerConnection] = set()
+        """Viewers that are overlays: they watch for a broadcast, not as an audience."""
         self.joining = 0
+        self.joins: dict[str, _Join] = {}
         self.pending: list[msgspec.Raw] = []
         self.last = ZERO
         self.last_offset = "0-0"
-        self.joiners: list[list[tuple[tuple[int, int], msgspec.Raw]]] = []
         self.held: list[tuple[bytes, _Head]] | None = None
-        """While a gap is filled after a reconnect: live events, held back in order."""
+        """While a gap is filled after a reconnect: live messages, held back in order."""
+        self.filling: asyncio.Task[None] | None = None
         self.combos: dict[str, _Combo] = {}
         self.top_dirty = False
         self.top: list[protocol.TopEntry] | None = None
@@ -100,6 +127,10 @@ class Room:
     def channel(self) -> str:
         return keys.channel(self.stream)
 
+    @property
+    def audience(self) -> int:
+        return len(self.viewers) - len(self.uncounted)
+
     def accept(self, offset: str, raw: msgspec.Raw) -> bool:
         """Queue a stored event unless this room has already seen its offset."""
         key = protocol.parse_offset(offset)
@@ -107,13 +138,18 @@ class Room:
             return False
         self.last, self.last_offset = key, offset
         self.pending.append(raw)
-        for buffer in self.joiners:
-            buffer.append((key, raw))
+        for join in self.joins.values():
+            if join.marked:
+                join.after.append(raw)
         return True
 
     def add_live(self, event: protocol.LiveEvent) -> None:
         """Queue an event that is not stored (viewers, top, combo_end)."""
         self.pending.append(protocol.encode_event(event))
+
+    def discard(self, conn: ServerConnection) -> None:
+        self.viewers.discard(conn)
+        self.uncounted.discard(conn)
 
 
 class Fanout:
@@ -180,6 +216,9 @@ class Fanout:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self.flush_all()
+        for room in self.rooms.values():
+            if room.filling is not None:
+                room.filling.cancel()
         with contextlib.suppress(RedisError, OSError):
             for room in self.rooms.values():
                 await self.money.viewers_heartbeat(room.stream, self.worker, 0, 1)
@@ -191,60 +230,71 @@ class Fanout:
     # -- joining and leaving ---------------------------------------------------------------
 
     async def join(
-        self, conn: ServerConnection, stream: str, since: str | None, ref: str | None
+        self,
+        conn: ServerConnection,
+        stream: str,
+        since: str | None,
+        ref: str | None,
+        *,
+        counted: bool = True,
+        issued_ms: int | None = None,
     ) -> protocol.Joined:
         """Subscribe if need be, read what the viewer needs, and add it to the room.
 
         The returned ``joined`` reply has already been written to the connection:
-        it had to be, in the same step as entering the room.
+        it had to be, in the same step as entering the room. ``counted`` is False
+        for overlays (not part of the audience); ``issued_ms`` is an overlay
+        token's issue time, refused if the stream's overlays were revoked since.
         """
         room = self.rooms.get(stream)
         if room is None:
-            room = self.rooms[stream] = Room(stream)
+            if not await self._exists(stream):
+                raise Refused(Code.UNKNOWN_STREAM, f"there is no stream {stream!r}")
+            room = self.rooms.get(stream) or self.rooms.setdefault(stream, Room(stream))
         room.joining += 1
         room.empty_since = None
-        buffer: list[tuple[tuple[int, int], msgspec.Raw]] = []
+        token = secrets.token_hex(8)
+        join = _Join(conn, counted)
         try:
             await self._subscribed(room)
-            room.joiners.append(buffer)
-            missed, recovered, latest, snapshot = await self._read_join(stream, since)
-        except BaseException:
-            self._discard_if_empty(room)
-            raise
+            room.joins[token] = join
+            join.reply = await self._read_join(room, token, since, ref, issued_ms)
+            if join.marked:
+                self._complete(room, join)
+            return await asyncio.shield(join.done)
         finally:
             room.joining -= 1
-            if buffer in room.joiners:
-                room.joiners.remove(buffer)
+            if room.joins.pop(token, None) is not None:  # not completed: failed or timed out
+                self._discard_if_empty(room)
 
-        # From here on, no awaits: the reply and the entry into the room are one step.
-        self.flush_room(room)
-        last = protocol.parse_offset(latest)
-        if missed:
-            last = max(last, protocol.parse_offset(_offset_of(missed[-1])))
-        for key, raw in buffer:
-            if key > last:
-                if since is not None:
-                    missed.append(raw)
-                last = key
-        offset = "{}-{}".format(*last)
-        reply = protocol.Joined(
-            ref=ref,
-            stream=stream,
-            offset=offset,
-            recovered=recovered,
-            missed=missed,
-            snapshot=snapshot,
-        )
-        broadcast([conn], protocol.encode(reply), text=True)
-        room.viewers.add(conn)
+    def _complete(self, room: Room, join: _Join) -> None:
+        """The viewer enters the room: synchronous, so no event can fall in between."""
+        assert join.reply is not None
+        reply, mark = join.reply
+        for token, candidate in list(room.joins.items()):
+            if candidate is join:
+                del room.joins[token]
+        # Everything before the marker reached this worker and is covered by the read.
+        key = protocol.parse_offset(mark)
+        if key > room.last:
+            room.last, room.last_offset = key, mark
+        self.flush_room(room)  # what is pending goes to the viewers already there
+        if join.after:
+            reply = msgspec.structs.replace(
+                reply, missed=[*reply.missed, *join.after], offset=_offset_of(join.after[-1])
+            )
+        broadcast([join.conn], protocol.encode(reply), text=True)
+        room.viewers.add(join.conn)
+        if not join.counted:
+            room.uncounted.add(join.conn)
         metrics.JOINS.inc()
-        return reply
+        join.done.set_result(reply)
 
     def leave(self, conn: ServerConnection, stream: str) -> bool:
         room = self.rooms.get(stream)
         if room is None or conn not in room.viewers:
             return False
-        room.viewers.discard(conn)
+        room.discard(conn)
         self._discard_if_empty(room)
         return True
 
@@ -278,42 +328,65 @@ class Fanout:
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             raise Unavailable("Redis is unavailable") from exc
 
-    async def _read_join(
-        self, stream: str, since: str | None
-    ) -> tuple[list[msgspec.Raw], bool, str, protocol.Snapshot]:
-        """History after ``since`` (or the latest offset), and the snapshot, in one round trip."""
-        hist = keys.history(stream)
+    async def _exists(self, stream: str) -> bool:
         try:
-            async with self.money.redis.pipeline(transaction=False) as pipe:
+            return bool(await self.money.redis.exists(keys.stream(stream)))
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise Unavailable() from exc
+
+    async def _read_join(
+        self, room: Room, token: str, since: str | None, ref: str | None, issued_ms: int | None
+    ) -> tuple[protocol.Joined, str]:
+        """The reply (history after ``since``, snapshot) and its marker's offset.
+
+        One MULTI reads the latest offset, the history and the snapshot, and
+        publishes the marker: all at one instant of the stream.
+        """
+        stream = room.stream
+        hist = keys.history(stream)
+        marker = msgspec.json.encode({"kind": "sync", "token": token})
+        try:
+            async with self.money.redis.pipeline(transaction=True) as pipe:
+                pipe.xrevrange(hist, "+", "-", count=1)
+                pipe.publish(room.channel, marker)
                 pipe.hgetall(keys.stream(stream))
                 pipe.zrevrange(keys.top(stream), 0, 9, withscores=True)
                 pipe.hgetall(keys.viewers(stream))
-                pipe.xrevrange(hist, "+", "-", count=1)
                 if since is not None:
                     pipe.xrange(hist, f"({since}", "+", count=self.history_limit)
                     pipe.xinfo_stream(hist)
                 replies = await pipe.execute(raise_on_error=False)
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             raise Unavailable() from exc
-        info_raw, top_raw, viewers_raw, latest_raw = replies[:4]
-        for reply in replies[:4]:
+        latest_raw, _, info_raw, top_raw, viewers_raw = replies[:5]
+        for reply in replies[:5]:
             if isinstance(reply, Exception):
                 raise Refused(Code.INTERNAL) from reply
         if not info_raw:
             raise Refused(Code.UNKNOWN_STREAM, f"there is no stream {stream!r}")
+        if issued_ms is not None and issued_ms < int(info_raw.get("overlay_epoch", 0)):
+            raise Refused(Code.UNAUTHORIZED, "this overlay token was revoked")
         latest = latest_raw[0][0] if latest_raw else "0-0"
         info = Money.parse_stream(stream, info_raw)
         snapshot = _snapshot(info, top_raw, _viewers_total(viewers_raw))
-        if since is None:
-            return [], True, latest, snapshot
-        entries, xinfo = replies[4], replies[5]
-        if isinstance(entries, Exception):
-            raise Refused(Code.INTERNAL) from entries
-        missed = [_with_offset(entry_id, fields) for entry_id, fields in entries]
-        recovered = _reaches_back(since, latest, xinfo) and len(entries) < self.history_limit
-        if not recovered:
-            missed = []
-        return missed, recovered, latest, snapshot
+        missed: list[msgspec.Raw] = []
+        recovered = True
+        if since is not None:
+            entries, xinfo = replies[5], replies[6]
+            if isinstance(entries, Exception):
+                raise Refused(Code.BAD_REQUEST, f"since: {entries}") from entries
+            recovered = _reaches_back(since, latest, xinfo) and len(entries) < self.history_limit
+            if recovered:
+                missed = [_with_offset(entry_id, fields) for entry_id, fields in entries]
+        reply = protocol.Joined(
+            ref=ref,
+            stream=stream,
+            offset=latest,
+            recovered=recovered,
+            missed=missed,
+            snapshot=snapshot,
+        )
+        return reply, latest
 
     # -- reading the channel ---------------------------------------------------------------
 
@@ -324,17 +397,31 @@ class Fanout:
             try:
                 await self._connect()
                 delay = 0.1
-                assert self.pubsub is not None
-                while True:
-                    message = await self.pubsub.get_message(timeout=None)
-                    if message is not None:
-                        self._on_message(message)
+                await self._listen()
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:
                 self._disconnected(exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
+
+    async def _listen(self) -> None:
+        """Messages until the connection fails. A PING every few seconds proves it alive:
+        a connection that went quiet without closing (a dead peer) counts as lost."""
+        pubsub = self.pubsub
+        assert pubsub is not None
+        heard = pinged = time.monotonic()
+        while True:
+            message = await pubsub.get_message(timeout=1.0)
+            now = time.monotonic()
+            if message is not None:
+                heard = now
+                self._on_message(message)
+            if now - pinged >= LIVENESS_PING:
+                pinged = now
+                await pubsub.ping()
+            if now - heard > 3 * LIVENESS_PING:
+                raise RedisConnectionError("no answer from Redis on the event channel")
 
     async def _connect(self) -> None:
         """A fresh pub/sub connection holding every room this worker has."""
@@ -347,10 +434,13 @@ class Fanout:
         rooms = list(self.rooms.values())
         if rooms:
             for room in rooms:
-                room.held = []
+                room.held = room.held if room.held is not None else []
             await self._subscribe(rooms)
             for room in rooms:
-                asyncio.create_task(self._fill_gap(room))  # noqa: RUF006 - logged in place
+                waiter = self.confirms[room.channel][-1]
+                if room.filling is not None:
+                    room.filling.cancel()
+                room.filling = asyncio.create_task(self._fill_gap(room, waiter))
         log.info("event channel connected", rooms=len(rooms))
 
     def _disconnected(self, exc: BaseException) -> None:
@@ -364,57 +454,91 @@ class Fanout:
                     future.set_exception(Unavailable("the event channel lost Redis"))
         self.confirms.clear()
 
-    async def _fill_gap(self, room: Room) -> None:
-        """After a reconnect: what the room missed, from its history, before what is held."""
+    async def _fill_gap(self, room: Room, subscribed: asyncio.Future[None]) -> None:
+        """After a reconnect: what the room missed, from its history, before what is held.
+
+        If the history cannot be read or no longer reaches back, the room's viewers
+        are closed with 1013: they rejoin with ``since`` rather than silently miss events.
+        """
+        entries: list[tuple[str, dict[str, str]]] | None = None
         try:
-            async with asyncio.timeout(5.0):
-                await asyncio.shield(self.confirms[room.channel][-1])
-                entries = cast(
-                    list[tuple[str, dict[str, str]]],
-                    await self.money.redis.xrange(
-                        keys.history(room.stream),
-                        f"({room.last_offset}",
-                        "+",
-                        count=self.history_limit,
-                    ),
-                )
-        except (Exception, asyncio.CancelledError) as exc:
-            log.warning("could not fill a stream's gap", stream=room.stream, error=str(exc))
-            entries = cast(list[tuple[str, dict[str, str]]], [])
+            async with asyncio.timeout(2.0):
+                await asyncio.shield(subscribed)
+            for attempt in range(3):
+                try:
+                    entries = await self._read_gap(room)
+                    break
+                except (RedisError, OSError, TimeoutError) as exc:
+                    log.warning("could not read a stream's gap", stream=room.stream, error=str(exc))
+                    await asyncio.sleep(0.2 * (attempt + 1))
+        except (Unavailable, TimeoutError) as exc:
+            log.warning(
+                "no subscription to fill a stream's gap", stream=room.stream, error=str(exc)
+            )
+        finally:
+            room.filling = None
         held, room.held = room.held or [], None
+        if entries is None:
+            for conn in list(room.viewers):
+                self.close_slow(conn, reason=GAP_CLOSE_REASON, count=False)
+            return
         for entry_id, fields in entries:
             self._accept(room, entry_id, bytes(_with_offset(entry_id, fields)), None)
         for data, head in held:
-            self._accept(room, head.offset, data, head)
+            self._dispatch(room, data, head)
         if entries:
             log.info("stream gap filled", stream=room.stream, events=len(entries))
 
+    async def _read_gap(self, room: Room) -> list[tuple[str, dict[str, str]]] | None:
+        """The history after the room's last offset, or None when it no longer reaches back."""
+        hist = keys.history(room.stream)
+        async with asyncio.timeout(2.0), self.money.redis.pipeline(transaction=True) as pipe:
+            pipe.xrange(hist, f"({room.last_offset}", "+", count=self.history_limit)
+            pipe.xinfo_stream(hist)
+            entries, xinfo = await pipe.execute(raise_on_error=False)
+        if isinstance(entries, Exception):
+            raise entries
+        last = _text(xinfo["last-generated-id"]) if isinstance(xinfo, dict) else "0-0"
+        if not _reaches_back(room.last_offset, last, xinfo) and room.last != ZERO:
+            return None
+        return cast(list[tuple[str, dict[str, str]]], entries)
+
     def _on_message(self, message: dict[str, Any]) -> None:
         kind = message["type"]
-        channel = _text(message["channel"])
         if kind == "message":
-            stream = channel[4:-1]  # ev:{stream}
-            room = self.rooms.get(stream)
+            channel = _text(message["channel"])
+            room = self.rooms.get(channel[4:-1])  # ev:{stream}
             if room is None:
                 return
             data = message["data"]
             head = _head.decode(data)
             if head.kind == "revoke_overlays":
                 if self.on_revoke is not None:
-                    self.on_revoke(stream, head.before)
+                    self.on_revoke(room.stream, head.before)
                 return
             if room.held is not None:
                 room.held.append((data, head))
                 return
-            self._accept(room, head.offset, data, head)
+            self._dispatch(room, data, head)
         elif kind == "subscribe":
-            waiters = self.confirms.get(channel)
+            waiters = self.confirms.get(_text(message["channel"]))
             while waiters:
                 future = waiters.popleft()
                 if not future.done():
                     future.set_result(None)
                     break
             metrics.REDIS_UP.set(1)
+
+    def _dispatch(self, room: Room, data: bytes, head: _Head) -> None:
+        """A stored event, or a join's marker, in the channel's order."""
+        if head.kind == "sync":
+            join = room.joins.get(head.token)
+            if join is not None and not join.marked:
+                join.marked = True
+                if join.reply is not None:
+                    self._complete(room, join)
+            return
+        self._accept(room, head.offset, data, head)
 
     def _accept(self, room: Room, offset: str, data: bytes, head: _Head | None) -> None:
         if self.drop_hook is not None and self.drop_hook(room.stream, data):
@@ -444,6 +568,7 @@ class Fanout:
                         gift=head.gift,
                         total=head.combo,
                         coins=head.combo * price,
+                        test=head.test,
                     ),
                 )
                 heapq.heappush(self.combo_heap, (deadline, room.stream, head.combo_id))
@@ -502,14 +627,19 @@ class Fanout:
         for conn in slow:
             self.close_slow(conn)
 
-    def close_slow(self, conn: ServerConnection) -> None:
+    def close_slow(
+        self, conn: ServerConnection, reason: str = SLOW_CLOSE_REASON, *, count: bool = True
+    ) -> None:
         """A viewer that cannot keep up is closed with 1013; it recovers with ``since``."""
         for room in self.rooms.values():
-            room.viewers.discard(conn)
+            if conn in room.viewers:
+                room.discard(conn)
+                self._discard_if_empty(room)
         if conn.protocol.state is State.OPEN:
-            self.stats_slow_closes += 1
-            metrics.SLOW_CLOSES.inc()
-            task = asyncio.create_task(conn.close(1013, SLOW_CLOSE_REASON))
+            if count:
+                self.stats_slow_closes += 1
+                metrics.SLOW_CLOSES.inc()
+            task = asyncio.create_task(conn.close(1013, reason))
             task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
 
     def _end_combos(self) -> None:
@@ -544,7 +674,7 @@ class Fanout:
         calls: list[Awaitable[Any]] = []
         beating = []
         for room in rooms:
-            count = len(room.viewers)
+            count = room.audience
             if count != room.beat_count or now - room.beat_at > 2.0:
                 beating.append((room, count))
                 calls.append(

@@ -38,6 +38,10 @@ class Join(Request, tag="join", frozen=True):
     stream: Ident
     since: Offset | None = None
 
+    def __post_init__(self) -> None:
+        if self.since is not None and max(parse_offset(self.since)) >= 2**64:
+            raise ValueError("since: each part of an offset is below 2^64")
+
 
 class Leave(Request, tag="leave", frozen=True):
     stream: Ident
@@ -258,12 +262,14 @@ class TopEvent(LiveEvent, tag="top", frozen=True):
     top: list[TopEntry]
 
 
-class ComboEndEvent(LiveEvent, tag="combo_end", frozen=True):
+class ComboEndEvent(LiveEvent, tag="combo_end", frozen=True, omit_defaults=True):
     combo_id: str
     sender: str = msgspec.field(name="from")
     gift: str
     total: int
     coins: int
+    test: bool = False
+    """The combo was of test alerts."""
 
 
 # -- codec ------------------------------------------------------------------------------------

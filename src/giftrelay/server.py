@@ -189,6 +189,9 @@ class Relay:
 
     async def handler(self, conn: ServerConnection) -> None:
         claims = self._claims.pop(conn, None)
+        # The handshake's response is not needed any more (less memory per connection;
+        # the request must stay: websockets reads its absence as "no handshake yet").
+        conn.response = None
         session = Session(self, conn, claims)
         ip = _ip(conn)
         self.sessions.add(session)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterator
 from typing import TYPE_CHECKING, TypeVar
 
 import structlog
@@ -31,6 +31,8 @@ log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 
+SHUTTING_DOWN = Unavailable("the relay is shutting down; nothing moved; retry elsewhere")
+
 SPENDERS = (Role.VIEWER, Role.CREATOR, Role.ADMIN)
 MANAGERS = (Role.CREATOR, Role.ADMIN)
 
@@ -40,8 +42,10 @@ class Session:
 
     __slots__ = (
         "bucket",
+        "busy",
         "claims",
         "conn",
+        "idle",
         "inflight",
         "messages_in",
         "messages_out",
@@ -67,6 +71,9 @@ class Session:
         settings = relay.settings
         self.bucket = TokenBucket(settings.message_rate, settings.message_burst, self.started)
         self.refused_in_row = 0
+        self.busy = 0
+        """Requests being handled (shutdown waits for them)."""
+        self.idle: asyncio.Event | None = None
         # Made on the first gift: most connections only watch.
         self.inflight: set[asyncio.Task[None]] | None = None
         self.slots: asyncio.Semaphore | None = None
@@ -94,9 +101,20 @@ class Session:
             self.streams.clear()
 
     async def finish(self) -> None:
-        """Let the gifts in flight get their answers (shutdown)."""
-        if self.inflight:
-            await asyncio.wait(list(self.inflight))
+        """Let every request in flight get its answer (shutdown: new ones are refused)."""
+        while self.busy:
+            self.idle = asyncio.Event()
+            await self.idle.wait()
+
+    @contextlib.contextmanager
+    def _working(self) -> Iterator[None]:
+        self.busy += 1
+        try:
+            yield
+        finally:
+            self.busy -= 1
+            if not self.busy and self.idle is not None:
+                self.idle.set()
 
     async def send(self, reply: protocol.Reply) -> None:
         self.messages_out += 1
@@ -109,18 +127,14 @@ class Session:
         now = time.monotonic()
         if not self.bucket.take(now):
             self.refused_in_row += 1
-            if self.refused_in_row > self.relay.settings.message_rate:
+            if self.refused_in_row > self.relay.settings.message_burst:
                 await self.conn.close(1008, "flooding: too many messages")
                 return
-            await self.send(
-                protocol.error(Refused(Code.RATE_LIMITED, "too many messages; slow down"))
-            )
+            await self._refuse(data, Refused(Code.RATE_LIMITED, "too many messages; slow down"))
             return
         self.refused_in_row = 0
         if self.relay.stopping:
-            ref, id_ = protocol.echo(data)
-            refusal = Unavailable("the relay is shutting down; nothing moved; retry elsewhere")
-            await self.send(protocol.error(refusal, ref, id_))
+            await self._refuse(data, SHUTTING_DOWN)
             return
         try:
             message = protocol.decode(data, self.relay.settings.max_message_bytes)
@@ -134,18 +148,33 @@ class Session:
             if self.slots is None or self.inflight is None:
                 self.slots = asyncio.Semaphore(self.relay.settings.max_inflight_per_connection)
                 self.inflight = set()
-            await self.slots.acquire()
-            task = asyncio.create_task(self._gift_task(message, self.slots))
-            self.inflight.add(task)
-            task.add_done_callback(self.inflight.discard)
+            with self._working():
+                await self.slots.acquire()
+                if self.relay.stopping:  # began while this gift waited for a slot
+                    self.slots.release()
+                    await self.send(protocol.error(SHUTTING_DOWN, message.ref, message.id))
+                    return
+                task = asyncio.create_task(self._gift_task(message, self.slots))
+                self.inflight.add(task)
+                task.add_done_callback(self.inflight.discard)
+                self.busy += 1  # until the task is done
             return
-        await self.answer(message)
+        with self._working():
+            await self.answer(message)
 
     async def _gift_task(self, message: protocol.Gift, slots: asyncio.Semaphore) -> None:
         try:
             await self.answer(message)
         finally:
             slots.release()
+            self.busy -= 1
+            if not self.busy and self.idle is not None:
+                self.idle.set()
+
+    async def _refuse(self, data: str | bytes, refusal: Refused) -> None:
+        """An error for a message not handled, with its ``ref``/``id`` where readable."""
+        ref, id_ = protocol.echo(data)
+        await self.send(protocol.error(refusal, ref, id_))
 
     async def answer(self, message: protocol.ClientMessage) -> None:
         """Handle one valid message and send its reply (or its error)."""
@@ -267,7 +296,12 @@ class Session:
         elif len(self.streams) >= self.relay.settings.max_streams_per_connection:
             limit = self.relay.settings.max_streams_per_connection
             raise Refused(Code.RATE_LIMITED, f"at most {limit} streams per connection")
-        await self._timed(self.relay.fanout.join(self.conn, m.stream, m.since, m.ref))
+        overlay = claims is not None and claims.role is Role.OVERLAY
+        issued_ms = int((claims.iat or 0) * 1000) if overlay and claims is not None else None
+        join = self.relay.fanout.join(
+            self.conn, m.stream, m.since, m.ref, counted=not overlay, issued_ms=issued_ms
+        )
+        await self._timed(join)
         self.streams.add(m.stream)
         self.messages_out += 1
 

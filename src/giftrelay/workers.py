@@ -77,8 +77,10 @@ class Workers:
         }
 
     async def _spawn(self) -> asyncio.subprocess.Process:
+        # A session of its own: a Ctrl+C in the terminal reaches the supervisor only,
+        # which stops the workers in order (a second signal would make them exit at once).
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "giftrelay", "worker", env=self.env
+            sys.executable, "-m", "giftrelay", "worker", env=self.env, start_new_session=True
         )
         log.info("worker started", pid=proc.pid)
         return proc
