@@ -136,28 +136,28 @@ def _migrate(db: sqlite3.Connection) -> None:
         raise
 
 
+INSERT_EVENT = "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (ms, seq) DO NOTHING"
+INSERT_POSTING = "INSERT INTO postings VALUES (?, ?, ?, ?, ?, ?)"
+
+
 def _write(db: sqlite3.Connection, records: Sequence[Record]) -> WriteResult:
-    # BEGIN IMMEDIATE takes the write lock first, so no other writer can insert
-    # the same event between the check below and the insert.
+    # The primary key decides what is new: an event already stored is skipped by
+    # ON CONFLICT DO NOTHING, and its postings must be skipped too. If every event
+    # was inserted (the usual case: entries read once), all postings go in; if not
+    # (a redelivery), the batch is redone one event at a time, each insert saying
+    # whether it added a row. BEGIN IMMEDIATE holds the write lock throughout.
+    unique = list({(r.ms, r.seq): r for r in records}.values())
     db.execute("BEGIN IMMEDIATE")
     try:
-        unique = {(r.ms, r.seq): r for r in records}
-        keys = list(unique)
-        existing: set[tuple[int, int]] = set()
-        for start in range(0, len(keys), 400):
-            chunk = keys[start : start + 400]
-            values = ",".join("(?,?)" for _ in chunk)
-            flat = [part for key in chunk for part in key]
-            existing.update(
-                db.execute(f"SELECT ms, seq FROM events WHERE (ms, seq) IN (VALUES {values})", flat)
-            )
-        fresh = [r for key, r in unique.items() if key not in existing]
+        rows = [(r.ms, r.seq, r.kind, r.request_id, r.actor, r.ts, r.body) for r in unique]
+        fresh = unique
+        if db.executemany(INSERT_EVENT, rows).rowcount != len(unique):
+            db.execute("ROLLBACK")
+            db.execute("BEGIN IMMEDIATE")
+            fresh = [r for r, row in zip(unique, rows, strict=True)
+                     if db.execute(INSERT_EVENT, row).rowcount]  # fmt: skip
         db.executemany(
-            "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [(r.ms, r.seq, r.kind, r.request_id, r.actor, r.ts, r.body) for r in fresh],
-        )
-        db.executemany(
-            "INSERT INTO postings VALUES (?, ?, ?, ?, ?, ?)",
+            INSERT_POSTING,
             [
                 (r.ms, r.seq, n, p.account, p.asset.value, p.amount)
                 for r in fresh
@@ -166,7 +166,8 @@ def _write(db: sqlite3.Connection, records: Sequence[Record]) -> WriteResult:
         )
         db.execute("COMMIT")
     except BaseException:
-        db.execute("ROLLBACK")
+        if db.in_transaction:
+            db.execute("ROLLBACK")
         raise
     return WriteResult(inserted=len(fresh), duplicates=len(records) - len(fresh))
 
