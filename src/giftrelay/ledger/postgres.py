@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from giftrelay.ledger.postings import Asset, Posting, Record
 from giftrelay.ledger.store import (
@@ -181,7 +182,7 @@ class PostgresStore:
 
 
 async def _insert_events(
-    conn: asyncpg.Connection, unique: list[Record], rows: list[EventRow]
+    conn: PoolConnectionProxy[asyncpg.Record], unique: list[Record], rows: list[EventRow]
 ) -> list[Record]:
     """Insert the events not yet stored; return the records that were new.
 
