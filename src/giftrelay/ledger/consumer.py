@@ -8,6 +8,11 @@ turns into a no-op for what was already committed. An entry that cannot be
 written after ``max_deliveries`` goes to ``ledger:dead`` and stops blocking
 nobody: the others flow around it. The stream is trimmed only below the oldest
 entry the group has not acknowledged.
+
+Fresh entries are read and decoded one batch ahead: the next batch is read (and
+so pending, ours) while the current one is written, which overlaps Redis and
+Python work with the store's. At most two batches are pending for one consumer;
+a batch is still acknowledged only after its own commit.
 """
 
 from __future__ import annotations
@@ -40,6 +45,35 @@ Entry = tuple[str, dict[str, str] | None]
 def parse_id(entry_id: str) -> tuple[int, int]:
     ms, _, seq = entry_id.partition("-")
     return int(ms), int(seq or 0)
+
+
+Poison = tuple[str, dict[str, str], str]
+"""An entry that cannot be written: its id, its fields, and why."""
+
+
+class Batch(msgspec.Struct):
+    """Entries read together, decoded: what to write, what is poison, what is gone."""
+
+    records: list[Record]
+    poison: list[Poison]
+    gone: list[str]
+    """Entries deleted from the stream while pending: nothing to write, only to acknowledge."""
+    size: int
+
+
+def decode(entries: list[Entry]) -> Batch:
+    records: list[Record] = []
+    poison: list[Poison] = []
+    gone: list[str] = []
+    for entry_id, fields in entries:
+        if fields is None:
+            gone.append(entry_id)
+            continue
+        try:
+            records.append(record(entry_id, fields.get("e", "")))
+        except PoisonEntry as exc:
+            poison.append((entry_id, fields, str(exc)))
+    return Batch(records, poison, gone, len(entries))
 
 
 class Stats(msgspec.Struct):
@@ -83,6 +117,8 @@ class LedgerConsumer:
         self._next_claim = 0.0
         self._next_trim = 0.0
         self._reread_own = True  # at start, and after a failure: our own pending entries first
+        self._ahead: Batch | None = None
+        """Fresh entries read (so pending, ours) and decoded while the last batch was written."""
 
     async def ensure_group(self) -> None:
         """Create the group (and the stream) unless it exists; any other error is raised."""
@@ -116,28 +152,63 @@ class LedgerConsumer:
             except ResponseError as exc:
                 if "NOGROUP" not in str(exc):  # the stream was deleted: make the group again
                     raise
+        await self._finish()
         log.info(
             "ledger consumer stopped", consumer=self.name, **msgspec.structs.asdict(self.stats)
         )
 
     async def step(self) -> int:
-        """One round: own pending, claimed and new entries written and acknowledged."""
+        """One round: own pending, claimed and new entries written and acknowledged.
+
+        The new entries are the batch read ahead in the last round, if any; while they
+        are written, the next batch is read and decoded, for the next round.
+        """
         handled = 0
         now = time.monotonic()
         if self._reread_own:
+            self._ahead = None  # its entries are in our pending list: read again below
             own = await self._read("0")
-            handled += await self._handle(own)
+            handled += await self._handle(decode(own))
             self._reread_own = len(own) == self.batch
         if now >= self._next_claim:
             claimed = await self._claim()
-            handled += await self._handle(claimed)
+            handled += await self._handle(decode(claimed))
             self._next_claim = now + (0 if len(claimed) == self.batch else self.claim_every)
-        fresh = await self._read(">", block=None if handled else self.block_ms)
-        handled += await self._handle(fresh)
+        fresh, self._ahead = self._ahead, None
+        if fresh is None:
+            fresh = decode(await self._read(">", block=None if handled else self.block_ms))
+        if fresh.size:
+            ahead = asyncio.create_task(self._read_ahead())
+            try:
+                handled += await self._handle(fresh)
+            except BaseException:
+                # Whatever it read stays pending, ours: read again after a failure
+                # (own pending first), or claimed by another consumer if we are gone.
+                ahead.cancel()
+                with contextlib.suppress(BaseException):
+                    await ahead
+                raise
+            self._ahead = await ahead
         if now >= self._next_trim:
             await self.trim()
             self._next_trim = now + self.trim_every
         return handled
+
+    async def _finish(self) -> None:
+        """On stop, write the batch read ahead, so a clean stop leaves nothing of ours pending."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is None:
+            return
+        try:
+            await self._handle(ahead)
+        except (StoreUnavailable, RedisConnectionError, RedisTimeoutError, OSError,
+                ResponseError) as exc:  # fmt: skip
+            log.warning("ledger entries left pending at stop; any consumer will claim them",
+                        count=ahead.size, reason=str(exc), consumer=self.name)  # fmt: skip
+
+    async def _read_ahead(self) -> Batch | None:
+        batch = decode(await self._read(">"))
+        return batch if batch.size else None
 
     async def _read(self, start: str, block: int | None = None) -> list[Entry]:
         reply: Any = await self.redis.xreadgroup(
@@ -163,35 +234,25 @@ class LedgerConsumer:
             log.info("claimed pending ledger entries", count=len(claimed), consumer=self.name)
         return claimed
 
-    async def _handle(self, entries: list[Entry]) -> int:
-        if not entries:
+    async def _handle(self, batch: Batch) -> int:
+        if not batch.size:
             return 0
         started = time.perf_counter()
-        records: list[Record] = []
-        poison: list[tuple[str, dict[str, str], str]] = []
-        for entry_id, fields in entries:
-            if fields is None:
-                continue
-            try:
-                records.append(record(entry_id, fields.get("e", "")))
-            except PoisonEntry as exc:
-                poison.append((entry_id, fields, str(exc)))
-        written = await self._write(records, poison)
+        poison = list(batch.poison)
+        written = await self._write(batch.records, poison)
         metrics.LEDGER_STORE_UP.set(1)
         if self.after_commit is not None:
             await self.after_commit([r.event_id for r in written])
-        done = [r.event_id for r in written] + [i for i, f in entries if f is None]
+        done = [r.event_id for r in written] + batch.gone
         if done:
             await self.redis.xack(keys.LEDGER, keys.LEDGER_GROUP, *done)
         for entry_id, fields, reason in poison:
             await self._poisoned(entry_id, fields, reason)
         metrics.LEDGER_BATCH_SECONDS.observe(time.perf_counter() - started)
         self.stats.batches += 1
-        return len(entries)
+        return batch.size
 
-    async def _write(
-        self, records: list[Record], poison: list[tuple[str, dict[str, str], str]]
-    ) -> list[Record]:
+    async def _write(self, records: list[Record], poison: list[Poison]) -> list[Record]:
         """Write in one transaction; if the store rejects the data, find the culprits."""
         try:
             result = await self.store.write(records)
