@@ -13,7 +13,7 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from giftrelay.ledger.postings import Asset, Posting, Record
 from giftrelay.ledger.store import (
@@ -137,7 +137,33 @@ def _migrate(db: sqlite3.Connection) -> None:
 
 
 INSERT_EVENT = "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (ms, seq) DO NOTHING"
-INSERT_POSTING = "INSERT INTO postings VALUES (?, ?, ?, ?, ?, ?)"
+CHUNK = 1024
+"""Most rows per INSERT statement (7 x 1024 parameters, under SQLite's 32,766)."""
+
+
+def _insert_many(db: sqlite3.Connection, table: str, width: int, rows: list[Any]) -> int:
+    """Insert ``rows`` (flat: ``width`` values per row) in few statements; rows added.
+
+    sqlite3 holds the GIL between rows, so executemany hands the GIL back and forth
+    with the event loop thousands of times per batch, and each handover can wait for
+    the switch interval. A multi-row VALUES statement runs without the GIL. Chunks are
+    of power-of-two sizes, so a handful of statements cover any batch and stay cached.
+    """
+    suffix = " ON CONFLICT (ms, seq) DO NOTHING" if table == "events" else ""
+    added = 0
+    start = 0
+    while start < len(rows):
+        count = min(CHUNK, 1 << (((len(rows) - start) // width).bit_length() - 1))
+        stop = start + count * width
+        added += db.execute(_values_sql(table, width, count, suffix), rows[start:stop]).rowcount
+        start = stop
+    return added
+
+
+@functools.cache
+def _values_sql(table: str, width: int, count: int, suffix: str) -> str:
+    row = "(" + ", ".join("?" * width) + ")"
+    return f"INSERT INTO {table} VALUES {', '.join([row] * count)}{suffix}"
 
 
 def _write(db: sqlite3.Connection, records: Sequence[Record]) -> WriteResult:
@@ -149,21 +175,20 @@ def _write(db: sqlite3.Connection, records: Sequence[Record]) -> WriteResult:
     unique = list({(r.ms, r.seq): r for r in records}.values())
     db.execute("BEGIN IMMEDIATE")
     try:
-        rows = [(r.ms, r.seq, r.kind, r.request_id, r.actor, r.ts, r.body) for r in unique]
+        events: list[Any] = []
+        for r in unique:
+            events += (r.ms, r.seq, r.kind, r.request_id, r.actor, r.ts, r.body)
         fresh = unique
-        if db.executemany(INSERT_EVENT, rows).rowcount != len(unique):
+        if _insert_many(db, "events", 7, events) != len(unique):
             db.execute("ROLLBACK")
             db.execute("BEGIN IMMEDIATE")
-            fresh = [r for r, row in zip(unique, rows, strict=True)
-                     if db.execute(INSERT_EVENT, row).rowcount]  # fmt: skip
-        db.executemany(
-            INSERT_POSTING,
-            [
-                (r.ms, r.seq, n, p.account, p.asset.value, p.amount)
-                for r in fresh
-                for n, p in enumerate(r.postings)
-            ],
-        )
+            fresh = [r for r, at in zip(unique, range(0, len(events), 7), strict=True)
+                     if db.execute(INSERT_EVENT, events[at : at + 7]).rowcount]  # fmt: skip
+        postings: list[Any] = []
+        for r in fresh:
+            for n, p in enumerate(r.postings):
+                postings += (r.ms, r.seq, n, p.account, p.asset.value, p.amount)
+        _insert_many(db, "postings", 6, postings)
         db.execute("COMMIT")
     except BaseException:
         if db.in_transaction:
