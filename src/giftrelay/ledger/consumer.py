@@ -9,10 +9,12 @@ written after ``max_deliveries`` goes to ``ledger:dead`` and stops blocking
 nobody: the others flow around it. The stream is trimmed only below the oldest
 entry the group has not acknowledged.
 
-Fresh entries are read and decoded one batch ahead: the next batch is read (and
-so pending, ours) while the current one is written, which overlaps Redis and
-Python work with the store's. At most two batches are pending for one consumer;
-a batch is still acknowledged only after its own commit.
+Fresh entries are read and decoded ahead: the next batches are read (and so
+pending, ours) while the current ones are written, which overlaps Redis and
+Python work with the store's. A store that gains from it (PostgreSQL) writes
+``writers`` batches at once, each in its own transaction. At most ``2 x writers``
+batches are pending for one consumer; each batch is acknowledged only after its
+own commit.
 """
 
 from __future__ import annotations
@@ -98,6 +100,7 @@ class LedgerConsumer:
         claim_every_ms: int = 5_000,
         max_deliveries: int = 5,
         trim_every_ms: int = 10_000,
+        writers: int | None = None,
     ) -> None:
         self.redis = redis
         self.store = store
@@ -108,6 +111,8 @@ class LedgerConsumer:
         self.claim_every = claim_every_ms / 1000
         self.max_deliveries = max_deliveries
         self.trim_every = trim_every_ms / 1000
+        self.writers = max(1, writers if writers is not None else store.parallel_writes)
+        """Batches written at once, each in its own transaction (default: the store's say)."""
         self.stats = Stats()
         self.failures = 0
         """Rounds that failed because Redis or the store was unavailable."""
@@ -117,8 +122,8 @@ class LedgerConsumer:
         self._next_claim = 0.0
         self._next_trim = 0.0
         self._reread_own = True  # at start, and after a failure: our own pending entries first
-        self._ahead: Batch | None = None
-        """Fresh entries read (so pending, ours) and decoded while the last batch was written."""
+        self._ahead: list[Batch] = []
+        """Fresh entries read (so pending, ours) and decoded while the last ones were written."""
 
     async def ensure_group(self) -> None:
         """Create the group (and the stream) unless it exists; any other error is raised."""
@@ -160,13 +165,13 @@ class LedgerConsumer:
     async def step(self) -> int:
         """One round: own pending, claimed and new entries written and acknowledged.
 
-        The new entries are the batch read ahead in the last round, if any; while they
-        are written, the next batch is read and decoded, for the next round.
+        The new entries are the batches read ahead in the last round, if any; while
+        they are written, the next ones are read and decoded, for the next round.
         """
         handled = 0
         now = time.monotonic()
         if self._reread_own:
-            self._ahead = None  # its entries are in our pending list: read again below
+            self._ahead = []  # their entries are in our pending list: read again below
             own = await self._read("0")
             handled += await self._handle(decode(own))
             self._reread_own = len(own) == self.batch
@@ -174,13 +179,17 @@ class LedgerConsumer:
             claimed = await self._claim()
             handled += await self._handle(decode(claimed))
             self._next_claim = now + (0 if len(claimed) == self.batch else self.claim_every)
-        fresh, self._ahead = self._ahead, None
-        if fresh is None:
-            fresh = decode(await self._read(">", block=None if handled else self.block_ms))
-        if fresh.size:
-            ahead = asyncio.create_task(self._read_ahead())
+        fresh, self._ahead = self._ahead, []
+        if not fresh:
+            fresh = await self._read_fresh(block=None if handled else self.block_ms)
+        if fresh:
+            ahead = asyncio.create_task(self._read_fresh())
             try:
-                handled += await self._handle(fresh)
+                done = await asyncio.gather(*map(self._handle, fresh), return_exceptions=True)
+                for result in done:
+                    if isinstance(result, BaseException):
+                        raise result
+                    handled += result
             except BaseException:
                 # Whatever it read stays pending, ours: read again after a failure
                 # (own pending first), or claimed by another consumer if we are gone.
@@ -194,21 +203,27 @@ class LedgerConsumer:
             self._next_trim = now + self.trim_every
         return handled
 
+    async def _read_fresh(self, block: int | None = None) -> list[Batch]:
+        """Up to ``writers`` batches of new entries, decoded; waits ``block`` ms for the first."""
+        batches: list[Batch] = []
+        while len(batches) < self.writers:
+            entries = await self._read(">", block=None if batches else block)
+            if entries:
+                batches.append(decode(entries))
+            if len(entries) < self.batch:
+                break
+        return batches
+
     async def _finish(self) -> None:
-        """On stop, write the batch read ahead, so a clean stop leaves nothing of ours pending."""
-        ahead, self._ahead = self._ahead, None
-        if ahead is None:
-            return
+        """On stop, write the batches read ahead, so a clean stop leaves nothing of ours pending."""
+        ahead, self._ahead = self._ahead, []
         try:
-            await self._handle(ahead)
+            for batch in ahead:
+                await self._handle(batch)
         except (StoreUnavailable, RedisConnectionError, RedisTimeoutError, OSError,
                 ResponseError) as exc:  # fmt: skip
             log.warning("ledger entries left pending at stop; any consumer will claim them",
-                        count=ahead.size, reason=str(exc), consumer=self.name)  # fmt: skip
-
-    async def _read_ahead(self) -> Batch | None:
-        batch = decode(await self._read(">"))
-        return batch if batch.size else None
+                        reason=str(exc), consumer=self.name)  # fmt: skip
 
     async def _read(self, start: str, block: int | None = None) -> list[Entry]:
         reply: Any = await self.redis.xreadgroup(

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from giftrelay.ledger.postings import Asset, Posting, Record
+from giftrelay.ledger.postings import Asset, EventRow, Posting, Record, event_rows, posting_rows
 from giftrelay.ledger.store import (
     ExportRow,
     Position,
@@ -27,8 +27,6 @@ from giftrelay.ledger.store import (
     migrations,
     statements,
 )
-
-EventRow = tuple[int, int, str, str | None, str, int, str]
 
 MIGRATION_LOCK = 0x6C6564676572  # "ledger"
 EXPORT_PAGE = 1000
@@ -48,6 +46,9 @@ def _translated() -> Iterator[None]:
 
 
 class PostgresStore:
+    parallel_writes = 2
+    """Each write is mostly the server's work (foreign key checks): two at once use two cores."""
+
     def __init__(self, url: str, *, timeout: float = 10.0) -> None:
         self.url = url
         self.timeout = timeout
@@ -88,15 +89,11 @@ class PostgresStore:
         if not records:
             return WriteResult(0, 0)
         unique = list({(r.ms, r.seq): r for r in records}.values())
-        rows = [(r.ms, r.seq, r.kind, r.request_id, r.actor, r.ts, r.body) for r in unique]
+        rows = event_rows(unique)
         with _translated():
             async with self._pool_or_fail().acquire() as conn, conn.transaction():
                 fresh = await _insert_events(conn, unique, rows)
-                postings = [
-                    (r.ms, r.seq, n, p.account, p.asset.value, p.amount)
-                    for r in fresh
-                    for n, p in enumerate(r.postings)
-                ]
+                postings = posting_rows(fresh)
                 if postings:
                     await conn.copy_records_to_table("postings", records=postings)
         return WriteResult(inserted=len(fresh), duplicates=len(records) - len(fresh))

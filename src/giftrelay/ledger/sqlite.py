@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from giftrelay.ledger.postings import Asset, Posting, Record
+from giftrelay.ledger.postings import Asset, Posting, Record, event_rows, posting_rows
 from giftrelay.ledger.store import (
     ExportRow,
     Position,
@@ -32,6 +33,9 @@ EXPORT_PAGE = 1000
 
 
 class SQLiteStore:
+    parallel_writes = 1
+    """SQLite has one writer at a time: a second transaction would only wait for the lock."""
+
     def __init__(self, url: str, *, busy_timeout_ms: int = 5000) -> None:
         self.url = url
         self.path = Path(url.removeprefix("sqlite:///"))
@@ -141,8 +145,8 @@ CHUNK = 1024
 """Most rows per INSERT statement (7 x 1024 parameters, under SQLite's 32,766)."""
 
 
-def _insert_many(db: sqlite3.Connection, table: str, width: int, rows: list[Any]) -> int:
-    """Insert ``rows`` (flat: ``width`` values per row) in few statements; rows added.
+def _insert_many(db: sqlite3.Connection, table: str, width: int, values: list[Any]) -> int:
+    """Insert rows given as flat ``values`` (``width`` per row) in few statements; rows added.
 
     sqlite3 holds the GIL between rows, so executemany hands the GIL back and forth
     with the event loop thousands of times per batch, and each handover can wait for
@@ -152,10 +156,10 @@ def _insert_many(db: sqlite3.Connection, table: str, width: int, rows: list[Any]
     suffix = " ON CONFLICT (ms, seq) DO NOTHING" if table == "events" else ""
     added = 0
     start = 0
-    while start < len(rows):
-        count = min(CHUNK, 1 << (((len(rows) - start) // width).bit_length() - 1))
+    while start < len(values):
+        count = min(CHUNK, 1 << (((len(values) - start) // width).bit_length() - 1))
         stop = start + count * width
-        added += db.execute(_values_sql(table, width, count, suffix), rows[start:stop]).rowcount
+        added += db.execute(_values_sql(table, width, count, suffix), values[start:stop]).rowcount
         start = stop
     return added
 
@@ -175,19 +179,14 @@ def _write(db: sqlite3.Connection, records: Sequence[Record]) -> WriteResult:
     unique = list({(r.ms, r.seq): r for r in records}.values())
     db.execute("BEGIN IMMEDIATE")
     try:
-        events: list[Any] = []
-        for r in unique:
-            events += (r.ms, r.seq, r.kind, r.request_id, r.actor, r.ts, r.body)
+        events = list(itertools.chain.from_iterable(event_rows(unique)))
         fresh = unique
         if _insert_many(db, "events", 7, events) != len(unique):
             db.execute("ROLLBACK")
             db.execute("BEGIN IMMEDIATE")
-            fresh = [r for r, at in zip(unique, range(0, len(events), 7), strict=True)
-                     if db.execute(INSERT_EVENT, events[at : at + 7]).rowcount]  # fmt: skip
-        postings: list[Any] = []
-        for r in fresh:
-            for n, p in enumerate(r.postings):
-                postings += (r.ms, r.seq, n, p.account, p.asset.value, p.amount)
+            fresh = [r for r, row in zip(unique, event_rows(unique), strict=True)
+                     if db.execute(INSERT_EVENT, row).rowcount]  # fmt: skip
+        postings = list(itertools.chain.from_iterable(posting_rows(fresh)))
         _insert_many(db, "postings", 6, postings)
         db.execute("COMMIT")
     except BaseException:
