@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import msgspec
@@ -13,9 +13,10 @@ from redis.asyncio import Redis
 
 from giftrelay import keys
 from giftrelay.ledger.postgres import PostgresStore
+from giftrelay.ledger.postings import Asset, Posting, Record, record
 from giftrelay.ledger.reconcile import Difference, reconcile
 from giftrelay.ledger.sqlite import SQLiteStore
-from giftrelay.ledger.store import Store
+from giftrelay.ledger.store import Store, StoreDataError, WriteResult, migrations, statements
 from giftrelay.money import Money
 
 from .ledger_helpers import (
@@ -62,26 +63,32 @@ async def test_a_consumer_cancelled_between_commit_and_ack_is_replayed_once(
 ) -> None:
     events = await gift_load(money, viewers=5, gifts=1000)
     first = quick_consumer(redis, store, name="first", batch=300)
-    committed = asyncio.Event()
+    committed: list[str] = []
 
-    async def hang(ids: object) -> None:
-        committed.set()
+    async def hang(ids: Sequence[str]) -> None:
+        committed.extend(ids)
         await asyncio.Event().wait()  # never acknowledges: cancelled here
 
     first.after_commit = hang
     await first.ensure_group()
     task = asyncio.create_task(first.step())
-    await asyncio.wait_for(committed.wait(), 10)
+    # Its batches (one per writer) are committed; as many again are read ahead meanwhile.
+    await wait_for(lambda: true(len(committed) == 300 * first.writers))
+    await wait_for(lambda: _pending_is(redis, min(events, 2 * 300 * first.writers)))
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert await store.count() == 300  # committed, never acknowledged
-    assert len(await redis.xpending_range(keys.LEDGER, keys.LEDGER_GROUP, "-", "+", 1000)) == 300
+    assert await store.count() == len(committed)  # committed, never acknowledged
+    assert await _pending_is(redis, min(events, 2 * 300 * first.writers))  # none acknowledged
 
     second = quick_consumer(redis, store, name="second", batch=300, claim_idle_ms=0)
     await drain(second)
-    assert second.stats.duplicates == 300  # the claimed batch was written before: no-op
+    assert second.stats.duplicates == len(committed)  # written before: a no-op
     await assert_exactly_once(redis, store, events)
+
+
+async def _pending_is(redis: Redis, count: int) -> bool:
+    return int((await redis.xpending(keys.LEDGER, keys.LEDGER_GROUP))["pending"]) == count
 
 
 async def test_two_consumers_at_once_write_each_event_once(
@@ -227,3 +234,71 @@ async def test_events_keep_the_money_cores_words(money: Money, redis: Redis, sto
         ("user:bob", "diamonds", 10),
         ("system:diamonds_issued", "diamonds", -10),
     ]
+
+
+def _gift_record(ms: int, sender: str = "alice") -> Record:
+    body = msgspec.json.encode(
+        {"v": 1, "kind": "gift", "id": f"g{ms}", "ts": ms, "stream": "s1", "offset": f"{ms}-0",
+         "from": sender, "to": "bob", "gift": "rose", "count": 1, "coins": 3, "diamonds": 3,
+         "coins_after": 0, "diamonds_after": 0}
+    )  # fmt: skip
+    return record(f"{ms}-0", body)
+
+
+async def test_a_batch_partly_stored_writes_only_the_new_events_and_their_postings(
+    store: Store,
+) -> None:
+    first = [_gift_record(ms) for ms in (1, 2)]
+    assert await store.write(first) == WriteResult(inserted=2, duplicates=0)
+    # A redelivery that overlaps new entries: the fast path (all new) does not apply.
+    again = await store.write([*first, _gift_record(3, "carol"), _gift_record(2)])
+    assert again == WriteResult(inserted=1, duplicates=3)
+    assert await store.count() == 3
+    balances = await store.balances()
+    assert balances[("user:alice", "coins")] == -6  # not doubled by the replay
+    assert balances[("user:carol", "coins")] == -3
+    assert balances[("user:bob", "diamonds")] == 9
+    assert [len(row.postings) async for row in store.export(None, None)] == [4, 4, 4]
+
+
+async def test_the_store_refuses_a_posting_outside_the_schema_and_writes_nothing(
+    store: Store,
+) -> None:
+    bad = msgspec.structs.replace(_gift_record(2), postings=(Posting("user:x", Asset.COINS, 0),))
+    with pytest.raises(StoreDataError):
+        await store.write([_gift_record(1), bad])
+    assert await store.count() == 0  # the whole batch rolled back
+
+
+async def test_sqlite_migration_0002_keeps_the_postings(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL,"
+               " applied_ms INTEGER NOT NULL)")  # fmt: skip
+    for statement in statements(migrations("sqlite")[0].sql):
+        db.execute(statement)
+    db.execute("INSERT INTO schema_migrations VALUES (1, 'ledger', 0)")
+    db.execute("INSERT INTO events VALUES (1, 0, 'topup', 'r1', 'alice', 1, '{}')")
+    db.execute("INSERT INTO postings VALUES (1, 0, 0, 'user:alice', 'coins', 5)")
+    db.execute("INSERT INTO postings VALUES (1, 0, 1, 'system:coins_sold', 'coins', -5)")
+    db.close()
+
+    store = SQLiteStore(f"sqlite:///{path}")
+    await store.open()
+    try:
+        assert await store.balances() == {
+            ("user:alice", "coins"): 5,
+            ("system:coins_sold", "coins"): -5,
+        }
+        with pytest.raises(StoreDataError):  # the amount rule survives the rebuild
+            await store.write([msgspec.structs.replace(
+                _gift_record(2), postings=(Posting("user:x", Asset.COINS, 0),)
+            )])  # fmt: skip
+    finally:
+        await store.close()
+    db = sqlite3.connect(path)
+    assert [v for (v,) in db.execute("SELECT version FROM schema_migrations")] == [1, 2]
+    assert db.execute("PRAGMA foreign_key_check").fetchall() == []
+    with pytest.raises(sqlite3.IntegrityError, match="CHECK"):  # and the asset rule
+        db.execute("INSERT INTO postings VALUES (1, 0, 2, 'user:alice', 'bitcoin', 5)")
+    db.close()

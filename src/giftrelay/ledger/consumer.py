@@ -8,6 +8,13 @@ turns into a no-op for what was already committed. An entry that cannot be
 written after ``max_deliveries`` goes to ``ledger:dead`` and stops blocking
 nobody: the others flow around it. The stream is trimmed only below the oldest
 entry the group has not acknowledged.
+
+Fresh entries are read and decoded ahead: the next batches are read (and so
+pending, ours) while the current ones are written, which overlaps Redis and
+Python work with the store's. A store that gains from it (PostgreSQL) writes
+``writers`` batches at once, each in its own transaction. At most ``2 x writers``
+batches are pending for one consumer; each batch is acknowledged only after its
+own commit.
 """
 
 from __future__ import annotations
@@ -42,6 +49,35 @@ def parse_id(entry_id: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
+Poison = tuple[str, dict[str, str], str]
+"""An entry that cannot be written: its id, its fields, and why."""
+
+
+class Batch(msgspec.Struct):
+    """Entries read together, decoded: what to write, what is poison, what is gone."""
+
+    records: list[Record]
+    poison: list[Poison]
+    gone: list[str]
+    """Entries deleted from the stream while pending: nothing to write, only to acknowledge."""
+    size: int
+
+
+def decode(entries: list[Entry]) -> Batch:
+    records: list[Record] = []
+    poison: list[Poison] = []
+    gone: list[str] = []
+    for entry_id, fields in entries:
+        if fields is None:
+            gone.append(entry_id)
+            continue
+        try:
+            records.append(record(entry_id, fields.get("e", "")))
+        except PoisonEntry as exc:
+            poison.append((entry_id, fields, str(exc)))
+    return Batch(records, poison, gone, len(entries))
+
+
 class Stats(msgspec.Struct):
     written: int = 0
     duplicates: int = 0
@@ -64,6 +100,7 @@ class LedgerConsumer:
         claim_every_ms: int = 5_000,
         max_deliveries: int = 5,
         trim_every_ms: int = 10_000,
+        writers: int | None = None,
     ) -> None:
         self.redis = redis
         self.store = store
@@ -74,6 +111,8 @@ class LedgerConsumer:
         self.claim_every = claim_every_ms / 1000
         self.max_deliveries = max_deliveries
         self.trim_every = trim_every_ms / 1000
+        self.writers = max(1, writers if writers is not None else store.parallel_writes)
+        """Batches written at once, each in its own transaction (default: the store's say)."""
         self.stats = Stats()
         self.failures = 0
         """Rounds that failed because Redis or the store was unavailable."""
@@ -83,6 +122,8 @@ class LedgerConsumer:
         self._next_claim = 0.0
         self._next_trim = 0.0
         self._reread_own = True  # at start, and after a failure: our own pending entries first
+        self._ahead: list[Batch] = []
+        """Fresh entries read (so pending, ours) and decoded while the last ones were written."""
 
     async def ensure_group(self) -> None:
         """Create the group (and the stream) unless it exists; any other error is raised."""
@@ -116,28 +157,73 @@ class LedgerConsumer:
             except ResponseError as exc:
                 if "NOGROUP" not in str(exc):  # the stream was deleted: make the group again
                     raise
+        await self._finish()
         log.info(
             "ledger consumer stopped", consumer=self.name, **msgspec.structs.asdict(self.stats)
         )
 
     async def step(self) -> int:
-        """One round: own pending, claimed and new entries written and acknowledged."""
+        """One round: own pending, claimed and new entries written and acknowledged.
+
+        The new entries are the batches read ahead in the last round, if any; while
+        they are written, the next ones are read and decoded, for the next round.
+        """
         handled = 0
         now = time.monotonic()
         if self._reread_own:
+            self._ahead = []  # their entries are in our pending list: read again below
             own = await self._read("0")
-            handled += await self._handle(own)
+            handled += await self._handle(decode(own))
             self._reread_own = len(own) == self.batch
         if now >= self._next_claim:
             claimed = await self._claim()
-            handled += await self._handle(claimed)
+            handled += await self._handle(decode(claimed))
             self._next_claim = now + (0 if len(claimed) == self.batch else self.claim_every)
-        fresh = await self._read(">", block=None if handled else self.block_ms)
-        handled += await self._handle(fresh)
+        fresh, self._ahead = self._ahead, []
+        if not fresh:
+            fresh = await self._read_fresh(block=None if handled else self.block_ms)
+        if fresh:
+            ahead = asyncio.create_task(self._read_fresh())
+            try:
+                done = await asyncio.gather(*map(self._handle, fresh), return_exceptions=True)
+                for result in done:
+                    if isinstance(result, BaseException):
+                        raise result
+                    handled += result
+            except BaseException:
+                # Whatever it read stays pending, ours: read again after a failure
+                # (own pending first), or claimed by another consumer if we are gone.
+                ahead.cancel()
+                with contextlib.suppress(BaseException):
+                    await ahead
+                raise
+            self._ahead = await ahead
         if now >= self._next_trim:
             await self.trim()
             self._next_trim = now + self.trim_every
         return handled
+
+    async def _read_fresh(self, block: int | None = None) -> list[Batch]:
+        """Up to ``writers`` batches of new entries, decoded; waits ``block`` ms for the first."""
+        batches: list[Batch] = []
+        while len(batches) < self.writers:
+            entries = await self._read(">", block=None if batches else block)
+            if entries:
+                batches.append(decode(entries))
+            if len(entries) < self.batch:
+                break
+        return batches
+
+    async def _finish(self) -> None:
+        """On stop, write the batches read ahead, so a clean stop leaves nothing of ours pending."""
+        ahead, self._ahead = self._ahead, []
+        try:
+            for batch in ahead:
+                await self._handle(batch)
+        except (StoreUnavailable, RedisConnectionError, RedisTimeoutError, OSError,
+                ResponseError) as exc:  # fmt: skip
+            log.warning("ledger entries left pending at stop; any consumer will claim them",
+                        reason=str(exc), consumer=self.name)  # fmt: skip
 
     async def _read(self, start: str, block: int | None = None) -> list[Entry]:
         reply: Any = await self.redis.xreadgroup(
@@ -163,35 +249,25 @@ class LedgerConsumer:
             log.info("claimed pending ledger entries", count=len(claimed), consumer=self.name)
         return claimed
 
-    async def _handle(self, entries: list[Entry]) -> int:
-        if not entries:
+    async def _handle(self, batch: Batch) -> int:
+        if not batch.size:
             return 0
         started = time.perf_counter()
-        records: list[Record] = []
-        poison: list[tuple[str, dict[str, str], str]] = []
-        for entry_id, fields in entries:
-            if fields is None:
-                continue
-            try:
-                records.append(record(entry_id, fields.get("e", "")))
-            except PoisonEntry as exc:
-                poison.append((entry_id, fields, str(exc)))
-        written = await self._write(records, poison)
+        poison = list(batch.poison)
+        written = await self._write(batch.records, poison)
         metrics.LEDGER_STORE_UP.set(1)
         if self.after_commit is not None:
             await self.after_commit([r.event_id for r in written])
-        done = [r.event_id for r in written] + [i for i, f in entries if f is None]
+        done = [r.event_id for r in written] + batch.gone
         if done:
             await self.redis.xack(keys.LEDGER, keys.LEDGER_GROUP, *done)
         for entry_id, fields, reason in poison:
             await self._poisoned(entry_id, fields, reason)
         metrics.LEDGER_BATCH_SECONDS.observe(time.perf_counter() - started)
         self.stats.batches += 1
-        return len(entries)
+        return batch.size
 
-    async def _write(
-        self, records: list[Record], poison: list[tuple[str, dict[str, str], str]]
-    ) -> list[Record]:
+    async def _write(self, records: list[Record], poison: list[Poison]) -> list[Record]:
         """Write in one transaction; if the store rejects the data, find the culprits."""
         try:
             result = await self.store.write(records)

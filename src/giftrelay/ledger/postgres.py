@@ -1,9 +1,10 @@
 """The PostgreSQL ledger store (asyncpg), for scaled-out deployments.
 
-A batch is two statements in one transaction: the events, inserted with
-``ON CONFLICT DO NOTHING RETURNING`` (so a redelivered event is skipped and we
-learn which are new), then the postings of the new ones. Migrations run under
-an advisory lock, so several consumers may start at once.
+A batch is one transaction: the events by COPY (if any is already stored, a
+redelivery, the COPY fails and, from a savepoint, ``ON CONFLICT DO NOTHING
+RETURNING`` inserts the rest and says which were new), then the postings of the
+new ones by COPY. COPY, binary, is ~30% cheaper than INSERT ... unnest here.
+Migrations run under an advisory lock, so several consumers may start at once.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
-from giftrelay.ledger.postings import Asset, Posting, Record
+from giftrelay.ledger.postings import Asset, EventRow, Posting, Record, event_rows, posting_rows
 from giftrelay.ledger.store import (
     ExportRow,
     Position,
@@ -44,6 +46,10 @@ def _translated() -> Iterator[None]:
 
 
 class PostgresStore:
+    parallel_writes = 3
+    """A write is mostly the server's work (foreign key checks), so several at once use the
+    cores Python leaves idle: measured on 2 cores, 3 beat 2 and 2 beat 1 (docs/ledger.md)."""
+
     def __init__(self, url: str, *, timeout: float = 10.0) -> None:
         self.url = url
         self.timeout = timeout
@@ -84,34 +90,13 @@ class PostgresStore:
         if not records:
             return WriteResult(0, 0)
         unique = list({(r.ms, r.seq): r for r in records}.values())
+        rows = event_rows(unique)
         with _translated():
             async with self._pool_or_fail().acquire() as conn, conn.transaction():
-                rows = await conn.fetch(
-                    "INSERT INTO events"
-                    " SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[],"
-                    "                      $5::text[], $6::bigint[], $7::text[])"
-                    " ON CONFLICT (ms, seq) DO NOTHING RETURNING ms, seq",
-                    [r.ms for r in unique],
-                    [r.seq for r in unique],
-                    [r.kind for r in unique],
-                    [r.request_id for r in unique],
-                    [r.actor for r in unique],
-                    [r.ts for r in unique],
-                    [r.body for r in unique],
-                )
-                fresh = {(row["ms"], row["seq"]) for row in rows}
-                postings = [
-                    (r.ms, r.seq, n, p.account, p.asset.value, p.amount)
-                    for r in unique
-                    if (r.ms, r.seq) in fresh
-                    for n, p in enumerate(r.postings)
-                ]
+                fresh = await _insert_events(conn, unique, rows)
+                postings = posting_rows(fresh)
                 if postings:
-                    await conn.execute(
-                        "INSERT INTO postings SELECT * FROM unnest($1::bigint[], $2::bigint[],"
-                        " $3::smallint[], $4::text[], $5::text[], $6::bigint[])",
-                        *(list(column) for column in zip(*postings, strict=True)),
-                    )
+                    await conn.copy_records_to_table("postings", records=postings)
         return WriteResult(inserted=len(fresh), duplicates=len(records) - len(fresh))
 
     async def balances(self, upto: Position | None = None) -> dict[tuple[str, str], int]:
@@ -192,3 +177,29 @@ class PostgresStore:
             pool, self._pool = self._pool, None
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(pool.close(), self.timeout)
+
+
+async def _insert_events(
+    conn: PoolConnectionProxy[asyncpg.Record], unique: list[Record], rows: list[EventRow]
+) -> list[Record]:
+    """Insert the events not yet stored; return the records that were new.
+
+    COPY is the fast path and refuses the whole batch if any event is already
+    stored (a redelivery): then, back at the savepoint, ON CONFLICT DO NOTHING
+    RETURNING says which ones were new. Never trusts that fresh reads are new.
+    """
+    try:
+        async with conn.transaction():  # a savepoint
+            await conn.copy_records_to_table("events", records=rows)
+        return unique
+    except asyncpg.UniqueViolationError:
+        pass
+    inserted = await conn.fetch(
+        "INSERT INTO events"
+        " SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[],"
+        "                      $5::text[], $6::bigint[], $7::text[])"
+        " ON CONFLICT (ms, seq) DO NOTHING RETURNING ms, seq",
+        *(list(column) for column in zip(*rows, strict=True)),
+    )
+    new = {(row["ms"], row["seq"]) for row in inserted}
+    return [r for r in unique if (r.ms, r.seq) in new]

@@ -24,6 +24,8 @@ to them, settled by the payment backend.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import msgspec
 
@@ -50,18 +52,26 @@ PAYOUTS = "system:payouts"
 FEES = "system:fees"
 
 
+USER = "user:"
+COINS, DIAMONDS, CENTS = Asset.COINS, Asset.DIAMONDS, Asset.CENTS
+
+
 def user(user_id: str) -> str:
-    return f"user:{user_id}"
+    return f"{USER}{user_id}"
 
 
-class Posting(msgspec.Struct, array_like=True, frozen=True):
+class Posting(msgspec.Struct, array_like=True, frozen=True, gc=False):
     account: str
     asset: Asset
     amount: int
 
 
-class Record(msgspec.Struct, frozen=True):
-    """One ledger event ready for a store: keyed by its ``ledger`` stream entry id."""
+class Record(msgspec.Struct, frozen=True, gc=False):
+    """One ledger event ready for a store: keyed by its ``ledger`` stream entry id.
+
+    ``gc=False``: a consumer holds thousands at once and they hold no cycles; the
+    garbage collector need not scan them.
+    """
 
     event_id: str
     ms: int
@@ -75,42 +85,83 @@ class Record(msgspec.Struct, frozen=True):
     postings: tuple[Posting, ...]
 
 
+EventRow = tuple[int, int, str, str | None, str, int, str]
+"""An ``events`` row: ms, seq, kind, request_id, actor, ts, body."""
+PostingRow = tuple[int, int, int, str, str, int]
+"""A ``postings`` row: ms, seq, n, account, asset, amount."""
+
+_ASSET_TEXT = {asset: asset.value for asset in Asset}  # a lookup is cheaper than .value
+
+
+def event_rows(records: Iterable[Record]) -> list[EventRow]:
+    return [(r.ms, r.seq, r.kind, r.request_id, r.actor, r.ts, r.body) for r in records]
+
+
+def posting_rows(records: Iterable[Record]) -> list[PostingRow]:
+    """Every record's postings, numbered ``n`` in their order within the event."""
+    text = _ASSET_TEXT
+    return [
+        (r.ms, r.seq, n, p.account, text[p.asset], p.amount)
+        for r in records
+        for n, p in enumerate(r.postings)
+    ]
+
+
 class PoisonEntry(ValueError):
     """A ``ledger`` stream entry that cannot be read as a ledger event."""
 
 
+def _topup(e: TopupEntry) -> tuple[Posting, ...]:
+    c = e.coins
+    return (Posting(USER + e.user, COINS, c), Posting(COINS_SOLD, COINS, -c)) if c else ()
+
+
+def _gift(e: GiftEntry) -> tuple[Posting, ...]:
+    c, d = e.coins, e.diamonds
+    moves = (
+        Posting(USER + e.sender, COINS, -c),
+        Posting(GIFTS, COINS, c),
+        Posting(USER + e.to, DIAMONDS, d),
+        Posting(DIAMONDS_ISSUED, DIAMONDS, -d),
+    )
+    return moves if c and d else tuple(p for p in moves if p.amount)
+
+
+def _payout(e: PayoutEntry) -> tuple[Posting, ...]:
+    d, cash, fee, u = e.diamonds, e.cash_cents, e.fee_cents, USER + e.user
+    moves = (
+        Posting(u, DIAMONDS, -d),
+        Posting(PAYOUTS, DIAMONDS, d),
+        Posting(PAYOUTS, CENTS, -(cash + fee)),
+        Posting(u, CENTS, cash),
+        Posting(FEES, CENTS, fee),
+    )
+    return tuple(p for p in moves if p.amount)
+
+
+def _cap(e: CapEntry) -> tuple[Posting, ...]:
+    return ()
+
+
+# Per event type: its kind and its postings. A table, not a match: this runs for
+# every event the consumer writes, and a lookup is several times cheaper.
+_KINDS: dict[type[Any], tuple[str, Callable[[Any], tuple[Posting, ...]]]] = {
+    TopupEntry: ("topup", _topup),
+    GiftEntry: ("gift", _gift),
+    PayoutEntry: ("payout", _payout),
+    CapEntry: ("cap", _cap),
+}
+
+
 def postings_of(entry: AnyLedgerEntry) -> tuple[Posting, ...]:
-    match entry:
-        case TopupEntry(user=u, coins=c):
-            moves = [(user(u), Asset.COINS, c), (COINS_SOLD, Asset.COINS, -c)]
-        case GiftEntry(sender=s, to=t, coins=c, diamonds=d):
-            moves = [
-                (user(s), Asset.COINS, -c),
-                (GIFTS, Asset.COINS, c),
-                (user(t), Asset.DIAMONDS, d),
-                (DIAMONDS_ISSUED, Asset.DIAMONDS, -d),
-            ]
-        case PayoutEntry(user=u, diamonds=d, cash_cents=cash, fee_cents=fee):
-            moves = [
-                (user(u), Asset.DIAMONDS, -d),
-                (PAYOUTS, Asset.DIAMONDS, d),
-                (PAYOUTS, Asset.CENTS, -(cash + fee)),
-                (user(u), Asset.CENTS, cash),
-                (FEES, Asset.CENTS, fee),
-            ]
-        case CapEntry():
-            moves = []
-    return tuple(Posting(a, asset, amount) for a, asset, amount in moves if amount)
-
-
-def _actor(entry: AnyLedgerEntry) -> str:
-    return entry.sender if isinstance(entry, GiftEntry) else entry.user
+    """The event's postings (none of amount zero), as the table above says."""
+    return _KINDS[type(entry)][1](entry)
 
 
 def record(event_id: str, body: str | bytes) -> Record:
     """The record for one ``ledger`` stream entry, or :class:`PoisonEntry`."""
+    ms_text, _, seq_text = event_id.partition("-")
     try:
-        ms_text, seq_text = event_id.split("-")
         ms, seq = int(ms_text), int(seq_text)
     except ValueError:
         raise PoisonEntry(f"not a stream entry id: {event_id!r}") from None
@@ -118,15 +169,15 @@ def record(event_id: str, body: str | bytes) -> Record:
         entry = ledger_decoder.decode(body)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise PoisonEntry(f"not a ledger event: {exc}") from None
-    text = body.decode() if isinstance(body, bytes) else body
+    kind, postings = _KINDS[type(entry)]
     return Record(
-        event_id=event_id,
-        ms=ms,
-        seq=seq,
-        kind=str(type(entry).__struct_config__.tag),
-        request_id=getattr(entry, "id", None),
-        actor=_actor(entry),
-        ts=entry.ts,
-        body=text,
-        postings=postings_of(entry),
+        event_id,
+        ms,
+        seq,
+        kind,
+        getattr(entry, "id", None),
+        entry.sender if isinstance(entry, GiftEntry) else entry.user,
+        entry.ts,
+        body.decode() if isinstance(body, bytes) else body,
+        postings(entry),
     )

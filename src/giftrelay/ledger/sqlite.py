@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from giftrelay.ledger.postings import Asset, Posting, Record
+from giftrelay.ledger.postings import Asset, Posting, Record, event_rows, posting_rows
 from giftrelay.ledger.store import (
     ExportRow,
     Position,
@@ -32,6 +33,9 @@ EXPORT_PAGE = 1000
 
 
 class SQLiteStore:
+    parallel_writes = 1
+    """SQLite has one writer at a time: a second transaction would only wait for the lock."""
+
     def __init__(self, url: str, *, busy_timeout_ms: int = 5000) -> None:
         self.url = url
         self.path = Path(url.removeprefix("sqlite:///"))
@@ -136,37 +140,58 @@ def _migrate(db: sqlite3.Connection) -> None:
         raise
 
 
+INSERT_EVENT = "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (ms, seq) DO NOTHING"
+CHUNK = 1024
+"""Most rows per INSERT statement (7 x 1024 parameters, under SQLite's 32,766)."""
+
+
+def _insert_many(db: sqlite3.Connection, table: str, width: int, values: list[Any]) -> int:
+    """Insert rows given as flat ``values`` (``width`` per row) in few statements; rows added.
+
+    sqlite3 holds the GIL between rows, so executemany hands the GIL back and forth
+    with the event loop thousands of times per batch, and each handover can wait for
+    the switch interval. A multi-row VALUES statement runs without the GIL. Chunks are
+    of power-of-two sizes, so a handful of statements cover any batch and stay cached.
+    """
+    suffix = " ON CONFLICT (ms, seq) DO NOTHING" if table == "events" else ""
+    added = 0
+    start = 0
+    while start < len(values):
+        count = min(CHUNK, 1 << (((len(values) - start) // width).bit_length() - 1))
+        stop = start + count * width
+        added += db.execute(_values_sql(table, width, count, suffix), values[start:stop]).rowcount
+        start = stop
+    return added
+
+
+@functools.cache
+def _values_sql(table: str, width: int, count: int, suffix: str) -> str:
+    row = "(" + ", ".join("?" * width) + ")"
+    return f"INSERT INTO {table} VALUES {', '.join([row] * count)}{suffix}"
+
+
 def _write(db: sqlite3.Connection, records: Sequence[Record]) -> WriteResult:
-    # BEGIN IMMEDIATE takes the write lock first, so no other writer can insert
-    # the same event between the check below and the insert.
+    # The primary key decides what is new: an event already stored is skipped by
+    # ON CONFLICT DO NOTHING, and its postings must be skipped too. If every event
+    # was inserted (the usual case: entries read once), all postings go in; if not
+    # (a redelivery), the batch is redone one event at a time, each insert saying
+    # whether it added a row. BEGIN IMMEDIATE holds the write lock throughout.
+    unique = list({(r.ms, r.seq): r for r in records}.values())
     db.execute("BEGIN IMMEDIATE")
     try:
-        unique = {(r.ms, r.seq): r for r in records}
-        keys = list(unique)
-        existing: set[tuple[int, int]] = set()
-        for start in range(0, len(keys), 400):
-            chunk = keys[start : start + 400]
-            values = ",".join("(?,?)" for _ in chunk)
-            flat = [part for key in chunk for part in key]
-            existing.update(
-                db.execute(f"SELECT ms, seq FROM events WHERE (ms, seq) IN (VALUES {values})", flat)
-            )
-        fresh = [r for key, r in unique.items() if key not in existing]
-        db.executemany(
-            "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [(r.ms, r.seq, r.kind, r.request_id, r.actor, r.ts, r.body) for r in fresh],
-        )
-        db.executemany(
-            "INSERT INTO postings VALUES (?, ?, ?, ?, ?, ?)",
-            [
-                (r.ms, r.seq, n, p.account, p.asset.value, p.amount)
-                for r in fresh
-                for n, p in enumerate(r.postings)
-            ],
-        )
+        events = list(itertools.chain.from_iterable(event_rows(unique)))
+        fresh = unique
+        if _insert_many(db, "events", 7, events) != len(unique):
+            db.execute("ROLLBACK")
+            db.execute("BEGIN IMMEDIATE")
+            fresh = [r for r, row in zip(unique, event_rows(unique), strict=True)
+                     if db.execute(INSERT_EVENT, row).rowcount]  # fmt: skip
+        postings = list(itertools.chain.from_iterable(posting_rows(fresh)))
+        _insert_many(db, "postings", 6, postings)
         db.execute("COMMIT")
     except BaseException:
-        db.execute("ROLLBACK")
+        if db.in_transaction:
+            db.execute("ROLLBACK")
         raise
     return WriteResult(inserted=len(fresh), duplicates=len(records) - len(fresh))
 

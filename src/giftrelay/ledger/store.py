@@ -48,6 +48,8 @@ Position = tuple[int, int]
 
 class Store(Protocol):
     url: str
+    parallel_writes: int
+    """How many batches the store usefully writes at once, each in its own transaction."""
 
     async def open(self) -> None:
         """Connect and apply any migrations not yet applied."""
