@@ -162,8 +162,12 @@ export class Feed {
         this.#open = true;
         this.#refused = 0;
         this.onHello(m);
-        if (this.stream) this.#sendJoin();
-        else this.#status("live");
+        if (this.stream) {
+          this.#sendJoin();
+        } else {
+          this.#attempt = 0; // nothing to join: connected is as good as it gets
+          this.#status("live");
+        }
         return;
       case "joined": {
         if (m.ref !== this.#joinRef) return; // the answer to a join since replaced
@@ -276,7 +280,7 @@ export async function loadCatalog() {
 /** A gift's picture: the catalog's emoji as text, or its image URL as an <img>. */
 export function giftImage(giftId) {
   const image = gifts.get(giftId)?.image ?? "🎁";
-  if (/^(https:\/\/|\/)/.test(image)) {
+  if (/^(https:\/\/|\/(?!\/))/.test(image)) {
     const img = document.createElement("img");
     img.src = image;
     img.alt = "";
@@ -387,6 +391,7 @@ export function startOverlay(handlers) {
   return new Feed({
     token,
     stream,
+    onHello: () => loadCatalog(), // if the page loaded while /catalog.json could not be read
     ...handlers,
     onStatus: (state, detail) => showStatus(state, stream, detail),
   }).start();
