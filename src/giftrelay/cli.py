@@ -232,7 +232,10 @@ def _print_urls(settings: Settings, secret: str, url: str, port: int) -> None:
             return auth.mint(secret, sub, role, ttl=86400, stream=stream)
 
         viewer = token(DEMO_VIEWERS[0], auth.Role.VIEWER)
-        click.echo(f"  demo page: http://{base}/?token={viewer}")
+        click.echo(
+            f"  demo page: http://{base}/?token={viewer}"
+            f"&creator={token(DEMO_CREATOR, auth.Role.CREATOR)}"
+        )
         click.echo(f"  stream:    {DEMO_STREAM!r} by {DEMO_CREATOR!r}, live")
         click.echo("  demo tokens (24 h):")
         click.echo(f"    viewer  {DEMO_VIEWERS[0]}: {viewer}")
@@ -255,12 +258,42 @@ def _print_urls(settings: Settings, secret: str, url: str, port: int) -> None:
     show_default=True,
 )
 @click.option("--stream", help="The stream an overlay token may read.")
-@click.option("--ttl", type=int, default=3600, show_default=True, help="Lifetime in seconds.")
+@click.option(
+    "--ttl",
+    type=int,
+    help="Lifetime in seconds [default: 30 days for overlay tokens, which revoke_overlays "
+    "can end early; 3600 for the others].",
+)
+@click.option(
+    "--base-url",
+    help="Where OBS reaches the relay, for an overlay token's widget links "
+    "[default: http://GIFTRELAY_HOST:GIFTRELAY_PORT].",
+)
 @_friendly
-def token(subject: str, role: str, stream: str | None, ttl: int) -> None:
-    """Print a JWT for SUBJECT."""
+def token(
+    subject: str, role: str, stream: str | None, ttl: int | None, base_url: str | None
+) -> None:
+    """Print a JWT for SUBJECT; for an overlay token, then its four OBS widget links.
+
+    The token alone goes to standard output (so `$(giftrelay token ...)` works); the
+    links go to standard error, one per line.
+    """
     settings = _settings()
-    click.echo(auth.mint(secret_for(settings), subject, auth.Role(role), ttl=ttl, stream=stream))
+    overlay = role == auth.Role.OVERLAY
+    # An OBS link must outlive a stream; a leaked one is ended with revoke_overlays.
+    ttl = ttl if ttl is not None else 30 * 86400 if overlay else 3600
+    minted = auth.mint(secret_for(settings), subject, auth.Role(role), ttl=ttl, stream=stream)
+    click.echo(minted)
+    if not overlay:
+        return
+    if base_url is None:
+        host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+        base_url = f"http://{f'[{host}]' if ':' in host else host}:{settings.port}"
+    base_url = base_url.rstrip("/")
+    valid = f"{ttl / 86400:g} days" if ttl >= 86400 else f"{ttl} s"
+    click.echo(f"OBS Browser Source links for stream {stream!r} (valid {valid}):", err=True)
+    for widget in ("alerts", "top", "goal", "viewers"):
+        click.echo(f"  {widget:<8} {base_url}/overlay/{widget}?token={minted}", err=True)
 
 
 # -- wallet ---------------------------------------------------------------------------------

@@ -1,0 +1,406 @@
+"""The overlay widgets and the demo page in a real headless chromium, against a real relay.
+
+Synchronisation is Playwright's auto-waiting (``expect``, ``wait_for_function``): no sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from urllib.parse import urlencode
+
+import pytest
+from playwright.async_api import Browser, expect
+from redis.asyncio import Redis
+
+from giftrelay import auth, catalog, keys
+from giftrelay.auth import Role
+from giftrelay.config import Settings
+from giftrelay.embedded import RedisServer, free_port
+from giftrelay.money import Money
+from giftrelay.redis_client import connect as redis_connect
+
+from .browser_helpers import (
+    CHROMIUM,
+    EXPECTED_WHEN_REFUSED,
+    Watched,
+    chromium,
+    corner_alpha,
+    open_page,
+    relay_on,
+)
+from .relay_helpers import SECRET, Client, RelayHandle, running_relay, token
+
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)"
+)
+
+FAST = {"gift_rate": 100_000.0, "gift_burst": 100_000, "message_rate": 100_000.0}
+WIDGETS = ("alerts", "top", "goal", "viewers")
+VIEWERS = ("alice", "bob", "carol")
+
+# Records, in the page, every alert put on screen and the most on screen at once.
+ALERT_PROBE = """() => {
+  window.shown = [];
+  window.mostAtOnce = 0;
+  new MutationObserver((records) => {
+    for (const r of records) for (const n of r.addedNodes) {
+      if (n.classList?.contains("alert")) {
+        window.shown.push(n.querySelector(".from").textContent + " " +
+                          n.querySelector(".name").textContent);
+      }
+    }
+    window.mostAtOnce = Math.max(window.mostAtOnce, document.querySelectorAll(".alert").length);
+  }).observe(document.getElementById("alerts"), { childList: true });
+}"""
+
+
+@pytest.fixture
+async def relay(redis: Redis, redis_server: RedisServer) -> AsyncIterator[RelayHandle]:
+    async with running_relay(redis_server.url, combo_window_ms=1500, **FAST) as h:
+        await setup_stream(h.money)
+        yield h
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    async with chromium() as b:
+        yield b
+
+
+async def setup_stream(money: Money) -> None:
+    await money.stream_open("s1", "cre", "s1 live")
+    for user in VIEWERS:
+        await money.topup(user, 10_000, f"grant-{user}")
+
+
+async def gift(money: Money, user: str, gift_id: str, count: int = 1) -> None:
+    await money.gift(user, "s1", gift_id, count, uuid.uuid4().hex)
+
+
+def widget(h: RelayHandle, name: str, tok: str | None = None, **options: object) -> str:
+    query = urlencode({"token": tok or token("studio", Role.OVERLAY, stream="s1"), **options})
+    return f"{h.http}/overlay/{name}?{query}"
+
+
+async def live(w: Watched) -> None:
+    await expect(w.page.locator("body")).to_have_attribute("data-state", "live")
+
+
+# -- alerts ------------------------------------------------------------------------------------
+
+
+async def test_a_gift_alert_names_the_gifter_and_gift_and_its_combo_counts_up(
+    relay: RelayHandle, browser: Browser
+) -> None:
+    w = await open_page(browser, widget(relay, "alerts", duration=30, position="bottom-left"))
+    await live(w)
+    alert = w.page.locator(".alert")
+    await gift(relay.money, "alice", "rose")
+    await expect(alert).to_have_count(1)
+    await expect(alert.locator(".from")).to_have_text("alice")
+    await expect(alert.locator(".name")).to_have_text("Rose")
+    await expect(alert.locator(".gift-image")).to_have_text("🌹")
+    await expect(alert.locator(".count")).to_be_hidden()  # x1 is not worth showing
+    for n in (2, 3):
+        await gift(relay.money, "alice", "rose")
+        await expect(alert.locator(".count")).to_have_text(f"x{n}")
+        await expect(alert.locator(".count")).to_be_visible()
+    # The relay's combo_end (after the 1.5 s window) closes the combo: still one alert.
+    await expect(alert).to_have_class(re.compile(r"\bended\b"))
+    await expect(alert).to_have_count(1)
+    await expect(alert.locator(".count")).to_have_text("x3")
+    await expect(w.page.locator("#alerts")).to_have_class(re.compile(r"\bpos-bottom-left\b"))
+    await w.showcase("alerts")
+    assert w.unexpected_errors() == []
+
+
+async def test_alerts_queue_one_at_a_time_and_skip_gifts_below_the_minimum(
+    relay: RelayHandle, browser: Browser
+) -> None:
+    w = await open_page(browser, widget(relay, "alerts", duration=1, min=5))
+    await live(w)
+    await w.page.evaluate(ALERT_PROBE)
+    await gift(relay.money, "alice", "rose")  # 1 coin: below the minimum
+    await gift(relay.money, "bob", "donut")  # 30
+    await gift(relay.money, "carol", "heart")  # 5
+    await w.page.wait_for_function("window.shown.length === 2")
+    await expect(w.page.locator(".alert")).to_have_count(0)  # both done
+    assert await w.page.evaluate("window.shown") == ["bob Donut", "carol Heart"]
+    assert await w.page.evaluate("window.mostAtOnce") == 1
+    assert w.unexpected_errors() == []
+
+
+async def test_a_test_alert_shows_like_a_gift_with_a_test_mark(
+    relay: RelayHandle, browser: Browser
+) -> None:
+    w = await open_page(browser, widget(relay, "alerts", duration=30))
+    await live(w)
+    creator = await Client.open(relay.ws, token("cre", Role.CREATOR))
+    reply = await creator.request(type="test_alert", stream="s1", gift="castle", count=2)
+    assert reply["type"] == "test_ok"
+    alert = w.page.locator(".alert")
+    await expect(alert.locator(".from")).to_have_text("cre")
+    await expect(alert.locator(".name")).to_have_text("Castle")
+    await expect(alert.locator(".count")).to_have_text("x2")
+    await expect(alert.locator(".test-mark")).to_be_visible()
+    await w.showcase("alerts-test")
+    await creator.close()
+    assert w.unexpected_errors() == []
+
+
+# -- top, goal, viewers ------------------------------------------------------------------------
+
+
+async def test_top_gifters_and_goal_follow_the_gifts(relay: RelayHandle, browser: Browser) -> None:
+    await relay.money.set_goal("s1", "cre", "new mic", 100)
+    await gift(relay.money, "bob", "heart")  # before the pages open: from the snapshot
+    top = await open_page(browser, widget(relay, "top"), size=(420, 300))
+    goal = await open_page(browser, widget(relay, "goal"), size=(520, 160))
+    await live(top)
+    await live(goal)
+    await expect(goal.page.locator("#title")).to_have_text("new mic")
+    await expect(goal.page.locator("#progress")).to_have_text("5 / 100")
+    await expect(top.page.locator(".user")).to_have_text(["bob"])
+
+    await gift(relay.money, "alice", "donut")  # 30
+    await relay.money.test_alert("s1", "cre", "castle", 1)  # moves no money: not progress
+    await gift(relay.money, "carol", "rose")  # 1
+    await expect(goal.page.locator("#progress")).to_have_text("36 / 100")
+    await expect(goal.page.locator("#percent")).to_have_text("36%")
+    await expect(top.page.locator(".user")).to_have_text(["alice", "bob", "carol"])
+    await expect(top.page.locator(".coins")).to_have_text(["30", "5", "1"])
+    await goal.showcase("goal")
+    await top.showcase("top")
+
+    # A new goal (a `goal` event) replaces the bar; progress counts from then on.
+    await relay.money.set_goal("s1", "cre", "new camera", 50)
+    await expect(goal.page.locator("#title")).to_have_text("new camera")
+    await expect(goal.page.locator("#progress")).to_have_text("0 / 50")
+    await gift(relay.money, "alice", "heart")
+    await expect(goal.page.locator("#percent")).to_have_text("10%")
+    assert top.unexpected_errors() == goal.unexpected_errors() == []
+
+
+async def test_viewer_count_goes_up_and_down(relay: RelayHandle, browser: Browser) -> None:
+    w = await open_page(browser, widget(relay, "viewers"), size=(360, 120))
+    await live(w)
+    count = w.page.locator("#count")
+    await expect(count).to_have_text("1")  # the overlay's own connection counts (see docs)
+    viewer = await Client.open(relay.ws)
+    await viewer.join("s1")
+    await expect(count).to_have_text("2")
+    await w.showcase("viewers")
+    await viewer.close()
+    await expect(count).to_have_text("1")
+    assert w.unexpected_errors() == []
+
+
+async def test_every_widget_has_a_transparent_page(relay: RelayHandle, browser: Browser) -> None:
+    for name in WIDGETS:
+        w = await open_page(browser, widget(relay, name))
+        await live(w)
+        for element in ("html", "body"):
+            color = await w.page.eval_on_selector(
+                element, "e => getComputedStyle(e).backgroundColor"
+            )
+            assert color == "rgba(0, 0, 0, 0)", (name, element)
+        png = await w.screenshot(f"{name}-transparent", omit_background=True)
+        assert corner_alpha(png) == 0, name
+        assert w.unexpected_errors() == [], name
+        await w.page.close()
+
+
+# -- links that cannot work --------------------------------------------------------------------
+
+
+async def test_a_bad_link_says_what_is_wrong(relay: RelayHandle, browser: Browser) -> None:
+    other_secret = auth.mint("another-secret-" + "y" * 32, "studio", Role.OVERLAY, stream="s1")
+    cases = {
+        "no_token": f"{relay.http}/overlay/alerts",
+        "malformed": widget(relay, "alerts", tok="not-a-jwt"),
+        "not_overlay": widget(relay, "top", tok=token("alice")),
+        "expired": widget(
+            relay, "goal", tok=token("s", Role.OVERLAY, "s1", ttl=60, now=time.time() - 3600)
+        ),
+        "refused": widget(relay, "viewers", tok=other_secret),  # the relay answers 401
+    }
+    for reason, url in cases.items():
+        w = await open_page(browser, url)
+        status = w.page.locator("#overlay-status")
+        await expect(status).to_have_attribute("data-reason", reason)
+        await expect(status).to_be_visible()
+        await expect(status).to_contain_text("giftrelay token")
+        await expect(w.page.locator("body")).to_have_attribute("data-state", "error")
+        if reason == "refused":
+            await w.showcase("refused")
+        assert w.unexpected_errors(EXPECTED_WHEN_REFUSED) == [], reason
+        await w.page.close()
+
+
+async def test_revoked_links_stop_and_say_so(relay: RelayHandle, browser: Browser) -> None:
+    old = token("studio", Role.OVERLAY, stream="s1")
+    w = await open_page(browser, widget(relay, "alerts", tok=old))
+    await live(w)
+    creator = await Client.open(relay.ws, token("cre", Role.CREATOR))
+    assert (await creator.request(type="revoke_overlays", stream="s1"))["type"] == "revoke_ok"
+    status = w.page.locator("#overlay-status")
+    await expect(status).to_have_attribute("data-reason", "revoked")
+    await expect(status).to_contain_text("revoked")
+    assert w.unexpected_errors() == []
+
+    # The old link, opened again, is refused at the handshake and says so.
+    again = await open_page(browser, widget(relay, "alerts", tok=old))
+    await expect(again.page.locator("#overlay-status")).to_have_attribute("data-reason", "refused")
+    assert again.unexpected_errors(EXPECTED_WHEN_REFUSED) == []
+    # A link minted after the revoke works.
+    fresh = await open_page(browser, widget(relay, "alerts"))
+    await live(fresh)
+    assert fresh.unexpected_errors() == []
+    await creator.close()
+
+
+# -- reconnecting ------------------------------------------------------------------------------
+
+
+async def test_widgets_reconnect_after_the_relay_restarts_and_catch_up(
+    redis: Redis, redis_server: RedisServer, browser: Browser
+) -> None:
+    port = free_port()
+    # Another worker's money core: it moves money while this relay is down.
+    other = Money(redis_connect(redis_server.url), Settings.load({}), catalog.load())
+    await other.start()
+    try:
+        async with relay_on(redis_server.url, port, **FAST) as first:
+            await setup_stream(first.money)
+            await first.money.set_goal("s1", "cre", "new mic", 1000)
+            alerts = await open_page(browser, widget(first, "alerts", duration=1))
+            goal = await open_page(browser, widget(first, "goal"))
+            await live(alerts)
+            await live(goal)
+            await alerts.page.evaluate(ALERT_PROBE)
+            await gift(first.money, "alice", "rose")
+            await alerts.page.wait_for_function("window.shown.length === 1")
+            await expect(goal.page.locator("#progress")).to_have_text("1 / 1,000")
+
+        await expect(alerts.page.locator("body")).not_to_have_attribute("data-state", "live")
+        await gift(other, "bob", "heart")  # while no relay runs: recovered with `since`
+
+        async with relay_on(redis_server.url, port, **FAST) as second:
+            await live(alerts)
+            await live(goal)
+            await alerts.page.wait_for_function("window.shown.length === 2")
+            await expect(goal.page.locator("#progress")).to_have_text("6 / 1,000")
+            await gift(second.money, "carol", "donut")
+            await alerts.page.wait_for_function("window.shown.length === 3")
+            await expect(goal.page.locator("#progress")).to_have_text("36 / 1,000")
+            # Each gift shown once, in order: nothing stale or repeated after the restart.
+            assert await alerts.page.evaluate("window.shown") == [
+                "alice Rose",
+                "bob Heart",
+                "carol Donut",
+            ]
+
+        # Down again, and the history no longer reaches back to what the pages saw
+        # (recovered: false): they start over from the snapshot, replaying nothing.
+        await expect(goal.page.locator("body")).not_to_have_attribute("data-state", "live")
+        for _ in range(3):
+            await gift(other, "bob", "heart")
+        await redis.xtrim(keys.history("s1"), maxlen=1, approximate=False)
+        async with relay_on(redis_server.url, port, **FAST) as third:
+            await live(alerts)
+            await expect(goal.page.locator("#progress")).to_have_text("51 / 1,000")
+            await gift(third.money, "alice", "crown")
+            await alerts.page.wait_for_function("window.shown.length === 4")
+            assert (await alerts.page.evaluate("window.shown"))[3:] == ["alice Crown"]
+    finally:
+        await other.aclose()
+        await other.redis.aclose()
+    for w in (alerts, goal):
+        assert w.unexpected_errors(EXPECTED_WHEN_REFUSED) == []
+
+
+# -- the token command and the demo page -------------------------------------------------------
+
+
+def run_token(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "giftrelay", "token", *args],
+        env={**os.environ, "GIFTRELAY_SECRET": SECRET, "GIFTRELAY_REDIS_URL": "redis://x", **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+async def test_token_command_prints_obs_links_that_work(
+    relay: RelayHandle, browser: Browser
+) -> None:
+    args = ("studio", "--role", "overlay", "--stream", "s1", "--base-url", relay.http + "/")
+    result = await asyncio.to_thread(run_token, *args)
+    minted = result.stdout.strip()  # the token alone on stdout, as for every role
+    assert auth.verify(SECRET, minted).stream == "s1"
+    links = re.findall(r"http://\S+", result.stderr)
+    assert links == [f"{relay.http}/overlay/{name}?token={minted}" for name in WIDGETS]
+    w = await open_page(browser, links[0])
+    await live(w)
+    assert w.unexpected_errors() == []
+
+    # Without --base-url: GIFTRELAY_HOST and GIFTRELAY_PORT, a wildcard host as loopback.
+    result = await asyncio.to_thread(
+        run_token, *args[:5], GIFTRELAY_HOST="0.0.0.0", GIFTRELAY_PORT="9123"
+    )
+    assert "http://127.0.0.1:9123/overlay/goal?token=" in result.stderr
+    # Other roles: only the token.
+    result = await asyncio.to_thread(run_token, "alice")
+    assert (result.stderr, auth.verify(SECRET, result.stdout.strip()).sub) == ("", "alice")
+
+
+async def test_demo_page_watches_and_sends_gifts(relay: RelayHandle, browser: Browser) -> None:
+    query = urlencode(
+        {"token": token("alice"), "creator": token("cre", Role.CREATOR), "stream": "s1"}
+    )
+    w = await open_page(browser, f"{relay.http}/?{query}", size=(1200, 820))
+    page = w.page
+    await live(w)
+    await expect(page.locator("#who")).to_have_text("you: alice (viewer)")
+    await expect(page.locator("#balance")).to_have_text("10,000")
+    await expect(page.locator("#stream-title")).to_have_text("s1 live")
+
+    await page.get_by_role("button", name=re.compile(r"Donut")).click()
+    first = page.locator("#feed li").first
+    await expect(first).to_contain_text("alice sent Donut")
+    await expect(page.locator("#balance")).to_have_text("9,970")
+    await expect(page.locator("#top .user")).to_have_text(["alice"])
+
+    # Gifts from elsewhere arrive too; a combo counts up in the feed.
+    for _ in range(2):
+        await gift(relay.money, "bob", "rose")
+    await expect(first).to_contain_text("bob sent Rose x2")
+
+    # Creator tools: set a goal, send a test alert.
+    await page.get_by_role("button", name="Set goal").click()
+    await expect(page.locator("#goal-numbers")).to_have_text("0 / 1,000 (0%)")
+    await page.locator("#test-gift").select_option("castle")
+    await page.get_by_role("button", name="Test alert").click()
+    await expect(first).to_contain_text("cre sent Castle")
+    await expect(first.locator(".tag")).to_have_text("test")
+    await page.evaluate("scrollTo(0, 0)")
+    await w.screenshot("demo", full_page=True)
+
+    # Watching a stream that does not exist says so; the creator can open it.
+    await page.locator("#stream").fill("s2")
+    await page.get_by_role("button", name="Watch").click()
+    await expect(page.locator("#status")).to_contain_text("no stream “s2” yet")
+    await page.get_by_role("button", name="Open stream").click()
+    await live(w)
+    await expect(page.locator("#stream-title")).to_have_text("My stream")
+    assert w.unexpected_errors() == []
