@@ -192,13 +192,13 @@ async def test_viewer_count_goes_up_and_down(relay: RelayHandle, browser: Browse
     w = await open_page(browser, widget(relay, "viewers"), size=(360, 120))
     await live(w)
     count = w.page.locator("#count")
-    await expect(count).to_have_text("1")  # the overlay's own connection counts (see docs)
+    await expect(count).to_have_text("0")  # overlays are not part of the audience
     viewer = await Client.open(relay.ws)
     await viewer.join("s1")
-    await expect(count).to_have_text("2")
+    await expect(count).to_have_text("1")
     await w.showcase("viewers")
     await viewer.close()
-    await expect(count).to_have_text("1")
+    await expect(count).to_have_text("0")
     assert w.unexpected_errors() == []
 
 
