@@ -86,11 +86,12 @@ class _Combo(msgspec.Struct):
 class _Join:
     """A viewer on its way into a room: what it read, and what came after its marker."""
 
-    __slots__ = ("after", "conn", "counted", "done", "marked", "reply")
+    __slots__ = ("after", "codec", "conn", "counted", "done", "marked", "reply")
 
-    def __init__(self, conn: ServerConnection, counted: bool) -> None:
+    def __init__(self, conn: ServerConnection, counted: bool, codec: protocol.Codec) -> None:
         self.conn = conn
         self.counted = counted
+        self.codec = codec
         self.marked = False
         """Its marker came through the channel: events from now on are newer than its read."""
         self.after: list[msgspec.Raw] = []
@@ -107,6 +108,8 @@ class Room:
         self.viewers: set[ServerConnection] = set()
         self.uncounted: set[ServerConnection] = set()
         """Viewers that are overlays: they watch for a broadcast, not as an audience."""
+        self.binary: set[ServerConnection] = set()
+        """Viewers that speak MessagePack."""
         self.joining = 0
         self.joins: dict[str, _Join] = {}
         self.pending: list[msgspec.Raw] = []
@@ -150,6 +153,7 @@ class Room:
     def discard(self, conn: ServerConnection) -> None:
         self.viewers.discard(conn)
         self.uncounted.discard(conn)
+        self.binary.discard(conn)
 
 
 class Fanout:
@@ -238,6 +242,7 @@ class Fanout:
         *,
         counted: bool = True,
         issued_ms: int | None = None,
+        codec: protocol.Codec = protocol.JSON_CODEC,
     ) -> protocol.Joined:
         """Subscribe if need be, read what the viewer needs, and add it to the room.
 
@@ -254,7 +259,7 @@ class Fanout:
         room.joining += 1
         room.empty_since = None
         token = secrets.token_hex(8)
-        join = _Join(conn, counted)
+        join = _Join(conn, counted, codec)
         try:
             await self._subscribed(room)
             room.joins[token] = join
@@ -283,10 +288,13 @@ class Fanout:
             reply = msgspec.structs.replace(
                 reply, missed=[*reply.missed, *join.after], offset=_offset_of(join.after[-1])
             )
-        broadcast([join.conn], protocol.encode(reply), text=True)
+        binary = join.codec.binary
+        broadcast([join.conn], join.codec.encode(reply), text=not binary)
         room.viewers.add(join.conn)
         if not join.counted:
             room.uncounted.add(join.conn)
+        if binary:
+            room.binary.add(join.conn)
         metrics.JOINS.inc()
         join.done.set_result(reply)
 
@@ -612,11 +620,19 @@ class Fanout:
         self.dirty.discard(room)
         if not room.viewers:
             return
-        frame = protocol.encode(protocol.Events(stream=room.stream, events=events))
-        broadcast(room.viewers, frame, text=True)
+        message = protocol.Events(stream=room.stream, events=events)
+        frame = protocol.encode(message)
+        if room.binary:  # MessagePack viewers get the same frame, converted once
+            text = room.viewers - room.binary
+            packed = protocol.MSGPACK_CODEC.encode(message)
+            broadcast(room.binary, packed, text=False)
+            metrics.BYTES_SENT.inc(len(room.binary) * len(packed))
+        else:
+            text = room.viewers
+        broadcast(text, frame, text=True)
         n = len(room.viewers)
         metrics.FRAMES_SENT.inc(n)
-        metrics.BYTES_SENT.inc(n * len(frame))
+        metrics.BYTES_SENT.inc(len(text) * len(frame))
         metrics.EVENTS_SENT.inc(n * len(events))
         limit = self.write_buffer_limit
         slow = [

@@ -320,6 +320,10 @@ def echo(data: str | bytes) -> tuple[str | None, str | None]:
         env = _envelope.decode(data)
     except msgspec.DecodeError:
         return None, None
+    return _readable(env)
+
+
+def _readable(env: _Envelope) -> tuple[str | None, str | None]:
     ref = env.ref if isinstance(env.ref, str) and len(env.ref) <= 64 else None
     id_ = env.id if isinstance(env.id, str) and len(env.id) <= 64 else None
     return ref, id_
@@ -336,6 +340,75 @@ def _explain(detail: str) -> str:
 
 def encode(message: Reply) -> bytes:
     return _encoder.encode(message)
+
+
+# -- MessagePack: the same messages in binary frames ---------------------------------------------
+
+MSGPACK = "giftrelay.v1.msgpack"
+"""The WebSocket subprotocol that carries every message as MessagePack in binary frames."""
+
+_mp_decoder = msgspec.msgpack.Decoder(ClientMessage)
+_mp_envelope = msgspec.msgpack.Decoder(_Envelope)
+_mp_encoder = msgspec.msgpack.Encoder()
+_any_json = msgspec.json.Decoder()
+
+
+class Codec:
+    """How one connection's messages are framed: JSON text (default) or MessagePack.
+
+    Events are stored and published as JSON; a MessagePack connection gets each one
+    converted (:meth:`event`), which only MessagePack connections pay for.
+    """
+
+    def __init__(self, subprotocol: str | None) -> None:
+        self.binary = subprotocol == MSGPACK
+
+    def decode(self, data: str | bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> ClientMessage:
+        if not self.binary or isinstance(data, str):
+            return decode(data, max_bytes)
+        if len(data) > max_bytes:
+            raise BadMessage(Code.TOO_LARGE, f"messages are limited to {max_bytes} bytes")
+        try:
+            message: ClientMessage = _mp_decoder.decode(data)
+            return message
+        except msgspec.DecodeError as exc:
+            ref, id_ = self.echo(data)
+            raise BadMessage(Code.BAD_REQUEST, _explain(str(exc)), ref, id_) from None
+
+    def echo(self, data: str | bytes) -> tuple[str | None, str | None]:
+        if not self.binary or isinstance(data, str):
+            return echo(data)
+        try:
+            env = _mp_envelope.decode(data)
+        except msgspec.DecodeError:
+            return None, None
+        return _readable(env)
+
+    def encode(self, message: Reply) -> bytes:
+        """The reply in this codec; JSON ``Raw`` fields (events) are converted."""
+        if not self.binary:
+            return _encoder.encode(message)
+        if isinstance(message, Joined):
+            message = msgspec.structs.replace(message, missed=self.events(message.missed))
+        elif isinstance(message, Events):
+            message = msgspec.structs.replace(message, events=self.events(message.events))
+        elif isinstance(message, CatalogReply):
+            message = msgspec.structs.replace(message, gifts=self.event(message.gifts))
+        return _mp_encoder.encode(message)
+
+    def event(self, raw: msgspec.Raw) -> msgspec.Raw:
+        return msgspec.Raw(_mp_encoder.encode(_any_json.decode(raw)))
+
+    def events(self, raws: list[msgspec.Raw]) -> list[msgspec.Raw]:
+        return [self.event(raw) for raw in raws]
+
+
+JSON_CODEC = Codec(None)
+MSGPACK_CODEC = Codec(MSGPACK)
+
+
+def codec_for(subprotocol: str | None) -> Codec:
+    return MSGPACK_CODEC if subprotocol == MSGPACK else JSON_CODEC
 
 
 def encode_event(event: LiveEvent) -> msgspec.Raw:

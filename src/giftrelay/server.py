@@ -15,7 +15,7 @@ import resource
 import time
 import weakref
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from email.utils import formatdate
 from urllib.parse import parse_qs, urlsplit
 
@@ -26,8 +26,9 @@ from redis.exceptions import RedisError
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
+from websockets.typing import Subprotocol
 
-from giftrelay import auth, metrics, web
+from giftrelay import auth, metrics, protocol, web
 from giftrelay.auth import Claims, Role
 from giftrelay.catalog import Catalog
 from giftrelay.config import Settings
@@ -94,6 +95,8 @@ class Relay:
             port,
             process_request=self.process_request,
             compression=None,
+            subprotocols=[Subprotocol(protocol.MSGPACK)],
+            select_subprotocol=_select_subprotocol,
             max_size=s.max_frame_bytes,
             ping_interval=s.ping_interval,
             ping_timeout=s.ping_timeout,
@@ -232,6 +235,13 @@ class Relay:
                 self.fanout.leave(session.conn, stream)
                 task = asyncio.create_task(session.conn.close(1008, "overlay token revoked"))
                 task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
+
+
+def _select_subprotocol(
+    _conn: ServerConnection, offered: Sequence[Subprotocol]
+) -> Subprotocol | None:
+    """MessagePack when the client asks for it; JSON (no subprotocol) otherwise."""
+    return Subprotocol(protocol.MSGPACK) if protocol.MSGPACK in offered else None
 
 
 def _raise_open_files_limit() -> None:

@@ -44,6 +44,7 @@ class Session:
         "bucket",
         "busy",
         "claims",
+        "codec",
         "conn",
         "idle",
         "inflight",
@@ -62,6 +63,7 @@ class Session:
         self.relay = relay
         self.conn = conn
         self.claims = claims
+        self.codec = protocol.codec_for(conn.subprotocol)
         self.user = claims.sub if claims else None
         self.role = claims.role.value if claims else "anonymous"
         self.streams: set[str] = set()
@@ -121,7 +123,7 @@ class Session:
         if isinstance(reply, protocol.Error):
             metrics.ERRORS.labels(reply.code).inc()
         with contextlib.suppress(ConnectionClosed):
-            await self.conn.send(protocol.encode(reply), text=True)
+            await self.conn.send(self.codec.encode(reply), text=not self.codec.binary)
 
     async def receive(self, data: str | bytes) -> None:
         now = time.monotonic()
@@ -137,7 +139,7 @@ class Session:
             await self._refuse(data, SHUTTING_DOWN)
             return
         try:
-            message = protocol.decode(data, self.relay.settings.max_message_bytes)
+            message = self.codec.decode(data, self.relay.settings.max_message_bytes)
         except protocol.BadMessage as exc:
             metrics.MESSAGES.labels("invalid").inc()
             await self.send(protocol.error(exc, exc.ref, exc.id))
@@ -173,7 +175,7 @@ class Session:
 
     async def _refuse(self, data: str | bytes, refusal: Refused) -> None:
         """An error for a message not handled, with its ``ref``/``id`` where readable."""
-        ref, id_ = protocol.echo(data)
+        ref, id_ = self.codec.echo(data)
         await self.send(protocol.error(refusal, ref, id_))
 
     async def answer(self, message: protocol.ClientMessage) -> None:
@@ -299,7 +301,13 @@ class Session:
         overlay = claims is not None and claims.role is Role.OVERLAY
         issued_ms = int((claims.iat or 0) * 1000) if overlay and claims is not None else None
         join = self.relay.fanout.join(
-            self.conn, m.stream, m.since, m.ref, counted=not overlay, issued_ms=issued_ms
+            self.conn,
+            m.stream,
+            m.since,
+            m.ref,
+            counted=not overlay,
+            issued_ms=issued_ms,
+            codec=self.codec,
         )
         await self._timed(join)
         self.streams.add(m.stream)
