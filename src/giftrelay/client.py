@@ -402,6 +402,10 @@ class Client:
         if isinstance(reply, Events):
             await self._deliver(reply.stream, reply.events)
             return
+        if isinstance(reply, Joined):
+            # Here, before the next frame is read: live events follow the reply at once,
+            # and what was missed must reach the app before them.
+            await self._joined(reply)
         ref = reply.ref
         future = self._waiting.pop(ref, None) if ref else None
         if future is not None and not future.done():
@@ -470,19 +474,20 @@ class Client:
 
     async def join(self, stream: str, since: str | None = None) -> Joined:
         """Join a stream; events missed since ``since`` are delivered first, in order."""
-        joined = await self.request(protocol.Join(stream=stream, since=since), Joined)
+        return await self.request(protocol.Join(stream=stream, since=since), Joined)
+
+    async def _joined(self, joined: Joined) -> None:
+        stream = joined.stream
         previous = self.streams.get(stream)
         if previous is None or offset_key(joined.offset) > offset_key(previous):
             self.streams[stream] = joined.offset
-        if since is None:
-            self._last.setdefault(stream, offset_key(joined.offset))
-        if joined.missed:
-            await self._deliver(stream, joined.missed)
+        self._last.setdefault(stream, offset_key(joined.offset))
         if self.on_joined is not None:
             result = self.on_joined(joined)
             if inspect.isawaitable(result):
                 await result
-        return joined
+        if joined.missed:
+            await self._deliver(stream, joined.missed)
 
     async def leave(self, stream: str) -> None:
         self.streams.pop(stream, None)
