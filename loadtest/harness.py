@@ -624,9 +624,11 @@ class Harness:
     ) -> Result:
         o = self.o
         tl = self.timeline
-        first, last = int(run[0]), max(int(run[0]), int(run[1]) - 1)
         seconds = max(1e-9, run[1] - run[0])
+        # Rates from the whole seconds inside the run (the first and last are partial).
+        first, last = math.ceil(run[0]), max(math.ceil(run[0]), math.floor(run[1]) - 1)
         ticks = tl.window(first, last)
+        span = max(1, last - first + 1)
         totals = wire.ViewerTotals()
         codes: Counter[int] = Counter()
         for f in finals:
@@ -636,6 +638,7 @@ class Harness:
                     setattr(totals, name, getattr(totals, name) + getattr(t, name))
             codes.update(t.close_codes)
         events = sum(t.events for t in ticks)
+        gifts_acked = sum(a.gifts for a in acked_reports)
         gift_events = sum(t.gift_events for t in ticks)
         frames = sum(t.frames for t in ticks)
         before, idle, at_stop = samples
@@ -649,9 +652,9 @@ class Harness:
         if idle and at_stop:
             usage.cpu_seconds = at_stop.cpu_seconds - idle.cpu_seconds
             usage.rss_max = max([s.rss_bytes for s in run_samples] + [at_stop.rss_bytes])
-            if usage.cpu_seconds > 0:
-                usage.events_per_cpu_second = events / usage.cpu_seconds
-                usage.gifts_per_cpu_second = sum(t.gifts_acked for t in ticks) / usage.cpu_seconds
+            if usage.cpu_seconds > 0:  # over the run: rates x its length / CPU in it
+                usage.events_per_cpu_second = events / span * seconds / usage.cpu_seconds
+                usage.gifts_per_cpu_second = gifts_acked / usage.cpu_seconds
         lat = summarise_latency(tl.latency)
         checks = Checks(
             no_loss=totals.lost == 0 and totals.undrained == 0,
@@ -706,15 +709,15 @@ class Harness:
                 sent=sum(t.gifts_sent for t in tl.seconds.values()),
                 acked=sum(a.gifts for a in acked_reports),
                 acked_in_window=acked,
-                per_second=acked / seconds,
+                per_second=gifts_acked / seconds,
                 unresolved=conservation.unresolved,
             ),
             ack_latency_ms=summarise_latency(tl.ack_latency),
             latency_ms=lat,
             slow_latency_ms=summarise_latency(tl.slow_latency),
-            events_per_s=events / seconds,
-            gift_events_per_s=gift_events / seconds,
-            frames_per_s=frames / seconds,
+            events_per_s=events / span,
+            gift_events_per_s=gift_events / span,
+            frames_per_s=frames / span,
             events_per_frame=events / frames if frames else 0.0,
             delivery=Delivery(
                 expected=totals.expected,
