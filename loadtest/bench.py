@@ -159,11 +159,12 @@ def options(args: argparse.Namespace, url: str, pid: int, name: str, r: int) -> 
     )  # fmt: skip
 
 
-async def bench(args: argparse.Namespace) -> list[BenchRun]:
+async def bench(args: argparse.Namespace) -> tuple[list[BenchRun], list[str]]:
     from .harness import Harness
 
     out = Path(args.out)
     runs: list[BenchRun] = []
+    failures: list[str] = []
     names = [n.strip() for n in args.peers.split(",") if n.strip()]
     with tempfile.TemporaryDirectory(prefix="giftrelay-bench-") as tmp:
         redis_server = RedisServer(Path(tmp) / "redis", appendonly=True)
@@ -175,16 +176,21 @@ async def bench(args: argparse.Namespace) -> list[BenchRun]:
                     await redis.flushall()
                     await redis.aclose()
                     console.log(f"round {r}: {name} ...")
-                    async with target(name, redis_server.url, args, out) as (url, pid):
-                        harness = Harness(options(args, url, pid, name, r))
-                        harness.progress = _progress(name)
-                        result = await harness.run()
+                    try:
+                        async with target(name, redis_server.url, args, out) as (url, pid):
+                            harness = Harness(options(args, url, pid, name, r))
+                            harness.progress = _progress(name)
+                            result = await harness.run()
+                    except (RuntimeError, TimeoutError, OSError) as exc:
+                        console.log(f"  {name}: the run could not be completed: {exc!r}")
+                        failures.append(f"{name} round {r}: {exc!r}")
+                        continue
                     runs.append(BenchRun(target=name, round=r, result=result))
                     report.write_html(result, out / f"{result.name}.html")
                     console.log(_one_line(name, result))
         finally:
             redis_server.stop()
-    return runs
+    return runs, failures
 
 
 def _progress(name: str) -> Any:
@@ -264,12 +270,14 @@ def main(args: argparse.Namespace) -> int:
     import uvloop
 
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    runs = uvloop.run(bench(args))
+    runs, failures = uvloop.run(bench(args))
     table, ratios = summarise(runs)
     console.print(table)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     path = Path(args.out) / f"bench-{stamp}.json"
-    body = {"args": vars(args), "runs": runs, "ratios": ratios}
+    body = {"args": vars(args), "runs": runs, "ratios": ratios, "not_completed": failures}
     path.write_bytes(msgspec.json.format(msgspec.json.encode(body), indent=2))
     console.print(f"results: {path}")
-    return 0 if all(run.result.passed for run in runs) else 1
+    for failure in failures:
+        console.print(f"[bold red]not completed:[/] {failure}")
+    return 0 if all(run.result.passed for run in runs) and not failures else 1

@@ -293,18 +293,26 @@ class Worker:
                 await self.pacer
             self.pacer = None
         if self.gift_tasks:
-            await asyncio.wait(list(self.gift_tasks), timeout=self.plan.retry_for + 5)
-        unresolved = 0
+            _, late = await asyncio.wait(list(self.gift_tasks), timeout=self.plan.retry_for + 5)
+            for task in late:  # cancelled gifts join the unknown ones, settled below
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
         unknown, self.unknown = self.unknown, []
-        for n, (stream, gift_id) in enumerate(unknown):
+        slots = asyncio.Semaphore(256)
+
+        async def settle(n: int, stream: str, gift_id: str) -> bool:
             gifter = self.gifters[n % len(self.gifters)]
-            started = time.perf_counter()
-            try:  # the same id: applied once whether or not the first try got through
-                ok = await gifter.gift(stream, self.plan.gift, id=gift_id, retry_for=5.0)
-            except Exception:
-                unresolved += 1
-                continue
+            async with slots:
+                started = time.perf_counter()
+                try:  # the same id: applied once whether or not the first try got through
+                    ok = await gifter.gift(stream, self.plan.gift, id=gift_id, retry_for=5.0)
+                except Exception:
+                    return False
             self._acked(ok, started)
+            return True
+
+        settled = await asyncio.gather(*(settle(n, s, i) for n, (s, i) in enumerate(unknown)))
+        unresolved = settled.count(False)
         self.flush_tick()
         self.send(
             wire.Acked(
@@ -464,7 +472,7 @@ async def main() -> None:
 
 
 def run() -> None:
-    logs.configure("json", "warning")
+    logs.configure("json", "error")
     try:
         import uvloop
 

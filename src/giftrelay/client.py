@@ -129,7 +129,7 @@ class _AnyReply(msgspec.Struct):
     ref: str | None = None
 
 
-_KNOWN = (
+ServerMessage = (
     protocol.Hello
     | protocol.Joined
     | protocol.Left
@@ -147,7 +147,8 @@ _KNOWN = (
     | protocol.Error
     | protocol.Events
 )
-_reply_decoder = msgspec.json.Decoder(_KNOWN)
+"""Every server -> client message this client knows, as the relay's own Structs."""
+_reply_decoder = msgspec.json.Decoder(ServerMessage)
 _any_reply = msgspec.json.Decoder(_AnyReply)
 _event_decoder = msgspec.json.Decoder(
     GiftEvent | GoalEvent | StreamEndedEvent | ViewersEvent | TopEvent | ComboEndEvent
@@ -371,16 +372,24 @@ class Client:
             return
 
     async def _rejoin_all(self) -> None:
+        ws = self.ws
         for stream, since in list(self.streams.items()):
-            try:
-                await self.join(stream, since)
-            except (Disconnected, TimeoutError):
-                return  # the next reconnect rejoins
-            except RelayError as exc:
-                log.warning("giftrelay client could not rejoin", stream=stream, code=exc.code)
-                if exc.code == "unavailable":
-                    await self.reconnect(0.2)  # Redis is down: try the whole rejoin again
-                    return
+            delay = self.backoff[0]
+            while self.ws is ws and not self._closing:
+                try:
+                    await self.join(stream, since)
+                    break
+                except (Disconnected, TimeoutError):
+                    return  # the next reconnect rejoins
+                except RelayError as exc:
+                    if exc.code != "unavailable":
+                        log.warning(
+                            "giftrelay client could not rejoin", stream=stream, code=exc.code
+                        )
+                        break
+                # The relay is up but its Redis is not (yet): try again on this connection.
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay = min(self.backoff[1], delay * 2)
 
     def _fail_waiting(self, exc: BaseException) -> None:
         waiting, self._waiting = self._waiting, {}
