@@ -150,7 +150,8 @@ class Worker:
         self.acked: dict[str, list[str]] = {s: [] for s in plan.streams}
         self.coins = 0
         self.gifts = 0
-        self.unknown: list[tuple[str, str]] = []
+        self.unknown: list[tuple[Connection, str, str]] = []
+        """Gifts with no answer: (gifter, stream, id). Ids are per user: resend as the same one."""
         self.ids = itertools.count()
         self.drained = asyncio.Event()
         self.draining = False
@@ -266,13 +267,13 @@ class Worker:
                 stream, self.plan.gift, id=gift_id, retry_for=self.plan.retry_for
             )
         except asyncio.CancelledError:
-            self.unknown.append((stream, gift_id))
+            self.unknown.append((gifter, stream, gift_id))
             raise
         except Exception as exc:
             code = _code(exc)
             stats.errors[code] += 1
             if code in ("disconnected", "timeout", "unavailable"):
-                self.unknown.append((stream, gift_id))
+                self.unknown.append((gifter, stream, gift_id))
             return
         self._acked(ok, started)
 
@@ -300,8 +301,7 @@ class Worker:
         unknown, self.unknown = self.unknown, []
         slots = asyncio.Semaphore(256)
 
-        async def settle(n: int, stream: str, gift_id: str) -> bool:
-            gifter = self.gifters[n % len(self.gifters)]
+        async def settle(gifter: Connection, stream: str, gift_id: str) -> bool:
             async with slots:
                 started = time.perf_counter()
                 try:  # the same id: applied once whether or not the first try got through
@@ -311,7 +311,7 @@ class Worker:
             self._acked(ok, started)
             return True
 
-        settled = await asyncio.gather(*(settle(n, s, i) for n, (s, i) in enumerate(unknown)))
+        settled = await asyncio.gather(*(settle(*gift) for gift in unknown))
         unresolved = settled.count(False)
         self.flush_tick()
         self.send(
