@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -246,7 +247,7 @@ def summarise(runs: list[BenchRun]) -> tuple[Table, dict[str, dict[str, float]]]
     for name in names:
         mine = [run.result for run in runs if run.target == name]
         medians[name] = {
-            label: sorted(_get(r, path) for r in mine)[len(mine) // 2] for label, path, _ in METRICS
+            label: statistics.median(_get(r, path) for r in mine) for label, path, _ in METRICS
         }
     ratios: dict[str, dict[str, float]] = {}
     for label, _, higher in METRICS:
