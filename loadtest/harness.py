@@ -230,6 +230,14 @@ class Timeline:
         self.per_second_latency.setdefault(tick.second, Counter()).update(tick.latency)
         self.changed.set()
 
+    async def reported(self, second: int, workers: int, within: float = 3.0) -> None:
+        """Until every worker's tick for ``second`` is in (they come just after it ends)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(within):
+                while sum(1 for s, _ in self.viewers if s == second) < workers:
+                    self.changed.clear()
+                    await self.changed.wait()
+
     def window(self, first: int, last: int) -> list[wire.Tick]:
         return [t for s, t in sorted(self.seconds.items()) if first <= s <= last]
 
@@ -523,8 +531,10 @@ class Harness:
             first = int(time.time() - self.t0) + 1
             await self.wait(o.step_seconds)
             last = int(time.time() - self.t0) - 1
-            ticks = self.timeline.window(first + 1, last)  # the step's first second settles
-            lat = self.timeline.latency_in(first + 1, last)
+            await self.timeline.reported(last, len(self.workers))
+            settle = first + 1 if last > first else first  # the step's first second settles
+            ticks = self.timeline.window(settle, last)
+            lat = self.timeline.latency_in(settle, last)
             span = max(1, len(ticks))
             acked = sum(t.gifts_acked for t in ticks)
             gift_events = sum(t.gift_events for t in ticks)

@@ -380,13 +380,15 @@ class Worker:
         plan = self.plan
         while True:
             now = time.time()
-            await asyncio.sleep(plan.t0 + int(now - plan.t0) + 1 - now)
-            self.flush_tick()
+            second = int(now - plan.t0)
+            await asyncio.sleep(plan.t0 + second + 1 - now)
+            self.flush_tick(second)  # labelled by the second it closes, however late it wakes
 
-    def flush_tick(self) -> None:
+    def flush_tick(self, second: int | None = None) -> None:
         """Report what happened since the last tick (every second, and before answers)."""
         plan = self.plan
-        second = int(time.time() - plan.t0 - 0.001)
+        if second is None:
+            second = int(time.time() - plan.t0)
         s, self.stats = self.stats, Stats()
         reconnects = sum(v.client.reconnects for v in self.viewers)
         s.reconnects, self.reconnects_seen = reconnects - self.reconnects_seen, reconnects
