@@ -220,7 +220,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     except UsageError as exc:
         console.print(f"[bold red]error:[/] {exc}")
         sys.exit(2)
-    except (OSError, RuntimeError, TimeoutError) as exc:
+    except Exception as exc:  # status 1 means "a check failed": a crash must not say so
+        console.print_exception()
         console.print(f"[bold red]the run failed:[/] {exc!r}")
         sys.exit(3)
     report.print_summary(result, console)

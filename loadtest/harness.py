@@ -374,11 +374,9 @@ class Harness:
     async def gather(self, kind: type[wire.Report], within: float) -> list[Any]:
         return list(await asyncio.gather(*(w.reply(kind, within) for w in self.workers)))
 
-    def split(self, total: float, index: int) -> float:
-        n = len(self.workers)
-        if total < 0:
-            return total
-        return total / n
+    def split(self, total: float) -> float:
+        """A worker's share of a gift rate (a negative rate, "as fast as possible", is kept)."""
+        return total if total < 0 else total / len(self.workers)
 
     def split_int(self, total: int, index: int) -> int:
         n = len(self.workers)
@@ -404,7 +402,7 @@ class Harness:
 
     def set_rate(self, rate: float) -> None:
         self.broadcast(
-            lambda i: wire.SetRate(gifts_per_s=self.split(rate, i), inflight=self.o.inflight)
+            lambda i: wire.SetRate(gifts_per_s=self.split(rate), inflight=self.o.inflight)
         )
 
     async def run(self) -> Result:
@@ -437,7 +435,7 @@ class Harness:
             before_viewers = await self._sample()
             sampling = asyncio.create_task(self._sampling())
             steps: list[Step] = []
-            first_viewers = o.viewers if o.scenario != "ramp" else max(1, o.viewers)
+            first_viewers = o.viewers
             if self.progress:
                 self.progress("connecting", None)
             ready = await self.set_viewers(first_viewers)
