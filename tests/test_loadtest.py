@@ -1,0 +1,179 @@
+"""The load-test harness against a real relay: it finds no loss where there is none,
+catches a relay that drops an event, and writes complete JSON and HTML results."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import msgspec
+import pytest
+from redis.asyncio import Redis
+
+from giftrelay.embedded import RedisServer
+from loadtest import harness
+from loadtest.harness import Options, UsageError, check_target
+from loadtest.result import Result, result_decoder
+
+from .relay_helpers import SECRET, running_relay
+
+ROOT = Path(__file__).resolve().parent.parent
+RELAY = {
+    "gift_rate": 100_000.0,
+    "gift_burst": 100_000,
+    "message_rate": 100_000.0,
+    "max_connections_per_ip": 100_000,
+}
+
+
+def small(url: str, **overrides: object) -> Options:
+    base: dict[str, object] = {
+        "url": url,
+        "secret": SECRET,
+        "viewers": 20,
+        "gift_rate": 40.0,
+        "duration": 2.0,
+        "processes": 2,
+        "out": None,
+        "quiet": True,
+        "drain_timeout": 10.0,
+    }
+    return Options(**(base | overrides))  # type: ignore[arg-type]
+
+
+async def run_cli(*args: str) -> tuple[int, str]:
+    """The command as an operator runs it, in its own process (the relay stays in this one)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "loadtest", *args, "--secret", SECRET, "--quiet",
+        cwd=ROOT, env={**os.environ, "GIFTRELAY_SECRET": ""},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    out, _ = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode()
+
+
+def files(directory: Path, pattern: str) -> list[Path]:
+    return sorted(directory.glob(pattern))
+
+
+async def test_short_run_finds_no_loss_and_money_is_conserved(
+    redis: Redis, redis_server: RedisServer
+) -> None:
+    async with running_relay(redis_server.url, **RELAY) as h:
+        result = await harness.run(small(h.ws))
+    assert result.viewers_connected == 20
+    assert result.gifts.acked > 0
+    assert result.gifts.unresolved == 0
+    d = result.delivery
+    assert d.expected == result.gifts.acked * 20  # every viewer was there for every gift
+    assert (d.received, d.lost, d.duplicates, d.order_violations) == (d.expected, 0, 0, 0)
+    assert result.latency_ms.count >= d.received
+    c = result.conservation
+    assert c.ok
+    assert c.coins_acked == c.coins_from_wallets == c.diamonds_credited == result.gifts.acked
+    assert result.relay.source == "metrics"
+    assert result.relay.cpu_seconds > 0
+    assert result.passed
+
+
+async def test_reconnect_storm_recovers_everything(redis: Redis, redis_server: RedisServer) -> None:
+    async with running_relay(redis_server.url, **RELAY) as h:
+        result = await harness.run(
+            small(h.ws, scenario="reconnect-storm", duration=3.0, storm_window=1.0)
+        )
+    assert result.reconnects == 20
+    assert result.delivery.not_recovered == 0
+    assert result.delivery.lost == 0
+    assert result.delivery.order_violations == 0
+    assert result.passed
+
+
+async def test_a_relay_that_drops_an_event_fails_the_run(
+    redis: Redis, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    seen: list[bytes] = []
+
+    def drop_third_gift(stream: str, raw: bytes) -> bool:
+        if b'"kind":"gift"' not in raw:
+            return False
+        seen.append(raw)
+        return len(seen) == 3
+
+    async with running_relay(redis_server.url, drop_hook=drop_third_gift, **RELAY) as h:
+        status, output = await run_cli(
+            "busy-stream", "--url", h.ws, "--viewers", "12", "--gift-rate", "30",
+            "--duration", "2", "--processes", "1", "--out", str(tmp_path), "--name", "dropped",
+        )  # fmt: skip
+    assert status == 1, output
+    [path] = files(tmp_path, "dropped-*.json")
+    result = result_decoder.decode(path.read_bytes())
+    # The one dropped event was missed by every viewer on that worker, and nothing else.
+    assert result.delivery.lost == 12
+    assert result.delivery.viewers_with_loss == 12
+    assert not result.checks.no_loss
+    assert result.conservation.ok  # the money moved; only the event was lost
+    assert not result.passed
+
+
+class Tags(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+
+
+async def test_cli_writes_every_field_and_a_report_with_charts(
+    redis: Redis, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    async with running_relay(redis_server.url, **RELAY) as h:
+        status, output = await run_cli(
+            "many-streams", "--url", h.ws, "--streams", "3", "--viewers", "9",
+            "--gift-rate", "30", "--duration", "2", "--processes", "1", "--out", str(tmp_path),
+            "--max-p99", "60000",
+        )  # fmt: skip
+    assert status == 0, output
+    [json_path] = files(tmp_path, "*.json")
+    raw = json.loads(json_path.read_text())
+    assert set(raw) == set(Result.__struct_fields__)
+    result = msgspec.convert(raw, Result)  # every field present, with its type
+    assert result.passed
+    assert result.checks.p99 is True
+    assert result.streams == 3
+    assert result.timeline
+    assert result.latency_histogram
+    assert raw["options"]["secret"] is None  # secrets never reach the result file
+
+    [html_path] = files(tmp_path, "*.html")
+    parser = Tags()
+    parser.feed(html_path.read_text())
+    svgs = {attrs.get("id") for tag, attrs in parser.tags if tag == "svg"}
+    assert {"latency-over-time", "latency-histogram", "throughput"} <= svgs
+    assert sum(1 for tag, _ in parser.tags if tag == "polyline") >= 3
+    assert sum(1 for tag, attrs in parser.tags if tag == "rect" and attrs.get("class") == "bar")
+    assert not any(tag == "script" for tag, _ in parser.tags)  # self-contained, no JS
+
+
+async def test_non_loopback_targets_need_to_be_named() -> None:
+    check_target("ws://127.0.0.1:8080/ws", None)
+    check_target("ws://localhost:8080/ws", None)
+    check_target("ws://[::1]:8080/ws", None)
+    with pytest.raises(UsageError, match=r"--allow-host relay\.example\.com"):
+        check_target("wss://relay.example.com/ws", None)
+    check_target("wss://relay.example.com/ws", "relay.example.com")
+    with pytest.raises(UsageError):
+        check_target("wss://relay.example.com/ws", "other.example.com")
+    with pytest.raises(UsageError):
+        Options(viewers=10_000_000).limits()
+
+
+async def test_cli_refuses_a_remote_target_with_status_2() -> None:
+    status, output = await run_cli("busy-stream", "--url", "ws://192.0.2.10:8080/ws")
+    assert status == 2
+    assert "not a loopback address" in output
