@@ -213,6 +213,11 @@ class Fanout:
             asyncio.create_task(self._flush_loop(), name="fanout-flush"),
             asyncio.create_task(self._beat_loop(), name="fanout-beat"),
         ]
+        # Ready means the event channel is up; give it a moment (Redis may be down:
+        # then the relay starts anyway, not ready, and connects when it can).
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(2.0):
+                await self.connected.wait()
 
     async def aclose(self) -> None:
         self._closing = True
