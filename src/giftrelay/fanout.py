@@ -31,10 +31,7 @@ from typing import Any, cast
 
 import msgspec
 import structlog
-from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -45,6 +42,7 @@ from giftrelay import keys, metrics, protocol
 from giftrelay.catalog import Catalog
 from giftrelay.errors import Code, Refused, Unavailable
 from giftrelay.money import Money, StreamInfo
+from giftrelay.redis_client import connect
 
 log = structlog.get_logger(__name__)
 
@@ -193,9 +191,7 @@ class Fanout:
         self.combo_heap: list[tuple[int, str, str]] = []
         # No retries inside redis-py: a lost connection must reach _read(), which
         # resubscribes and fills the gap from the history.
-        self.redis = Redis.from_url(
-            url, socket_timeout=None, socket_connect_timeout=2.0, retry=Retry(NoBackoff(), 0)
-        )
+        self.redis = connect(url, timeout=None, decode=False, retries=0, name="giftrelay-events")
         self.pubsub: PubSub | None = None
         self.confirms: dict[str, deque[asyncio.Future[None]]] = {}
         self.connected = asyncio.Event()

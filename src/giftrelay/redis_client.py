@@ -1,27 +1,80 @@
-"""One way to open a Redis client, with the timeouts the money path relies on."""
+"""One way to open a Redis client, with the timeouts the money path relies on.
+
+``GIFTRELAY_REDIS_URL`` is ``redis://[:password@]host:port/db``, or, through Sentinel,
+``redis+sentinel://[:password@]host:26379,host2:26379/service/db``: the client asks
+the Sentinels for the service's primary and asks again after a failover.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+SENTINEL_SCHEME = "redis+sentinel"
 
-def connect(url: str, *, timeout: float = 2.0, name: str = "giftrelay") -> Redis:
+
+class SentinelURL:
+    """A parsed ``redis+sentinel://`` URL."""
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        if parts.scheme != SENTINEL_SCHEME:
+            raise ValueError(f"not a {SENTINEL_SCHEME}:// URL: {url!r}")
+        userinfo, _, hosts = parts.netloc.rpartition("@")
+        password = unquote(userinfo.partition(":")[2])
+        self.password = password or None
+        self.sentinels: list[tuple[str, int]] = []
+        for item in hosts.split(","):
+            host, _, port = item.rpartition(":") if ":" in item else (item, "", "26379")
+            if not host:
+                raise ValueError(f"a Sentinel address needs a host: {item!r} in {url!r}")
+            self.sentinels.append((host, int(port or 26379)))
+        path = [p for p in parts.path.split("/") if p]
+        if not path:
+            raise ValueError(f"name the Sentinel service: {SENTINEL_SCHEME}://host:26379/mymaster")
+        self.service = path[0]
+        self.db = int(path[1]) if len(path) > 1 else 0
+
+
+def connect(
+    url: str,
+    *,
+    timeout: float | None = 2.0,
+    name: str = "giftrelay",
+    decode: bool = True,
+    retries: int = 1,
+) -> Redis:
     """A client that fails fast, so an outage answers ``unavailable`` within ``timeout``.
 
-    A broken connection is retried once, at once, on a fresh connection: after Redis
-    restarts, every pooled connection is dead and the first use of each would fail
-    although Redis is back. That retry is safe because every money script is
-    idempotent. Timeouts are never retried, which keeps the bound.
+    A broken connection is retried ``retries`` times (once by default), at once, on a
+    fresh connection: after Redis restarts, every pooled connection is dead and the
+    first use of each would fail although Redis is back. That retry is safe because
+    every money script is idempotent. Timeouts are never retried, which keeps the
+    bound. ``timeout=None`` is for a connection that blocks on purpose (pub/sub).
     """
-    return Redis.from_url(
-        url,
-        decode_responses=True,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-        health_check_interval=30,
-        client_name=name,
-    )
+    options: dict[str, Any] = {
+        "decode_responses": decode,
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout or 2.0,
+        "retry": Retry(NoBackoff(), retries, supported_errors=(RedisConnectionError,)),
+        "client_name": name,
+    }
+    if timeout is not None:
+        options["health_check_interval"] = 30
+    if url.startswith(SENTINEL_SCHEME + "://"):
+        target = SentinelURL(url)
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            target.sentinels,
+            sentinel_kwargs={"socket_timeout": timeout or 2.0, "socket_connect_timeout": 2.0},
+        )
+        primary: Redis = sentinel.master_for(
+            target.service, redis_class=Redis, db=target.db, password=target.password, **options
+        )
+        return primary
+    return Redis.from_url(url, **options)
