@@ -62,6 +62,8 @@ CREATOR = "bench_creator"
 GIFTERS = 20
 MEASURING = 50
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+PROFILE = os.environ.get("BENCH_RELAY_PROFILE", "")
+"""A file for the relay's cProfile statistics (the relay runs under ``-m cProfile``)."""
 
 
 class _Event(msgspec.Struct):
@@ -120,8 +122,9 @@ async def start_relay(
         "GIFTRELAY_LOG_FORMAT": "json",
         **env,
     }
+    profile = ["-m", "cProfile", "-o", PROFILE] if PROFILE else []
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "giftrelay", "serve", "--port", str(port),
+        sys.executable, *profile, "-m", "giftrelay", "serve", "--port", str(port),
         "--redis-url", redis_url, "--no-ledger",
         env=environ, stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
