@@ -142,3 +142,37 @@ async def test_sigterm_answers_gifts_in_flight(
             proc.kill()
             await proc.wait()
         await core.aclose()
+
+
+async def test_ctrl_c_on_the_embedded_default_stops_everything_in_order(tmp_path: Path) -> None:
+    """A terminal's Ctrl+C reaches the whole process group; the embedded Redis must
+    still outlive the relay and the ledger consumer, which need it to finish."""
+    env = {
+        **os.environ,
+        "GIFTRELAY_VAR_DIR": str(tmp_path / "var"),
+        "GIFTRELAY_LOG_FORMAT": "json",
+    }
+    env.pop("GIFTRELAY_REDIS_URL", None)
+    env.pop("GIFTRELAY_SECRET", None)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "giftrelay", "serve", "--port", str(free_port()),
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    async with asyncio.timeout(60):
+        while b"websocket:" not in await proc.stdout.readline():
+            assert proc.returncode is None
+    os.killpg(proc.pid, signal.SIGINT)
+    async with asyncio.timeout(30):
+        stderr = (await proc.stderr.read()).decode()
+        assert await proc.wait() == 0
+    events = [json.loads(line)["event"] for line in stderr.splitlines() if line.startswith("{")]
+    assert "ledger consumer waiting" not in events, stderr  # Redis was there to the end
+    order = [e for e in events if e in ("relay stopped", "ledger consumer stopped")]
+    assert order == ["relay stopped", "ledger consumer stopped"]
+    # Redis was stopped by giftrelay, last (SIGTERM), not by the terminal's SIGINT.
+    redis_log = (tmp_path / "var" / "redis" / "redis.log").read_text()
+    assert "Received SIGINT" not in redis_log
+    assert "Received SIGTERM" in redis_log

@@ -93,13 +93,16 @@ class RedisServer:
         assert self._lock is not None
         with open(self.directory / "redis.stderr", "wb") as stderr:
             # The child inherits the lock: while this redis-server lives, even
-            # orphaned by a crash of ours, no other can start on its files.
+            # orphaned by a crash of ours, no other can start on its files. Its own
+            # session keeps a terminal's Ctrl+C (sent to the whole process group)
+            # from stopping it before giftrelay has finished with it: it is stopped last.
             self.process = subprocess.Popen(
                 argv,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=stderr,
                 pass_fds=(self._lock.fileno(),),
+                start_new_session=True,
             )
         try:
             self._wait_ready(timeout)
