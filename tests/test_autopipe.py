@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 from redis.asyncio import Redis
 
 from giftrelay import keys
 from giftrelay.autopipe import AutoPipeline
+from giftrelay.errors import Unavailable
 from giftrelay.money import Money
 
 
@@ -50,3 +52,14 @@ async def test_close_waits_for_calls_not_yet_sent(money: Money, redis: Redis) ->
     assert pending.done()
     assert (await pending).coins == 5
     assert await redis.hget(keys.wallet("alice"), "coins") == "5"
+
+
+async def test_a_primary_short_of_replicas_is_unavailable(money: Money, redis: Redis) -> None:
+    """NOREPLICAS (min-replicas-to-write) ran nothing: unavailable, not internal."""
+    await redis.config_set("min-replicas-to-write", 1)
+    try:
+        with pytest.raises(Unavailable):
+            await money.topup("alice", 5, "receipt-norepl")
+    finally:
+        await redis.config_set("min-replicas-to-write", 0)
+    assert (await money.topup("alice", 5, "receipt-norepl")).coins == 5

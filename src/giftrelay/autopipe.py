@@ -152,14 +152,20 @@ def _resolve(calls: list[_Call], replies: list[Any]) -> None:
     for (script, *_, future), reply in zip(calls, replies, strict=True):
         if future.done():
             continue
-        if isinstance(reply, BusyLoadingError | ReadOnlyError):
-            # Loading its AOF after a restart, or a replica after a failover: nothing ran.
+        if isinstance(reply, BusyLoadingError | ReadOnlyError) or _refused_for_now(reply):
+            # Loading its AOF after a restart, a replica after a failover, or a primary
+            # short of replicas (min-replicas-to-write): nothing ran.
             future.set_exception(Unavailable())
         elif isinstance(reply, Exception):
             log.error("money script failed", script=script.value, error=str(reply))
             future.set_exception(Refused(Code.INTERNAL))
         else:
             future.set_result(reply)
+
+
+def _refused_for_now(reply: Any) -> bool:
+    """Redis refused to run anything for a passing reason (NOREPLICAS, MASTERDOWN)."""
+    return isinstance(reply, ResponseError) and str(reply).startswith(("NOREPLICAS", "MASTERDOWN"))
 
 
 def _fail(calls: list[_Call], exc: BaseException) -> None:
