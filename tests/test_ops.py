@@ -28,8 +28,11 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from prometheus_client import REGISTRY
+from prometheus_client.metrics import MetricWrapperBase
 
 import giftrelay
+from giftrelay import metrics
 from giftrelay.config import ENV_PREFIX, Settings
 from giftrelay.embedded import free_port
 
@@ -498,3 +501,128 @@ def test_compose_environment_is_valid_configuration() -> None:
             assert key[len(ENV_PREFIX) :].lower() in Settings.__struct_fields__, f"{name}: {key}"
         settings = Settings.load(env)
         assert not settings.embedded, f"{name} must use the compose Redis"
+
+
+# -- metrics: docs/metrics.md and the Grafana dashboard -------------------------------------
+
+TARGET_LABELS = {"job", "instance"}
+"""Labels Prometheus adds to every scraped series."""
+
+
+def registry_metrics() -> dict[str, tuple[str, tuple[str, ...]]]:
+    """Every giftrelay metric in the process's registry: exposed name -> (type, labels)."""
+    import giftrelay.cli  # noqa: F401 - every module that could define a metric
+
+    wrappers = {
+        value._name: value
+        for value in vars(metrics).values()
+        if isinstance(value, MetricWrapperBase)
+    }
+    found = {}
+    for family in REGISTRY.collect():
+        if not family.name.startswith("giftrelay_"):
+            continue
+        assert family.name in wrappers, f"{family.name} is defined outside giftrelay.metrics"
+        wrapper = wrappers[family.name]
+        exposed = family.name + ("_total" if family.type == "counter" else "")
+        found[exposed] = (family.type, tuple(wrapper._labelnames))
+    assert len(found) == len(wrappers)
+    return found
+
+
+def documented_metrics() -> dict[str, tuple[str, tuple[str, ...]]]:
+    rows = {}
+    for line in (ROOT / "docs" / "metrics.md").read_text().splitlines():
+        if not line.startswith("| `giftrelay_"):
+            continue
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        name = cells[0].strip("`")
+        kind = cells[1].split()[0]
+        labels = tuple(re.findall(r"`(\w+)`", cells[2]))
+        assert cells[3], f"{name}: say what it means"
+        rows[name] = (kind, labels)
+    return rows
+
+
+def test_every_metric_is_documented() -> None:
+    registry = registry_metrics()
+    documented = documented_metrics()
+    assert set(registry) - set(documented) == set(), "metrics missing from docs/metrics.md"
+    assert set(documented) - set(registry) == set(), (
+        "docs/metrics.md lists metrics that do not exist"
+    )
+    for name, (kind, labels) in registry.items():
+        assert documented[name] == (kind, labels), f"{name}: type or labels differ in the doc"
+
+
+def sample_names(registry: dict[str, tuple[str, tuple[str, ...]]]) -> dict[str, tuple[str, ...]]:
+    """Every series name a scrape shows -> its labels."""
+    names: dict[str, tuple[str, ...]] = {}
+    for name, (kind, labels) in registry.items():
+        if kind == "histogram":
+            names[f"{name}_bucket"] = (*labels, "le")
+            names[f"{name}_sum"] = labels
+            names[f"{name}_count"] = labels
+        else:
+            names[name] = labels
+    return names
+
+
+def dashboard() -> dict[str, Any]:
+    data = json.loads((ROOT / "deploy" / "grafana" / "giftrelay.json").read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def test_dashboard_queries_use_metrics_that_exist() -> None:
+    registry = registry_metrics()
+    series = sample_names(registry)
+    board = dashboard()
+    assert board["uid"]
+    assert board["title"]
+    variables = {v["name"] for v in board["templating"]["list"]}
+    exprs = []
+    ids = set()
+    for panel in board["panels"]:
+        assert panel["id"] not in ids
+        ids.add(panel["id"])
+        assert panel["targets"], panel["title"]
+        assert panel["datasource"]["uid"] == "${datasource}"
+        for target in panel["targets"]:
+            exprs.append(target["expr"])
+    for expr in exprs:
+        used = re.findall(r"\bgiftrelay_\w+", expr)
+        assert used, f"{expr}: uses no giftrelay metric"
+        labels = set(TARGET_LABELS)
+        for name in used:
+            assert name in series, f"{expr}: {name} is not a series giftrelay exposes"
+            labels |= set(series[name])
+        for name, matchers in re.findall(r"\b(giftrelay_\w+)\{([^}]*)\}", expr):
+            for label in re.findall(r"(\w+)\s*=~?", matchers):
+                assert label in set(series[name]) | TARGET_LABELS, f"{expr}: {name} has no {label}"
+        for group in re.findall(r"\bby \(([^)]*)\)", expr):
+            for label in (g.strip() for g in group.split(",")):
+                assert label in labels, f"{expr}: grouped by {label}, which it does not have"
+        for fn, name in re.findall(r"\b(rate|increase)\((giftrelay_\w+)", expr):
+            assert name.endswith(("_total", "_bucket")), f"{expr}: {fn} of a gauge"
+        for name in re.findall(r"histogram_quantile\([\d.]+, sum by \(le\) \(rate\((\w+)", expr):
+            assert name.endswith("_bucket"), expr
+        for variable in re.findall(r"\$\{?(\w+)", expr):
+            assert variable in variables, f"{expr}: ${variable} is not a dashboard variable"
+        assert expr.count("(") == expr.count(")"), expr
+    text = "\n".join(exprs)
+    # The key panels the operators asked for.
+    assert "giftrelay_open_connections" in text
+    assert re.search(r"sum by \(outcome\) \(rate\(giftrelay_gifts_total", text)
+    assert "histogram_quantile(0.99, sum by (le) (rate(giftrelay_fanout_lag_seconds_bucket" in text
+    assert "histogram_quantile(0.99, sum by (le) (rate(giftrelay_gift_seconds_bucket" in text
+    assert "giftrelay_ledger_lag_entries" in text
+    assert 'outcome="dead_letter"' in text
+    assert "giftrelay_slow_client_closes_total" in text
+
+
+def test_dashboard_check_catches_a_metric_that_does_not_exist() -> None:
+    series = sample_names(registry_metrics())
+    assert "giftrelay_gift_seconds_bucket" in series
+    assert "giftrelay_gifts_seconds_bucket" not in series
+    assert "giftrelay_open_connections_total" not in series
