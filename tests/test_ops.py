@@ -10,7 +10,9 @@ image's HEALTHCHECK command.
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
+import importlib.util
 import json
 import os
 import re
@@ -20,7 +22,9 @@ import signal
 import subprocess
 import sys
 import time
+import typing
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,11 +34,16 @@ import pytest
 import yaml
 from prometheus_client import REGISTRY
 from prometheus_client.metrics import MetricWrapperBase
+from redis.asyncio import Redis
+from websockets.asyncio.client import connect
 
 import giftrelay
-from giftrelay import metrics
+from giftrelay import metrics, protocol
+from giftrelay.auth import Role
 from giftrelay.config import ENV_PREFIX, Settings
-from giftrelay.embedded import free_port
+from giftrelay.embedded import RedisServer, free_port
+
+from .relay_helpers import Client, running_relay, token
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -104,9 +113,9 @@ def exec_form(args: str) -> list[str]:
 
 def env_pairs(args: str) -> list[tuple[str, str]]:
     pairs = []
-    for token in shlex.split(args):
-        key, sep, value = token.partition("=")
-        assert sep, f"ENV {token!r}: use the KEY=VALUE form"
+    for word in shlex.split(args):
+        key, sep, value = word.partition("=")
+        assert sep, f"ENV {word!r}: use the KEY=VALUE form"
         pairs.append((key, value))
     return pairs
 
@@ -626,3 +635,200 @@ def test_dashboard_check_catches_a_metric_that_does_not_exist() -> None:
     assert "giftrelay_gift_seconds_bucket" in series
     assert "giftrelay_gifts_seconds_bucket" not in series
     assert "giftrelay_open_connections_total" not in series
+
+
+# -- AsyncAPI: generated from the msgspec types, checked against real traffic -------------------
+
+
+def asyncapi_module() -> Any:
+    spec = importlib.util.spec_from_file_location(
+        "giftrelay_asyncapi", ROOT / "scripts" / "asyncapi.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_asyncapi_document_is_generated_from_the_types() -> None:
+    generator = asyncapi_module()
+    committed = (ROOT / "docs" / "asyncapi.yaml").read_text()
+    assert committed == generator.render(), (
+        "docs/asyncapi.yaml is stale: python -m scripts.asyncapi"
+    )
+
+
+def test_asyncapi_document_is_complete_and_its_references_resolve() -> None:
+    doc = yaml.safe_load((ROOT / "docs" / "asyncapi.yaml").read_text())
+    assert doc["asyncapi"].startswith("3.")
+
+    def resolve(pointer: str) -> Any:
+        assert pointer.startswith("#/"), pointer
+        node = doc
+        for part in pointer[2:].split("/"):
+            node = node[part]
+        return node
+
+    def walk(node: Any) -> Iterator[str]:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                yield node["$ref"]
+            for value in node.values():
+                yield from walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                yield from walk(value)
+
+    for pointer in walk(doc):
+        resolve(pointer)
+    channel_messages = doc["channels"]["relay"]["messages"]
+    client = {m.__struct_config__.tag for m in typing.get_args(protocol.ClientMessage)}
+    received = {
+        doc["components"]["messages"][op["messages"][0]["$ref"].rsplit("/", 1)[1]]["name"]
+        for op in doc["operations"].values()
+        if op["action"] == "receive"
+    }
+    assert received == client, "an operation for every client message"
+    server = {m.__struct_config__.tag for m in protocol.Reply.__subclasses__()}
+    names = {m["name"] for m in doc["components"]["messages"].values()}
+    assert names == client | server
+    for op in doc["operations"].values():
+        for message in [*op["messages"], *op.get("reply", {}).get("messages", [])]:
+            assert message["$ref"].rsplit("/", 1)[1] in channel_messages
+
+
+def validator_for(doc: dict[str, Any], schema_name: str) -> Any:
+    import jsonschema
+
+    root = {"$ref": f"#/components/schemas/{schema_name}", "components": doc["components"]}
+    return jsonschema.Draft7Validator(root)
+
+
+class RecordingClient(Client):
+    """A test client that keeps every message it receives, for schema checks."""
+
+    def __init__(self, ws: Any) -> None:
+        super().__init__(ws)
+        self.received: list[dict[str, Any]] = []
+
+    def on_message(self, msg: dict[str, Any]) -> None:
+        self.received.append(msg)
+        super().on_message(msg)
+
+
+async def test_real_traffic_matches_the_asyncapi_schemas(
+    redis: Redis, redis_server: RedisServer
+) -> None:
+    """Every message a relay sends in a session that uses the whole protocol, and every
+    message sent to it, is valid against the document's schemas."""
+    doc = yaml.safe_load((ROOT / "docs" / "asyncapi.yaml").read_text())
+    messages = doc["components"]["messages"]
+
+    def schema_of(tag: str, *, client: bool = False) -> Any:
+        """The validator of the client's (or else the server's) message of this type."""
+        kinds = protocol.ClientMessage if client else protocol.Reply
+        (cls,) = [
+            c
+            for c in (typing.get_args(kinds) if client else protocol.Reply.__subclasses__())
+            if c.__struct_config__.tag == tag
+        ]
+        payload = messages[cls.__name__]["payload"]["$ref"]
+        return validator_for(doc, payload.rsplit("/", 1)[1])
+
+    sent: list[dict[str, Any]] = []
+    async with running_relay(redis_server.url, combo_window_ms=200) as h:
+        clients: list[RecordingClient] = []
+
+        async def open_client(tok: str | None) -> RecordingClient:
+            full = f"{h.ws}?token={tok}" if tok else h.ws
+            ws = await connect(full, max_size=None)
+            client = RecordingClient(ws)
+            client.hello = json.loads(await ws.recv())
+            client.received.append(client.hello)
+            client.reader = asyncio.create_task(client._read())
+            clients.append(client)
+            return client
+
+        async def ask(client: Client, **message: Any) -> dict[str, Any]:
+            sent.append(dict(message))
+            return await client.request(**message)
+
+        creator = await open_client(token("cre", Role.CREATOR))
+        admin = await open_client(token("adm", Role.ADMIN))
+        viewer = await open_client(token("vie"))
+        await open_client(None)
+        assert (await ask(creator, type="stream_open", stream="s1", title="Live"))[
+            "type"
+        ] == "stream_ok"
+        assert (await ask(admin, type="topup", user="vie", coins=5000, id="receipt-0001"))[
+            "type"
+        ] == "topup_ok"
+        assert (await ask(admin, type="topup", user="cre", coins=1, id="receipt-0002"))[
+            "type"
+        ] == "topup_ok"
+        joined = await ask(viewer, type="join", stream="s1")
+        assert joined["type"] == "joined"
+        assert (await ask(creator, type="set_goal", stream="s1", title="Goal", target=100))[
+            "type"
+        ] == "goal_ok"
+        for i in range(3):
+            reply = await ask(
+                viewer, type="gift", stream="s1", gift="rose", count=2, id=f"gift-id-{i:04}"
+            )
+            assert reply["type"] == "gift_ok"
+        assert (
+            await ask(viewer, type="gift", stream="s1", gift="rose", count=2, id="gift-id-0000")
+        )["type"] == "gift_ok"
+        assert (await ask(viewer, type="gift", stream="nope", gift="rose", id="gift-id-9999"))[
+            "type"
+        ] == "error"
+        assert (await ask(viewer, type="balance"))["type"] == "balance"
+        assert (await ask(viewer, type="set_cap", daily_coins=1000))["type"] == "cap_ok"
+        assert (await ask(viewer, type="set_cap", daily_coins=None))["type"] == "cap_ok"
+        assert (await ask(viewer, type="catalog"))["type"] == "catalog"
+        assert (await ask(viewer, type="ping"))["type"] == "pong"
+        assert (await ask(creator, type="test_alert", stream="s1", gift="rose", count=1))[
+            "type"
+        ] == "test_ok"
+        assert (await ask(creator, type="payout", diamonds=1, id="payout-0001"))["type"] == "error"
+        for i in range(2):  # 2,000 diamonds for the creator: the minimum payout
+            big = dict(type="gift", stream="s1", gift="rose", count=1000, id=f"big-gift-{i}")
+            assert (await ask(viewer, **big))["type"] == "gift_ok"
+        paid = await ask(creator, type="payout", diamonds=2000, id="payout-0002")
+        assert paid["type"] == "payout_ok"
+        await viewer.wait_for(
+            lambda: (
+                {"gift", "goal", "top", "combo_end"} <= {e["kind"] for e in viewer.events["s1"]}
+            ),
+            what="gift, goal, top and combo_end events",
+        )
+        assert (await ask(creator, type="revoke_overlays", stream="s1"))["type"] == "revoke_ok"
+        assert (await ask(creator, type="stream_close", stream="s1"))["type"] == "stream_ok"
+        await viewer.wait_for(lambda: any(e["kind"] == "stream_ended" for e in viewer.events["s1"]))
+        since = joined["offset"]
+        rejoined = await ask(viewer, type="join", stream="s1", since=since)
+        assert rejoined["recovered"]
+        assert rejoined["missed"]
+        assert (await ask(viewer, type="leave", stream="s1"))["type"] == "left"
+        for client in clients:
+            await client.close()
+
+    received = [m for c in clients for m in c.received]
+    types = {m["type"] for m in received}
+    assert {m.__struct_config__.tag for m in protocol.Reply.__subclasses__()} <= types
+    kinds = set()
+    for message in received:
+        errors = [e.message for e in schema_of(message["type"]).iter_errors(message)]
+        assert not errors, f"{message}: {errors}"
+        for event in message.get("events", []) + message.get("missed", []):
+            kinds.add(event["kind"])
+    assert kinds >= {"gift", "goal", "top", "combo_end", "stream_ended"}
+    for message in sent:
+        errors = [e.message for e in schema_of(message["type"], client=True).iter_errors(message)]
+        assert not errors, f"{message}: {errors}"
+    # And the schemas do refuse: a gift without an id, a join with a bad stream name.
+    gift = schema_of("gift", client=True)
+    assert list(gift.iter_errors({"type": "gift", "stream": "s1", "gift": "rose"}))
+    assert list(schema_of("join", client=True).iter_errors({"type": "join", "stream": "bad name!"}))
+    assert list(schema_of("events").iter_errors({"type": "events", "stream": "s1", "events": [{}]}))
