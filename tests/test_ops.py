@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import msgspec
 import pytest
 import yaml
 from prometheus_client import REGISTRY
@@ -832,3 +833,31 @@ async def test_real_traffic_matches_the_asyncapi_schemas(
     assert list(gift.iter_errors({"type": "gift", "stream": "s1", "gift": "rose"}))
     assert list(schema_of("join", client=True).iter_errors({"type": "join", "stream": "bad name!"}))
     assert list(schema_of("events").iter_errors({"type": "events", "stream": "s1", "events": [{}]}))
+
+
+# -- configuration reference --------------------------------------------------------------
+
+
+def test_configuration_reference_lists_every_setting_with_its_default() -> None:
+    rows = {}
+    for line in (ROOT / "docs" / "configuration.md").read_text().splitlines():
+        if line.startswith(f"| `{ENV_PREFIX}"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            rows[cells[0].strip("`")] = cells[1]
+    expected = {
+        f"{ENV_PREFIX}{f.name.upper()}": "—" if f.default is None else f"`{f.default}`"
+        for f in msgspec.structs.fields(Settings)
+    }
+    assert set(rows) == set(expected), "docs/configuration.md and config.Settings differ"
+    for name, default in expected.items():
+        assert rows[name] == default, f"{name}: documented default {rows[name]}, real {default}"
+
+
+def test_every_variable_the_docs_mention_exists() -> None:
+    known = {f"{ENV_PREFIX}{name.upper()}" for name in Settings.__struct_fields__}
+    known.add("GIFTRELAY_TEST_POSTGRES_URL")  # the test suite's, not a setting
+    files = [ROOT / "README.md", ROOT / "compose.yaml", ROOT / "Dockerfile"]
+    files += sorted((ROOT / "docs").glob("*.md"))
+    for path in files:
+        for name in re.findall(r"\bGIFTRELAY_[A-Z_]*[A-Z]", path.read_text()):
+            assert name in known, f"{path.name}: {name} is not a setting"
