@@ -6,6 +6,7 @@ import asyncio
 import csv
 import io
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from redis.asyncio import Redis
 
 from giftrelay import catalog, keys
 from giftrelay.config import Settings
-from giftrelay.embedded import RedisServer
+from giftrelay.embedded import RedisServer, free_port
 from giftrelay.ledger.reconcile import reconcile
 from giftrelay.ledger.sqlite import SQLiteStore
 from giftrelay.ledger.store import Store
@@ -195,3 +196,31 @@ async def test_consumer_survives_a_redis_restart(
     assert await store.count() == first + second
     for closing in (money.aclose(), redis.aclose(), consumer.redis.aclose(), store.close()):
         await closing
+
+
+async def test_the_consumer_alone_serves_its_metrics(
+    money: Money, redis: Redis, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    async for store in make_store("sqlite", tmp_path):
+        events = await gift_load(money, viewers=3, gifts=50)
+        port = free_port()
+        consumer = spawn("ledger", "--metrics-port", str(port), env=env_for(redis_server, store))
+        try:
+            await wait_for(lambda: caught_up(redis), within=60)
+            loop = asyncio.get_running_loop()
+            body = await loop.run_in_executor(None, _metrics, port)
+        finally:
+            consumer.send_signal(signal.SIGTERM)
+            consumer.wait(timeout=20)
+        written = re.search(
+            r'^giftrelay_ledger_events_total\{outcome="written"\} (\S+)$', body, re.M
+        )
+        assert written is not None
+        assert float(written.group(1)) == events
+
+
+def _metrics(port: int) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        return r.read().decode()

@@ -385,13 +385,25 @@ def stream_show(stream: str) -> None:
 @click.option(
     "--batch-size", type=int, help="Entries per batch [env GIFTRELAY_LEDGER_BATCH; 1000]."
 )
+@click.option(
+    "--metrics-port",
+    type=int,
+    help="Serve Prometheus /metrics on this port [env GIFTRELAY_LEDGER_METRICS_PORT; off].",
+)
 @click.pass_context
 @_friendly
-def ledger(ctx: click.Context, name: str | None, batch_size: int | None) -> None:
+def ledger(
+    ctx: click.Context, name: str | None, batch_size: int | None, metrics_port: int | None
+) -> None:
     """Run the ledger consumer: the ledger stream into the ledger store, exactly once."""
     if ctx.invoked_subcommand is not None:
         return
-    settings = _settings(ledger_batch=batch_size)
+    settings = _settings(ledger_batch=batch_size, ledger_metrics_port=metrics_port)
+    if settings.ledger_metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.ledger_metrics_port, addr=settings.host)
+        log.info("ledger metrics served", host=settings.host, port=settings.ledger_metrics_port)
 
     async def go() -> None:
         stop = _stop_on_signals()

@@ -67,6 +67,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     ledger_batch: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 1000
     ledger_claim_idle_ms: Positive = 30_000
     ledger_max_deliveries: Positive = 5
+    ledger_metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0
+    """``giftrelay ledger`` serves /metrics on this port (0: not at all)."""
 
     # Relay: fan-out, limits and time-outs.
     tick_ms: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 25
