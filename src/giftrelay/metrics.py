@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import Counter, Gauge, Histogram
 
 LEDGER_EVENTS = Counter(
@@ -36,11 +38,24 @@ CONNECTIONS_TOTAL = Counter(
 )
 JOINS = Counter("giftrelay_joins_total", "Streams joined.")
 MESSAGES = Counter("giftrelay_messages_total", "Client messages received, by type.", ["type"])
+_messages: dict[str, Any] = {}
+
+
+def message(kind: str) -> None:
+    """Count a client message of ``kind`` (children cached: this runs for every message)."""
+    child = _messages.get(kind)
+    if child is None:
+        child = _messages[kind] = MESSAGES.labels(kind)
+    child.inc()
+
+
 GIFTS = Counter(
     "giftrelay_gifts_total",
     "Gift requests, by outcome (ok, replayed, or the error code).",
     ["outcome"],
 )
+GIFTS_OK = GIFTS.labels("ok")
+GIFTS_REPLAYED = GIFTS.labels("replayed")
 ERRORS = Counter("giftrelay_errors_total", "Error replies sent, by code.", ["code"])
 SCRIPT_SECONDS = Histogram(
     "giftrelay_gift_seconds",

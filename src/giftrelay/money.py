@@ -104,6 +104,7 @@ class Money:
         self.catalog = catalog
         self.clock = clock
         self.pipe = AutoPipeline(redis)
+        self.diamond_rate = settings.diamond_rate  # parsed once, not on every gift
         self._creators: dict[str, str] = {}
 
     async def start(self) -> None:
@@ -122,7 +123,7 @@ class Money:
         _check_ident("stream", stream)
         _check_request_id(request_id)
         item, coins = self._priced(gift, count)
-        diamonds = rules.diamonds_for(coins, self.settings.diamond_rate)
+        diamonds = rules.diamonds_for(coins, self.diamond_rate)
         for attempt in range(2):
             creator = await self._creator(stream, refresh=attempt > 0)
             reply = await self.pipe.call(
@@ -326,7 +327,7 @@ class Money:
                 item.name,
                 count,
                 coins,
-                rules.diamonds_for(coins, self.settings.diamond_rate),
+                rules.diamonds_for(coins, self.diamond_rate),
                 now,
                 self.settings.history_len,
             ],

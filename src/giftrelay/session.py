@@ -145,7 +145,7 @@ class Session:
             await self.send(protocol.error(exc, exc.ref, exc.id))
             return
         kind = type(message).__struct_config__.tag
-        metrics.MESSAGES.labels(str(kind)).inc()
+        metrics.message(str(kind))
         if isinstance(message, protocol.Gift):
             if self.slots is None or self.inflight is None:
                 self.slots = asyncio.Semaphore(self.relay.settings.max_inflight_per_connection)
@@ -221,7 +221,7 @@ class Session:
                 started = time.perf_counter()
                 r = await self._timed(money.gift(user, m.stream, m.gift, m.count, m.id))
                 metrics.SCRIPT_SECONDS.observe(time.perf_counter() - started)
-                metrics.GIFTS.labels("replayed" if r.replayed else "ok").inc()
+                (metrics.GIFTS_REPLAYED if r.replayed else metrics.GIFTS_OK).inc()
                 return protocol.GiftOk(
                     ref=m.ref,
                     id=r.id,
