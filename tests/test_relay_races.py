@@ -304,3 +304,16 @@ def test_unavailable_is_the_shutdown_refusal() -> None:
     from giftrelay.session import SHUTTING_DOWN
 
     assert isinstance(SHUTTING_DOWN, Unavailable)
+
+
+async def test_a_burst_of_joins_beyond_the_redis_pool_all_join(
+    redis: Redis, redis_server: RedisServer
+) -> None:
+    """More joins at once than Redis connections: they queue, none is refused."""
+    async with running_relay(redis_server.url, max_connections_per_ip=1000) as h:
+        await setup(h)
+        clients = await asyncio.gather(*(Client.open(h.ws) for _ in range(300)))
+        replies = await asyncio.gather(*(c.request(type="join", stream="s1") for c in clients))
+        assert [r["type"] for r in replies] == ["joined"] * 300
+        for c in clients:
+            await c.close()

@@ -199,6 +199,8 @@ class Fanout:
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
         self.stats_slow_closes = 0
+        self.join_reads = asyncio.Semaphore(64)
+        """Joins reading at once: a reconnect storm queues here, not on Redis's connections."""
         self.wake = asyncio.Event()
 
     # -- life cycle ------------------------------------------------------------------------
@@ -355,7 +357,7 @@ class Fanout:
         hist = keys.history(stream)
         marker = msgspec.json.encode({"kind": "sync", "token": token})
         try:
-            async with self.money.redis.pipeline(transaction=True) as pipe:
+            async with self.join_reads, self.money.redis.pipeline(transaction=True) as pipe:
                 pipe.xrevrange(hist, "+", "-", count=1)
                 pipe.publish(room.channel, marker)
                 pipe.hgetall(keys.stream(stream))

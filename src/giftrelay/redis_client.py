@@ -10,13 +10,15 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 SENTINEL_SCHEME = "redis+sentinel"
+MAX_CONNECTIONS = 256
+"""Connections one client keeps to Redis at most (gifts share a few; reads take one each)."""
 
 
 class SentinelURL:
@@ -68,6 +70,7 @@ def connect(
     if timeout is not None:
         options["health_check_interval"] = 30
     if url.startswith(SENTINEL_SCHEME + "://"):
+        options["max_connections"] = MAX_CONNECTIONS
         target = SentinelURL(url)
         sentinel = Sentinel(  # type: ignore[no-untyped-call]
             target.sentinels,
@@ -77,4 +80,9 @@ def connect(
             target.service, redis_class=Redis, db=target.db, password=target.password, **options
         )
         return primary
-    return Redis.from_url(url, **options)
+    # A burst (a reconnect storm's joins) waits for a free connection, up to the
+    # timeout, rather than failing at once when all of them are in use.
+    pool = BlockingConnectionPool.from_url(
+        url, max_connections=MAX_CONNECTIONS, timeout=timeout, **options
+    )
+    return Redis(connection_pool=pool)
