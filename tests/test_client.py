@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
+from websockets.asyncio.server import serve
 
 from giftrelay.auth import Role
 from giftrelay.client import Client, Event, GiftEvent, Joined, RelayError, ViewersEvent
@@ -154,3 +156,71 @@ async def test_gift_retried_on_unavailable_moves_money_once(own_redis_server: Re
         gifts = await ledger_entries(h.money.redis, "gift")
         assert [g["id"] for g in gifts] == ["retried-gift-1"]
         await alice.close()
+
+
+async def test_join_with_since_on_a_new_client_delivers_what_was_missed(relay: RelayHandle) -> None:
+    """An app starting again from an offset it saved gets what it missed, once."""
+    admin = await setup_stream(relay, "alice")
+    alice = Client(relay.ws, token("alice"))
+    await alice.connect()
+    first = await alice.gift("s1", "rose", id="gift-first-1")
+    later = [await alice.gift("s1", "rose", id=f"gift-later-{i}") for i in range(3)]
+    seen = Seen()
+    viewer = Client(relay.ws, on_events=seen.on_events)
+    await viewer.connect()
+    joined = await viewer.join("s1", since=first.offset)
+    assert len(joined.missed) == 3
+    assert [e.offset for e in seen.gifts] == [g.offset for g in later]
+    for c in (viewer, alice, admin):
+        await c.close()
+
+
+async def test_an_app_handler_that_raises_does_not_stop_the_client(relay: RelayHandle) -> None:
+    admin = await setup_stream(relay, "alice")
+    alice = Client(relay.ws, token("alice"))
+    await alice.connect()
+    failed = asyncio.Event()
+
+    def broken(_stream: str, _events: list[Any]) -> None:
+        failed.set()
+        raise ValueError("a bug in the app")
+
+    viewer = Client(relay.ws, on_events=broken, request_timeout=5.0)
+    await viewer.connect()
+    await viewer.join("s1")
+    await alice.gift("s1", "rose")
+    await failed.wait()
+    await viewer.ping()  # still reading replies
+    assert viewer.connected
+    for c in (viewer, alice, admin):
+        await c.close()
+
+
+async def test_close_while_reconnecting_returns_and_leaves_nothing_open() -> None:
+    opened = 0
+    second = asyncio.Event()
+
+    async def handler(ws: Any) -> None:
+        nonlocal opened
+        opened += 1
+        await ws.send('{"type":"hello","v":1,"server":"x","user":null,"role":"anonymous"}')
+        if opened == 1:
+            await ws.close(1001, "going away")
+            return
+        async for _ in ws:
+            pass
+
+    async def slow(_conn: Any, _request: Any) -> None:
+        if opened >= 1:
+            second.set()
+            await asyncio.sleep(1.0)  # the reconnect's handshake is slow (injected)
+
+    async with serve(handler, "127.0.0.1", 0, process_request=slow) as server:
+        port = server.sockets[0].getsockname()[1]
+        client = Client(f"ws://127.0.0.1:{port}/ws", backoff=(0.01, 0.01))
+        await client.connect()
+        await second.wait()  # the first connection closed; the reconnect is in its handshake
+        async with asyncio.timeout(5):
+            await client.close()
+        assert client.ws is not None
+        assert client.ws.close_code is not None or client.ws.state.name in ("CLOSED", "CLOSING")

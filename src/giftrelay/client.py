@@ -38,11 +38,11 @@ as :class:`UnknownEvent` rather than breaking it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import itertools
 import random
 import secrets
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from types import TracebackType
@@ -157,6 +157,13 @@ _unknown_event = msgspec.json.Decoder(UnknownEvent)
 _encoder = msgspec.json.Encoder()
 
 
+STABLE_AFTER = 10.0
+"""Seconds a connection must stay up before the reconnect backoff starts over."""
+
+EVENTS_KEPT = 10_000
+"""Events :meth:`Client.events` keeps waiting for a slow consumer."""
+
+
 class RelayError(Exception):
     """The relay answered ``error``: ``code`` is the protocol's error code."""
 
@@ -231,6 +238,7 @@ class Client:
         self.reconnects = 0
         self.close_codes: Counter[int] = Counter()
         self.duplicates_dropped = 0
+        self.events_dropped = 0
         self.gift_retries = 0
         self._last: dict[str, tuple[int, int]] = {}
         self._waiting: dict[str, asyncio.Future[Reply]] = {}
@@ -240,6 +248,9 @@ class Client:
         self._reader: asyncio.Task[None] | None = None
         self._failure: BaseException | None = None
         self._reconnect_after = 0.0
+        self._rejoin: asyncio.Task[None] | None = None
+        self._delay = backoff[0]
+        self._opened_at = 0.0
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -254,9 +265,11 @@ class Client:
         self._closing = True
         if self.ws is not None:
             await self.ws.close()
-        if self._reader is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
+        for task in (self._rejoin, self._reader):
+            if task is not None and not task.done():
+                task.cancel()
+                # wait() neither raises the task's error nor swallows our own cancellation
+                await asyncio.wait([task])
         self._fail_waiting(Disconnected("the client was closed"))
 
     async def __aenter__(self) -> Client:
@@ -321,6 +334,7 @@ class Client:
             await ws.close()
             raise
         self.ws, self.hello = ws, hello
+        self._opened_at = time.monotonic()
         self._connected.set()
 
     async def _run(self) -> None:
@@ -330,7 +344,10 @@ class Client:
             assert ws is not None
             try:
                 async for data in ws:
-                    await self._on_frame(data)
+                    try:
+                        await self._on_frame(data)
+                    except Exception:  # the app's handler or a bad frame: not the connection
+                        log.exception("giftrelay client could not handle a frame")
             except ConnectionClosed:
                 pass
             self._connected.clear()
@@ -341,35 +358,49 @@ class Client:
             if self._closing or not self.reconnect_enabled:
                 return
             try:
-                await self._reconnect_loop()
+                await self._reconnect_loop(code)
             except Exception as exc:
                 self._failure = exc
                 log.warning("giftrelay client gave up reconnecting", error=str(exc))
                 return
+            if self._closing:
+                return
 
-    async def _reconnect_loop(self) -> None:
+    async def _reconnect_loop(self, code: int | None) -> None:
+        """Reconnect with full-jitter backoff. The backoff keeps growing across drops
+        until a connection has stayed up a while, and "try again later" (1013) starts
+        from a second: a relay that sheds load is not hammered by its own clients."""
         low, high = self.backoff
-        delay = low
+        if time.monotonic() - self._opened_at > STABLE_AFTER:
+            self._delay = low
+        if code == 1013:
+            self._delay = max(self._delay, min(high, 1.0))
         pause, self._reconnect_after = self._reconnect_after, 0.0
-        if pause:
-            await asyncio.sleep(pause)
+        await asyncio.sleep(pause or random.random() * self._delay)
         while not self._closing:
             try:
                 await self._open()
             except InvalidStatus as exc:
                 if exc.response.status_code in (401, 403):
                     raise  # a bad or revoked token will not get better by retrying
-                await asyncio.sleep(delay * (0.5 + random.random()))
-                delay = min(high, delay * 2)
+                await self._back_off()
                 continue
             except (OSError, TimeoutError, ConnectionClosed, Disconnected, msgspec.DecodeError):
-                await asyncio.sleep(delay * (0.5 + random.random()))
-                delay = min(high, delay * 2)
+                await self._back_off()
                 continue
+            self._delay = min(high, self._delay * 2)
+            if self._closing:  # closed while the handshake went on
+                assert self.ws is not None
+                await self.ws.close()
+                return
             self.reconnects += 1
             # Rejoin as its own task: replies are read by this same task's loop.
-            asyncio.create_task(self._rejoin_all())  # noqa: RUF006 - errors end in a reconnect
+            self._rejoin = asyncio.create_task(self._rejoin_all())
             return
+
+    async def _back_off(self) -> None:
+        await asyncio.sleep(random.random() * self._delay)
+        self._delay = min(self.backoff[1], self._delay * 2)
 
     async def _rejoin_all(self) -> None:
         ws = self.ws
@@ -443,17 +474,19 @@ class Client:
             result = self.on_events(stream, events)
             if inspect.isawaitable(result):
                 await result
-        else:
+        elif self._queue is not None:  # kept only once events() is used
             queue = self._queue
-            if queue is None:
-                queue = self._queue = asyncio.Queue()
             for event in events:
+                if queue.full():  # a consumer that stopped reading: drop the oldest
+                    queue.get_nowait()
+                    self.events_dropped += 1
                 queue.put_nowait((stream, event))
 
     async def events(self) -> AsyncIterator[tuple[str, Event]]:
-        """Every event as ``(stream, event)``, when no ``on_events`` handler was given."""
+        """Every event as ``(stream, event)``, when no ``on_events`` handler was given:
+        from the first call on, up to ``EVENTS_KEPT`` waiting (then the oldest go)."""
         if self._queue is None:
-            self._queue = asyncio.Queue()
+            self._queue = asyncio.Queue(EVENTS_KEPT)
         while True:
             yield await self._queue.get()
 
@@ -490,13 +523,13 @@ class Client:
         previous = self.streams.get(stream)
         if previous is None or offset_key(joined.offset) > offset_key(previous):
             self.streams[stream] = joined.offset
-        self._last.setdefault(stream, offset_key(joined.offset))
         if self.on_joined is not None:
             result = self.on_joined(joined)
             if inspect.isawaitable(result):
                 await result
-        if joined.missed:
+        if joined.missed:  # before the offset below, or they would count as seen
             await self._deliver(stream, joined.missed)
+        self._last[stream] = max(self._last.get(stream, (0, 0)), offset_key(joined.offset))
 
     async def leave(self, stream: str) -> None:
         self.streams.pop(stream, None)
