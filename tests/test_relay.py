@@ -653,3 +653,29 @@ async def test_redis_killed_and_restarted(own_redis_server: RedisServer) -> None
         assert viewer.gifts("s1")[-1]["offset"] == after["offset"]
         assert viewer.ws.close_code is None
         assert (await h.money.balance("alice")).coins == 10_000 - 3
+
+
+async def test_token_check_tells_pages_what_the_handshake_would(relay: RelayHandle) -> None:
+    await open_stream(relay)
+    loop = asyncio.get_running_loop()
+
+    async def check(tok: str) -> tuple[int, str]:
+        return await loop.run_in_executor(None, http_get, f"{relay.http}/token-check?token={tok}")
+
+    overlay = token("ov", Role.OVERLAY, stream="s1")
+    status, body = await check(overlay)
+    assert status == 200
+    assert json.loads(body)["stream"] == "s1"
+    assert (await check("garbage"))[0] == 401
+    creator = await Client.open(relay.ws, token("cre", Role.CREATOR))
+    await creator.request(type="revoke_overlays", stream="s1")
+    status, body = await check(overlay)
+    assert (status, body) == (401, "this overlay token was revoked\n")
+    # Every page is served so that its URL (and token) is never passed on as a referrer.
+    policy = await loop.run_in_executor(None, referrer_policy, f"{relay.http}/overlay/alerts")
+    assert policy == "no-referrer"
+
+
+def referrer_policy(url: str) -> str | None:
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return r.headers["Referrer-Policy"]

@@ -136,7 +136,7 @@ class Relay:
     async def process_request(self, conn: ServerConnection, request: Request) -> Response | None:
         url = urlsplit(request.path)
         if url.path != WS_PATH:
-            return await self.route(url.path)
+            return await self.route(url.path, url.query)
         if len(self.sessions) >= self.settings.max_connections:
             metrics.CONNECTIONS_TOTAL.labels("too_many").inc()
             return _text(http.HTTPStatus.SERVICE_UNAVAILABLE, "this worker is full\n")
@@ -163,7 +163,9 @@ class Relay:
         self._claims[conn] = claims
         return None
 
-    async def route(self, path: str) -> Response:
+    async def route(self, path: str, query: str = "") -> Response:
+        if path == "/token-check":
+            return await self.token_check(query)
         if path == "/healthz":
             return _text(http.HTTPStatus.OK, "ok\n")
         if path == "/readyz":
@@ -178,6 +180,33 @@ class Relay:
         if page is not None:
             return _response(http.HTTPStatus.OK, page.content_type, page.body)
         return _text(http.HTTPStatus.NOT_FOUND, "not found\n")
+
+    async def token_check(self, query: str) -> Response:
+        """Would ``/ws`` take this token? For pages, which cannot see a handshake's 401:
+        200 with its claims, 401 with the reason, 503 when that cannot be told now."""
+        values = parse_qs(query).get("token")
+        if not values:
+            return _text(http.HTTPStatus.BAD_REQUEST, "give the token as ?token=\n")
+        try:
+            claims = auth.verify(self.secret, values[0])
+        except auth.TokenError as exc:
+            return _text(http.HTTPStatus.UNAUTHORIZED, f"{exc}\n")
+        if claims.role is Role.OVERLAY and claims.stream is not None:
+            try:
+                epoch = await self.money.overlay_epoch(claims.stream)
+            except Refused:
+                return _text(http.HTTPStatus.SERVICE_UNAVAILABLE, "Redis is unavailable\n")
+            if epoch is not None and (claims.iat or 0) * 1000 < epoch:
+                return _text(http.HTTPStatus.UNAUTHORIZED, "this overlay token was revoked\n")
+        body = msgspec.json.encode(
+            {
+                "sub": claims.sub,
+                "role": claims.role.value,
+                "stream": claims.stream,
+                "exp": claims.exp,
+            }
+        )
+        return _response(http.HTTPStatus.OK, "application/json", body)
 
     async def ready(self) -> bool:
         if not self.fanout.connected.is_set():
@@ -273,6 +302,8 @@ def _response(status: http.HTTPStatus, content_type: str, body: bytes) -> Respon
             ("Content-Type", content_type),
             ("Cache-Control", "no-store"),
             ("X-Content-Type-Options", "nosniff"),
+            # Pages carry tokens in their URL: never send it on to an image's host.
+            ("Referrer-Policy", "no-referrer"),
         ]
     )
     return Response(status.value, status.phrase, headers, body)

@@ -4,7 +4,8 @@
 
 const RETRY_MS = [500, 1000, 2000, 4000, 8000, 15000];
 const REFUSED_RETRY_MS = 30000; // a refused link is retried rarely: it may be fixed by the operator
-const REFUSED_AFTER = 2; // handshakes failing while /healthz answers: the relay refuses the token
+const STABLE_MS = 10000; // a connection up this long starts the backoff over
+const TRY_LATER_ATTEMPT = 2; // after 1013 ("try again later"), wait at least RETRY_MS[2]
 const NO_STREAM_RETRY_MS = 10000;
 const STORED = new Set(["gift", "goal", "stream_ended"]); // kinds with their own offset
 
@@ -46,11 +47,13 @@ export function compareOffsets(a, b) {
 
 // -- the connection ---------------------------------------------------------------------
 
-async function relayUp() {
+/** What the relay says of this token over plain HTTP: "ok", "refused" (401) or "down". */
+async function checkToken(token) {
   try {
-    return (await fetch("/healthz", { cache: "no-store" })).ok;
+    const r = await fetch(`/token-check?token=${encodeURIComponent(token)}`, { cache: "no-store" });
+    return r.ok ? "ok" : r.status === 401 ? "refused" : "down";
   } catch {
-    return false;
+    return "down";
   }
 }
 
@@ -69,7 +72,7 @@ export class Feed {
   #ws = null;
   #open = false;
   #attempt = 0;
-  #refused = 0;
+  #joinedAt = 0;
   #timer = 0;
   #stopped = false;
   #last = null; // offset of the latest stored event seen: `since` after a drop
@@ -160,7 +163,6 @@ export class Feed {
     switch (m.type) {
       case "hello":
         this.#open = true;
-        this.#refused = 0;
         this.onHello(m);
         if (this.stream) {
           this.#sendJoin();
@@ -171,7 +173,7 @@ export class Feed {
         return;
       case "joined": {
         if (m.ref !== this.#joinRef) return; // the answer to a join since replaced
-        this.#attempt = 0;
+        this.#joinedAt = Date.now();
         const resumed = this.#last !== null && m.recovered;
         this.#last = m.offset;
         this.onReset(m.snapshot);
@@ -224,17 +226,23 @@ export class Feed {
       return this.#stop(/revoked/i.test(event.reason) ? "revoked" : "closed", event.reason);
     }
     if (greeted) {
+      // The backoff starts over only after a connection that lasted; a relay shedding
+      // load (1013) is given a few seconds rather than a crowd of instant returns.
+      if (Date.now() - this.#joinedAt > STABLE_MS) this.#attempt = 0;
+      if (event.code === 1013) this.#attempt = Math.max(this.#attempt, TRY_LATER_ATTEMPT);
       this.#status("reconnecting");
       this.#retry(this.#delay());
       return;
     }
-    // A refused handshake (401) looks like any network error to a page: if the relay
-    // answers plain HTTP meanwhile, it is refusing this token rather than down.
+    // A refused handshake (401) looks like any network error to a page, so it asks the
+    // relay about the token over plain HTTP: refused, or fine (the relay was full or
+    // its Redis away: keep trying), or no answer (the relay is down: keep trying).
     const claims = this.token ? claimsOf(this.token) : null;
     if (claims && isExpired(claims)) return this.#stop("expired");
-    relayUp().then((up) => {
+    const check = this.token ? checkToken(this.token) : Promise.resolve("down");
+    check.then((verdict) => {
       if (this.#stopped) return;
-      if (up && this.token && ++this.#refused >= REFUSED_AFTER) {
+      if (verdict === "refused") {
         this.#status("refused");
         this.#retry(REFUSED_RETRY_MS);
       } else {
@@ -246,7 +254,7 @@ export class Feed {
 
   #delay() {
     const base = RETRY_MS[Math.min(this.#attempt++, RETRY_MS.length - 1)];
-    return base * (0.8 + Math.random() * 0.4); // jitter: overlays of a restarted relay spread out
+    return base * (0.5 + Math.random()); // wide jitter: overlays of a restarted relay spread out
   }
 
   #retry(ms) {
