@@ -52,6 +52,10 @@ FUNDS = 10**9
 """Coins per gifter: never the limit, and well inside the relay's ``max_balance``."""
 
 
+PASSING_ERRORS = frozenset({"rate_limited", "unavailable"})
+"""Refusals a busy or recovering relay may give without the run failing (they are retried)."""
+
+
 class Options(msgspec.Struct, kw_only=True):
     scenario: str = "busy-stream"
     url: str = "ws://127.0.0.1:8080/ws"
@@ -672,6 +676,8 @@ class Harness:
             conservation=conservation.ok,
             p99=None if o.max_p99 is None else lat.p99 <= o.max_p99,
             reconcile=None if reconcile is None else reconcile.ok,
+            all_viewers_connected=failed == 0,
+            gifts_applied=gifts_acked > 0 and set(tl.errors) <= PASSING_ERRORS,
         )
         timeline = [
             TimePoint(

@@ -125,6 +125,11 @@ class Checks(msgspec.Struct, kw_only=True):
     p99: bool | None
     """None when no ``--max-p99`` was given."""
     reconcile: bool | None
+    all_viewers_connected: bool = True
+    """Every viewer connected and joined: a run of fewer viewers than asked is no pass."""
+    gifts_applied: bool = True
+    """Gifts were acknowledged, and refused only for passing reasons (a run in which
+    every gift was refused delivers nothing, so loss alone cannot fail it)."""
 
     def passed(self) -> bool:
         return all(v is not False for v in msgspec.structs.astuple(self))

@@ -93,6 +93,18 @@ async def test_reconnect_storm_recovers_everything(redis: Redis, redis_server: R
     assert result.passed
 
 
+async def test_a_run_whose_gifts_are_all_refused_does_not_pass(
+    redis: Redis, redis_server: RedisServer
+) -> None:
+    """Nothing delivered is nothing lost: the run must still fail, not pass vacuously."""
+    async with running_relay(redis_server.url, **RELAY) as h:
+        result = await harness.run(small(h.ws, gift="no_such_gift"))
+    assert result.gifts.acked == 0
+    assert result.errors.get("unknown_gift", 0) > 0
+    assert result.checks.gifts_applied is False
+    assert not result.passed
+
+
 async def test_a_relay_that_drops_an_event_fails_the_run(
     redis: Redis, redis_server: RedisServer, tmp_path: Path
 ) -> None:
