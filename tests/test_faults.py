@@ -343,6 +343,10 @@ async def test_slow_readers_do_not_slow_fast_viewers(
                         )
                     )
                     bursts.extend(r.coins for r in replies)
+            # Measure only once the fast viewers have caught up with the burst.
+            burst_ids = {f"burst-{i:07d}" for i in range(len(bursts))}
+            for w in watchers:
+                await w.wait_for_ids(burst_ids, within=60)
 
         async def phase(seconds: float) -> list[float]:
             marks = [len(w.latencies) for w in watchers]
