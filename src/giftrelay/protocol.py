@@ -309,7 +309,7 @@ def decode(data: str | bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> ClientMessa
     try:
         message: ClientMessage = _decoder.decode(data)
         return message
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         ref, id_ = echo(data)
         raise BadMessage(Code.BAD_REQUEST, _explain(str(exc)), ref, id_) from None
 
@@ -318,7 +318,7 @@ def echo(data: str | bytes) -> tuple[str | None, str | None]:
     """The ``ref`` and ``id`` of a message, where they can be read, to put on its error."""
     try:
         env = _envelope.decode(data)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):
         return None, None
     return _readable(env)
 
@@ -371,7 +371,7 @@ class Codec:
         try:
             message: ClientMessage = _mp_decoder.decode(data)
             return message
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
             ref, id_ = self.echo(data)
             raise BadMessage(Code.BAD_REQUEST, _explain(str(exc)), ref, id_) from None
 
@@ -380,7 +380,7 @@ class Codec:
             return echo(data)
         try:
             env = _mp_envelope.decode(data)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, UnicodeDecodeError):
             return None, None
         return _readable(env)
 

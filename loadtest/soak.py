@@ -1,0 +1,468 @@
+"""Soak: hours of moderate load against one relay; RSS, ledger lag and latency over time.
+
+    python -m loadtest.soak [--minutes 60] [--viewers 200] [--rate 50] [--gifters 20]
+                            [--workers 1] [--interval 30] [--csv soak.csv]
+                            [--redis-url URL --ledger-url URL]
+
+It starts ``giftrelay serve`` in a temporary directory (its embedded Redis with AOF
+and its in-process ledger consumer on SQLite; or the given Redis and ledger, with
+the consumer in-process), opens one live stream and drives it:
+
+* ``--gifters`` WebSocket connections sending ``--rate`` gifts per second in total
+  (the full money path), each reply awaited; an ``unavailable`` or a time-out is
+  retried with the same id, so every gift ends acknowledged or refused;
+* ``--viewers`` viewers joined to the stream; a tenth of them (at least 10) decode
+  every frame, check each gift arrives once and in order and record gift->viewer
+  latency (arrival time - the event's ``ts``); the rest read and discard frames.
+  A viewer that is closed reconnects with ``since`` and counts a reconnect.
+
+Every ``--interval`` seconds it prints (and writes to ``--csv``) the relay's and
+Redis's RSS, the ledger lag (entries the consumer group has not acknowledged),
+gifts acknowledged, latency p50/p99/max of that interval and reconnects. At the end
+it stops the load and checks the money: each gifter's balance = top-up - the coins
+of its acknowledged gifts, the creator's diamonds = those coins x the rate, each
+measuring viewer saw every acknowledged gift exactly once, and ``giftrelay
+reconcile`` exits 0. Exit status 0 only when all of that holds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import csv
+import os
+import secrets
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from giftrelay import auth, keys
+from giftrelay.redis_client import connect as redis_connect
+
+STREAM = "soak"
+CREATOR = "soak-creator"
+TOPUP = 10**10
+PRICE = 1  # "rose"
+_decode = msgspec.json.Decoder()
+_background: set[asyncio.Task[None]] = set()
+
+
+def say(*parts: object) -> None:
+    sys.stdout.write(" ".join(map(str, parts)) + "\n")
+    sys.stdout.flush()
+
+
+def rss_kb(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return 0
+
+
+def descendants(pid: int) -> list[int]:
+    out: list[int] = []
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            children = (task / "children").read_text().split()
+            for child in map(int, children):
+                out.append(child)
+                out.extend(descendants(child))
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return out
+
+
+def comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except FileNotFoundError:
+        return ""
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+class Viewer:
+    """A viewer that keeps watching: reconnects with ``since`` whenever it is closed."""
+
+    def __init__(self, url: str, measuring: bool) -> None:
+        self.url = url
+        self.measuring = measuring
+        self.last: str | None = None
+        self.gift_ids: list[str] = []
+        self.latencies: list[float] = []
+        self.reconnects = 0
+        self.out_of_order = 0
+        self.unrecovered = 0
+        self.join_errors = 0
+        self.joined = asyncio.Event()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                async with connect(self.url, max_size=None, open_timeout=30) as ws:
+                    await ws.recv()  # hello
+                    join: dict[str, Any] = {"type": "join", "stream": STREAM, "ref": "j"}
+                    if self.last is not None and self.measuring:
+                        join["since"] = self.last
+                    await ws.send(msgspec.json.encode(join).decode())
+                    await self._read(ws, stop)
+            except (ConnectionClosed, OSError, TimeoutError):
+                pass
+            if not stop.is_set():
+                self.reconnects += 1
+                await asyncio.sleep(0.2)  # a client's reconnect pause
+
+    async def _read(self, ws: ClientConnection, stop: asyncio.Event) -> None:
+        stopper = asyncio.create_task(stop.wait())
+        try:
+            while True:
+                getter = asyncio.create_task(ws.recv())
+                done, _ = await asyncio.wait({getter, stopper}, return_when="FIRST_COMPLETED")
+                if getter not in done:
+                    getter.cancel()
+                    return
+                raw = getter.result()
+                if not self.measuring and self.joined.is_set():
+                    continue
+                msg = _decode.decode(raw)
+                if msg["type"] == "error" and msg.get("ref") == "j":
+                    self.join_errors += 1  # e.g. unavailable: join again, as a client does
+                    return
+                if msg["type"] == "joined":
+                    self.joined.set()
+                    if self.measuring and self.last is not None and not msg["recovered"]:
+                        self.unrecovered += 1
+                    self._events(msg["missed"], time.time() * 1000)
+                    if self.last is None:
+                        self.last = msg["offset"]
+                elif msg["type"] == "events":
+                    self._events(msg["events"], time.time() * 1000)
+        finally:
+            stopper.cancel()
+
+    def _events(self, events: list[dict[str, Any]], now_ms: float) -> None:
+        for e in events:
+            if e["kind"] == "gift":
+                if self.last is not None and _key(e["offset"]) <= _key(self.last):
+                    self.out_of_order += 1
+                self.gift_ids.append(e["id"])
+                self.latencies.append(now_ms - e["ts"])
+                self.last = e["offset"]
+
+
+def _key(offset: str) -> tuple[int, int]:
+    ms, _, seq = offset.partition("-")
+    return int(ms), int(seq or 0)
+
+
+class Gifter:
+    def __init__(self, url: str, user: str) -> None:
+        self.url = url
+        self.user = user
+        self.acked: dict[str, int] = {}
+        self.refused: dict[str, int] = {}
+        self.unavailable = 0
+        self.n = 0
+
+    async def run(self, stop: asyncio.Event, interval: float) -> None:
+        next_at = time.monotonic()
+        while not stop.is_set():
+            try:
+                async with connect(self.url, max_size=None, open_timeout=30) as ws:
+                    await ws.recv()
+                    while not stop.is_set():
+                        next_at += interval
+                        gift_id = f"{self.user}-{self.n:09d}"
+                        await self._send(ws, gift_id)
+                        self.n += 1
+                        delay = next_at - time.monotonic()
+                        if delay > 0:
+                            await asyncio.sleep(delay)  # pacing the load
+                        else:
+                            next_at = time.monotonic()
+            except (ConnectionClosed, OSError, TimeoutError):
+                await asyncio.sleep(0.2)
+
+    async def _send(self, ws: ClientConnection, gift_id: str) -> None:
+        message = {"type": "gift", "stream": STREAM, "gift": "rose", "id": gift_id, "ref": gift_id}
+        while True:  # the same id until answered: idempotent
+            await ws.send(msgspec.json.encode(message).decode())
+            try:
+                async with asyncio.timeout(10):
+                    while True:
+                        reply = _decode.decode(await ws.recv())
+                        if reply.get("ref") == gift_id:
+                            break
+            except TimeoutError:
+                self.unavailable += 1
+                continue
+            if reply["type"] == "gift_ok":
+                self.acked[gift_id] = reply["coins"]
+                return
+            if reply["code"] in ("unavailable", "rate_limited"):
+                self.unavailable += 1
+                await asyncio.sleep(0.1)
+                continue
+            self.refused[gift_id] = 1
+            return
+
+
+async def ledger_lag(redis: Any) -> int:
+    try:
+        for group in await redis.xinfo_groups(keys.LEDGER):
+            if group["name"] == keys.LEDGER_GROUP:
+                return int(group["pending"]) + int(group.get("lag") or 0)
+    except Exception:
+        return -1
+    return -1
+
+
+async def start_serve(args: argparse.Namespace, home: Path, env: dict[str, str]) -> Any:
+    argv = [sys.executable, "-m", "giftrelay", "serve", "--port", str(args.port)]
+    argv += ["--workers", str(args.workers)]
+    if args.redis_url:
+        argv += ["--redis-url", args.redis_url, "--ledger"]
+    proc = await asyncio.create_subprocess_exec(
+        *argv, env=env, cwd=home, stdout=asyncio.subprocess.PIPE,
+        stderr=open(home / "serve.log", "wb"),  # noqa: SIM115, ASYNC230 - the child keeps it
+    )  # fmt: skip
+    assert proc.stdout is not None
+    info: dict[str, str] = {}
+    async with asyncio.timeout(60):
+        while True:
+            line = (await proc.stdout.readline()).decode()
+            if not line:
+                raise SystemExit(f"serve exited at start; see {home / 'serve.log'}")
+            name, _, value = line.strip().partition(":")
+            if name in ("websocket", "redis", "ledger"):
+                info[name] = value.strip().split()[0]
+            if "press Ctrl+C" in line:
+                break
+    # Keep reading its output (its log), or a full pipe would stop the relay.
+    log = open(home / "serve.out", "wb")  # noqa: SIM115, ASYNC230 - open while serve runs
+
+    async def drain() -> None:
+        assert proc.stdout is not None
+        while chunk := await proc.stdout.read(65536):
+            log.write(chunk)
+        log.close()
+
+    _background.add(asyncio.create_task(drain()))
+    return proc, info
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    home = Path(tempfile.mkdtemp(prefix="giftrelay-soak-"))
+    secret = secrets.token_urlsafe(32)
+    env = {
+        **os.environ,
+        "GIFTRELAY_SECRET": secret,
+        "GIFTRELAY_VAR_DIR": str(home / "var"),
+        "GIFTRELAY_LOG_FORMAT": "json",
+        "GIFTRELAY_LOG_LEVEL": "warning",
+    }
+    if args.ledger_url:
+        env["GIFTRELAY_LEDGER_URL"] = args.ledger_url
+    proc, info = await start_serve(args, home, env)
+    ws_url = info["websocket"]
+    redis = redis_connect(info["redis"])
+    say(f"soak: relay {ws_url} (pid {proc.pid}), redis {info['redis']}, home {home}")
+
+    def tok(sub: str, role: auth.Role) -> str:
+        return auth.mint(secret, sub, role, ttl=86400 * 2)
+
+    admin_url = f"{ws_url}?token={tok('admin', auth.Role.ADMIN)}"
+    async with connect(admin_url) as ws:
+        await ws.recv()
+        setup: list[dict[str, Any]] = [
+            {"type": "stream_open", "stream": STREAM, "title": "soak", "creator": CREATOR}
+        ]
+        setup += [
+            {"type": "topup", "user": f"gifter{g}", "coins": TOPUP, "id": f"soak-topup-{g:04d}"}
+            for g in range(args.gifters)
+        ]
+        for m in setup:
+            await ws.send(msgspec.json.encode(m).decode())
+            reply = _decode.decode(await ws.recv())
+            assert reply["type"] in ("stream_ok", "topup_ok"), reply
+    before = await redis.hgetall(keys.wallet(CREATOR))
+    diamonds_before = int(before.get("diamonds", 0))
+
+    stop_viewers = asyncio.Event()
+    stop_gifts = asyncio.Event()
+    measuring = max(10, args.viewers // 10)
+    viewers = [Viewer(ws_url, i < measuring) for i in range(args.viewers)]
+    tasks = [asyncio.create_task(v.run(stop_viewers)) for v in viewers]
+    try:
+        async with asyncio.timeout(120):
+            await asyncio.gather(*(v.joined.wait() for v in viewers))
+    except TimeoutError:
+        joined = sum(v.joined.is_set() for v in viewers)
+        lost = [v.reconnects for v in viewers if not v.joined.is_set()][:5]
+        raise SystemExit(f"only {joined}/{len(viewers)} viewers joined in 120 s ({lost})") from None
+    start_refusals = sum(v.join_errors for v in viewers)
+    for v in viewers:  # from here on, count reconnects of the steady state
+        v.reconnects = v.join_errors = 0
+    say(f"soak: {len(viewers)} viewers joined ({start_refusals} joins refused at start)")
+    gifters = [
+        Gifter(f"{ws_url}?token={tok(f'gifter{g}', auth.Role.VIEWER)}", f"gifter{g}")
+        for g in range(args.gifters)
+    ]
+    interval = args.gifters / args.rate
+    gift_tasks = [asyncio.create_task(g.run(stop_gifts, interval)) for g in gifters]
+
+    out = open(args.csv, "w", newline="")  # noqa: SIM115, ASYNC230 - once, at start
+    writer = csv.writer(out)
+    columns = ["elapsed_s", "relay_rss_mb", "redis_rss_mb", "ledger_lag", "gifts_acked",
+               "gifts_per_s", "lat_p50_ms", "lat_p99_ms", "lat_max_ms", "reconnects",
+               "retries"]  # fmt: skip
+    writer.writerow(columns)
+    say(" ".join(f"{c:>12}" for c in columns))
+    started = time.monotonic()
+    end = started + args.minutes * 60
+    seen = [0] * len(viewers)
+    last_acked = 0
+    last_t = started
+    peak_relay = 0.0
+    peak_lag = 0
+    all_lat: list[float] = []
+    while time.monotonic() < end:
+        await asyncio.sleep(min(args.interval, max(0.0, end - time.monotonic())))
+        now = time.monotonic()
+        lat: list[float] = []
+        for i, v in enumerate(viewers):
+            if v.measuring:
+                lat.extend(v.latencies[seen[i] :])
+                seen[i] = len(v.latencies)
+        all_lat.extend(lat)
+        pids = [proc.pid, *descendants(proc.pid)]
+        redis_kb = sum(rss_kb(p) for p in pids if comm(p).startswith("redis"))
+        relay_kb = sum(rss_kb(p) for p in pids if not comm(p).startswith("redis"))
+        acked = sum(len(g.acked) for g in gifters)
+        lag = await ledger_lag(redis)
+        peak_relay = max(peak_relay, relay_kb / 1024)
+        peak_lag = max(peak_lag, lag)
+        row = [
+            round(now - started),
+            round(relay_kb / 1024, 1),
+            round(redis_kb / 1024, 1),
+            lag,
+            acked,
+            round((acked - last_acked) / max(1e-9, now - last_t), 1),
+            round(percentile(lat, 0.5), 1),
+            round(percentile(lat, 0.99), 1),
+            round(max(lat) if lat else float("nan"), 1),
+            sum(v.reconnects for v in viewers),
+            sum(g.unavailable for g in gifters),
+        ]
+        writer.writerow(row)
+        out.flush()
+        say(" ".join(f"{c:>12}" for c in row))
+        last_acked, last_t = acked, now
+
+    # Stop the gifts, let the last events arrive, then check everything.
+    stop_gifts.set()
+    await asyncio.gather(*gift_tasks)
+    acked_ids = {i for g in gifters for i in g.acked}
+    problems: list[str] = []
+    deadline = time.monotonic() + 30
+    measured = [v for v in viewers if v.measuring]
+    while time.monotonic() < deadline:  # polling viewers that are fed by their own tasks
+        if all(acked_ids <= set(v.gift_ids) for v in measured):
+            break
+        await asyncio.sleep(0.2)
+    stop_viewers.set()
+    await asyncio.gather(*tasks)
+    for i, v in enumerate(measured):
+        ids = v.gift_ids
+        if len(ids) != len(set(ids)):
+            problems.append(f"viewer {i}: {len(ids) - len(set(ids))} duplicate gift events")
+        if missing := acked_ids - set(ids):
+            problems.append(f"viewer {i}: {len(missing)} acknowledged gifts never arrived")
+        if v.out_of_order:
+            problems.append(f"viewer {i}: {v.out_of_order} gift events out of order")
+        if v.unrecovered:
+            problems.append(f"viewer {i}: {v.unrecovered} rejoins could not recover")
+    coins = 0
+    for g in gifters:
+        spent = sum(g.acked.values())
+        coins += spent
+        wallet = await redis.hgetall(keys.wallet(g.user))
+        if int(wallet.get("coins", 0)) != TOPUP - spent:
+            problems.append(f"{g.user}: coins {wallet.get('coins')!s} != {TOPUP} - {spent}")
+    creator = await redis.hgetall(keys.wallet(CREATOR))
+    if int(creator.get("diamonds", 0)) - diamonds_before != coins:  # diamonds_per_coin = 1
+        problems.append(f"creator diamonds {creator.get('diamonds')!s} != {coins}")
+    result = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "giftrelay", "reconcile", "--wait", "120",
+        env={**env, **({"GIFTRELAY_REDIS_URL": args.redis_url} if args.redis_url else {})},
+        cwd=home, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    reconcile_out = (await result.communicate())[0].decode()
+    if result.returncode != 0:
+        problems.append("reconcile failed:\n" + reconcile_out)
+    proc.send_signal(signal.SIGTERM)
+    async with asyncio.timeout(60):
+        code = await proc.wait()
+    if code != 0:
+        problems.append(f"serve exited with {code}")
+    await redis.aclose()
+    out.close()
+    minutes = (time.monotonic() - started) / 60
+    say(
+        f"\nsoak: {minutes:.1f} min, {len(acked_ids)} gifts acknowledged "
+        f"({sum(len(g.refused) for g in gifters)} refused, "
+        f"{sum(g.unavailable for g in gifters)} retries), {args.viewers} viewers, "
+        f"{sum(v.reconnects for v in viewers)} reconnects "
+        f"({sum(v.join_errors for v in viewers)} joins refused); "
+        f"peak relay RSS {peak_relay:.1f} MB, "
+        f"peak ledger lag {peak_lag}; latency p50 {percentile(all_lat, 0.5):.1f} ms "
+        f"p99 {percentile(all_lat, 0.99):.1f} ms p99.9 {percentile(all_lat, 0.999):.1f} ms "
+        f"max {max(all_lat, default=float('nan')):.1f} ms"
+    )
+    say(reconcile_out.strip())
+    for p in problems:
+        say("PROBLEM:", p)
+    say("soak: OK" if not problems else f"soak: FAILED ({len(problems)} problems)")
+    return 0 if not problems else 1
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--minutes", type=float, default=60)
+    parser.add_argument("--viewers", type=int, default=200)
+    parser.add_argument("--gifters", type=int, default=20)
+    parser.add_argument("--rate", type=float, default=50, help="gifts per second in total")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--port", type=int, default=0, help="0: a free port")
+    parser.add_argument("--interval", type=float, default=30, help="seconds between samples")
+    parser.add_argument("--csv", default="soak.csv")
+    parser.add_argument("--redis-url", help="a Redis of your own (default: embedded)")
+    parser.add_argument("--ledger-url", help="a ledger store (default: SQLite in the temp dir)")
+    args = parser.parse_args()
+    if args.port == 0:
+        from giftrelay.embedded import free_port
+
+        args.port = free_port()
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(asyncio.run(main_async(args)))
+
+
+if __name__ == "__main__":
+    main()
