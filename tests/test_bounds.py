@@ -27,8 +27,8 @@ def report(text: str) -> None:
     sys.stdout.write(text + "\n")
 
 
-IDLE_CONNECTIONS = int(os.environ.get("GIFTRELAY_IDLE_CONNECTIONS", "1000"))
-CYCLES = int(os.environ.get("GIFTRELAY_CYCLES", "1000"))
+IDLE_CONNECTIONS = int(os.environ.get("RELIABILITY_IDLE_CONNECTIONS", "1000"))
+CYCLES = int(os.environ.get("RELIABILITY_CYCLES", "1000"))
 IDLE_KB_PER_CONNECTION = 40
 """The bound asserted per idle, joined connection (docs/benchmarks.md measures ~20 kB)."""
 

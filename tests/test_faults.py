@@ -1,7 +1,7 @@
 """Faults under live gift load, each ending with exact money and ledger checks.
 
 Sizes are CI-sized and named; docs/reliability.md records the big runs
-(``GIFTRELAY_STORM_VIEWERS=2000``, longer outages) and their figures.
+(``RELIABILITY_STORM_VIEWERS=2000``, longer outages) and their figures.
 """
 
 from __future__ import annotations
@@ -61,9 +61,9 @@ STREAM = "live"
 
 REDIS_OUTAGE_S = 3.0
 """How long Redis stays down (the promise: service back within 15 s of its return)."""
-STORE_OUTAGE_S = float(os.environ.get("GIFTRELAY_STORE_OUTAGE_S", "5"))
+STORE_OUTAGE_S = float(os.environ.get("RELIABILITY_STORE_OUTAGE_S", "5"))
 """The issue asks for 30 s; CI holds the store down 5 s (same code path, shorter wait)."""
-STORM_VIEWERS = int(os.environ.get("GIFTRELAY_STORM_VIEWERS", "300"))
+STORM_VIEWERS = int(os.environ.get("RELIABILITY_STORM_VIEWERS", "300"))
 """The issue's storm is 2,000 viewers; CI runs 300 (docs/reliability.md has the 2,000 run)."""
 
 
