@@ -33,6 +33,7 @@ FAST_ENV = {
     "GIFTRELAY_GIFT_RATE": "100000",
     "GIFTRELAY_GIFT_BURST": "100000",
     "GIFTRELAY_MESSAGE_RATE": "100000",
+    "GIFTRELAY_MAX_CONNECTIONS_PER_IP": "100000",  # every test client is on loopback
 }
 FAST = {"gift_rate": 100_000.0, "gift_burst": 100_000, "message_rate": 100_000.0}
 TOPUP = 1_000_000
