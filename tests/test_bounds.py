@@ -45,7 +45,7 @@ async def test_idle_connections_cost_bounded_memory(
         for c in warm:
             await c.join("idle")
         before = relay.rss_kb()
-        gate = asyncio.Semaphore(50)  # joins at once (see the xfail burst test)
+        gate = asyncio.Semaphore(50)  # connections opened at once
 
         async def one() -> Client:
             async with gate:
