@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import math
 import os
 import signal
 import sys
@@ -405,14 +406,28 @@ def ledger(
         start_http_server(settings.ledger_metrics_port, addr=settings.host)
         log.info("ledger metrics served", host=settings.host, port=settings.ledger_metrics_port)
 
-    async def go() -> None:
-        stop = _stop_on_signals()
-        async with redis_url(settings) as url, ledger_store(settings) as store:
+    async def consume(stop: asyncio.Event, running: asyncio.Event) -> None:
+        # A consumer is a service: it waits for its store however long an outage lasts
+        # (the entries wait in Redis meanwhile), where one-off commands give up.
+        store_ready = ledger_store(settings, wait=math.inf)
+        async with redis_url(settings) as url, store_ready as store:
             writer = consumer(settings, url, store, name)
+            running.set()
             try:
-                await writer.run(stop)
+                await writer.run(stop)  # finishes its batch and returns once stop is set
             finally:
                 await writer.redis.aclose()
+
+    async def go() -> None:
+        stop, running = _stop_on_signals(), asyncio.Event()
+        work = asyncio.create_task(consume(stop, running))
+        stopped = asyncio.create_task(stop.wait())
+        await asyncio.wait([work, stopped], return_when=asyncio.FIRST_COMPLETED)
+        if not running.is_set():
+            work.cancel()  # stopped while still waiting for the store: nothing to finish
+        stopped.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await work
 
     _run(go())
 
