@@ -54,6 +54,7 @@ from giftrelay.config import Settings
 from giftrelay.embedded import RedisServer, free_port
 from giftrelay.money import Money
 from giftrelay.redis_client import connect as redis_connect
+from loadtest.relaystats import Sample, proc_sample
 
 console = Console(width=180)
 SECRET = secrets.token_urlsafe(32)
@@ -61,7 +62,6 @@ STREAM = "bench"
 CREATOR = "bench_creator"
 GIFTERS = 20
 MEASURING = 50
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 PROFILE = os.environ.get("BENCH_RELAY_PROFILE", "")
 """A file for the relay's cProfile statistics (the relay runs under ``-m cProfile``)."""
 
@@ -145,14 +145,19 @@ async def stop_relay(proc: asyncio.subprocess.Process) -> None:
         await proc.wait()
 
 
+def _usage(pid: int) -> Sample:
+    sample = proc_sample([pid])
+    if sample is None:
+        raise RuntimeError(f"the relay (pid {pid}) is gone")
+    return sample
+
+
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return _usage(pid).cpu_seconds
 
 
 def rss_bytes(pid: int) -> int:
-    match = re.search(r"VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
-    return int(match.group(1)) * 1024 if match else 0
+    return _usage(pid).rss_bytes
 
 
 def metric(port: int, name: str) -> float:
