@@ -2,8 +2,8 @@
 
 A worker subscribes to a stream's channel only while it holds a viewer of it.
 Events are buffered per stream (a :class:`Room`) and flushed every tick as one
-``events`` frame, encoded once and written to every viewer with
-``websockets.broadcast``. The tick grows when flushing gets expensive, so a busy
+``events`` frame, encoded and framed once and written to every viewer
+(:mod:`giftrelay.broadcast`). The tick grows when flushing gets expensive, so a busy
 worker sends fewer, fuller frames instead of queueing.
 
 Ordering and exactly-once rest on offsets: Redis publishes a stream's events in
@@ -39,6 +39,7 @@ from websockets.asyncio.server import ServerConnection, broadcast
 from websockets.protocol import State
 
 from giftrelay import keys, metrics, protocol
+from giftrelay.broadcast import send_all
 from giftrelay.catalog import Catalog
 from giftrelay.errors import Code, Refused, Unavailable
 from giftrelay.money import Money, StreamInfo
@@ -625,24 +626,20 @@ class Fanout:
             return
         message = protocol.Events(stream=room.stream, events=events)
         frame = protocol.encode(message)
+        limit = self.write_buffer_limit
+        slow: list[ServerConnection] = []
         if room.binary:  # MessagePack viewers get the same frame, converted once
             text = room.viewers - room.binary
             packed = protocol.MSGPACK_CODEC.encode(message)
-            broadcast(room.binary, packed, text=False)
+            slow += send_all(room.binary, packed, text=False, buffer_limit=limit)
             metrics.BYTES_SENT.inc(len(room.binary) * len(packed))
         else:
             text = room.viewers
-        broadcast(text, frame, text=True)
+        slow += send_all(text, frame, text=True, buffer_limit=limit)
         n = len(room.viewers)
         metrics.FRAMES_SENT.inc(n)
         metrics.BYTES_SENT.inc(len(text) * len(frame))
         metrics.EVENTS_SENT.inc(n * len(events))
-        limit = self.write_buffer_limit
-        slow = [
-            c
-            for c in room.viewers
-            if c.transport is not None and c.transport.get_write_buffer_size() > limit
-        ]
         for conn in slow:
             self.close_slow(conn)
 
