@@ -99,13 +99,15 @@ class Run(msgspec.Struct):
     duplicates: int
     out_of_order: int
     rss_mib: float
+    slow_closes: int = 0
+    """Viewers the relay closed with 1013 for reading too slowly (sinks included)."""
 
 
 # -- the relay process -------------------------------------------------------------------------
 
 
 async def start_relay(
-    redis_url: str, port: int, var: Path, **env: str
+    redis_url: str, port: int, var: Path, workers: int = 1, **env: str
 ) -> asyncio.subprocess.Process:
     environ = {
         **os.environ,
@@ -118,14 +120,14 @@ async def start_relay(
         "GIFTRELAY_MAX_CONNECTIONS_PER_IP": "100000",
         "GIFTRELAY_PING_INTERVAL": "60",
         "GIFTRELAY_PING_TIMEOUT": "60",
-        "GIFTRELAY_LOG_LEVEL": "warning",
+        "GIFTRELAY_LOG_LEVEL": os.environ.get("BENCH_RELAY_LOG", "warning"),
         "GIFTRELAY_LOG_FORMAT": "json",
         **env,
     }
     profile = ["-m", "cProfile", "-o", PROFILE] if PROFILE else []
     proc = await asyncio.create_subprocess_exec(
         sys.executable, *profile, "-m", "giftrelay", "serve", "--port", str(port),
-        "--redis-url", redis_url, "--no-ledger",
+        "--redis-url", redis_url, "--no-ledger", "--workers", str(workers),
         env=environ, stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
     assert proc.stdout is not None
@@ -315,10 +317,17 @@ class Gifter:
 
 
 async def drive(
-    port: int, viewers: int, rate: float, seconds: float, name: str, tick_ms: int, redis_url: str
+    port: int,
+    viewers: int,
+    rate: float,
+    seconds: float,
+    name: str,
+    tick_ms: int,
+    redis_url: str,
+    workers: int = 1,
 ) -> Run:
     var = Path(tempfile.mkdtemp(prefix="giftrelay-bench-relay-"))
-    relay = await start_relay(redis_url, port, var, GIFTRELAY_TICK_MS=str(tick_ms))
+    relay = await start_relay(redis_url, port, var, workers, GIFTRELAY_TICK_MS=str(tick_ms))
     ctx = multiprocessing.get_context("spawn")
     ready, stop, out = ctx.Event(), ctx.Event(), ctx.Queue()
     sinks = max(0, viewers - MEASURING)
@@ -361,9 +370,10 @@ async def drive(
                 await asyncio.sleep(max(0.0, step - (time.perf_counter() - started - elapsed)))
             del per_step
 
-        tag = f"t{tick_ms}v{viewers}"
+        tag = f"t{tick_ms}v{viewers}w{workers}-{secrets.token_hex(3)}"  # ids unique per run
         await pace(2.0, f"{tag}-warm")  # warm-up: not measured
         cpu0, events0 = cpu_seconds(relay.pid), metric(port, "giftrelay_events_sent_total")
+        slow0 = metric(port, "giftrelay_slow_client_closes_total")
         frames0 = sum(v.frames for v in watchers)
         acked0 = sum(len(g.acked) for g in gifters)
         for v in watchers:
@@ -373,6 +383,7 @@ async def drive(
         window = time.perf_counter() - t0
         cpu = cpu_seconds(relay.pid) - cpu0
         events = metric(port, "giftrelay_events_sent_total") - events0
+        slow = metric(port, "giftrelay_slow_client_closes_total") - slow0
         for v in watchers:
             v.measuring = False
         rss = rss_bytes(relay.pid)
@@ -413,6 +424,7 @@ async def drive(
             duplicates=dup,
             out_of_order=disorder,
             rss_mib=rss / 2**20,
+            slow_closes=int(slow),
         )
     finally:
         stop.set()
@@ -478,13 +490,16 @@ async def main(args: argparse.Namespace) -> None:
         await money.aclose()
         await redis.aclose()
         for viewers in args.viewers:
-            plans = [("tick 25 ms, adaptive", 25)]
+            plans = [
+                (f"tick 25 ms, adaptive, {w} worker{'s' if w > 1 else ''}", 25, w)
+                for w in args.workers
+            ]
             if args.baseline:
-                plans.insert(0, ("baseline: tick 0 (a frame per event)", 0))
-            for name, tick in plans:
+                plans.insert(0, ("baseline: tick 0 (a frame per event)", 0, 1))
+            for name, tick, workers in plans:
                 console.print(f"[bold]{viewers} viewers, {args.rate:g} gifts/s: {name}[/]")
                 run = await drive(
-                    free_port(), viewers, args.rate, args.seconds, name, tick, server.url
+                    free_port(), viewers, args.rate, args.seconds, name, tick, server.url, workers
                 )
                 runs.append(run)
                 console.print(msgspec.json.encode(run).decode())
@@ -502,7 +517,7 @@ def report(runs: list[Run], idle_result: tuple[float, float, float] | None, args
     table = Table(title=f"relay fan-out, {args.rate:g} gifts/s offered, {args.seconds:g} s")
     for col in ("viewers", "what", "gifts/s", "events/s", "relay CPU s", "events/CPU-s",
                 "x baseline", "frames/viewer", "p50 ms", "p99 ms", "max ms", "lost/dup/order",
-                "RSS MiB"):  # fmt: skip
+                "closed slow", "RSS MiB"):  # fmt: skip
         table.add_column(col, justify="right")
     base: dict[int, float] = {}
     for r in runs:
@@ -513,7 +528,7 @@ def report(runs: list[Run], idle_result: tuple[float, float, float] | None, args
             str(r.viewers), r.name, f"{r.gifts_per_s:,.0f}", f"{r.events_per_s:,.0f}",
             f"{r.cpu_s:.2f}", f"{r.events_per_cpu_s:,.0f}", f"{ratio:.2f}", f"{r.frames:,}",
             f"{r.p50_ms:.1f}", f"{r.p99_ms:.1f}", f"{r.max_ms:.1f}",
-            f"{r.lost}/{r.duplicates}/{r.out_of_order}", f"{r.rss_mib:.0f}",
+            f"{r.lost}/{r.duplicates}/{r.out_of_order}", f"{r.slow_closes:,}", f"{r.rss_mib:.0f}",
         )  # fmt: skip
     console.print(table)
     if idle_result:
@@ -532,6 +547,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--idle", type=int, default=10_000, help="idle connections (0: skip)")
     p.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--workers", type=lambda s: [int(x) for x in s.split(",") if x], default=[1],
+                   help="relay worker processes (serve --workers); a list runs each")  # fmt: skip
     return p.parse_args()
 
 
