@@ -50,6 +50,9 @@ log = structlog.get_logger(__name__)
 ZERO = (0, 0)
 SLOW_CLOSE_REASON = "too slow a reader: rejoin with since"
 GAP_CLOSE_REASON = "events may have been missed: rejoin with since"
+FLUSH_SHARE = 0.8
+"""Under load, the largest share of a worker's time that flushing may take."""
+FLUSH_PAUSE = (1 - FLUSH_SHARE) / FLUSH_SHARE
 LIVENESS_PING = 5.0
 """Seconds between PINGs on the pub/sub connection; three without an answer: lost."""
 
@@ -603,11 +606,7 @@ class Fanout:
                         await self.wake.wait()
                 continue
             spent = loop.time() - started
-            # Adaptive tick: a flush that cost more than the tick is followed by a wait
-            # as long as it took, so flushing uses at most half the worker's time and
-            # the next frames carry more events each (fewer writes per event) instead
-            # of the worker falling behind.
-            self.current_tick = min(self.max_tick, max(self.tick, spent))
+            self.current_tick = next_tick(self.tick, self.max_tick, spent)
             metrics.TICK_SECONDS.set(self.current_tick)
             await asyncio.sleep(self.current_tick)
 
@@ -749,6 +748,19 @@ class Fanout:
 
     def viewer_count(self) -> int:
         return sum(len(room.viewers) for room in self.rooms.values())
+
+
+def next_tick(tick: float, max_tick: float, spent: float) -> float:
+    """The wait after a flush that took ``spent`` seconds.
+
+    A flush that cost more than four ticks is followed by a wait of a quarter of its
+    cost, so flushing takes at most ``FLUSH_SHARE`` of the worker's time and the rest
+    is left for requests and joins; meanwhile events gather, so the next frames carry
+    more of them. It waits no longer than that: past a few kB per frame the kernel's
+    copy of the bytes costs more than the number of writes, so a longer wait would
+    save little work and add its whole length to every event's latency.
+    """
+    return min(max_tick, max(tick, spent * FLUSH_PAUSE))
 
 
 def _text(value: bytes | str) -> str:
