@@ -124,3 +124,17 @@ def test_serve_refuses_a_bad_catalog(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "gift #1 (line 1)" in result.stderr
     assert "coins" in result.stderr
+
+
+def test_a_relay_worker_freezes_startup_objects_and_spaces_full_collections() -> None:
+    """In a fresh interpreter (freezing is process-wide, so not in the test's own)."""
+    code = (
+        "import gc; from giftrelay import cli; before = gc.get_threshold(); cli._tune_gc(); "
+        "print(gc.get_freeze_count(), *before, *gc.get_threshold())"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    frozen, y0, m0, f0, y1, m1, f1 = map(int, out.stdout.split())
+    assert frozen > 10_000  # the modules imported so far
+    assert (y1, m1) == (y0, m0)
+    assert f0 == 10
+    assert f1 == 100
