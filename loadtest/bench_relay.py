@@ -98,6 +98,8 @@ GIFTERS = 20
 MEASURING = 50
 PROFILE = os.environ.get("BENCH_RELAY_PROFILE", "")
 """A file for the relay's cProfile statistics (the relay runs under ``-m cProfile``)."""
+RELAY_LOG_LEVEL = os.environ.get("BENCH_RELAY_LOG", "warning")
+"""The relay's log level (``BENCH_RELAY_LOG=info`` to see what it does during a run)."""
 PEERS = ("giftrelay", "socketio")
 SOCKETIO = "Socket.IO (one frame per event)"
 DRAIN = 30.0
@@ -164,7 +166,7 @@ async def start_relay(
         "GIFTRELAY_MAX_CONNECTIONS_PER_IP": "100000",
         "GIFTRELAY_PING_INTERVAL": "60",
         "GIFTRELAY_PING_TIMEOUT": "60",
-        "GIFTRELAY_LOG_LEVEL": os.environ.get("BENCH_RELAY_LOG", "warning"),
+        "GIFTRELAY_LOG_LEVEL": RELAY_LOG_LEVEL,
         "GIFTRELAY_LOG_FORMAT": "json",
         **env,
     }
