@@ -136,5 +136,6 @@ def test_a_relay_worker_freezes_startup_objects_and_spaces_full_collections() ->
     frozen, y0, m0, f0, y1, m1, f1 = map(int, out.stdout.split())
     assert frozen > 10_000  # the modules imported so far
     assert (y1, m1) == (y0, m0)
-    assert f0 == 10
-    assert f1 == 100
+    if sys.version_info < (3, 14):  # 3.14's incremental collector has no third threshold
+        assert f0 == 10
+        assert f1 == 100

@@ -5,8 +5,9 @@ its header, a copy of the payload, a pass through the protocol's write queue) be
 writing it. A server's frames are not masked and, without extensions (the relay turns
 compression off), they are the same bytes for every connection. So the frame is
 serialized once and those bytes are written to each transport: per viewer, what is
-left is little more than the kernel's write. A connection with an extension, or with
-a fragmented message in progress, goes through ``websockets.broadcast`` instead.
+left is little more than the kernel's write. A connection with an extension goes
+through ``websockets.broadcast`` instead, and so does one with a fragmented message
+in progress, which websockets skips with a warning (the relay never fragments).
 
 Writing to the transport directly is safe: websockets writes each frame to its
 transport in one synchronous step, so a frame written here can never land inside

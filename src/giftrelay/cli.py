@@ -196,13 +196,17 @@ def _tune_gc() -> None:
 
     A full collection stops the worker for as long as it takes to walk every tracked
     object: at 5,000 viewers (~60 objects each) that was 240-275 ms, every ~13 s at
-    1,000 gifts/s, and it was the relay's p99. Startup's objects (modules, catalog,
-    scripts, settings) live as long as the process, so they are frozen out of the
-    walk. And a full collection may run only after 100 middle-generation collections
-    instead of 10 (CPython's rule that the old generation must have grown by a quarter
-    still applies): closed connections' reference cycles are then reclaimed within about a
-    minute under load instead of seconds, for a pause every minute instead of several.
+    1,000 gifts/s, and it was the relay's p99. What startup built (modules, catalog,
+    scripts, settings, the Redis clients, the embedded Redis and ledger consumer when
+    they run here) mostly lives as long as the process, so after one collection of
+    what is already garbage it is frozen out of the walk. And a full collection may
+    run only after 100 middle-generation collections instead of 10 (CPython's rule
+    that the old generation must have grown by a quarter still applies). Closed
+    connections' reference cycles then wait longer for it: about a minute at 1,000
+    gifts/s, longer on a quiet relay, however many connections closed. CPython 3.14's
+    incremental collector has no such threshold; there only the freeze applies.
     """
+    gc.collect()
     gc.freeze()
     young, middle, _ = gc.get_threshold()
     gc.set_threshold(young, middle, GC_FULL_EVERY)
