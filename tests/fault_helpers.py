@@ -457,9 +457,13 @@ def rss_kb(pid: int | None = None) -> int:
     return 0
 
 
-def p99(values: list[float]) -> float:
+def quantile(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def p99(values: list[float]) -> float:
+    return quantile(values, 0.99)
 
 
 async def wait_until(check: Any, within: float = 20.0, what: str = "condition") -> None:

@@ -43,6 +43,7 @@ from .fault_helpers import (
     check_money,
     check_watchers,
     p99,
+    quantile,
     serve,
     wait_until,
 )
@@ -331,8 +332,9 @@ async def test_slow_readers_do_not_slow_fast_viewers(
         await load.wait_acked(50)
         bursts: list[int] = []
 
-        async def burst_until(done: Any) -> None:
-            """Gifts as fast as the money core takes them (not measured) until ``done()``."""
+        async def burst_until(done: Any, then: Any = None) -> None:
+            """Gifts as fast as the money core takes them (not measured) until ``done()``;
+            then ``then()``, and wait for the fast viewers to catch up."""
             async with asyncio.timeout(120):
                 while not done():
                     base = len(bursts)
@@ -343,6 +345,8 @@ async def test_slow_readers_do_not_slow_fast_viewers(
                         )
                     )
                     bursts.extend(r.coins for r in replies)
+            if then is not None:
+                then()
             # Measure only once the fast viewers have caught up with the burst.
             burst_ids = {f"burst-{i:07d}" for i in range(len(bursts))}
             for w in watchers:
@@ -367,24 +371,41 @@ async def test_slow_readers_do_not_slow_fast_viewers(
         # Fill the slow readers' kernel buffers: from here on the relay holds their backlog.
         await burst_until(lambda: all(b > 0 for b in slow_buffers()))
         during = await phase(PHASE_S)
-        await burst_until(lambda: h.relay.fanout.stats_slow_closes >= SLOW_READERS)
-        after = await phase(PHASE_S)
-        await load.stop()
 
-        baseline = max(p99(before), p99(after))
-        sys.stdout.write(  # figures for docs/reliability.md (pytest -s)
-            f"slow readers: fast p99 before {p99(before):.1f} ms, with {SLOW_READERS} slow "
-            f"{p99(during):.1f} ms, after {p99(after):.1f} ms ({len(during)} samples)\n"
-        )
-        assert p99(during) <= 1.2 * baseline, (p99(before), p99(during), p99(after))
-        for ws, _ in slow:  # reading again, each finds its close frame: 1013
+        async def read_to_close(ws: Any) -> int | None:
+            """A closed slow reader reads again and finds its close frame, 1013. It must
+            start within the relay's close timeout (5 s), or the relay aborts it (1006)."""
             try:
                 async with asyncio.timeout(30):
                     async for _ in ws:
                         pass
             except ConnectionClosed:
                 pass
-            assert ws.close_code == 1013
+            return ws.close_code
+
+        closing: list[asyncio.Task[int | None]] = []
+        await burst_until(
+            lambda: h.relay.fanout.stats_slow_closes >= SLOW_READERS,
+            then=lambda: closing.extend(asyncio.create_task(read_to_close(ws)) for ws, _ in slow),
+        )
+        after = await phase(PHASE_S)
+        await load.stop()
+
+        def p90(values: list[float]) -> float:
+            return quantile(values, 0.90)
+
+        sys.stdout.write(  # figures for docs/reliability.md (pytest -s)
+            f"slow readers: fast p90/p99 before {p90(before):.1f}/{p99(before):.1f} ms, with "
+            f"{SLOW_READERS} slow {p90(during):.1f}/{p99(during):.1f} ms, after "
+            f"{p90(after):.1f}/{p99(after):.1f} ms ({len(during)} samples)\n"
+        )
+        # A relay held up by its slow readers would delay every frame: the p90 shows
+        # it. Not the p99 of a 3 s window: one frame ~100 ms late now and then, with or
+        # without slow readers (seen before and after them too), moves it on its own.
+        baseline = max(p90(before), p90(after))
+        assert p90(during) <= 1.2 * baseline, (p90(before), p90(during), p90(after))
+        assert p99(during) < 500, p99(during)
+        assert [await task for task in closing] == [1013] * SLOW_READERS
         ids = set(load.acked)
         for w in watchers:
             await w.wait_for_ids(ids)
