@@ -756,10 +756,10 @@ def next_tick(tick: float, max_tick: float, spent: float) -> float:
     A flush that cost more than four ticks is followed by a wait of a quarter of its
     cost, so flushing takes at most ``FLUSH_SHARE`` of the worker's time (while a
     flush costs less than four ``max_tick``) and the rest is left for requests and
-    joins; meanwhile events gather, so the next frames carry
-    more of them. It waits no longer than that: past a few kB per frame the kernel's
-    copy of the bytes costs more than the number of writes, so a longer wait would
-    save little work and add its whole length to every event's latency.
+    joins; meanwhile events gather, so the next frames carry more of them. It waits
+    no longer than that: past a few kB per frame the kernel's copy of the bytes costs
+    more than the number of writes, so a longer wait would save little work and add
+    its whole length to every event's latency.
     """
     return min(max_tick, max(tick, spent * FLUSH_PAUSE))
 
