@@ -574,6 +574,43 @@ def _share(before: tuple[int, int], after: tuple[int, int]) -> float:
     return gifts / events if events else 0.0
 
 
+def _measured(
+    name: str,
+    viewers: int,
+    gifts: int,
+    events: float,
+    cpu: float,
+    window: float,
+    frames: int,
+    watchers: Sequence[Any],
+    hist: HdrHistogram,
+    checked: tuple[int, int, int],
+    rss: int,
+    **extra: Any,
+) -> Run:
+    """A run's figures from what it counted over its window."""
+    lost, dup, disorder = checked
+    return Run(
+        name=name,
+        viewers=viewers,
+        gifts=gifts,
+        gifts_per_s=gifts / window,
+        events=int(events),
+        events_per_s=events / window,
+        cpu_s=cpu,
+        events_per_cpu_s=events / cpu if cpu else 0.0,
+        frames=frames // max(1, len(watchers)),
+        p50_ms=hist.get_value_at_percentile(50) / 1000,
+        p99_ms=hist.get_value_at_percentile(99) / 1000,
+        max_ms=hist.get_max_value() / 1000,
+        lost=lost,
+        duplicates=dup,
+        out_of_order=disorder,
+        rss_mib=rss / 2**20,
+        **extra,
+    )
+
+
 def _sinks_done(name: str, out: Any) -> int:
     """The sinks' report once stopped: how many the server dropped during the run."""
     _, dropped = out.get(timeout=30)
@@ -642,33 +679,16 @@ async def drive(
         for v in watchers:
             v.measuring = False
         rss = rss_bytes(relay.pid)
-        lost, dup, disorder = await settle(watchers, gifters)
+        checked = await settle(watchers, gifters)
         errors = {c: n for g in gifters for c, n in g.errors.items()}
         if errors:
             console.print(f"[yellow]{name}: gift errors {errors}[/]")
         stop.set()
         dropped = _sinks_done(name, out)
-        return Run(
-            name=name,
-            viewers=viewers,
-            gifts=gifts,
-            gifts_per_s=gifts / window,
-            events=int(events),
-            events_per_s=events / window,
-            cpu_s=cpu,
-            events_per_cpu_s=events / cpu if cpu else 0.0,
-            frames=frames // max(1, len(watchers)),
-            p50_ms=hist.get_value_at_percentile(50) / 1000,
-            p99_ms=hist.get_value_at_percentile(99) / 1000,
-            max_ms=hist.get_max_value() / 1000,
-            lost=lost,
-            duplicates=dup,
-            out_of_order=disorder,
-            rss_mib=rss / 2**20,
-            slow_closes=int(slow),
-            sinks_dropped=dropped,
-            gift_share=share,
-        )
+        return _measured(
+            name, viewers, gifts, events, cpu, window, frames, watchers, hist, checked, rss,
+            slow_closes=int(slow), sinks_dropped=dropped, gift_share=share,
+        )  # fmt: skip
     finally:
         stop.set()
         for t in tasks:
@@ -743,7 +763,7 @@ async def drive_socketio(viewers: int, rate: float, seconds: float, redis_url: s
                 for v in watchers:
                     v.measuring = False
                 rss = rss_bytes(pid)
-                lost, dup, disorder = await settle(watchers, gifters)
+                checked = await settle(watchers, gifters)
                 errors = {c: n for g in gifters for c, n in g.errors.items()}
                 unanswered = sum(g.sent - len(g.acked) - sum(g.errors.values()) for g in gifters)
                 if errors or unanswered:
@@ -753,27 +773,10 @@ async def drive_socketio(viewers: int, rate: float, seconds: float, redis_url: s
                     )
                 stop.set()
                 dropped = _sinks_done(SOCKETIO, out)
-                return Run(
-                    name=SOCKETIO,
-                    viewers=viewers,
-                    gifts=gifts,
-                    gifts_per_s=gifts / window,
-                    events=int(events),
-                    events_per_s=events / window,
-                    cpu_s=cpu,
-                    events_per_cpu_s=events / cpu if cpu else 0.0,
-                    frames=frames // max(1, len(watchers)),
-                    p50_ms=hist.get_value_at_percentile(50) / 1000,
-                    p99_ms=hist.get_value_at_percentile(99) / 1000,
-                    max_ms=hist.get_max_value() / 1000,
-                    lost=lost,
-                    duplicates=dup,
-                    out_of_order=disorder,
-                    rss_mib=rss / 2**20,
-                    target="socketio",
-                    sinks_dropped=dropped,
-                    gift_share=share,
-                )
+                return _measured(
+                    SOCKETIO, viewers, gifts, events, cpu, window, frames, watchers, hist,
+                    checked, rss, target="socketio", sinks_dropped=dropped, gift_share=share,
+                )  # fmt: skip
             finally:
                 stop.set()
                 for gifter in gifters:
