@@ -224,8 +224,14 @@ def _masked_text(payload: bytes) -> bytes:
     return bytes([0x81, 0x80 | len(payload)]) + b"\0\0\0\0" + payload
 
 
+DEFLATE_OFFER = "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+"""What a browser offers."""
+
+
 class _Sink(asyncio.Protocol):
     path = "/ws"
+    deflate = False
+    """Offer permessage-deflate (as browsers do); what arrives is discarded unread anyway."""
     received = 0
     dropped = 0
     stopping = False
@@ -239,11 +245,12 @@ class _Sink(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         key = base64.b64encode(os.urandom(16)).decode()
+        offer = DEFLATE_OFFER if self.deflate else ""
         self.transport.write(
             (
                 f"GET {self.path} HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\n"
                 f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                "Sec-WebSocket-Version: 13\r\n\r\n"
+                f"Sec-WebSocket-Version: 13\r\n{offer}\r\n"
             ).encode()
         )
 
@@ -363,9 +370,17 @@ class _SioSink(_Sink):
 
 
 def sink_main(
-    port: int, count: int, join: bool, ready: Any, stop: Any, out: Any, events: Any = None
+    port: int,
+    count: int,
+    join: bool,
+    ready: Any,
+    stop: Any,
+    out: Any,
+    events: Any = None,
+    deflate: bool = False,
 ) -> None:
-    """``count`` sinks; Socket.IO ones when given ``events``, a shared counter of events.
+    """``count`` sinks; Socket.IO ones when given ``events``, a shared counter of events;
+    offering permessage-deflate when ``deflate``.
 
     Only ``stop`` ends them: a signal to the process group (Ctrl-C, ``timeout``) that
     killed this process in ``stop.wait`` would leave the benchmark's ``stop.set()``
@@ -375,6 +390,7 @@ def sink_main(
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     parent = os.getppid()
     protocol: type[_Sink] = _Sink
+    _Sink.deflate = deflate
     if events is not None:
         protocol, _SioSink.events = _SioSink, events
 
@@ -628,13 +644,17 @@ async def drive(
     tick_ms: int,
     redis_url: str,
     workers: int = 1,
+    deflate: bool = True,
 ) -> Run:
     var = Path(tempfile.mkdtemp(prefix="giftrelay-bench-relay-"))
-    relay = await start_relay(redis_url, port, var, workers, GIFTRELAY_TICK_MS=str(tick_ms))
+    relay = await start_relay(
+        redis_url, port, var, workers,
+        GIFTRELAY_TICK_MS=str(tick_ms), GIFTRELAY_COMPRESSION=str(deflate).lower(),
+    )  # fmt: skip
     ctx = multiprocessing.get_context("spawn")
     ready, stop, out = ctx.Event(), ctx.Event(), ctx.Queue()
     sinks = max(0, viewers - MEASURING)
-    sink = ctx.Process(target=sink_main, args=(port, sinks, True, ready, stop, out))
+    sink = ctx.Process(target=sink_main, args=(port, sinks, True, ready, stop, out, None, deflate))
     sink.start()
     url = f"ws://127.0.0.1:{port}/ws"
     hist = HdrHistogram(1, 60_000_000, 3)
@@ -642,7 +662,9 @@ async def drive(
     tasks: list[asyncio.Task[None]] = []
     try:
         for _ in range(min(MEASURING, viewers)):
-            ws = await connect(url, max_size=None, ping_interval=None)
+            ws = await connect(
+                url, max_size=None, ping_interval=None, compression="deflate" if deflate else None
+            )
             await ws.recv()
             await ws.send('{"type":"join","stream":"bench"}')
             await ws.recv()
@@ -659,7 +681,8 @@ async def drive(
             tasks.append(asyncio.create_task(gifter.read()))
         await asyncio.get_running_loop().run_in_executor(None, ready.wait, 120)
 
-        tag = f"t{tick_ms}v{viewers}w{workers}-{secrets.token_hex(3)}"  # ids unique per run
+        # Gift ids unique per run.
+        tag = f"t{tick_ms}v{viewers}w{workers}d{deflate:d}-{secrets.token_hex(3)}"
         await pace(gifters, rate, 2.0, f"{tag}-warm")  # warm-up: not measured
         cpu0, events0 = cpu_seconds(relay.pid), metric(port, "giftrelay_events_sent_total")
         slow0 = metric(port, "giftrelay_slow_client_closes_total")
@@ -812,21 +835,25 @@ def _kill_node(pid: int) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
-async def idle(port: int, count: int, redis_url: str) -> tuple[float, float, float]:
+async def idle(
+    port: int, count: int, redis_url: str, deflate: bool = True
+) -> tuple[float, float, float]:
     """RSS before and after ``count`` idle joined connections; bytes per connection."""
     var = Path(tempfile.mkdtemp(prefix="giftrelay-bench-idle-"))
-    relay = await start_relay(redis_url, port, var)
+    relay = await start_relay(redis_url, port, var, GIFTRELAY_COMPRESSION=str(deflate).lower())
     ctx = multiprocessing.get_context("spawn")
     ready, stop, out = ctx.Event(), ctx.Event(), ctx.Queue()
     try:
         # One connection first, so the stream's room and its subscription exist.
-        sink = ctx.Process(target=sink_main, args=(port, 1, True, ready, stop, out))
+        sink = ctx.Process(target=sink_main, args=(port, 1, True, ready, stop, out, None, deflate))
         sink.start()
         await asyncio.get_running_loop().run_in_executor(None, ready.wait, 60)
         before = rss_bytes(relay.pid)
         ready2, stop2 = ctx.Event(), ctx.Event()
         procs = [
-            ctx.Process(target=sink_main, args=(port, count // 2, True, ready2, stop2, out))
+            ctx.Process(
+                target=sink_main, args=(port, count // 2, True, ready2, stop2, out, None, deflate)
+            )
             for _ in range(2)
         ]
         for p in procs:
@@ -870,18 +897,26 @@ async def main(args: argparse.Namespace) -> None:
         await redis.aclose()
         for viewers in args.viewers:
             plans = [
-                (f"tick 25 ms, adaptive, {w} worker{'s' if w > 1 else ''}", 25, w)
+                (
+                    f"tick 25 ms, adaptive, {w} worker{'s' if w > 1 else ''}{COMPRESSION[d]}",
+                    25,
+                    w,
+                    d,
+                )
+                for d in args.compression
                 for w in args.workers
             ]
             if args.baseline:
-                plans.insert(0, ("baseline: tick 0 (a frame per event)", 0, 1))
+                d = args.compression[0]
+                plans.insert(0, (f"baseline: tick 0 (a frame per event){COMPRESSION[d]}", 0, 1, d))
             if "giftrelay" not in args.peers:
                 plans = []
-            for name, tick, workers in plans:
+            for name, tick, workers, deflate in plans:
                 console.print(f"[bold]{viewers} viewers, {args.rate:g} gifts/s: {name}[/]")
                 run = await drive(
-                    free_port(), viewers, args.rate, args.seconds, name, tick, server.url, workers
-                )
+                    free_port(), viewers, args.rate, args.seconds, name, tick, server.url, workers,
+                    deflate,
+                )  # fmt: skip
                 runs.append(run)
                 console.print(msgspec.json.encode(run).decode())
             if "socketio" in args.peers:
@@ -892,7 +927,7 @@ async def main(args: argparse.Namespace) -> None:
         idle_result = None
         if args.idle and "giftrelay" in args.peers:
             console.print(f"[bold]{args.idle} idle connections[/]")
-            idle_result = await idle(free_port(), args.idle, server.url)
+            idle_result = await idle(free_port(), args.idle, server.url, args.compression[0])
     finally:
         server.stop()
         shutil.rmtree(directory, ignore_errors=True)
@@ -944,7 +979,19 @@ def parse() -> argparse.Namespace:
                    help="relay worker processes (serve --workers); a list runs each")  # fmt: skip
     p.add_argument("--peers", type=_peers, default=["giftrelay"],
                    help=f"targets, of {','.join(PEERS)} [giftrelay]")  # fmt: skip
+    p.add_argument("--compression", type=_compression, default=[True],
+                   help="the relay's and viewers': deflate, off or both [deflate]")  # fmt: skip
     return p.parse_args()
+
+
+COMPRESSION = {True: "", False: ", uncompressed"}
+
+
+def _compression(text: str) -> list[bool]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names or set(names) - {"deflate", "off"}:
+        raise argparse.ArgumentTypeError("give deflate, off or deflate,off")
+    return [n == "deflate" for n in names]
 
 
 def _peers(text: str) -> list[str]:

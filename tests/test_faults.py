@@ -314,7 +314,8 @@ async def slow_reader(port: int, ws_url: str) -> tuple[Any, int]:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.setblocking(False)
     await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
-    ws = await connect(ws_url, sock=sock, max_queue=1, max_size=None)
+    # Uncompressed, so that the flood fills its buffers fast.
+    ws = await connect(ws_url, sock=sock, max_queue=1, max_size=None, compression=None)
     await ws.recv()  # hello
     await ws.send(json.dumps({"type": "join", "stream": STREAM}))
     return ws, sock.getsockname()[1]

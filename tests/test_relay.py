@@ -129,7 +129,11 @@ async def test_every_viewer_gets_every_gift_once_in_order_and_nothing_else(
     gifters = [f"g{i}" for i in range(4)]
     for g in gifters:
         await fund(relay, g)
-    viewers1 = [await Client.open(relay.ws) for _ in range(12)]
+    # Half of them with permessage-deflate (as browsers offer it), half without.
+    viewers1 = [
+        await Client.open(relay.ws, compression=None if i % 2 else "deflate") for i in range(12)
+    ]
+    assert [bool(v.ws.protocol.extensions) for v in viewers1] == [True, False] * 6
     viewers2 = [await Client.open(relay.ws, token(f"w{i}")) for i in range(5)]
     both = await Client.open(relay.ws)
     for v in viewers1:
@@ -574,6 +578,13 @@ async def test_revoked_overlay_tokens_stop_working(relay: RelayHandle) -> None:
 # -- slow readers ------------------------------------------------------------------------------
 
 
+async def test_compression_can_be_turned_off(redis: Redis, redis_server: RedisServer) -> None:
+    async with running_relay(redis_server.url, compression=False, **FAST) as h:
+        viewer = await Client.open(h.ws, compression="deflate")
+        assert viewer.ws.protocol.extensions == []
+        assert (await viewer.request(type="ping"))["type"] == "pong"
+
+
 async def test_slow_reader_is_closed_with_1013_and_fast_viewers_keep_up(
     redis: Redis, redis_server: RedisServer
 ) -> None:
@@ -582,11 +593,12 @@ async def test_slow_reader_is_closed_with_1013_and_fast_viewers_keep_up(
         await fund(h, "alice", 1_000_000)
         fast = await Client.open(h.ws)
         await fast.join("s1")
-        # A reader that stops reading: a tiny receive buffer, and nothing taken off it.
+        # A reader that stops reading: a tiny receive buffer, nothing taken off it, and
+        # no compression, so that the flood fills it fast.
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.connect(("127.0.0.1", h.port))
-        slow_ws = await connect(h.ws, sock=sock, max_queue=1, max_size=None)
+        slow_ws = await connect(h.ws, sock=sock, max_queue=1, max_size=None, compression=None)
         await slow_ws.recv()  # hello
         await slow_ws.send(json.dumps({"type": "join", "stream": "s1"}))
         alice = await Client.open(h.ws, token("alice"))

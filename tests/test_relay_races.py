@@ -151,7 +151,9 @@ async def test_a_slow_reader_closed_leaves_no_room_behind(
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.connect(("127.0.0.1", h.port))
-        slow = await connect(h.ws, sock=sock, max_queue=1, max_size=None, close_timeout=0.5)
+        slow = await connect(
+            h.ws, sock=sock, max_queue=1, max_size=None, close_timeout=0.5, compression=None
+        )
         await slow.recv()
         await slow.send(json.dumps({"type": "join", "stream": "s1", "ref": "j"}))
         sent = 0

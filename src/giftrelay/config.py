@@ -74,6 +74,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     tick_ms: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 25
     """Fan-out tick; it grows under load up to ``max_tick_ms``. 0 flushes at once."""
     max_tick_ms: Annotated[int, msgspec.Meta(ge=1, le=5000)] = 250
+    compression: bool = True
+    """permessage-deflate for clients that offer it; each fan-out frame compressed once."""
     max_frame_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 65536
     """Frames above this close the connection with 1009."""
     max_message_bytes: Annotated[int, msgspec.Meta(ge=256)] = 4096

@@ -630,14 +630,16 @@ class Fanout:
         if room.binary:  # MessagePack viewers get the same frame, converted once
             text = room.viewers - room.binary
             packed = protocol.MSGPACK_CODEC.encode(message)
-            slow += send_all(room.binary, packed, text=False, buffer_limit=limit)
-            metrics.BYTES_SENT.inc(len(room.binary) * len(packed))
+            sent = send_all(room.binary, packed, text=False, buffer_limit=limit)
+            slow += sent.slow
+            metrics.BYTES_SENT.inc(sent.wire_bytes)
         else:
             text = room.viewers
-        slow += send_all(text, frame, text=True, buffer_limit=limit)
+        sent = send_all(text, frame, text=True, buffer_limit=limit)
+        slow += sent.slow
         n = len(room.viewers)
         metrics.FRAMES_SENT.inc(n)
-        metrics.BYTES_SENT.inc(len(text) * len(frame))
+        metrics.BYTES_SENT.inc(sent.wire_bytes)
         metrics.EVENTS_SENT.inc(n * len(events))
         for conn in slow:
             self.close_slow(conn)

@@ -73,7 +73,9 @@ TICK_SECONDS = Gauge(
     multiprocess_mode="max",
 )
 FRAMES_SENT = Counter("giftrelay_frames_sent_total", "Event frames written to viewers.")
-BYTES_SENT = Counter("giftrelay_bytes_sent_total", "Bytes of event frames written to viewers.")
+BYTES_SENT = Counter(
+    "giftrelay_bytes_sent_total", "Bytes of event frames written to viewers (as sent: compressed)."
+)
 EVENTS_SENT = Counter("giftrelay_events_sent_total", "Events delivered to viewers.")
 SLOW_CLOSES = Counter(
     "giftrelay_slow_client_closes_total", "Viewers closed with 1013 for reading too slowly."

@@ -31,6 +31,7 @@ from websockets.typing import Subprotocol
 from giftrelay import auth, metrics, protocol, web
 from giftrelay.auth import Claims, Role
 from giftrelay.catalog import Catalog
+from giftrelay.compression import DeflateFactory
 from giftrelay.config import Settings
 from giftrelay.errors import Refused
 from giftrelay.fanout import Fanout
@@ -95,6 +96,7 @@ class Relay:
             port,
             process_request=self.process_request,
             compression=None,
+            extensions=[DeflateFactory()] if s.compression else None,
             subprotocols=[Subprotocol(protocol.MSGPACK)],
             select_subprotocol=_select_subprotocol,
             max_size=s.max_frame_bytes,
