@@ -44,6 +44,16 @@ log = structlog.get_logger(__name__)
 WS_PATH = "/ws"
 
 
+class TokenRefused(Exception):
+    """A token ``/ws`` would not take: the HTTP answer, and the handshake's outcome label
+    for ``giftrelay_connections_total`` (None when the token itself was not at fault)."""
+
+    def __init__(self, status: http.HTTPStatus, reason: str, outcome: str | None = None) -> None:
+        super().__init__(reason)
+        self.response = _text(status, f"{reason}\n")
+        self.outcome = outcome
+
+
 class Relay:
     """One worker: its sessions, its fan-out, and the HTTP routes beside ``/ws``."""
 
@@ -150,20 +160,32 @@ class Relay:
         if token is None:
             return None  # anonymous: may watch, never spend
         try:
+            self._claims[conn] = await self.accepted_claims(token)
+        except TokenRefused as refused:
+            if refused.outcome:
+                metrics.CONNECTIONS_TOTAL.labels(refused.outcome).inc()
+            return refused.response
+        return None
+
+    async def accepted_claims(self, token: str) -> Claims:
+        """The token's claims if ``/ws`` takes it: signed, unexpired and, for an overlay,
+        issued after its stream's last revocation. Raises :class:`TokenRefused`."""
+        try:
             claims = auth.verify(self.secret, token)
         except auth.TokenError as exc:
-            metrics.CONNECTIONS_TOTAL.labels("unauthorized").inc()
-            return _text(http.HTTPStatus.UNAUTHORIZED, f"{exc}\n")
+            raise TokenRefused(http.HTTPStatus.UNAUTHORIZED, str(exc), "unauthorized") from None
         if claims.role is Role.OVERLAY and claims.stream is not None:
             try:
                 epoch = await self.money.overlay_epoch(claims.stream)
             except Refused:
-                return _text(http.HTTPStatus.SERVICE_UNAVAILABLE, "Redis is unavailable\n")
+                raise TokenRefused(
+                    http.HTTPStatus.SERVICE_UNAVAILABLE, "Redis is unavailable"
+                ) from None
             if epoch is not None and (claims.iat or 0) * 1000 < epoch:
-                metrics.CONNECTIONS_TOTAL.labels("revoked").inc()
-                return _text(http.HTTPStatus.UNAUTHORIZED, "this overlay token was revoked\n")
-        self._claims[conn] = claims
-        return None
+                raise TokenRefused(
+                    http.HTTPStatus.UNAUTHORIZED, "this overlay token was revoked", "revoked"
+                )
+        return claims
 
     async def route(self, path: str, query: str = "") -> Response:
         if path == "/token-check":
@@ -190,16 +212,9 @@ class Relay:
         if not values:
             return _text(http.HTTPStatus.BAD_REQUEST, "give the token as ?token=\n")
         try:
-            claims = auth.verify(self.secret, values[0])
-        except auth.TokenError as exc:
-            return _text(http.HTTPStatus.UNAUTHORIZED, f"{exc}\n")
-        if claims.role is Role.OVERLAY and claims.stream is not None:
-            try:
-                epoch = await self.money.overlay_epoch(claims.stream)
-            except Refused:
-                return _text(http.HTTPStatus.SERVICE_UNAVAILABLE, "Redis is unavailable\n")
-            if epoch is not None and (claims.iat or 0) * 1000 < epoch:
-                return _text(http.HTTPStatus.UNAUTHORIZED, "this overlay token was revoked\n")
+            claims = await self.accepted_claims(values[0])
+        except TokenRefused as refused:
+            return refused.response
         body = msgspec.json.encode(
             {
                 "sub": claims.sub,
