@@ -85,6 +85,8 @@ async def target(
             "GIFTRELAY_MAX_CONNECTIONS": "1000000",
             "GIFTRELAY_GIFT_RATE": "100000",
             "GIFTRELAY_GIFT_BURST": "100000",
+            "GIFTRELAY_MESSAGE_RATE": "100000",  # a flood's gifters send hundreds a second
+            "GIFTRELAY_MESSAGE_BURST": "100000",
             "GIFTRELAY_LOG_LEVEL": "warning",
             "GIFTRELAY_LOG_FORMAT": "json",
         }

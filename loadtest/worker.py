@@ -304,10 +304,9 @@ class Worker:
         async def settle(gifter: Connection, stream: str, gift_id: str) -> bool:
             async with slots:
                 started = time.perf_counter()
-                try:  # the same id: applied once whether or not the first try got through
-                    ok = await gifter.gift(stream, self.plan.gift, id=gift_id, retry_for=5.0)
-                except Exception:
-                    return False
+                ok = await resend(gifter, stream, self.plan.gift, gift_id, within=5.0)
+            if ok is None:
+                return False
             self._acked(ok, started)
             return True
 
@@ -416,6 +415,29 @@ def _window(keys: list[int], prefix: list[int], lo: int, hi: int) -> tuple[int, 
     """How many acknowledged gifts have offsets in (lo, hi], and the sum of those offsets."""
     i, j = bisect.bisect_right(keys, lo), bisect.bisect_right(keys, hi)
     return j - i, prefix[j] - prefix[i]
+
+
+async def resend(
+    gifter: Connection, stream: str, gift: str, gift_id: str, *, within: float
+) -> GiftOk | None:
+    """The outcome of a gift whose answer was lost, by sending it again with the same id
+    (applied once, whether or not the first try got through); None if none was had.
+
+    A relay that limits messages may refuse the resend right after a flood, and
+    ``rate_limited`` moves nothing and says nothing of the first try: it is sent again
+    after a pause, until ``within`` seconds have passed.
+    """
+    deadline = time.monotonic() + within
+    pause = 0.05
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            return await gifter.gift(stream, gift, id=gift_id, retry_for=max(0.1, left))
+        except Exception as exc:
+            if _code(exc) != "rate_limited" or left < pause:
+                return None
+        await asyncio.sleep(pause)
+        pause = min(2 * pause, 1.0)
 
 
 def _open(client: Connection) -> bool:

@@ -15,12 +15,14 @@ import msgspec
 import pytest
 from redis.asyncio import Redis
 
+from giftrelay.client import Client, RelayError
 from giftrelay.embedded import RedisServer
 from loadtest import harness
 from loadtest.harness import Options, UsageError, check_target
 from loadtest.result import Result, result_decoder
+from loadtest.worker import resend
 
-from .relay_helpers import SECRET, running_relay
+from .relay_helpers import SECRET, running_relay, token
 
 ROOT = Path(__file__).resolve().parent.parent
 RELAY = {
@@ -80,6 +82,29 @@ async def test_short_run_finds_no_loss_and_money_is_conserved(
     assert result.relay.source == "metrics"
     assert result.relay.cpu_seconds > 0
     assert result.passed
+
+
+async def test_a_lost_answer_is_settled_though_the_relay_refuses_the_first_resends(
+    redis: Redis, redis_server: RedisServer
+) -> None:
+    """After a flood the gifter's message bucket is empty: the resend of a gift whose
+    answer was lost is refused (``rate_limited``, nothing moved) until it refills."""
+    async with running_relay(redis_server.url, message_rate=2.0, message_burst=10) as h:
+        await h.money.stream_open("s1", "cre", "s1 live")
+        await h.money.topup("alice", 100, "grant-alice")
+        async with Client(h.ws, token("alice")) as alice:
+            first = await alice.gift("s1", "rose", id="lost-answer-0001")
+            codes = set()
+            while not codes:  # empty the bucket
+                try:
+                    await alice.ping()
+                except RelayError as exc:
+                    codes.add(exc.code)
+            assert codes == {"rate_limited"}
+            again = await resend(alice, "s1", "rose", "lost-answer-0001", within=5.0)
+        assert again is not None
+        assert again.offset == first.offset
+        assert (await h.money.balance("alice")).coins == 100 - first.coins
 
 
 async def test_reconnect_storm_recovers_everything(redis: Redis, redis_server: RedisServer) -> None:
