@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+import msgspec
 import pytest
 from redis.asyncio import Redis
 from websockets.asyncio.server import serve
@@ -224,3 +225,45 @@ async def test_close_while_reconnecting_returns_and_leaves_nothing_open() -> Non
             await client.close()
         assert client.ws is not None
         assert client.ws.close_code is not None or client.ws.state.name in ("CLOSED", "CLOSING")
+
+
+async def test_a_frame_with_an_event_kind_added_later_still_delivers_every_event() -> None:
+    """Frames of known kinds are decoded in one call; a frame that also holds a kind this
+    client does not know goes event by event: the unknown one as an UnknownEvent."""
+
+    def gift(n: int) -> dict[str, Any]:
+        return {
+            "kind": "gift", "offset": f"{n}-0", "ts": 1, "id": f"g{n}", "from": "a",
+            "gift": "rose", "name": "Rose", "count": 1, "coins": 1, "diamonds": 1, "combo": 1,
+            "combo_id": "c",
+        }  # fmt: skip
+
+    sticker = {"kind": "sticker", "offset": "3-0"}
+    frames = [  # compact, the tag first: as the relay writes them
+        msgspec.json.encode({"type": "events", "stream": "s1", "events": events}).decode()
+        for events in ([gift(1), gift(2)], [gift(3), sticker, gift(4)])
+    ]
+
+    async def handler(ws: Any) -> None:
+        await ws.send('{"type":"hello","v":1,"server":"test","user":null,"role":"anonymous"}')
+        for frame in frames:
+            await ws.send(frame)
+        await ws.wait_closed()
+
+    received: list[Event] = []
+    done = asyncio.Event()
+
+    def on_events(stream: str, events: list[Event]) -> None:
+        received.extend(events)
+        if len(received) >= 5:
+            done.set()
+
+    async with serve(handler, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        async with Client(f"ws://127.0.0.1:{port}/ws", on_events=on_events, reconnect=False):
+            async with asyncio.timeout(5):
+                await done.wait()
+    assert [type(e).__name__ for e in received] == [
+        "GiftEvent", "GiftEvent", "GiftEvent", "UnknownEvent", "GiftEvent",
+    ]  # fmt: skip
+    assert [e.offset for e in received] == ["1-0", "2-0", "3-0", "3-0", "4-0"]
