@@ -108,14 +108,16 @@ class Viewer:
         now = time.time() * 1000.0
         stats.frames += 1
         stats.events += len(events)
-        for event in events:
+        last = self.last
+        for event in events:  # this loop is most of a viewer's cost: kept lean
             if type(event) is not GiftEvent:
                 continue
             stats.gift_events += 1
             latency[int((now - event.ts) * 10)] += 1
-            key = wire.key_int(event.offset)
-            if key > self.last:
-                self.last = key
+            ms, _, seq = event.offset.partition("-")
+            key = int(ms) * 1_000_000 + int(seq or 0)  # wire.key_int, inline
+            if key > last:
+                last = key
                 self.unique += 1
                 self.keysum += key
                 self.recent.append(key)
@@ -123,6 +125,7 @@ class Viewer:
                 self.duplicates += 1
             else:
                 self.order += 1
+        self.last = last
         if self.target and self.last >= self.target:
             self.check_drained()
 
