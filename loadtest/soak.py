@@ -18,7 +18,12 @@ the consumer in-process), opens one live stream and drives it:
 
 Every ``--interval`` seconds it prints (and writes to ``--csv``) the relay's and
 Redis's RSS, the ledger lag (entries the consumer group has not acknowledged),
-gifts acknowledged, latency p50/p99/max of that interval and reconnects. At the end
+gifts acknowledged, latency p50/p99/max of that interval and reconnects, and what
+tells where a late event was held: this process's own longest event-loop stall and
+garbage collection (a stall here delays the reading, not the relay), the events that
+reached the relay's fan-out over 250 ms after their gift (its
+``giftrelay_fanout_lag_seconds``: held before the relay wrote them), and Redis's AOF
+rewrites, delayed fsyncs and latest fork time. At the end
 it stops the load and checks the money: each gifter's balance = top-up - the coins
 of its acknowledged gifts, the creator's diamonds = those coins x the rate, each
 measuring viewer saw every acknowledged gift exactly once, and ``giftrelay
@@ -31,12 +36,14 @@ import argparse
 import asyncio
 import contextlib
 import csv
+import gc
 import os
 import secrets
 import signal
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +102,66 @@ def percentile(values: list[float], q: float) -> float:
         return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+class Stalls:
+    """This process's longest event-loop stall and garbage collection per interval."""
+
+    def __init__(self) -> None:
+        self.loop_ms = 0.0
+        self.gc_ms = 0.0
+        self._gc_start = 0.0
+        gc.callbacks.append(self._gc)
+
+    def _gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._gc_start = time.perf_counter()
+        else:
+            self.gc_ms = max(self.gc_ms, (time.perf_counter() - self._gc_start) * 1000)
+
+    async def watch(self, stop: asyncio.Event) -> None:
+        """Sleeps of 10 ms: how much later than that one ends is how long the loop stalled."""
+        while not stop.is_set():
+            t = time.perf_counter()
+            await asyncio.sleep(0.01)
+            self.loop_ms = max(self.loop_ms, (time.perf_counter() - t - 0.01) * 1000)
+
+    def take(self) -> tuple[float, float]:
+        taken = (self.loop_ms, self.gc_ms)
+        self.loop_ms = self.gc_ms = 0.0
+        return taken
+
+
+LATE_BUCKET = 'giftrelay_fanout_lag_seconds_bucket{le="0.25"}'
+
+
+def late_at_relay(http: str) -> int:
+    """Events that reached the relay's fan-out over 250 ms after their gift, so far."""
+    try:
+        with urllib.request.urlopen(f"{http}/metrics", timeout=5) as r:
+            text = r.read().decode()
+    except OSError:
+        return -1
+    count = within = 0.0
+    for line in text.splitlines():
+        if line.startswith("giftrelay_fanout_lag_seconds_count"):
+            count += float(line.split()[-1])
+        elif line.startswith(LATE_BUCKET):
+            within += float(line.split()[-1])
+    return int(count - within)
+
+
+async def redis_persistence(redis: Any) -> tuple[int, int, float]:
+    """Redis's AOF rewrites and delayed fsyncs so far, and its latest fork in ms."""
+    try:
+        info = {**await redis.info("persistence"), **await redis.info("stats")}
+    except Exception:
+        return -1, -1, float("nan")
+    return (
+        int(info.get("aof_rewrites", -1)),
+        int(info.get("aof_delayed_fsync", -1)),
+        int(info.get("latest_fork_usec", 0)) / 1000,
+    )
 
 
 class Viewer:
@@ -331,7 +398,8 @@ async def main_async(args: argparse.Namespace) -> int:
     writer = csv.writer(out)
     columns = ["elapsed_s", "relay_rss_mb", "redis_rss_mb", "ledger_lag", "gifts_acked",
                "gifts_per_s", "lat_p50_ms", "lat_p99_ms", "lat_max_ms", "reconnects",
-               "retries"]  # fmt: skip
+               "retries", "soak_loop_stall_ms", "soak_gc_max_ms", "late_at_relay",
+               "aof_rewrites", "aof_delayed_fsync", "redis_fork_ms"]  # fmt: skip
     writer.writerow(columns)
     say(" ".join(f"{c:>12}" for c in columns))
     started = time.monotonic()
@@ -342,6 +410,12 @@ async def main_async(args: argparse.Namespace) -> int:
     peak_relay = 0.0
     peak_lag = 0
     all_lat: list[float] = []
+    http = ws_url.replace("ws://", "http://", 1).rsplit("/", 1)[0]
+    late_before = await asyncio.to_thread(late_at_relay, http)
+    stalls = Stalls()
+    stop_watch = asyncio.Event()
+    watcher = asyncio.create_task(stalls.watch(stop_watch))
+    stalls.take()
     while time.monotonic() < end:
         await asyncio.sleep(min(args.interval, max(0.0, end - time.monotonic())))
         now = time.monotonic()
@@ -356,6 +430,9 @@ async def main_async(args: argparse.Namespace) -> int:
         relay_kb = sum(rss_kb(p) for p in pids if not comm(p).startswith("redis"))
         acked = sum(len(g.acked) for g in gifters)
         lag = await ledger_lag(redis)
+        loop_ms, gc_ms = stalls.take()
+        late = await asyncio.to_thread(late_at_relay, http)
+        rewrites, delayed, fork_ms = await redis_persistence(redis)
         peak_relay = max(peak_relay, relay_kb / 1024)
         peak_lag = max(peak_lag, lag)
         row = [
@@ -370,13 +447,22 @@ async def main_async(args: argparse.Namespace) -> int:
             round(max(lat) if lat else float("nan"), 1),
             sum(v.reconnects for v in viewers),
             sum(g.unavailable for g in gifters),
+            round(loop_ms, 1),
+            round(gc_ms, 1),
+            late - late_before if late >= 0 and late_before >= 0 else -1,
+            rewrites,
+            delayed,
+            round(fork_ms, 1),
         ]
+        late_before = late
         writer.writerow(row)
         out.flush()
         say(" ".join(f"{c:>12}" for c in row))
         last_acked, last_t = acked, now
 
     # Stop the gifts, let the last events arrive, then check everything.
+    stop_watch.set()
+    await watcher
     stop_gifts.set()
     await asyncio.gather(*gift_tasks)
     acked_ids = {i for g in gifters for i in g.acked}
