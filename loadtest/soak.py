@@ -28,6 +28,9 @@ it stops the load and checks the money: each gifter's balance = top-up - the coi
 of its acknowledged gifts, the creator's diamonds = those coins x the rate, each
 measuring viewer saw every acknowledged gift exactly once, and ``giftrelay
 reconcile`` exits 0. Exit status 0 only when all of that holds.
+
+Ctrl-C (or SIGTERM) ends the load early and still runs every check on what ran
+(exit status 130 when they pass); a second Ctrl-C stops at once, relay and all.
 """
 
 from __future__ import annotations
@@ -348,6 +351,7 @@ async def start_serve(args: argparse.Namespace, home: Path, env: dict[str, str])
     proc = await asyncio.create_subprocess_exec(
         *argv, env=env, cwd=home, stdout=asyncio.subprocess.PIPE,
         stderr=open(home / "serve.log", "wb"),  # noqa: SIM115, ASYNC230 - the child keeps it
+        start_new_session=True,  # a terminal's Ctrl-C reaches the soak, which stops it in order
     )  # fmt: skip
     assert proc.stdout is not None
     info: dict[str, str] = {}
@@ -387,6 +391,24 @@ async def main_async(args: argparse.Namespace) -> int:
     if args.ledger_url:
         env["GIFTRELAY_LEDGER_URL"] = args.ledger_url
     proc, info = await start_serve(args, home, env)
+    try:
+        return await drive(args, proc, info, secret, env, home)
+    finally:
+        if proc.returncode is None:  # it failed or was forced: leave no relay behind
+            for pid in [*descendants(proc.pid), proc.pid]:  # its embedded Redis has a session
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+
+async def drive(
+    args: argparse.Namespace,
+    proc: Any,
+    info: dict[str, str],
+    secret: str,
+    env: dict[str, str],
+    home: Path,
+) -> int:
+    """Sets up the stream, runs the load for ``--minutes`` (or until a signal), checks it."""
     ws_url = info["websocket"]
     redis = redis_connect(info["redis"])
     say(f"soak: relay {ws_url} (pid {proc.pid}), redis {info['redis']}, home {home}")
@@ -454,8 +476,21 @@ async def main_async(args: argparse.Namespace) -> int:
     stop_watch = asyncio.Event()
     watcher = asyncio.create_task(stalls.watch(stop_watch))
     stalls.take()
-    while time.monotonic() < end:
-        await asyncio.sleep(min(args.interval, max(0.0, end - time.monotonic())))
+    interrupted = asyncio.Event()
+
+    def on_signal() -> None:
+        if interrupted.is_set():
+            raise SystemExit(130)  # a second signal: stop now (main_async kills the relay)
+        say("\nsoak: stopping early; checking what ran (a second Ctrl-C stops at once)")
+        interrupted.set()
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+    while time.monotonic() < end and not interrupted.is_set():
+        with contextlib.suppress(TimeoutError):
+            wait = min(args.interval, max(0.0, end - time.monotonic()))
+            await asyncio.wait_for(interrupted.wait(), wait)
         now = time.monotonic()
         p50, p99, top = LATENCY.take()
         pids = [proc.pid, *descendants(proc.pid)]
@@ -559,8 +594,14 @@ async def main_async(args: argparse.Namespace) -> int:
     say(reconcile_out.strip())
     for p in problems:
         say("PROBLEM:", p)
-    say("soak: OK" if not problems else f"soak: FAILED ({len(problems)} problems)")
-    return 0 if not problems else 1
+    if problems:
+        say(f"soak: FAILED ({len(problems)} problems)")
+        return 1
+    if interrupted.is_set():
+        say(f"soak: OK for the {minutes:.1f} minutes it ran, stopped early")
+        return 130
+    say("soak: OK")
+    return 0
 
 
 def main() -> None:

@@ -1,0 +1,81 @@
+"""The soak as an operator stops it: Ctrl-C ends the load early, every check still runs
+on what ran, and no relay is left behind."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+COLUMNS = 17
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def kill_tree(pid: int) -> None:
+    """The relay and what it started (its embedded Redis), however it was grouped."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                os.kill(int(stat.parent.name), signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+async def test_ctrl_c_ends_the_soak_early_with_its_checks_and_stops_its_relay(
+    tmp_path: Path,
+) -> None:
+    csv = tmp_path / "soak.csv"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "loadtest.soak", "--minutes", "10", "--interval", "1",
+        "--viewers", "20", "--gifters", "4", "--rate", "20", "--csv", str(csv),
+        cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    seen: list[str] = []
+    relay_pid = 0
+    try:
+        async with asyncio.timeout(90):
+            rows = 0
+            while rows < 2:  # two samples of the steady load, then the operator's Ctrl-C
+                line = (await proc.stdout.readline()).decode()
+                assert line, "the soak ended by itself:\n" + "".join(seen)
+                seen.append(line)
+                if m := re.search(r"\(pid (\d+)\)", line):
+                    relay_pid = int(m[1])
+                parts = line.split()
+                rows += len(parts) == COLUMNS and parts[0].isdigit()
+        proc.send_signal(signal.SIGINT)
+        async with asyncio.timeout(120):
+            rest = (await proc.stdout.read()).decode()
+            code = await proc.wait()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        leftover = relay_pid and alive(relay_pid)
+        if leftover:  # a failing run's relay must not outlive the test
+            kill_tree(relay_pid)
+    out = "".join(seen) + rest
+    assert code == 130, out
+    assert "soak: stopping early" in out
+    assert "OK: every wallet agrees with the ledger" in out  # reconcile ran
+    assert re.search(r"soak: OK for the [\d.]+ minutes it ran, stopped early", out), out
+    assert "PROBLEM" not in out
+    assert relay_pid, "the soak did not name its relay"
+    assert not leftover, f"relay {relay_pid} was still running"
+    samples = csv.read_text().splitlines()
+    assert samples[0].startswith("elapsed_s,")
+    assert len(samples) >= 4  # the header, the two samples, and the last one, cut short
