@@ -456,6 +456,8 @@ class Viewer:
         self.ws = ws
         self.hist = hist
         self.offsets: list[str] = []
+        self.missing: set[str] = set()
+        """Set by :func:`settle`: acknowledged gifts this viewer has not seen yet."""
         self.frames = 0
         self.events = 0
         self.measuring = False
@@ -474,6 +476,7 @@ class Viewer:
                 for e in frame.events:
                     if e.kind == "gift":
                         self.offsets.append(e.offset)
+                        self.missing.discard(e.offset)
                         if self.measuring:
                             self.hist.record_value(max(1, int((now - e.ts) * 1000)))
 
@@ -486,6 +489,7 @@ class Viewer:
         for e in events:
             if isinstance(e, GiftEvent):
                 self.offsets.append(e.offset)
+                self.missing.discard(e.offset)
                 if self.measuring:
                     self.hist.record_value(max(1, int((now - e.ts) * 1000)))
 
@@ -570,13 +574,26 @@ async def settle(
     sent = sum(g.sent for g in gifters)
     await until(lambda: sum(len(g.acked) + sum(g.errors.values()) for g in gifters) >= sent)
     acked = sorted((o for g in gifters for o in g.acked), key=_offset)
-    await until(lambda: all(len(v.offsets) >= len(acked) for v in watchers))
+    # Each acknowledged gift by offset, not a count: a gift answered `unavailable` may
+    # still have run (the protocol's retry settles it), and its event is no substitute.
+    for v in watchers:
+        v.missing = set(acked) - set(v.offsets)
+    await until(lambda: not any(v.missing for v in watchers))
     lost = dup = disorder = 0
     for v in watchers:
         got = v.offsets
-        lost += len(set(acked) - set(got))
+        lost += len(v.missing)
         dup += len(got) - len(set(got))
         disorder += got != sorted(got, key=_offset)
+    if lost:
+        gone = sorted(set().union(*(v.missing for v in watchers)), key=_offset)
+        rank = {o: i for i, o in enumerate(acked)}
+        console.print(
+            f"[red]lost: {len(gone)} of {len(acked)} acknowledged gifts, missed by "
+            f"{sum(bool(v.missing) for v in watchers)} of {len(watchers)} viewers; offsets "
+            f"{gone[0]} .. {gone[-1]}, acknowledged #{rank[gone[0]]}..#{rank[gone[-1]]} "
+            f"(the newest is #{len(acked) - 1})[/]"
+        )
     return lost, dup, disorder
 
 
@@ -704,8 +721,12 @@ async def drive(
         rss = rss_bytes(relay.pid)
         checked = await settle(watchers, gifters)
         errors = {c: n for g in gifters for c, n in g.errors.items()}
-        if errors:
-            console.print(f"[yellow]{name}: gift errors {errors}[/]")
+        unanswered = sum(g.sent - len(g.acked) - sum(g.errors.values()) for g in gifters)
+        if errors or unanswered:
+            console.print(
+                f"[yellow]{name}: gift errors {errors}, "
+                f"{unanswered} gifts unanswered after the drain[/]"
+            )
         stop.set()
         dropped = _sinks_done(name, out)
         return _measured(
