@@ -621,8 +621,10 @@ def main() -> None:
         from giftrelay.embedded import free_port
 
         args.port = free_port()
-    with contextlib.suppress(KeyboardInterrupt):
+    try:
         sys.exit(asyncio.run(main_async(args)))
+    except KeyboardInterrupt:  # during setup, before the soak handles signals itself
+        sys.exit(130)
 
 
 if __name__ == "__main__":
