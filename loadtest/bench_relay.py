@@ -69,6 +69,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -571,13 +572,13 @@ async def settle(
 ) -> tuple[int, int, int]:
     """Let the last acks and events arrive (bounded), then check every acknowledged gift
     reached each viewer once and in order: (lost, duplicates, viewers out of order)."""
-    sent = sum(g.sent for g in gifters)
-    await until(lambda: sum(len(g.acked) + sum(g.errors.values()) for g in gifters) >= sent)
+    await until(lambda: _unanswered(gifters) <= 0)
     acked = sorted((o for g in gifters for o in g.acked), key=_offset)
     # Each acknowledged gift by offset, not a count: a gift answered `unavailable` may
     # still have run (the protocol's retry settles it), and its event is no substitute.
+    every = set(acked)
     for v in watchers:
-        v.missing = set(acked) - set(v.offsets)
+        v.missing = every - set(v.offsets)
     await until(lambda: not any(v.missing for v in watchers))
     lost = dup = disorder = 0
     for v in watchers:
@@ -595,6 +596,23 @@ async def settle(
             f"(the newest is #{len(acked) - 1})[/]"
         )
     return lost, dup, disorder
+
+
+def _unanswered(gifters: Sequence[Gifter | SioGifter]) -> int:
+    return sum(g.sent - len(g.acked) - sum(g.errors.values()) for g in gifters)
+
+
+def _report_gifts(name: str, gifters: Sequence[Gifter | SioGifter]) -> None:
+    """Gift errors by code, summed over the gifters, and gifts the drain left unanswered."""
+    errors = Counter[str]()
+    for g in gifters:
+        errors.update(g.errors)
+    unanswered = _unanswered(gifters)
+    if errors or unanswered:
+        console.print(
+            f"[yellow]{name}: gift errors {dict(errors)}, "
+            f"{unanswered} gifts unanswered after the drain[/]"
+        )
 
 
 def _seen(watchers: Sequence[Viewer]) -> tuple[int, int]:
@@ -720,13 +738,7 @@ async def drive(
             v.measuring = False
         rss = rss_bytes(relay.pid)
         checked = await settle(watchers, gifters)
-        errors = {c: n for g in gifters for c, n in g.errors.items()}
-        unanswered = sum(g.sent - len(g.acked) - sum(g.errors.values()) for g in gifters)
-        if errors or unanswered:
-            console.print(
-                f"[yellow]{name}: gift errors {errors}, "
-                f"{unanswered} gifts unanswered after the drain[/]"
-            )
+        _report_gifts(name, gifters)
         stop.set()
         dropped = _sinks_done(name, out)
         return _measured(
@@ -808,13 +820,7 @@ async def drive_socketio(viewers: int, rate: float, seconds: float, redis_url: s
                     v.measuring = False
                 rss = rss_bytes(pid)
                 checked = await settle(watchers, gifters)
-                errors = {c: n for g in gifters for c, n in g.errors.items()}
-                unanswered = sum(g.sent - len(g.acked) - sum(g.errors.values()) for g in gifters)
-                if errors or unanswered:
-                    console.print(
-                        f"[yellow]{SOCKETIO}: gift errors {errors}, "
-                        f"{unanswered} gifts unanswered after the drain[/]"
-                    )
+                _report_gifts(SOCKETIO, gifters)
                 stop.set()
                 dropped = _sinks_done(SOCKETIO, out)
                 return _measured(
