@@ -11,6 +11,8 @@ import signal
 import sys
 from pathlib import Path
 
+from loadtest.soak import descendants
+
 ROOT = Path(__file__).resolve().parent.parent
 COLUMNS = 17
 
@@ -25,12 +27,9 @@ def alive(pid: int) -> bool:
 
 def kill_tree(pid: int) -> None:
     """The relay and what it started (its embedded Redis), however it was grouped."""
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                os.kill(int(stat.parent.name), signal.SIGKILL)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
+    for each in [*descendants(pid), pid]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(each, signal.SIGKILL)
 
 
 async def test_ctrl_c_ends_the_soak_early_with_its_checks_and_stops_its_relay(
