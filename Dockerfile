@@ -1,7 +1,8 @@
 # giftrelay: the relay (`giftrelay serve`), or with another command the ledger consumer
-# (`giftrelay ledger`), reconcile, tokens... Two stages: the first builds the wheel and
-# installs it into a virtualenv; the second is python:3.11-slim with that virtualenv,
-# redis-server (for the embedded default only) and a non-root user.
+# (`giftrelay ledger`), reconcile, tokens... Two stages: the first installs exactly the
+# versions in uv.lock (hash-checked) and the giftrelay wheel into a virtualenv; the second
+# is python:3.11-slim with that virtualenv, redis-server (for the embedded default only)
+# and a non-root user.
 #
 #   docker build -t giftrelay .
 #   docker run -p 8080:8080 giftrelay                       # embedded Redis + SQLite ledger
@@ -14,12 +15,17 @@ FROM python:3.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml uv.lock README.md ./
 COPY src ./src
 COPY loadtest ./loadtest
+# The lock tool at the version pyproject.toml requires; it only turns uv.lock into a
+# hashed requirements list, and pip installs that list and nothing else.
+RUN python -m pip install uv==0.13.9
+RUN python -m uv export --frozen --no-emit-project --no-header --output-file requirements.txt
 RUN python -m pip wheel --no-deps --wheel-dir /wheels .
 RUN python -m venv /opt/giftrelay \
- && /opt/giftrelay/bin/pip install /wheels/giftrelay-*.whl
+ && /opt/giftrelay/bin/pip install --require-hashes --no-deps -r requirements.txt \
+ && /opt/giftrelay/bin/pip install --no-deps /wheels/giftrelay-*.whl
 
 FROM python:3.11-slim
 RUN apt-get update \

@@ -8,10 +8,10 @@ One private ``redis-server`` (AOF on, fsync every second, as the embedded defaul
 for each target in turn: flush it, start the target as its own process, run the
 harness against it (CPU and memory read from /proc for that process tree), stop it.
 Targets: ``giftrelay`` (``giftrelay serve --no-ledger``, one worker), ``naive``
-(:mod:`loadtest.peers.naive`) and ``socketio`` (Node, loadtest/peers/socketio,
-``npm install``-ed on first use). Figures are given as ratios of giftrelay to each
-peer measured in the same run, since the absolute ones move with whatever else the
-machine is doing.
+(:mod:`loadtest.peers.naive`) and ``socketio`` (Node, loadtest/peers/socketio, installed
+with ``npm ci`` from its package-lock.json on first use). Figures are given as ratios of
+giftrelay to each peer measured in the same run, since the absolute ones move with
+whatever else the machine is doing.
 """
 
 from __future__ import annotations
@@ -102,12 +102,12 @@ async def target(
                 "--redis-url", redis_url, "--secret", SECRET]  # fmt: skip
     elif name == "socketio":
         if not (SOCKETIO_DIR / "node_modules").exists():
-            console.log("installing the Socket.IO peer's packages (npm install)")
+            console.log("installing the Socket.IO peer's locked packages (npm ci)")
             npm = await asyncio.create_subprocess_exec(
-                "npm", "install", "--no-audit", "--no-fund", cwd=SOCKETIO_DIR
+                "npm", "ci", "--no-audit", "--no-fund", cwd=SOCKETIO_DIR
             )
             if await npm.wait():
-                raise RuntimeError("npm install failed for the Socket.IO peer")
+                raise RuntimeError("npm ci failed for the Socket.IO peer")
         env |= {"PORT": str(port), "REDIS_URL": redis_url, "SECRET": SECRET}
         argv = ["node", str(SOCKETIO_DIR / "server.js")]
     else:

@@ -1,5 +1,5 @@
-"""Operations: the Dockerfile's build run without Docker, compose.yaml, metrics docs,
-the Grafana dashboard, the AsyncAPI document and the configuration reference.
+"""Operations: the lock file, the Dockerfile's build run without Docker, compose.yaml,
+metrics docs, the Grafana dashboard, the AsyncAPI document and the configuration reference.
 
 No Docker engine runs here, so the image is checked by running its own steps: the
 Dockerfile is parsed, its COPY steps copy from this repository (minus .dockerignore),
@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 import typing
 import urllib.request
 from collections.abc import Iterator
@@ -47,6 +48,72 @@ from giftrelay.embedded import RedisServer, free_port
 from .relay_helpers import Client, running_relay, token
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+# -- the lock file -------------------------------------------------------------------------
+
+
+def normalized(name: str) -> str:
+    """A distribution name as the lock spells it (PEP 503)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def locked_versions() -> dict[str, str]:
+    """Every locked distribution and its version (giftrelay itself: its own, unpinned)."""
+    lock = tomllib.loads((ROOT / "uv.lock").read_text())
+    return {normalized(p["name"]): p.get("version", giftrelay.__version__) for p in lock["package"]}
+
+
+def installed_versions(python: str | Path) -> dict[str, str]:
+    listing = subprocess.run(
+        [str(python), "-c", "import importlib.metadata as m, json; print(json.dumps("
+         "{d.metadata['Name']: d.version for d in m.distributions()}))"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return {normalized(k): v for k, v in json.loads(listing.stdout).items()}
+
+
+def assert_installed_from_lock(installed: dict[str, str], *, dev: bool) -> None:
+    locked = locked_versions()
+    off = {n: (v, locked[n]) for n, v in installed.items() if n in locked and locked[n] != v}
+    assert not off, f"installed (left) differs from uv.lock (right): {off}"
+    tools = {"pip", "setuptools", "wheel", "uv"}  # the installers, not the application's
+    unlocked = set(installed) - set(locked) - tools
+    assert not unlocked, f"installed but not in uv.lock: {sorted(unlocked)}"
+    expected = {"redis", "hiredis", "websockets", "msgspec", "structlog", "giftrelay"}
+    expected |= {"pytest", "mypy", "ruff"} if dev else set()
+    assert expected <= set(installed), sorted(expected - set(installed))
+    if not dev:
+        assert "pytest" not in installed, "the image holds no dev tools"
+
+
+def test_the_test_environment_is_the_lock() -> None:
+    """`make test` (and so CI) runs on exactly the locked versions, dev tools included."""
+    assert_installed_from_lock(installed_versions(sys.executable), dev=True)
+
+
+def test_one_uv_version_everywhere() -> None:
+    """make, the Dockerfile and pyproject's required-version name the same lock tool."""
+    required = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["uv"]
+    pinned = re.fullmatch(r"==(\S+)", required["required-version"])
+    assert pinned, "pin uv exactly: required-version = '==X.Y.Z'"
+    make = re.search(r"^UV_VERSION := (\S+)$", (ROOT / "Makefile").read_text(), re.M)
+    docker = re.findall(r"uv==(\S+)", (ROOT / "Dockerfile").read_text())
+    assert make, "Makefile: UV_VERSION := X.Y.Z"
+    assert make[1] == pinned[1]
+    assert docker == [pinned[1]]
+
+
+def test_the_lock_matches_pyproject() -> None:
+    """uv.lock was refreshed after pyproject.toml last changed (`make lock`)."""
+    uv = Path(sys.executable).parent / "uv"
+    if not uv.exists():
+        pytest.skip("uv is not in this environment (make installs it)")
+    done = subprocess.run(
+        [uv, "lock", "--check", "--offline"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+
 
 # -- Dockerfile ----------------------------------------------------------------------------
 
@@ -355,6 +422,8 @@ def test_image_build_steps_install_a_working_relay(tmp_path: Path) -> None:
         [program, "--version"], env=env, capture_output=True, text=True, check=True
     )
     assert version.stdout.strip() == f"giftrelay, version {giftrelay.__version__}"
+    # Exactly the locked versions, hash-checked by pip, and no dev tools.
+    assert_installed_from_lock(installed_versions(venv_bin / "python"), dev=False)
 
     health_args = final.last("HEALTHCHECK").split(" CMD ", 1)[1].strip()
     healthcheck = exec_form(health_args)

@@ -235,7 +235,7 @@ class Fanout:
                 await self.money.viewers_heartbeat(room.stream, self.worker, 0, 1)
         if self.pubsub is not None:
             with contextlib.suppress(RedisError, OSError):
-                await self.pubsub.aclose()  # type: ignore[no-untyped-call]
+                await self.pubsub.aclose()
         await self.redis.aclose()
 
     # -- joining and leaving ---------------------------------------------------------------
@@ -442,7 +442,7 @@ class Fanout:
         """A fresh pub/sub connection holding every room this worker has."""
         if self.pubsub is not None:
             with contextlib.suppress(RedisError, OSError):
-                await self.pubsub.aclose()  # type: ignore[no-untyped-call]
+                await self.pubsub.aclose()
         self.pubsub = self.redis.pubsub()
         await self.pubsub.connect()  # type: ignore[no-untyped-call]
         self.connected.set()

@@ -72,7 +72,7 @@ def connect(
     if url.startswith(SENTINEL_SCHEME + "://"):
         options["max_connections"] = MAX_CONNECTIONS
         target = SentinelURL(url)
-        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        sentinel = Sentinel(
             target.sentinels,
             sentinel_kwargs={"socket_timeout": timeout or 2.0, "socket_connect_timeout": 2.0},
         )
