@@ -14,16 +14,19 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import jwt
+import msgspec
 import pytest
 import redis as sync_redis
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 from redis.asyncio import Redis
 from websockets.asyncio.client import connect
+from websockets.asyncio.server import serve
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from giftrelay import keys, protocol
 from giftrelay.auth import Role
+from giftrelay.client import Client as RelayClient
 from giftrelay.embedded import RedisServer
 from giftrelay.errors import Code
 
@@ -315,6 +318,113 @@ async def test_fuzz_thousands_of_frames_against_a_live_relay(
         assert money_state(r) == before
         assert counts.get("bad_request", 0) > FUZZ_FRAMES / 4
         r.close()
+
+
+# -- nesting past the recursion limit (issue 16) -----------------------------------------------
+
+
+@pytest.mark.parametrize("framing", ["json", "msgpack"])
+async def test_deeply_nested_frames_get_bad_request_and_the_connection_stays_open(
+    relay: RelayHandle, redis: Redis, framing: str
+) -> None:
+    """A frame nested ~1,000 deep (at the top level, in ``ref``, in a gift's ``count``) once
+    raised RecursionError in the decoder and closed the connection with 1011."""
+    from .conftest import dump
+    from .test_protocol import NESTED_AT, deep_json, deep_msgpack
+
+    before = await dump(redis)
+    url = f"{relay.ws}?token={token('alice')}"
+    subprotocols = [protocol.MSGPACK] if framing == "msgpack" else None
+    async with connect(url, subprotocols=subprotocols) as ws:  # type: ignore[arg-type]
+        codec = protocol.codec_for(ws.subprotocol)
+        assert codec.binary is (framing == "msgpack")
+
+        async def reply() -> dict[str, Any]:
+            async with asyncio.timeout(10):
+                data = await ws.recv(decode=False)
+            message: dict[str, Any] = (
+                msgspec.msgpack.decode(data) if codec.binary else msgspec.json.decode(data)
+            )
+            return message
+
+        assert (await reply())["type"] == "hello"
+        for where in sorted(NESTED_AT):
+            frame = deep_msgpack(where) if codec.binary else deep_json(where)
+            await ws.send(frame)
+            error = await reply()
+            assert (error["type"], error["code"]) == ("error", "bad_request"), (where, error)
+            ping = {"type": "ping", "ref": f"after-{where}"}
+            await ws.send(msgspec.msgpack.encode(ping) if codec.binary else json.dumps(ping))
+            assert await reply() == {"type": "pong", "ref": f"after-{where}"}, where
+        assert ws.close_code is None
+    assert (await relay.money.balance("alice")).coins == 100  # the nested gift moved nothing
+    assert await dump(redis) == before
+
+
+HELLO = '{"type":"hello","v":1,"server":"test","user":null,"role":"anonymous"}'
+
+
+def deep_frame(kind: str) -> str:
+    """A server frame of ``kind`` with an extra field nested ~1,000 deep."""
+    from .test_protocol import DEEP, nested_json
+
+    head = HELLO[:-1] if kind == "hello" else f'{{"type":"{kind}"'
+    return f'{head},"x":{nested_json(DEEP)}}}'
+
+
+async def test_the_client_drops_a_deeply_nested_frame_and_keeps_its_connection() -> None:
+    """The client library decodes server frames with msgspec too: a nested frame is
+    dropped, the connection stays and later replies still reach their requests."""
+
+    async def handler(ws: Any) -> None:
+        await ws.send(HELLO)
+        async for data in ws:
+            ref = json.loads(data)["ref"]
+            for kind in ("pong", "events", "teleport"):  # known, events, a later reply type
+                await ws.send(deep_frame(kind))
+            await ws.send(json.dumps({"type": "pong", "ref": ref}))
+
+    async with serve(handler, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        async with RelayClient(f"ws://127.0.0.1:{port}/ws", reconnect=False) as client:
+            await client.ping()
+            await client.ping()
+            assert client.connected
+            assert not client.close_codes
+
+
+async def test_the_client_retries_after_a_deeply_nested_hello_rather_than_giving_up() -> None:
+    """A reconnect whose hello could not be decoded is one more failed attempt: the client
+    backs off and connects again (a RecursionError used to end reconnecting for good)."""
+    opened = 0
+    third = asyncio.Event()
+
+    async def handler(ws: Any) -> None:
+        nonlocal opened
+        opened += 1
+        if opened == 3:
+            third.set()
+        if opened == 2:
+            await ws.send(deep_frame("hello"))
+            await ws.wait_closed()
+            return
+        await ws.send(HELLO)
+        if opened == 1:
+            await ws.close(1001, "going away")
+            return
+        async for data in ws:
+            await ws.send(json.dumps({"type": "pong", "ref": json.loads(data)["ref"]}))
+
+    async with serve(handler, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        async with RelayClient(f"ws://127.0.0.1:{port}/ws", backoff=(0.01, 0.01)) as client:
+            async with asyncio.timeout(10):  # the drop (1001), the nested hello, then this
+                await third.wait()
+            await client.wait_connected(10)
+            await client.ping()
+            assert opened == 3
+            assert client.reconnects == 1
+            assert client.close_codes == {1001: 1}
 
 
 # -- tokens ------------------------------------------------------------------------------------

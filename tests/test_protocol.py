@@ -159,3 +159,80 @@ def test_replies_have_the_documented_fields() -> None:
 def test_offsets_compare_as_numbers() -> None:
     assert protocol.parse_offset("10-0") > protocol.parse_offset("9-5")
     assert protocol.parse_offset("9-10") > protocol.parse_offset("9-9")
+
+
+# -- nesting past the recursion limit ----------------------------------------------------------
+
+DEEP = 1_000
+"""As deep as issue 16's frames (about 2 KB): msgspec decodes nested arrays recursively,
+so this raised RecursionError, which escaped and closed the connection with 1011."""
+
+
+def nested_json(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+def nested_msgpack(depth: int) -> bytes:
+    return b"\x91" * depth + b"\x90"  # fixarray of one item, ..., then an empty fixarray
+
+
+def msgpack_map(fields: dict[str, bytes]) -> bytes:
+    """A MessagePack map of the given fields, each value already packed (fields < 16)."""
+    out = bytes([0x80 | len(fields)])
+    for key, packed in fields.items():
+        out += msgspec.msgpack.encode(key) + packed
+    return out
+
+
+GIFT_FIELDS = {"type": "gift", "stream": "s1", "gift": "rose", "id": "deep-gift-01"}
+NESTED_AT = {
+    "top level": ({"type": "ping"}, "x"),
+    "ref": ({"type": "ping"}, "ref"),
+    "count": (GIFT_FIELDS, "count"),
+}
+
+
+def deep_json(where: str, depth: int = DEEP) -> str:
+    fields, key = NESTED_AT[where]
+    head = json.dumps(fields)[:-1]
+    return f'{head}, "{key}": {nested_json(depth)}}}'
+
+
+def deep_msgpack(where: str, depth: int = DEEP) -> bytes:
+    fields, key = NESTED_AT[where]
+    packed = {k: msgspec.msgpack.encode(v) for k, v in fields.items()}
+    return msgpack_map({**packed, key: nested_msgpack(depth)})
+
+
+@pytest.mark.parametrize("where", sorted(NESTED_AT))
+def test_deep_nesting_in_json_is_a_bad_request(where: str) -> None:
+    data = deep_json(where)
+    assert len(data) < protocol.MAX_MESSAGE_BYTES  # not refused for its size
+    exc = refusal(data)
+    assert exc.code is Code.BAD_REQUEST
+    assert protocol.echo(data) == (None, None)  # echo (the rate-limit path) does not raise
+
+
+@pytest.mark.parametrize("where", sorted(NESTED_AT))
+def test_deep_nesting_in_msgpack_is_a_bad_request(where: str) -> None:
+    data = deep_msgpack(where)
+    assert len(data) < protocol.MAX_MESSAGE_BYTES
+    with pytest.raises(protocol.BadMessage) as caught:
+        protocol.MSGPACK_CODEC.decode(data)
+    assert caught.value.code is Code.BAD_REQUEST
+    assert protocol.MSGPACK_CODEC.echo(data) == (None, None)
+
+
+def test_deep_nesting_says_so() -> None:
+    assert refusal(deep_json("top level")).message == protocol.TOO_DEEP
+    with pytest.raises(protocol.BadMessage) as caught:
+        protocol.MSGPACK_CODEC.decode(deep_msgpack("top level"))
+    assert caught.value.message == protocol.TOO_DEEP
+
+
+def test_shallow_nesting_in_an_unknown_field_is_still_accepted() -> None:
+    """Only the depth is refused: the same frames, 10 deep, decode (unknown fields are
+    ignored)."""
+    assert isinstance(protocol.decode(deep_json("top level", 10)), protocol.Ping)
+    packed = protocol.MSGPACK_CODEC.decode(deep_msgpack("top level", 10))
+    assert isinstance(packed, protocol.Ping)

@@ -205,6 +205,24 @@ def decode_event(raw: msgspec.Raw | bytes) -> Event:
     return event
 
 
+def _decode_frame(data: str | bytes) -> _KnownEvents | Reply | _AnyReply:
+    """A server frame: an ``events`` frame of known kinds, a known reply, or the head of
+    a reply added after this client. May raise RecursionError (see ``_on_frame``)."""
+    if data[:16] in EVENTS_HEAD:  # most frames: decoded typed in one call
+        try:
+            frame: _KnownEvents = _frame_decoder.decode(data)
+        except msgspec.ValidationError:
+            pass  # it holds an event kind this client does not know: event by event
+        else:
+            return frame
+    try:
+        reply: Reply = _reply_decoder.decode(data)
+    except msgspec.ValidationError:
+        head: _AnyReply = _any_reply.decode(data)
+        return head
+    return reply
+
+
 def new_id() -> str:
     """A fresh idempotency id (22 URL-safe characters)."""
     return secrets.token_urlsafe(16)
@@ -340,7 +358,10 @@ class Client:
         try:
             async with asyncio.timeout(self.open_timeout):
                 first = await ws.recv(decode=False)
-            hello = _reply_decoder.decode(first)
+            try:
+                hello = _reply_decoder.decode(first)
+            except RecursionError:  # msgspec decodes recursively: a hostile or broken peer
+                raise Disconnected("the hello frame is nested too deeply to decode") from None
             if not isinstance(hello, Hello):
                 raise Disconnected(f"expected hello, got {type(hello).__name__}")
         except BaseException:
@@ -444,22 +465,22 @@ class Client:
     # -- receiving -------------------------------------------------------------------------
 
     async def _on_frame(self, data: str | bytes) -> None:
-        if data[:16] in EVENTS_HEAD:  # most frames: decoded typed in one call
-            try:
-                frame = _frame_decoder.decode(data)
-            except msgspec.ValidationError:
-                pass
-            else:
-                await self._deliver(frame.stream, list(frame.events))
-                return
         try:
-            reply: Reply = _reply_decoder.decode(data)
-        except msgspec.ValidationError:
-            head = _any_reply.decode(data)  # a reply type added after this client
-            future = self._waiting.pop(head.ref, None) if head.ref else None
-            if future is not None and not future.done():
-                future.set_exception(RelayError("unknown_reply", f"unexpected {head.type!r}"))
+            message = _decode_frame(data)
+        except RecursionError:
+            # msgspec decodes recursively: a frame nested about 1,000 deep cannot be read.
+            # Dropped like any undecodable frame, and the connection stays open.
+            log.warning("giftrelay client dropped a frame nested too deeply to decode")
             return
+        if isinstance(message, _KnownEvents):
+            await self._deliver(message.stream, list(message.events))
+            return
+        if isinstance(message, _AnyReply):  # a reply type added after this client
+            future = self._waiting.pop(message.ref, None) if message.ref else None
+            if future is not None and not future.done():
+                future.set_exception(RelayError("unknown_reply", f"unexpected {message.type!r}"))
+            return
+        reply = message
         if isinstance(reply, Events):
             await self._deliver(reply.stream, [decode_event(raw) for raw in reply.events])
             return

@@ -290,6 +290,9 @@ _encoder = msgspec.json.Encoder()
 MAX_MESSAGE_BYTES = 4096
 """No valid client message comes near this; larger ones get ``too_large``."""
 
+TOO_DEEP = "the message is nested too deeply"
+"""The ``bad_request`` message for arrays or objects nested past what can be decoded."""
+
 
 class BadMessage(Refused):
     """A message that could not be accepted, with the ``ref``/``id`` it carried if readable."""
@@ -309,16 +312,16 @@ def decode(data: str | bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> ClientMessa
     try:
         message: ClientMessage = _decoder.decode(data)
         return message
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
         ref, id_ = echo(data)
-        raise BadMessage(Code.BAD_REQUEST, _explain(str(exc)), ref, id_) from None
+        raise BadMessage(Code.BAD_REQUEST, _explain(exc), ref, id_) from None
 
 
 def echo(data: str | bytes) -> tuple[str | None, str | None]:
     """The ``ref`` and ``id`` of a message, where they can be read, to put on its error."""
     try:
         env = _envelope.decode(data)
-    except (msgspec.DecodeError, UnicodeDecodeError):
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         return None, None
     return _readable(env)
 
@@ -329,8 +332,13 @@ def _readable(env: _Envelope) -> tuple[str | None, str | None]:
     return ref, id_
 
 
-def _explain(detail: str) -> str:
+def _explain(exc: Exception) -> str:
     """msgspec's message, with its ``$.field`` path made readable."""
+    if isinstance(exc, RecursionError):
+        # msgspec decodes recursively: arrays or objects nested deeper than the
+        # interpreter's recursion limit allows (about 1,000 levels, 2 KB) raise this.
+        return TOO_DEEP
+    detail = str(exc)
     if detail.startswith("Invalid value") and "`$.type`" in detail:
         return "unknown message type"
     if detail.startswith(("Expected `object`", "JSON is malformed", "Input data was truncated")):
@@ -371,16 +379,16 @@ class Codec:
         try:
             message: ClientMessage = _mp_decoder.decode(data)
             return message
-        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
             ref, id_ = self.echo(data)
-            raise BadMessage(Code.BAD_REQUEST, _explain(str(exc)), ref, id_) from None
+            raise BadMessage(Code.BAD_REQUEST, _explain(exc), ref, id_) from None
 
     def echo(self, data: str | bytes) -> tuple[str | None, str | None]:
         if not self.binary or isinstance(data, str):
             return echo(data)
         try:
             env = _mp_envelope.decode(data)
-        except (msgspec.DecodeError, UnicodeDecodeError):
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
             return None, None
         return _readable(env)
 
