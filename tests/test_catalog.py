@@ -54,6 +54,8 @@ def test_a_replacement_catalog_is_loaded_from_its_path(tmp_path: Path) -> None:
     ("text", "expected"),
     [
         (GOOD.replace("coins = 7000", "coins = 0"), "gift #2 (line 9): Expected `int` >= 1"),
+        (GOOD.replace("coins = 7000", "coins = 10000001"),
+         "gift #2 (line 9): Expected `int` <= 10000000 - at `$.gift[1].coins`"),
         (GOOD.replace("coins = 7000", 'coins = "7000"'), "gift #2 (line 9): Expected `int`"),
         (GOOD.replace('id = "car"', 'id = "a car"'), "gift #2 (line 9)"),
         (GOOD.replace('id = "car"', 'id = "rose"'), "id 'rose' is already used by gift #1"),
@@ -63,8 +65,8 @@ def test_a_replacement_catalog_is_loaded_from_its_path(tmp_path: Path) -> None:
         (GOOD.replace('name = "Rose"', 'name = "Rose'), "not valid TOML"),
         ("", "missing required field `gift`"),
     ],
-    ids=["zero-price", "price-as-text", "bad-id", "duplicate", "missing-field", "unknown-field",
-         "syntax", "empty"],
+    ids=["zero-price", "price-too-high", "price-as-text", "bad-id", "duplicate", "missing-field",
+         "unknown-field", "syntax", "empty"],
 )  # fmt: skip
 def test_a_bad_catalog_names_the_gift_line_and_field(text: str, expected: str) -> None:
     with pytest.raises(CatalogError) as error:

@@ -33,12 +33,22 @@ def test_environment_is_read_and_flags_override_it() -> None:
     [
         ({"GIFTRELAY_PORT": "http"}, "GIFTRELAY_PORT: Expected `int`"),
         ({"GIFTRELAY_PORT": "70000"}, "GIFTRELAY_PORT: Expected `int` <= 65535"),
-        ({"GIFTRELAY_DIAMONDS_PER_COIN": "lots"}, "diamonds_per_coin: 'lots' is not a number"),
-        ({"GIFTRELAY_PAYOUT_FEE_PERCENT": "100"}, "payout_fee_percent: must be below 100"),
+        (
+            {"GIFTRELAY_DIAMONDS_PER_COIN": "lots"},
+            "GIFTRELAY_DIAMONDS_PER_COIN: 'lots' is not a number",
+        ),
+        (
+            {"GIFTRELAY_CENTS_PER_DIAMOND": "-1/2"},
+            "GIFTRELAY_CENTS_PER_DIAMOND: must not be negative, got '-1/2'",
+        ),
+        (
+            {"GIFTRELAY_PAYOUT_FEE_PERCENT": "100"},
+            "GIFTRELAY_PAYOUT_FEE_PERCENT: must be at least 0 and below 100, got '100'",
+        ),
         ({"GIFTRELAY_LOG_FORMAT": "xml"}, "GIFTRELAY_LOG_FORMAT"),
         ({"GIFTRELAY_MAX_BALANCE": str(10**15)}, "GIFTRELAY_MAX_BALANCE: Expected `int` <= "),
     ],
-)
+)  # the money bounds (rates against max_balance and the rest): tests/test_money_bounds.py
 def test_a_bad_value_names_its_variable(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError) as error:
         Settings.load(env)

@@ -14,7 +14,7 @@ from typing import Annotated
 
 import msgspec
 
-from giftrelay.rules import Ident
+from giftrelay.rules import MAX_PRICE, Ident
 
 DEFAULT_NAME = "catalog.toml (shipped default)"
 
@@ -28,7 +28,8 @@ class Gift(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     id: Ident
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
-    coins: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)]
+    coins: Annotated[int, msgspec.Meta(ge=1, le=MAX_PRICE)]
+    """At most 10^7: times ``max_gift_count`` (at most 10^6), one gift costs at most 10^13."""
     streakable: bool
     image: Annotated[str, msgspec.Meta(min_length=1, max_length=512)]
 

@@ -14,24 +14,52 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from giftrelay.rules import EXACT_LIMIT, MAX_BALANCE, MAX_GIFT_COUNT
+
 ENV_PREFIX = "GIFTRELAY_"
 
 Positive = Annotated[int, msgspec.Meta(ge=1)]
 NonNegative = Annotated[int, msgspec.Meta(ge=0)]
+TEN_YEARS_S = 3650 * 86400
+"""The longest retention, in seconds. The scripts set it in ms as their last write, where
+a number too large for Redis would fail the script after the money moved."""
 
 
 class ConfigError(ValueError):
     """A setting has a value that cannot be used; the message names it."""
 
 
+def _var(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
 def _fraction(name: str, text: str) -> Fraction:
     try:
         value = Fraction(text.strip())
     except (ValueError, ZeroDivisionError):
-        raise ConfigError(f"{name}: {text!r} is not a number or fraction such as 1/2") from None
+        raise ConfigError(
+            f"{_var(name)}: {text!r} is not a number or fraction such as 1/2"
+        ) from None
     if value < 0:
-        raise ConfigError(f"{name}: must not be negative, got {text!r}")
+        raise ConfigError(f"{_var(name)}: must not be negative, got {text!r}")
     return value
+
+
+def _number(value: Fraction) -> str:
+    """A rate as an operator would write it: ``100``, or ``100/3 (about 33.333)``."""
+    if value.denominator == 1:
+        return str(value.numerator)
+    return f"{value} (about {float(value):.6g})"
+
+
+def _check_rate(name: str, text: str, rate: Fraction, max_balance: int, what: str) -> None:
+    """``max_balance`` x ``rate`` must stay below EXACT_LIMIT: ``what`` names the amount."""
+    if max_balance * rate >= EXACT_LIMIT:
+        raise ConfigError(
+            f"{_var(name)}: {text!r} is too large: with GIFTRELAY_MAX_BALANCE={max_balance} "
+            f"it must be at least 0 and below {_number(Fraction(EXACT_LIMIT, max_balance))}, "
+            f"so that {what} stay below 10^14, which the ledger records exactly"
+        )
 
 
 class Settings(msgspec.Struct, kw_only=True, frozen=True):
@@ -50,18 +78,22 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
 
     # Money rules.
     diamonds_per_coin: str = "1"
-    payout_min_diamonds: Positive = 2000
+    """Times ``max_balance`` below 10^14: a full wallet's gift gets an exact number."""
+    payout_min_diamonds: Annotated[int, msgspec.Meta(ge=1, le=MAX_BALANCE)] = 2000
+    """At most 10^13, where the payout script compares it exactly."""
     cents_per_diamond: str = "1/2"
+    """Times ``max_balance`` below 10^14: the largest payout's gross is exact."""
     payout_fee_percent: str = "0"
-    max_gift_count: Positive = 1000
-    max_balance: Annotated[int, msgspec.Meta(ge=1, le=10**13)] = 10**12
+    max_gift_count: Annotated[int, msgspec.Meta(ge=1, le=MAX_GIFT_COUNT)] = 1000
+    """At most 10^6: with prices of at most 10^7 coins, one gift costs at most 10^13."""
+    max_balance: Annotated[int, msgspec.Meta(ge=1, le=MAX_BALANCE)] = 10**12
     """At most 10^13, so every amount stays exact in Lua and in JSON."""
 
     # Retention and windows.
-    idempotency_ttl: Positive = 3600
-    receipt_ttl: Positive = 30 * 86400
-    combo_window_ms: Positive = 3000
-    history_len: Positive = 1000
+    idempotency_ttl: Annotated[int, msgspec.Meta(ge=1, le=TEN_YEARS_S)] = 3600
+    receipt_ttl: Annotated[int, msgspec.Meta(ge=1, le=TEN_YEARS_S)] = 30 * 86400
+    combo_window_ms: Annotated[int, msgspec.Meta(ge=1, le=3_600_000)] = 3000
+    history_len: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 1000
 
     # Ledger consumer.
     ledger_batch: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 1000
@@ -108,10 +140,26 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     def __post_init__(self) -> None:
-        self.diamond_rate  # noqa: B018 - validate the fractions at load time
-        self.cent_rate  # noqa: B018
+        """Check what one field's type cannot: the fractions, and fields against each other."""
         if self.fee_rate >= 1:
-            raise ConfigError("payout_fee_percent: must be below 100")
+            raise ConfigError(
+                f"GIFTRELAY_PAYOUT_FEE_PERCENT: must be at least 0 and below 100, "
+                f"got {self.payout_fee_percent!r}"
+            )
+        _check_rate(
+            "diamonds_per_coin",
+            self.diamonds_per_coin,
+            self.diamond_rate,
+            self.max_balance,
+            "the diamonds credited for a full wallet of coins",
+        )
+        _check_rate(
+            "cents_per_diamond",
+            self.cents_per_diamond,
+            self.cent_rate,
+            self.max_balance,
+            "the cents paid for a full wallet of diamonds",
+        )
 
     @property
     def diamond_rate(self) -> Fraction:

@@ -316,6 +316,14 @@ class Money:
         """
         _check_ident("stream", stream)
         item, coins = self._priced(gift, count)
+        if coins > self.settings.max_balance:
+            # No wallet can pay for it, so no real gift could show it; and its amounts,
+            # like every amount a script writes, stay below 10^14 (rules.EXACT_LIMIT).
+            raise Refused(
+                Code.BAD_REQUEST,
+                f"{count} x {gift} costs {coins} coins, more than a wallet can hold "
+                f"({self.settings.max_balance})",
+            )
         now = self.clock()
         reply = await self.pipe.call(
             Script.TEST_ALERT,

@@ -15,6 +15,29 @@ import msgspec
 
 DAY_MS = 86_400_000
 
+# -- bounds that keep every amount exact ---------------------------------------------------
+#
+# Redis's Lua encodes JSON with cjson, which prints numbers with 14 significant digits:
+# 99999999999999 is written as is, 10^14 as ``1e+14``, which the ledger consumer cannot
+# read as an integer. So every number a script writes to the ledger (or a stream's
+# history) must be an integer below EXACT_LIMIT. Each amount is bounded by a setting or
+# by the catalog, and the settings are checked against each other at load time:
+#
+# - coins and diamonds in a wallet: at most ``max_balance`` <= MAX_BALANCE;
+# - one gift: at most MAX_PRICE x MAX_GIFT_COUNT = MAX_BALANCE coins;
+# - diamonds for a gift: coins x ``diamonds_per_coin`` < EXACT_LIMIT for a full wallet;
+# - a payout's gross: ``max_balance`` x ``cents_per_diamond`` < EXACT_LIMIT.
+
+EXACT_LIMIT = 10**14
+"""Every integer a script writes as JSON is below this (cjson's 14 significant digits)."""
+MAX_BALANCE = 10**13
+"""The largest ``max_balance`` a deployment may set."""
+MAX_PRICE = 10**7
+"""The largest price of one gift in the catalog, in coins."""
+MAX_GIFT_COUNT = 10**6
+"""The largest ``max_gift_count`` a deployment may set."""
+assert MAX_PRICE * MAX_GIFT_COUNT <= MAX_BALANCE < EXACT_LIMIT
+
 IDENT_PATTERN = r"^[A-Za-z0-9_.\-]{1,64}$"
 """Users, streams and gifts (PROTOCOL.md: 1-64 of ``[A-Za-z0-9_.-]``)."""
 

@@ -22,8 +22,13 @@ end
 
 -- Every integer a script reads or writes stays within MAX_INT, where Lua's
 -- doubles are exact. Amounts are further bounded by the caller (max_balance
--- <= 10^13), so they also print exactly through cjson and Redis's %.14g.
+-- <= 10^13, and the rates checked against it when the settings load), so they
+-- also print exactly through cjson and Redis's %.14g: at most MAX_EXACT.
 local MAX_INT = 9007199254740991
+
+-- The largest integer cjson prints exactly (14 digits); 10^14 comes out as
+-- '1e+14', which the ledger consumer cannot read as an integer.
+local MAX_EXACT = 99999999999999
 
 -- The integer in `v`, written as Redis writes integers, or nil. Rejects what
 -- HINCRBY would refuse after our first write ('5.0', '1e2', '0x10', ' 5').
@@ -95,7 +100,7 @@ local function int(s)
 end
 
 -- Integers as JSON numbers: cjson prints 14 significant digits, and every
--- amount is bounded well below 10^14 by the caller.
+-- amount is bounded by the caller to at most MAX_EXACT (see rules.py).
 local function ledger(key, event)
   event.v = 1
   redis.call('XADD', key, '*', 'e', cjson.encode(event))

@@ -19,6 +19,11 @@ local first = replay(KEYS[2], fingerprint)
 if first then return first end
 
 if diamonds < int(ARGV[6]) then return refuse('below_minimum', 'the minimum is ' .. ARGV[6]) end
+-- Cash and fee are not bounded by anything in Redis, only by the caller's rates
+-- (checked when the settings load): refuse what the ledger could not hold exactly.
+if cash < 0 or fee < 0 or cash + fee > MAX_EXACT then
+  return refuse('internal', 'cash ' .. ARGV[4] .. ' + fee ' .. ARGV[5] .. ' cents is out of range')
+end
 local w, problem = read_ints(KEYS[1], {'diamonds'})
 if problem then return refuse('internal', problem) end
 if w.diamonds < diamonds then return refuse('insufficient_diamonds') end
