@@ -9,7 +9,9 @@ It keeps the two promises a client has to keep by itself, so apps need not:
   no longer reached back (``recovered`` false: refresh from the snapshot).
 * **Exactly-once gifts.** :meth:`Client.gift` sends an idempotency id and, on
   ``unavailable`` or a lost connection, retries with the *same* id until the relay
-  answers: a gift moves money once, however many times it was sent.
+  answers: a gift moves money once, however many times it was sent. ``unavailable``
+  does not mean the gift did not move (Redis may have run it after the relay stopped
+  waiting); the retry's reply is the gift's one outcome.
 
 Example::
 
@@ -178,7 +180,11 @@ EVENTS_KEPT = 10_000
 
 
 class RelayError(Exception):
-    """The relay answered ``error``: ``code`` is the protocol's error code."""
+    """The relay answered ``error``: ``code`` is the protocol's error code.
+
+    Every code means nothing moved except ``unavailable``: the request may or may not
+    have taken effect, and a retry with the same id returns its one outcome.
+    """
 
     def __init__(self, code: str, message: str, id: str | None = None) -> None:
         super().__init__(f"{code}: {message}")
@@ -593,8 +599,12 @@ class Client:
     ) -> GiftOk:
         """Send a gift; on ``unavailable`` or a dropped connection, retry with the same id.
 
-        Safe because the relay applies an id once and answers a repeat with the first
-        ``gift_ok``. Gives up (raising the last error) after ``retry_for`` seconds.
+        Either may leave the gift applied or not: ``unavailable`` means the relay could
+        not learn the outcome in time, not that nothing moved. Retrying is safe because
+        the relay applies an id once and answers a repeat with the first ``gift_ok``, so
+        the reply that ends the retries is the gift's one outcome. After ``retry_for``
+        seconds it gives up, raising the last ``unavailable`` or disconnection: the
+        gift's outcome is then still unknown (pass the same ``id`` to learn it later).
         ``on_retry`` is told why before each retry (to show "reconnecting..." say).
         """
         message = protocol.Gift(stream=stream, gift=gift, count=count, id=id or new_id())

@@ -36,14 +36,18 @@ _MESSAGES: dict[Code, str] = {
     Code.BELOW_MINIMUM: "below the minimum payout",
     Code.SPEND_LIMIT: "this gift would cross your daily spending limit",
     Code.IDEMPOTENCY_CONFLICT: "this id was already used for a different request",
-    Code.UNAVAILABLE: "a backend is unavailable; nothing moved, retry with the same id",
+    Code.UNAVAILABLE: (
+        "a backend is unavailable; the request may or may not have taken effect: "
+        "retry with the same id to get its one outcome"
+    ),
     Code.FORBIDDEN: "not allowed",
     Code.INTERNAL: "internal error",
 }
 
 
 class Refused(Exception):
-    """A request was refused; nothing moved. ``code`` is the protocol error code."""
+    """A request was refused; nothing moved (except perhaps for :class:`Unavailable`).
+    ``code`` is the protocol error code."""
 
     def __init__(self, code: Code, message: str | None = None) -> None:
         self.code = code
@@ -52,7 +56,13 @@ class Refused(Exception):
 
 
 class Unavailable(Refused):
-    """Redis could not be reached; nothing moved and a retry with the same id is safe."""
+    """Redis could not be reached or did not answer in time.
+
+    The request may or may not have taken effect: a script already sent can still run
+    once Redis answers again. A retry with the same id is safe, and its reply is the
+    request's one outcome (idempotency). Only a refusal made before the request was
+    sent anywhere (the relay shutting down) may say that nothing moved.
+    """
 
     def __init__(self, message: str | None = None) -> None:
         super().__init__(Code.UNAVAILABLE, message)
