@@ -297,8 +297,42 @@ async def test_sqlite_migration_0002_keeps_the_postings(tmp_path: Path) -> None:
     finally:
         await store.close()
     db = sqlite3.connect(path)
-    assert [v for (v,) in db.execute("SELECT version FROM schema_migrations")] == [1, 2]
+    assert [v for (v,) in db.execute("SELECT version FROM schema_migrations")] == [1, 2, 3]
     assert db.execute("PRAGMA foreign_key_check").fetchall() == []
     with pytest.raises(sqlite3.IntegrityError, match="CHECK"):  # and the asset rule
         db.execute("INSERT INTO postings VALUES (1, 0, 2, 'user:alice', 'bitcoin', 5)")
     db.close()
+
+
+async def test_sqlite_migration_0003_lists_a_movement_stored_twice_as_a_conflict(
+    tmp_path: Path,
+) -> None:
+    """A store from before business keys may hold a top-up twice (Redis lost its record
+    and ran it again): the migration keeps the first and reports the second."""
+    path = tmp_path / "old.sqlite3"
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL,"
+               " applied_ms INTEGER NOT NULL)")  # fmt: skip
+    for migration in migrations("sqlite")[:2]:
+        for statement in statements(migration.sql):
+            db.execute(statement)
+        db.execute("INSERT INTO schema_migrations VALUES (?, ?, 0)", (migration.version, "x"))
+    body = (
+        '{"kind":"topup","v":1,"ts":1,"id":"receipt-0001","user":"alice","coins":5,"coins_after":5}'
+    )
+    for ms in (1, 2):
+        db.execute("INSERT INTO events VALUES (?, 0, 'topup', 'receipt-0001', 'alice', 1, ?)",
+                   (ms, body))  # fmt: skip
+    db.close()
+
+    store = SQLiteStore(f"sqlite:///{path}")
+    await store.open()
+    try:
+        [conflict] = await store.conflicts()
+        assert (conflict.event_id, conflict.stored_id) == ("2-0", "1-0")
+        assert conflict.business_key == "topup:receipt-0001"
+        # From now on the key is taken: the same receipt again is a replay.
+        again = record("3-0", body)
+        assert (await store.write([again])).replays == 1
+    finally:
+        await store.close()

@@ -9,7 +9,7 @@ from prometheus_client import Counter, Gauge, Histogram
 LEDGER_EVENTS = Counter(
     "giftrelay_ledger_events_total",
     "Ledger stream entries handled by this consumer, by outcome.",
-    ["outcome"],  # written | duplicate | dead_letter
+    ["outcome"],  # written | duplicate | replay | conflict | dead_letter
 )
 LEDGER_BATCH_SECONDS = Histogram(
     "giftrelay_ledger_batch_seconds",

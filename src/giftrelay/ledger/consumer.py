@@ -37,7 +37,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from giftrelay import keys, metrics
 from giftrelay.ledger.postings import PoisonEntry, Record, record
-from giftrelay.ledger.store import Store, StoreDataError, StoreUnavailable
+from giftrelay.ledger.store import Store, StoreDataError, StoreUnavailable, WriteResult
 
 log = structlog.get_logger(__name__)
 
@@ -81,6 +81,8 @@ def decode(entries: list[Entry]) -> Batch:
 class Stats(msgspec.Struct):
     written: int = 0
     duplicates: int = 0
+    replays: int = 0
+    conflicts: int = 0
     dead_letters: int = 0
     batches: int = 0
 
@@ -271,7 +273,7 @@ class LedgerConsumer:
         """Write in one transaction; if the store rejects the data, find the culprits."""
         try:
             result = await self.store.write(records)
-            self._count(result.inserted, result.duplicates)
+            self._count(result)
             return records
         except StoreDataError:
             pass
@@ -282,17 +284,28 @@ class LedgerConsumer:
             except StoreDataError as exc:
                 poison.append((r.event_id, {"e": r.body}, f"the store refused it: {exc}"))
                 continue
-            self._count(result.inserted, result.duplicates)
+            self._count(result)
             written.append(r)
         return written
 
-    def _count(self, inserted: int, duplicates: int) -> None:
-        self.stats.written += inserted
-        self.stats.duplicates += duplicates
-        metrics.LEDGER_EVENTS.labels("written").inc(inserted)
-        if duplicates:
-            metrics.LEDGER_EVENTS.labels("duplicate").inc(duplicates)
-            log.info("ledger entries already stored (redelivered)", count=duplicates)
+    def _count(self, result: WriteResult) -> None:
+        self.stats.written += result.inserted
+        self.stats.duplicates += result.duplicates
+        self.stats.replays += result.replays
+        self.stats.conflicts += result.conflicts
+        metrics.LEDGER_EVENTS.labels("written").inc(result.inserted)
+        if result.duplicates:
+            metrics.LEDGER_EVENTS.labels("duplicate").inc(result.duplicates)
+            log.info("ledger entries already stored (redelivered)", count=result.duplicates)
+        if result.replays:
+            # Redis ran a request whose movement the store already holds: it lost the
+            # request's idempotency record (a restore, a failover). Counted once.
+            metrics.LEDGER_EVENTS.labels("replay").inc(result.replays)
+            log.warning("movements replayed by Redis, counted once", count=result.replays)
+        if result.conflicts:
+            metrics.LEDGER_EVENTS.labels("conflict").inc(result.conflicts)
+            log.error("movements conflict with stored ones under the same id; kept aside,"
+                      " see giftrelay reconcile", count=result.conflicts)  # fmt: skip
 
     async def _poisoned(self, entry_id: str, fields: dict[str, str], reason: str) -> None:
         pending = await self.redis.xpending_range(

@@ -1,10 +1,11 @@
 """The PostgreSQL ledger store (asyncpg), for scaled-out deployments.
 
 A batch is one transaction: the events by COPY (if any is already stored, a
-redelivery, the COPY fails and, from a savepoint, ``ON CONFLICT DO NOTHING
-RETURNING`` inserts the rest and says which were new), then the postings of the
-new ones by COPY. COPY, binary, is ~30% cheaper than INSERT ... unnest here.
-Migrations run under an advisory lock, so several consumers may start at once.
+redelivery or a replay of a business key, the COPY fails and, from a savepoint,
+``ON CONFLICT DO NOTHING RETURNING`` inserts the rest and says which were new),
+then the postings of the new ones by COPY. COPY, binary, is ~30% cheaper than
+INSERT ... unnest here. Migrations run under an advisory lock, so several consumers
+may start at once.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from asyncpg.pool import PoolConnectionProxy
 
 from giftrelay.ledger.postings import Asset, EventRow, Posting, Record, event_rows, posting_rows
 from giftrelay.ledger.store import (
+    Conflict,
     ExportRow,
     Position,
     StoreDataError,
@@ -93,11 +95,16 @@ class PostgresStore:
         rows = event_rows(unique)
         with _translated():
             async with self._pool_or_fail().acquire() as conn, conn.transaction():
-                fresh = await _insert_events(conn, unique, rows)
+                fresh, (duplicates, replays, conflicts) = await _insert_events(conn, unique, rows)
                 postings = posting_rows(fresh)
                 if postings:
                     await conn.copy_records_to_table("postings", records=postings)
-        return WriteResult(inserted=len(fresh), duplicates=len(records) - len(fresh))
+        return WriteResult(
+            inserted=len(fresh),
+            duplicates=duplicates + len(records) - len(unique),
+            replays=replays,
+            conflicts=conflicts,
+        )
 
     async def balances(self, upto: Position | None = None) -> dict[tuple[str, str], int]:
         sql = "SELECT account, asset, SUM(amount) AS total FROM postings"
@@ -119,8 +126,29 @@ class PostgresStore:
                 )
             )
 
-    async def export(self, since_ms: int | None, until_ms: int | None) -> AsyncIterator[ExportRow]:
-        after: Position = (-1, -1)
+    async def last_position(self) -> Position | None:
+        with _translated():
+            row = await self._pool_or_fail().fetchrow(
+                "SELECT ms, seq FROM events ORDER BY ms DESC, seq DESC LIMIT 1"
+            )
+        return (int(row["ms"]), int(row["seq"])) if row else None
+
+    async def conflicts(self) -> list[Conflict]:
+        with _translated():
+            rows = await self._pool_or_fail().fetch(
+                "SELECT ms, seq, kind, business_key, stored_ms, stored_seq, reason, body"
+                " FROM conflicts ORDER BY ms, seq"
+            )
+        return [
+            Conflict(f"{r['ms']}-{r['seq']}", r["kind"], r["business_key"],
+                     f"{r['stored_ms']}-{r['stored_seq']}", r["reason"], r["body"])
+            for r in rows
+        ]  # fmt: skip
+
+    async def export(
+        self, since_ms: int | None, until_ms: int | None, *, after: Position | None = None
+    ) -> AsyncIterator[ExportRow]:
+        after = after or (-1, -1)
         while True:
             with _translated():
                 page = await self._page(after, since_ms, until_ms)
@@ -179,27 +207,78 @@ class PostgresStore:
                 await asyncio.wait_for(pool.close(), self.timeout)
 
 
+Skipped = tuple[int, int, int]
+"""Records not inserted: duplicates (event id stored), replays and conflicts (business key)."""
+
+
 async def _insert_events(
     conn: PoolConnectionProxy[asyncpg.Record], unique: list[Record], rows: list[EventRow]
-) -> list[Record]:
-    """Insert the events not yet stored; return the records that were new.
+) -> tuple[list[Record], Skipped]:
+    """Insert the events not yet stored; return the records that were new, and why
+    the others were not.
 
     COPY is the fast path and refuses the whole batch if any event is already
-    stored (a redelivery): then, back at the savepoint, ON CONFLICT DO NOTHING
-    RETURNING says which ones were new. Never trusts that fresh reads are new.
+    stored (a redelivery) or its business key is: then, back at the savepoint, ON
+    CONFLICT DO NOTHING RETURNING says which ones were new. Never trusts that fresh
+    reads are new.
     """
     try:
         async with conn.transaction():  # a savepoint
             await conn.copy_records_to_table("events", records=rows)
-        return unique
+        return unique, (0, 0, 0)
     except asyncpg.UniqueViolationError:
         pass
     inserted = await conn.fetch(
         "INSERT INTO events"
         " SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[],"
-        "                      $5::text[], $6::bigint[], $7::text[])"
-        " ON CONFLICT (ms, seq) DO NOTHING RETURNING ms, seq",
+        "                      $5::text[], $6::bigint[], $7::text[], $8::text[], $9::text[])"
+        " ON CONFLICT DO NOTHING RETURNING ms, seq",
         *(list(column) for column in zip(*rows, strict=True)),
     )
     new = {(row["ms"], row["seq"]) for row in inserted}
-    return [r for r in unique if (r.ms, r.seq) in new]
+    fresh = [r for r in unique if (r.ms, r.seq) in new]
+    rest = [r for r in unique if (r.ms, r.seq) not in new]
+    return fresh, await _classify(conn, rest)
+
+
+async def _classify(conn: PoolConnectionProxy[asyncpg.Record], rest: list[Record]) -> Skipped:
+    """Why each record of ``rest`` was not inserted: its event id is stored (a
+    redelivery), or its business key is, with the same fingerprint (a replay) or
+    another (a conflict, kept aside in ``conflicts``)."""
+    if not rest:
+        return 0, 0, 0
+    stored = {
+        (r["ms"], r["seq"])
+        for r in await conn.fetch(
+            "SELECT e.ms, e.seq FROM events e"
+            " JOIN unnest($1::bigint[], $2::bigint[]) AS k(ms, seq) USING (ms, seq)",
+            [r.ms for r in rest],
+            [r.seq for r in rest],
+        )
+    }
+    by_key = [r for r in rest if (r.ms, r.seq) not in stored]
+    held = {
+        row["business_key"]: row
+        for row in await conn.fetch(
+            "SELECT business_key, ms, seq, fingerprint FROM events WHERE business_key = ANY($1)",
+            [r.key for r in by_key],
+        )
+    }
+    replays, conflicts = 0, []
+    found = time.time_ns() // 1_000_000
+    for r in by_key:
+        holder = held.get(r.key)
+        if holder is None:
+            raise StoreDataError(f"event {r.event_id} was refused by no known key")
+        if holder["fingerprint"] == r.fingerprint:
+            replays += 1
+        else:
+            conflicts.append((r.ms, r.seq, r.kind, r.key, r.fingerprint, r.body,
+                              holder["ms"], holder["seq"], "conflict", found))  # fmt: skip
+    if conflicts:
+        await conn.executemany(
+            "INSERT INTO conflicts VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+            " ON CONFLICT (ms, seq) DO NOTHING",
+            conflicts,
+        )
+    return len(stored), replays, len(conflicts)

@@ -19,6 +19,13 @@ cap           (none)                a setting, kept for audits
 A user's coins and diamonds are the sums of their postings, which is what
 ``reconcile`` compares with the wallets in Redis. A user's cents are cash owed
 to them, settled by the payment backend.
+
+Every movement also has a **business key**, the id its request was idempotent by
+(a top-up's receipt, a gift's sender and id, a payout's creator and id), and a
+**fingerprint** of what it moved. The store keeps one movement per business key:
+the same key again with the same fingerprint is a replay (Redis ran the request a
+second time after losing its idempotency record) and is not counted again; with
+another fingerprint it is a conflict, kept aside for ``reconcile`` to report.
 """
 
 from __future__ import annotations
@@ -83,10 +90,14 @@ class Record(msgspec.Struct, frozen=True, gc=False):
     body: str
     """The entry exactly as the money core wrote it (JSON)."""
     postings: tuple[Posting, ...]
+    key: str | None
+    """The business key: one movement per key in the store (None: a setting, no key)."""
+    fingerprint: str
+    """What the movement moved, to tell a replay of the same key from a conflict."""
 
 
-EventRow = tuple[int, int, str, str | None, str, int, str]
-"""An ``events`` row: ms, seq, kind, request_id, actor, ts, body."""
+EventRow = tuple[int, int, str, str | None, str, int, str, str | None, str]
+"""An ``events`` row: ms, seq, kind, request_id, actor, ts, body, business_key, fingerprint."""
 PostingRow = tuple[int, int, int, str, str, int]
 """A ``postings`` row: ms, seq, n, account, asset, amount."""
 
@@ -94,7 +105,10 @@ _ASSET_TEXT = {asset: asset.value for asset in Asset}  # a lookup is cheaper tha
 
 
 def event_rows(records: Iterable[Record]) -> list[EventRow]:
-    return [(r.ms, r.seq, r.kind, r.request_id, r.actor, r.ts, r.body) for r in records]
+    return [
+        (r.ms, r.seq, r.kind, r.request_id, r.actor, r.ts, r.body, r.key, r.fingerprint)
+        for r in records
+    ]
 
 
 def posting_rows(records: Iterable[Record]) -> list[PostingRow]:
@@ -109,6 +123,26 @@ def posting_rows(records: Iterable[Record]) -> list[PostingRow]:
 
 class PoisonEntry(ValueError):
     """A ``ledger`` stream entry that cannot be read as a ledger event."""
+
+
+Identity = tuple[str | None, str]
+"""A movement's business key and fingerprint."""
+
+
+def _topup_identity(e: TopupEntry) -> Identity:
+    return f"topup:{e.id}", f"{e.user}|{e.coins}"
+
+
+def _gift_identity(e: GiftEntry) -> Identity:
+    return f"gift:{e.sender}:{e.id}", f"{e.stream}|{e.to}|{e.gift}|{e.count}|{e.coins}|{e.diamonds}"
+
+
+def _payout_identity(e: PayoutEntry) -> Identity:
+    return f"payout:{e.user}:{e.id}", f"{e.diamonds}|{e.cash_cents}|{e.fee_cents}"
+
+
+def _cap_identity(e: CapEntry) -> Identity:
+    return None, "" if e.daily_coins is None else str(e.daily_coins)
 
 
 def _topup(e: TopupEntry) -> tuple[Posting, ...]:
@@ -143,19 +177,26 @@ def _cap(e: CapEntry) -> tuple[Posting, ...]:
     return ()
 
 
-# Per event type: its kind and its postings. A table, not a match: this runs for
-# every event the consumer writes, and a lookup is several times cheaper.
-_KINDS: dict[type[Any], tuple[str, Callable[[Any], tuple[Posting, ...]]]] = {
-    TopupEntry: ("topup", _topup),
-    GiftEntry: ("gift", _gift),
-    PayoutEntry: ("payout", _payout),
-    CapEntry: ("cap", _cap),
+# Per event type: its kind, its postings and its identity. A table, not a match: this
+# runs for every event the consumer writes, and a lookup is several times cheaper.
+_KINDS: dict[
+    type[Any], tuple[str, Callable[[Any], tuple[Posting, ...]], Callable[[Any], Identity]]
+] = {
+    TopupEntry: ("topup", _topup, _topup_identity),
+    GiftEntry: ("gift", _gift, _gift_identity),
+    PayoutEntry: ("payout", _payout, _payout_identity),
+    CapEntry: ("cap", _cap, _cap_identity),
 }
 
 
 def postings_of(entry: AnyLedgerEntry) -> tuple[Posting, ...]:
     """The event's postings (none of amount zero), as the table above says."""
     return _KINDS[type(entry)][1](entry)
+
+
+def identity_of(entry: AnyLedgerEntry) -> Identity:
+    """The event's business key (None for a setting) and fingerprint."""
+    return _KINDS[type(entry)][2](entry)
 
 
 def record(event_id: str, body: str | bytes) -> Record:
@@ -169,7 +210,8 @@ def record(event_id: str, body: str | bytes) -> Record:
         entry = ledger_decoder.decode(body)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise PoisonEntry(f"not a ledger event: {exc}") from None
-    kind, postings = _KINDS[type(entry)]
+    kind, postings, identity = _KINDS[type(entry)]
+    key, fingerprint = identity(entry)
     return Record(
         event_id,
         ms,
@@ -180,4 +222,6 @@ def record(event_id: str, body: str | bytes) -> Record:
         entry.ts,
         body.decode() if isinstance(body, bytes) else body,
         postings(entry),
+        key,
+        fingerprint,
     )

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from giftrelay.ledger.postings import Asset, Posting, Record, event_rows, posting_rows
 from giftrelay.ledger.store import (
+    Conflict,
     ExportRow,
     Position,
     StoreDataError,
@@ -97,8 +98,29 @@ class SQLiteStore:
         args = (since_ms or 0, until_ms or 2**62)
         return await self._run(lambda db: int(db.execute(sql, args).fetchone()[0]))
 
-    async def export(self, since_ms: int | None, until_ms: int | None) -> AsyncIterator[ExportRow]:
-        after = (-1, -1)
+    async def last_position(self) -> Position | None:
+        def query(db: sqlite3.Connection) -> Position | None:
+            row = db.execute("SELECT ms, seq FROM events ORDER BY ms DESC, seq DESC LIMIT 1")
+            found = row.fetchone()
+            return (int(found[0]), int(found[1])) if found else None
+
+        return await self._run(query)
+
+    async def conflicts(self) -> list[Conflict]:
+        def query(db: sqlite3.Connection) -> list[Conflict]:
+            rows = db.execute(
+                "SELECT ms, seq, kind, business_key, stored_ms, stored_seq, reason, body"
+                " FROM conflicts ORDER BY ms, seq"
+            ).fetchall()
+            return [Conflict(f"{m}-{s}", k, key, f"{sm}-{ss}", why, body)
+                    for m, s, k, key, sm, ss, why, body in rows]  # fmt: skip
+
+        return await self._run(query)
+
+    async def export(
+        self, since_ms: int | None, until_ms: int | None, *, after: Position | None = None
+    ) -> AsyncIterator[ExportRow]:
+        after = after or (-1, -1)
         while True:
             page = await self._run(
                 functools.partial(_export_page, after=after, since_ms=since_ms, until_ms=until_ms)
@@ -140,9 +162,14 @@ def _migrate(db: sqlite3.Connection) -> None:
         raise
 
 
-INSERT_EVENT = "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (ms, seq) DO NOTHING"
+EVENT_WIDTH = 9
+INSERT_EVENT = f"INSERT INTO events VALUES ({', '.join('?' * EVENT_WIDTH)}) ON CONFLICT DO NOTHING"
+INSERT_CONFLICT = (
+    "INSERT INTO conflicts VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'conflict', ?)"
+    " ON CONFLICT (ms, seq) DO NOTHING"
+)
 CHUNK = 1024
-"""Most rows per INSERT statement (7 x 1024 parameters, under SQLite's 32,766)."""
+"""Most rows per INSERT statement (9 x 1024 parameters, under SQLite's 32,766)."""
 
 
 def _insert_many(db: sqlite3.Connection, table: str, width: int, values: list[Any]) -> int:
@@ -153,7 +180,7 @@ def _insert_many(db: sqlite3.Connection, table: str, width: int, values: list[An
     the switch interval. A multi-row VALUES statement runs without the GIL. Chunks are
     of power-of-two sizes, so a handful of statements cover any batch and stay cached.
     """
-    suffix = " ON CONFLICT (ms, seq) DO NOTHING" if table == "events" else ""
+    suffix = " ON CONFLICT DO NOTHING" if table == "events" else ""
     added = 0
     start = 0
     while start < len(values):
@@ -171,21 +198,27 @@ def _values_sql(table: str, width: int, count: int, suffix: str) -> str:
 
 
 def _write(db: sqlite3.Connection, records: Sequence[Record]) -> WriteResult:
-    # The primary key decides what is new: an event already stored is skipped by
-    # ON CONFLICT DO NOTHING, and its postings must be skipped too. If every event
-    # was inserted (the usual case: entries read once), all postings go in; if not
-    # (a redelivery), the batch is redone one event at a time, each insert saying
-    # whether it added a row. BEGIN IMMEDIATE holds the write lock throughout.
+    # The primary key and the business key decide what is new: an event that
+    # collides with either is skipped by ON CONFLICT DO NOTHING, and its postings
+    # must be skipped too. If every event was inserted (the usual case: entries read
+    # once, requests run once), all postings go in; if not, the batch is redone one
+    # event at a time, each insert saying whether it added a row and, if not, why
+    # (see _classify). BEGIN IMMEDIATE holds the write lock throughout.
     unique = list({(r.ms, r.seq): r for r in records}.values())
     db.execute("BEGIN IMMEDIATE")
     try:
         events = list(itertools.chain.from_iterable(event_rows(unique)))
         fresh = unique
-        if _insert_many(db, "events", 7, events) != len(unique):
+        skipped = [0, 0, 0]  # duplicates, replays, conflicts
+        if _insert_many(db, "events", EVENT_WIDTH, events) != len(unique):
             db.execute("ROLLBACK")
             db.execute("BEGIN IMMEDIATE")
-            fresh = [r for r, row in zip(unique, event_rows(unique), strict=True)
-                     if db.execute(INSERT_EVENT, row).rowcount]  # fmt: skip
+            fresh = []
+            for r, row in zip(unique, event_rows(unique), strict=True):
+                if db.execute(INSERT_EVENT, row).rowcount:
+                    fresh.append(r)
+                else:
+                    skipped[_classify(db, r)] += 1
         postings = list(itertools.chain.from_iterable(posting_rows(fresh)))
         _insert_many(db, "postings", 6, postings)
         db.execute("COMMIT")
@@ -193,7 +226,35 @@ def _write(db: sqlite3.Connection, records: Sequence[Record]) -> WriteResult:
         if db.in_transaction:
             db.execute("ROLLBACK")
         raise
-    return WriteResult(inserted=len(fresh), duplicates=len(records) - len(fresh))
+    duplicates, replays, conflicts = skipped
+    return WriteResult(
+        inserted=len(fresh),
+        duplicates=duplicates + len(records) - len(unique),
+        replays=replays,
+        conflicts=conflicts,
+    )
+
+
+DUPLICATE, REPLAY, CONFLICT = 0, 1, 2
+
+
+def _classify(db: sqlite3.Connection, r: Record) -> int:
+    """Why ``r`` was not inserted: its event id is stored (a redelivery), or its
+    business key is, with the same fingerprint (a replay) or another (a conflict,
+    which is kept aside in ``conflicts``)."""
+    if db.execute("SELECT 1 FROM events WHERE ms = ? AND seq = ?", (r.ms, r.seq)).fetchone():
+        return DUPLICATE
+    held = db.execute(
+        "SELECT ms, seq, fingerprint FROM events WHERE business_key = ?", (r.key,)
+    ).fetchone()
+    if held is None:
+        raise sqlite3.IntegrityError(f"event {r.event_id} was refused by no known key")
+    if held[2] == r.fingerprint:
+        return REPLAY
+    found = time.time_ns() // 1_000_000
+    row = (r.ms, r.seq, r.kind, r.key, r.fingerprint, r.body, held[0], held[1], found)
+    db.execute(INSERT_CONFLICT, row)
+    return CONFLICT
 
 
 def _export_page(

@@ -1,9 +1,10 @@
 """The ledger store interface, and the factory that picks one by URL.
 
 A store writes batches of records in one transaction keyed by event id, so a
-batch delivered twice is written once; it applies its versioned schema
-migrations when opened. ``sqlite:///path`` (the embedded default) and
-``postgresql://...`` are the two implementations.
+batch delivered twice is written once, and holds one movement per business key,
+so a request Redis ran twice (after losing its idempotency record) is counted
+once; it applies its versioned schema migrations when opened. ``sqlite:///path``
+(the embedded default) and ``postgresql://...`` are the two implementations.
 """
 
 from __future__ import annotations
@@ -30,6 +31,23 @@ class WriteResult(msgspec.Struct, frozen=True):
     inserted: int
     duplicates: int
     """Records whose event id was already stored (a redelivery): written nowhere."""
+    replays: int = 0
+    """Records whose business key was already stored with the same fingerprint under
+    another event id (Redis ran the request again): written nowhere."""
+    conflicts: int = 0
+    """Records whose business key was already stored with another fingerprint: kept
+    aside in the store's conflicts, counted in no balance, reported by reconcile."""
+
+
+class Conflict(msgspec.Struct, frozen=True):
+    """A movement the store refused to count: its key was held by ``stored_id``."""
+
+    event_id: str
+    kind: str
+    business_key: str
+    stored_id: str
+    reason: str
+    body: str
 
 
 class ExportRow(msgspec.Struct, frozen=True):
@@ -63,8 +81,17 @@ class Store(Protocol):
     async def count(self, since_ms: int | None = None, until_ms: int | None = None) -> int:
         """How many events are stored (with ``since_ms <= ts < until_ms``)."""
 
-    def export(self, since_ms: int | None, until_ms: int | None) -> AsyncIterator[ExportRow]:
-        """Events with ``since_ms <= ts < until_ms``, in ledger order, with their postings."""
+    async def last_position(self) -> Position | None:
+        """The newest stored event's id, or None when the store is empty."""
+
+    async def conflicts(self) -> list[Conflict]:
+        """Every movement kept aside because its business key was held by another."""
+
+    def export(
+        self, since_ms: int | None, until_ms: int | None, *, after: Position | None = None
+    ) -> AsyncIterator[ExportRow]:
+        """Events with ``since_ms <= ts < until_ms`` (and ids after ``after``), in ledger
+        order, with their postings."""
 
     async def close(self) -> None: ...
 
