@@ -106,6 +106,8 @@ async def test_gift_debits_credits_and_records_everywhere(
         diamonds=15,
         coins_after=985,
         diamonds_after=15,
+        combo=3,
+        combo_id="c1",
     )
 
 

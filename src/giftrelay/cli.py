@@ -25,6 +25,8 @@ from giftrelay.embedded import EmbeddedRedisError, free_port
 from giftrelay.errors import Refused
 from giftrelay.ledger import export as ledger_export
 from giftrelay.ledger.reconcile import reconcile as reconcile_ledger
+from giftrelay.ledger.recover import RecoverRefused
+from giftrelay.ledger.recover import recover as recover_redis
 from giftrelay.ledger.store import StoreUnavailable
 from giftrelay.money import Money
 from giftrelay.redis_client import connect
@@ -59,6 +61,8 @@ def _friendly(fn: Callable[P, R]) -> Callable[P, R]:
             raise click.ClickException(f"{exc.code}: {exc.message}") from None
         except StoreUnavailable as exc:
             raise click.ClickException(f"the ledger store is unavailable: {exc}") from None
+        except RecoverRefused as exc:
+            raise click.ClickException(f"recover refused: {exc}") from None
 
     return wrapper
 
@@ -534,3 +538,58 @@ def reconcile(wait: float) -> None:
 
     if not _run(go()):
         sys.exit(1)
+
+
+# -- recover -------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--force", is_flag=True,
+              help="Recover even though a relay or consumer seems to be running.")  # fmt: skip
+@_friendly
+def recover(force: bool) -> None:
+    """After Redis lost data, bring every wallet, idempotency record and stream total
+    back to what the ledger store holds. Stop every relay and consumer first; exit 0
+    when done, then run `giftrelay reconcile`."""
+    settings = _settings()
+
+    async def go() -> None:
+        from rich.progress import Progress
+
+        async with redis_url(settings) as url, ledger_store(settings) as store:
+            redis = connect(url, timeout=max(settings.redis_timeout, 10.0))
+            progress = Progress(console=_stderr_console(), transient=True)
+            tasks: dict[str, Any] = {}
+
+            def tell(stage: str, done: int, total: int) -> None:
+                if stage not in tasks:
+                    tasks[stage] = progress.add_task(stage, total=total)
+                progress.update(tasks[stage], completed=done, total=total)
+
+            try:
+                with progress:
+                    outcome = await recover_redis(
+                        redis,
+                        store,
+                        retention_ms=settings.idempotency_ttl * 1000,
+                        force=force,
+                        progress=tell,
+                    )
+            finally:
+                await redis.aclose()
+        click.echo(
+            f"recovered from {outcome.events} ledger events: {outcome.wallets} wallets,"
+            f" {outcome.records} idempotency records, {outcome.streams} streams"
+            f" ({outcome.drained} entries first written from Redis's ledger stream)"
+        )
+        if outcome.poison:
+            click.echo(
+                f"warning: {outcome.poison} entries of Redis's ledger stream are no ledger"
+                " event; the consumer will move them to the dead letters"
+            )
+        for stream in outcome.unknown_streams:
+            click.echo(f"warning: stream {stream} has gifts in the ledger but Redis no longer"
+                       " knows it: open it again (giftrelay stream open)")  # fmt: skip
+        click.echo("done: start the consumers and relays, then run `giftrelay reconcile`")
+
+    _run(go())

@@ -33,6 +33,9 @@ class GiftEntry(LedgerEntry, tag="gift", frozen=True):
     """The sender's coins after the gift."""
     diamonds_after: int
     """The creator's diamonds after the gift."""
+    combo: int = 0
+    """The combo's running count after the gift (0 in entries written before it was kept)."""
+    combo_id: str = ""
 
 
 class TopupEntry(LedgerEntry, tag="topup", frozen=True):

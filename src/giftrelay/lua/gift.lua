@@ -98,6 +98,7 @@ ledger(KEYS[8], {
   kind = 'gift', id = id, ts = now, stream = stream, offset = offset,
   from = viewer, to = creator, gift = gift, count = count, coins = coins,
   diamonds = diamonds, coins_after = balance, diamonds_after = creator_diamonds,
+  combo = combo, combo_id = combo_id,
 })
 return remember(KEYS[3], fingerprint,
   {'ok', offset, coins, balance, combo, combo_id, diamonds}, int(ARGV[13]))

@@ -1,0 +1,297 @@
+"""Recover: after Redis lost data, bring it back to what the ledger store holds.
+
+The store is the system of record. Redis restored from an older copy, a lost AOF
+tail or a failover to a replica that was behind leaves Redis *behind* the store:
+wallets without their latest movements, and worse, without the idempotency
+records that make a retried request a replay. ``recover`` rebuilds, from the
+store alone:
+
+- every wallet: coins and diamonds (the sums of its postings), the day's spending
+  that the daily cap counts, and the cap itself (the latest cap entry);
+- the idempotency record of every gift, top-up and payout still within the
+  retention, holding its first reply, so a retry is answered as a replay;
+- the totals, combo counter and top gifters of every stream Redis still knows;
+- the ledger stream's last id, moved past everything stored.
+
+Run it with the relays and ledger consumers stopped: it refuses while a relay is
+subscribed to events or a consumer was active moments ago. It first writes what
+Redis's ``ledger`` stream holds and the store does not, so nothing Redis moved is
+lost either. The rebuild (:class:`Rebuild`) is pure; :func:`recover` does the I/O.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import msgspec
+import structlog
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from giftrelay import keys
+from giftrelay.events import CapEntry, GiftEntry, PayoutEntry, TopupEntry, ledger_decoder
+from giftrelay.ledger.consumer import group_info, parse_id
+from giftrelay.ledger.postings import USER, PoisonEntry, Record, record
+from giftrelay.ledger.store import ExportRow, Store
+
+log = structlog.get_logger(__name__)
+
+DAY_MS = 86_400_000
+QUIET_MS = 10_000
+"""A consumer active within this long is taken to be running."""
+PAGE = 1000
+
+
+class RecoverRefused(Exception):
+    """Recovering now would race a running relay or consumer."""
+
+
+@dataclass
+class Wallet:
+    coins: int = 0
+    diamonds: int = 0
+    spent_day: int = 0
+    spent: int = 0
+    cap: int | None = None
+
+
+@dataclass
+class StreamTotals:
+    diamonds: int = 0
+    coins: int = 0
+    gifts: int = 0
+    combos: int = 0
+    top: dict[str, int] = field(default_factory=dict)
+
+
+# The idempotency records as the scripts write them: '<fingerprint>\n<first reply>'.
+# Keep in step with lua/gift.lua, topup.lua and payout.lua.
+def _gift_record(e: GiftEntry) -> str:
+    reply = ["ok", e.offset, e.coins, e.coins_after, e.combo or e.count, e.combo_id, e.diamonds]
+    return f"gift|{e.stream}|{e.gift}|{e.count}\n{_json(reply)}"
+
+
+def _topup_record(e: TopupEntry) -> str:
+    return f"topup|{e.user}|{e.coins}\n{_json(['ok', e.coins_after])}"
+
+
+def _payout_record(e: PayoutEntry) -> str:
+    reply = ["ok", e.diamonds, e.cash_cents, e.fee_cents, e.diamonds_after]
+    return f"payout|{e.diamonds}\n{_json(reply)}"
+
+
+def _json(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+class Rebuild:
+    """Redis's money state, rebuilt from the ledger's events in ledger order (pure)."""
+
+    def __init__(self, now_ms: int, retention_ms: int) -> None:
+        self.now_ms = now_ms
+        self.retention_ms = retention_ms
+        self.wallets: dict[str, Wallet] = {}
+        self.streams: dict[str, StreamTotals] = {}
+        self.idempotency: dict[str, tuple[str, int]] = {}
+        """key -> (record, milliseconds left to keep it)."""
+        self.events = 0
+
+    def wallet(self, user: str) -> Wallet:
+        found = self.wallets.get(user)
+        if found is None:
+            found = self.wallets[user] = Wallet()
+        return found
+
+    def add(self, row: ExportRow) -> None:
+        self.events += 1
+        for p in row.postings:
+            if p.account.startswith(USER) and p.asset in ("coins", "diamonds"):
+                w = self.wallet(p.account[len(USER) :])
+                if p.asset == "coins":
+                    w.coins += p.amount
+                else:
+                    w.diamonds += p.amount
+        entry = ledger_decoder.decode(row.body)
+        left = entry.ts + self.retention_ms - self.now_ms
+        if isinstance(entry, GiftEntry):
+            self._gift(entry)
+            if left > 0:
+                self.idempotency[keys.gift_idem(entry.sender, entry.id)] = (
+                    _gift_record(entry),
+                    left,
+                )
+        elif isinstance(entry, TopupEntry):
+            if left > 0:
+                self.idempotency[keys.topup_idem(entry.id)] = (_topup_record(entry), left)
+        elif isinstance(entry, PayoutEntry):
+            if left > 0:
+                key = keys.payout_idem(entry.user, entry.id)
+                self.idempotency[key] = (_payout_record(entry), left)
+        elif isinstance(entry, CapEntry):
+            self.wallet(entry.user).cap = entry.daily_coins
+
+    def _gift(self, e: GiftEntry) -> None:
+        # The day the cap counts, as gift.lua keeps it: the latest UTC day spent on.
+        sender = self.wallet(e.sender)
+        day = max(e.ts // DAY_MS, sender.spent_day)
+        sender.spent = (sender.spent if sender.spent_day == day else 0) + e.coins
+        sender.spent_day = day
+        totals = self.streams.get(e.stream)
+        if totals is None:
+            totals = self.streams[e.stream] = StreamTotals()
+        totals.diamonds += e.diamonds
+        totals.coins += e.coins
+        totals.gifts += e.count
+        if e.combo_id[1:].isdigit():
+            totals.combos = max(totals.combos, int(e.combo_id[1:]))
+        totals.top[e.sender] = totals.top.get(e.sender, 0) + e.coins
+
+
+class Outcome(msgspec.Struct):
+    drained: int = 0
+    """Entries of Redis's ledger stream the store did not hold yet, written first."""
+    poison: int = 0
+    """Entries of Redis's ledger stream that are no ledger event (left to the dead letters)."""
+    events: int = 0
+    wallets: int = 0
+    records: int = 0
+    streams: int = 0
+    unknown_streams: list[str] = msgspec.field(default_factory=list)
+    """Streams with gifts in the ledger that Redis no longer knows: open them again."""
+    position: str = ""
+
+
+Progress = Callable[[str, int, int], None]
+"""Told (stage, done, total) as the work goes."""
+
+
+async def recover(
+    redis: Redis,
+    store: Store,
+    *,
+    retention_ms: int,
+    force: bool = False,
+    progress: Progress | None = None,
+) -> Outcome:
+    """Rebuild Redis's money state from the store; see the module's doc."""
+    tell = progress or (lambda stage, done, total: None)
+    if not force:
+        await _check_quiet(redis)
+    outcome = Outcome()
+    outcome.drained, outcome.poison = await _drain(redis, store, tell)
+    rebuild = Rebuild(int(time.time() * 1000), retention_ms)
+    total = await store.count()
+    async for row in store.export(None, None):
+        rebuild.add(row)
+        if rebuild.events % PAGE == 0:
+            tell("reading the ledger", rebuild.events, total)
+    tell("reading the ledger", rebuild.events, total)
+    outcome.events = rebuild.events
+    await _write(redis, rebuild, outcome, tell)
+    last = await store.last_position()
+    if last is not None:
+        outcome.position = await _advance_ledger(redis, f"{last[0]}-{last[1]}")
+    log.info("recovered Redis from the ledger store", **msgspec.structs.asdict(outcome))
+    return outcome
+
+
+async def _check_quiet(redis: Redis) -> None:
+    if await redis.client_list(_type="pubsub"):
+        raise RecoverRefused(
+            "a relay is connected to this Redis (subscribed to events): stop every"
+            " `giftrelay serve` first, or pass --force if you know it is safe"
+        )
+    if await group_info(redis) is None:
+        return
+    for consumer in await redis.xinfo_consumers(keys.LEDGER, keys.LEDGER_GROUP):
+        idle = int(consumer.get("inactive", consumer["idle"]))
+        if 0 <= idle < QUIET_MS:
+            raise RecoverRefused(
+                f"ledger consumer {consumer['name']!r} was active {idle / 1000:.1f} s ago:"
+                " stop every `giftrelay ledger` first (wait 10 s), or pass --force"
+            )
+
+
+async def _drain(redis: Redis, store: Store, tell: Progress) -> tuple[int, int]:
+    """Write what Redis's ``ledger`` stream holds into the store (a redelivery of what
+    the store has already is a no-op). Returns (entries newly written, poison)."""
+    written = poison = 0
+    total = int(await redis.xlen(keys.LEDGER))
+    start, seen = "-", 0
+    while True:
+        page = await redis.xrange(keys.LEDGER, min=start, max="+", count=PAGE)
+        if not page:
+            break
+        records: list[Record] = []
+        for entry_id, fields in page:
+            try:
+                records.append(record(str(entry_id), str((fields or {}).get("e", ""))))
+            except PoisonEntry:
+                poison += 1
+        result = await store.write(records)
+        written += result.inserted
+        seen += len(page)
+        tell("writing Redis's ledger stream to the store", seen, total)
+        start = f"({page[-1][0]!s}"
+    return written, poison
+
+
+async def _write(redis: Redis, rebuild: Rebuild, outcome: Outcome, tell: Progress) -> None:
+    wallet_users = {k[len("w:{") : -1] async for k in redis.scan_iter(match="w:{*}", count=1000)}
+    users = sorted(wallet_users | rebuild.wallets.keys())
+    async with redis.pipeline(transaction=False) as pipe:
+        for n, user in enumerate(users, 1):
+            w = rebuild.wallets.get(user, Wallet())
+            key = keys.wallet(user)
+            pipe.hset(key, mapping={"coins": w.coins, "diamonds": w.diamonds,
+                                    "spent_day": w.spent_day, "spent": w.spent})  # fmt: skip
+            if w.cap is None:
+                pipe.hdel(key, "cap")
+            else:
+                pipe.hset(key, "cap", w.cap)
+            if n % PAGE == 0:
+                await pipe.execute()
+                tell("writing wallets", n, len(users))
+        await pipe.execute()
+        outcome.wallets = len(users)
+        tell("writing wallets", len(users), len(users))
+
+        for n, (key, (value, ttl_ms)) in enumerate(rebuild.idempotency.items(), 1):
+            pipe.set(key, value, px=ttl_ms)
+            if n % PAGE == 0:
+                await pipe.execute()
+        await pipe.execute()
+        outcome.records = len(rebuild.idempotency)
+
+        for stream, totals in sorted(rebuild.streams.items()):
+            key = keys.stream(stream)
+            if not await redis.hexists(key, "creator"):
+                outcome.unknown_streams.append(stream)
+                continue
+            combos = max(totals.combos, int(await redis.hget(key, "combos") or 0))
+            pipe.hset(key, mapping={"diamonds": totals.diamonds, "coins": totals.coins,
+                                    "gifts": totals.gifts, "combos": combos})  # fmt: skip
+            pipe.delete(keys.top(stream))
+            if totals.top:
+                pipe.zadd(keys.top(stream), totals.top)
+            outcome.streams += 1
+        await pipe.execute()
+
+
+async def _advance_ledger(redis: Redis, stored_last: str) -> str:
+    """Move the ledger stream's last id past the newest stored event, so the ids Redis
+    hands out next are new to the store and reconcile sees nothing lost."""
+    try:
+        await redis.xgroup_create(keys.LEDGER, keys.LEDGER_GROUP, id="$", mkstream=True)
+    except ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+    info = await redis.xinfo_stream(keys.LEDGER)
+    current = str(info["last-generated-id"])
+    if parse_id(stored_last) > parse_id(current):
+        await redis.execute_command("XSETID", keys.LEDGER, stored_last)  # type: ignore[no-untyped-call]
+        return stored_last
+    return current
