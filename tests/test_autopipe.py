@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 
-from giftrelay import keys
+from giftrelay import catalog, keys
 from giftrelay.autopipe import AutoPipeline
+from giftrelay.config import Settings
+from giftrelay.embedded import RedisServer
 from giftrelay.errors import Unavailable
-from giftrelay.money import Money
+from giftrelay.money import GiftReceipt, Money
+from giftrelay.redis_client import connect
+
+from .conftest import Clock, ledger_entries
 
 
 class CountingPipeline(AutoPipeline):
@@ -63,3 +69,116 @@ async def test_a_primary_short_of_replicas_is_unavailable(money: Money, redis: R
     finally:
         await redis.config_set("min-replicas-to-write", 0)
     assert (await money.topup("alice", 5, "receipt-norepl")).coins == 5
+
+
+# -- a connection that breaks after the batch ran ----------------------------------------------
+
+
+class ReplyCutter:
+    """A TCP proxy in front of a real redis-server that can lose a reply.
+
+    Armed, it forwards the next request to Redis (which runs it) and, when Redis's reply
+    comes back, drops the reply and cuts both connections: the caller's connection
+    breaks after its batch was sent and ran, the one case a resend can repeat.
+    """
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.armed = False
+        self.cut = asyncio.Event()
+        self.server: asyncio.Server | None = None
+        self.connections = 0
+        self.handlers: set[asyncio.Task[Any]] = set()
+        self.cuts: list[Callable[[], None]] = []
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        port = self.server.sockets[0].getsockname()[1]
+        return f"redis://127.0.0.1:{port}/0"
+
+    async def aclose(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        for cut in self.cuts:
+            cut()
+        await asyncio.gather(*self.handlers, return_exceptions=True)
+        await self.server.wait_closed()
+
+    async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        task = asyncio.current_task()
+        assert task is not None
+        self.handlers.add(task)
+        redis_r, redis_w = await asyncio.open_connection("127.0.0.1", self.port)
+
+        def cut_both() -> None:
+            client_w.transport.abort()
+            redis_w.transport.abort()
+
+        self.cuts.append(cut_both)
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, replies: bool) -> None:
+            while data := await src.read(65536):
+                if replies and self.armed:
+                    self.armed = False
+                    cut_both()
+                    self.cut.set()
+                    return
+                dst.write(data)
+                await dst.drain()
+            dst.close()
+
+        await asyncio.gather(
+            pump(client_r, redis_w, False), pump(redis_r, client_w, True), return_exceptions=True
+        )
+        cut_both()
+
+
+@pytest.fixture
+async def cutter(redis_server: RedisServer) -> AsyncIterator[ReplyCutter]:
+    proxy = ReplyCutter(redis_server.port)
+    yield proxy
+    await proxy.aclose()
+
+
+async def test_a_broken_connection_resends_the_gift_but_never_the_cap(
+    redis: Redis, cutter: ReplyCutter, clock: Clock
+) -> None:
+    """set_cap has no id: sent again it would append a second cap entry to the ledger.
+    The gift in the same batch is idempotent by its id: sent again, answered once."""
+    via_proxy = connect(await cutter.start())
+    money = Money(via_proxy, Settings.load({}), catalog.load(), clock=clock)
+    await money.start()
+    try:
+        await money.stream_open("s1", "bob", "t")
+        await money.topup("alice", 100, "receipt-alice-1")
+        await money.gift("alice", "s1", "rose", 1, "gift-warm-0001")  # caches s1's creator
+        money.pipe = counting = CountingPipeline(via_proxy)
+        ledger_before = await redis.xlen(keys.LEDGER)
+
+        cutter.armed = True
+        cap, gift = await asyncio.gather(
+            money.set_cap("alice", 50),
+            money.gift("alice", "s1", "rose", 5, "gift-in-the-cut"),
+            return_exceptions=True,
+        )
+
+        assert cutter.cut.is_set()
+        assert counting.sizes == [2]  # one batch: both calls went out together
+        # The cap ran once (it reached Redis before the cut) and was not run again.
+        caps = await ledger_entries(redis, "cap")
+        assert [(c["user"], c["daily_coins"]) for c in caps] == [("alice", 50)]
+        assert await redis.hget(keys.wallet("alice"), "cap") == "50"
+        assert isinstance(cap, Unavailable)  # the caller is told it may or may not have run
+        assert "may or may not have taken effect" in cap.message
+        # The gift was sent again and answered once: one debit, one ledger entry.
+        assert isinstance(gift, GiftReceipt)
+        assert (gift.coins, gift.balance) == (5, 94)
+        gifts = [g for g in await ledger_entries(redis, "gift") if g["id"] == "gift-in-the-cut"]
+        assert len(gifts) == 1
+        assert await redis.hget(keys.wallet("alice"), "coins") == "94"
+        assert await redis.xlen(keys.LEDGER) == ledger_before + 2
+        assert cutter.connections >= 2  # the resend went out on a fresh connection
+    finally:
+        await money.aclose()
+        await via_proxy.aclose()

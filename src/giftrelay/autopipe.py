@@ -4,12 +4,18 @@ Callers await one call each; calls made while earlier ones are on the wire are
 sent together as one pipeline (no MULTI: each script is atomic on its own). With
 many concurrent callers this costs one round trip per batch instead of per call,
 and a lone caller waits no longer than it would alone.
+
+Each call says whether it is idempotent: whether running it twice has the effect of
+running it once, whatever ran in between (gifts, top-ups and payouts, by their id).
+When the connection breaks with replies outstanding, only those are sent again; the
+others may have run, so they fail as ``unavailable``, which tells the caller exactly
+that, and are never run a second time behind its back.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, NamedTuple
 
 import hiredis
 import structlog
@@ -23,7 +29,36 @@ from giftrelay.scripts import SCRIPTS, Script
 
 log = structlog.get_logger(__name__)
 
-_Call = tuple[Script, list[str], list[str | int], "asyncio.Future[Any]"]
+
+class _Call(NamedTuple):
+    script: Script
+    keys: list[str]
+    args: list[str | int]
+    future: asyncio.Future[Any]
+    idempotent: bool
+    """Safe to send again when it may already have run (see :meth:`AutoPipeline.call`)."""
+
+
+class _Broken(Exception):
+    """A round trip failed after the replies to the first ``len(replies)`` calls were read.
+
+    ``sent`` is False when nothing was written (no connection could be had): then none
+    of the calls ran.
+    """
+
+    def __init__(self, replies: list[Any], cause: Exception, *, sent: bool) -> None:
+        super().__init__(str(cause))
+        self.replies = replies
+        self.cause = cause
+        self.sent = sent
+
+
+class _Lost(Exception):
+    """In a call's reply slot: its connection broke and it was not sent again."""
+
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
 
 
 class AutoPipeline:
@@ -38,10 +73,19 @@ class AutoPipeline:
         self._scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def call(self, script: Script, keys: list[str], args: list[str | int]) -> Any:
-        """Run one script; returns its reply. Raises :class:`Unavailable` if Redis is down."""
+    async def call(
+        self, script: Script, keys: list[str], args: list[str | int], *, idempotent: bool
+    ) -> Any:
+        """Run one script; returns its reply. Raises :class:`Unavailable` if Redis is down.
+
+        ``idempotent``: running the script again, even after other calls ran in between,
+        changes nothing more and gives the first run's reply (true of the scripts that
+        dedupe on a request id). Only such a call is sent again when the connection
+        breaks before its reply came; any other fails as ``unavailable`` (it may or may
+        not have run), as it would had Redis been unreachable.
+        """
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending.append((script, keys, args, future))
+        self._pending.append(_Call(script, keys, args, future, idempotent))
         if not self._scheduled:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
@@ -83,13 +127,13 @@ class AutoPipeline:
                 if retried is not None:
                     _resolve(again, retried)
         except asyncio.CancelledError:
-            for *_, future in batch:
-                future.cancel()
+            for call in batch:
+                call.future.cancel()
             raise
         except Exception as exc:
-            for *_, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
+            for call in batch:
+                if not call.future.done():
+                    call.future.set_exception(exc)
             raise
 
     async def _round_trip(self, batch: list[_Call]) -> list[Any] | None:
@@ -103,34 +147,57 @@ class AutoPipeline:
     async def _execute(self, batch: list[_Call]) -> list[Any]:
         """One round trip: the batch packed by hiredis (in C) and written at once.
 
-        A broken connection is retried once on a fresh one, as the client's own
-        retry would (every money script is idempotent by its id).
+        Returns one reply per call. When the connection breaks, the replies read so far
+        stand, and of the calls still waiting the idempotent ones are sent once more on
+        a fresh connection, as the client's own retry would (a pooled connection may
+        have died with a Redis restart). The others may have run: they are not sent
+        again, and their slot holds a :class:`_Lost`, answered as Redis being
+        unavailable. Raises when no call got a reply at all.
         """
+        try:
+            return await self._round(batch)
+        except _Broken as broken:
+            first = broken
+        read, cause = first.replies, first.cause
+        waiting = batch[len(read) :]
+        again: list[int] = []  # positions in ``waiting``
+        if isinstance(cause, RedisConnectionError):  # never a time-out: that keeps the bound
+            again = [i for i, c in enumerate(waiting) if c.idempotent or not first.sent]
+        answers: dict[int, Any] = {}
+        if again:
+            try:
+                got = await self._round([waiting[i] for i in again])
+            except _Broken as second:
+                got, cause = second.replies, second.cause
+            answers = dict(zip(again, got, strict=False))
+        if not read and not answers:
+            raise cause
+        return read + [answers[i] if i in answers else _Lost(cause) for i in range(len(waiting))]
+
+    async def _round(self, batch: list[_Call]) -> list[Any]:
+        """Send the calls, read one reply each; :class:`_Broken` when the connection fails."""
         packed = b"".join(
             # hiredis's stub types the tuple as one item; it takes any number.
-            hiredis.pack_command(("EVALSHA", SCRIPTS.sha[script], len(keys), *keys, *args))  # type: ignore[arg-type]
-            for script, keys, args, _ in batch
+            hiredis.pack_command(("EVALSHA", SCRIPTS.sha[c.script], len(c.keys), *c.keys, *c.args))  # type: ignore[arg-type]
+            for c in batch
         )
-        for attempt in range(2):
-            try:
-                return await self._round(packed, len(batch))
-            except RedisConnectionError:
-                if attempt:
-                    raise
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    async def _round(self, packed: bytes, count: int) -> list[Any]:
         pool = self.redis.connection_pool
-        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise _Broken([], exc, sent=False) from exc
+        replies: list[Any] = []
         try:
             await conn.send_packed_command(packed)
-            replies: list[Any] = []
-            for _ in range(count):
+            for _ in batch:
                 try:
                     replies.append(await conn.read_response())
                 except ResponseError as exc:  # one script's error: the others stand
                     replies.append(exc)
             return replies
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            await conn.disconnect()
+            raise _Broken(replies, exc, sent=True) from exc
         except BaseException:
             await conn.disconnect()
             raise
@@ -149,7 +216,10 @@ class AutoPipeline:
 
 
 def _resolve(calls: list[_Call], replies: list[Any]) -> None:
-    for (script, *_, future), reply in zip(calls, replies, strict=True):
+    lost = [(call, r) for call, r in zip(calls, replies, strict=True) if isinstance(r, _Lost)]
+    if lost:
+        _fail([call for call, _ in lost], lost[0][1].cause)
+    for (script, _, _, future, _), reply in zip(calls, replies, strict=True):
         if future.done():
             continue
         if isinstance(reply, BusyLoadingError | ReadOnlyError) or _refused_for_now(reply):
@@ -169,11 +239,17 @@ def _refused_for_now(reply: Any) -> bool:
 
 
 def _fail(calls: list[_Call], exc: BaseException) -> None:
-    """Redis is unreachable. A call that was sent may or may not have run; its
-    retry with the same id is safe either way (idempotency returns the first reply)."""
+    """Redis is unreachable, or the connection broke before these calls' replies.
+
+    A call that was sent may or may not have run. An idempotent one's retry with the
+    same id is safe either way (it returns the first reply); any other, the caller
+    must look before it does it again (``unavailable`` says exactly that).
+    """
     log.warning("redis unavailable", error=str(exc), calls=len(calls))
-    for *_, future in calls:
-        if not future.done():
-            future.set_exception(
-                Unavailable("Redis is unavailable; retry with the same id to learn the outcome")
-            )
+    for call in calls:
+        if not call.future.done():
+            call.future.set_exception(Unavailable(_IDEMPOTENT if call.idempotent else _MAYBE))
+
+
+_IDEMPOTENT = "Redis is unavailable; retry with the same id to learn the outcome"
+_MAYBE = "Redis is unavailable; this may or may not have taken effect: check, then retry"

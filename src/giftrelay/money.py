@@ -2,7 +2,9 @@
 
 Every call checks its arguments before Redis sees them, runs one atomic script,
 and either returns a receipt or raises :class:`~giftrelay.errors.Refused` having
-moved nothing. Gifts, top-ups and payouts are idempotent by the caller's id.
+moved nothing. Gifts, top-ups and payouts are idempotent by the caller's id; each
+call tells the pipeline whether it is (see :meth:`AutoPipeline.call`), and only
+those are sent again when a connection breaks before the reply.
 """
 
 from __future__ import annotations
@@ -156,6 +158,7 @@ class Money:
                     self.settings.history_len,
                     self.settings.max_balance,
                 ],
+                idempotent=True,  # by the viewer's request id
             )
             if reply[0] == "err" and reply[1] == "stale_creator":
                 continue
@@ -210,6 +213,7 @@ class Money:
                 self.settings.receipt_ttl * 1000,
                 self.settings.max_balance,
             ],
+            idempotent=True,  # by the payment receipt
         )
         _, balance, replayed = _ok(reply, "topup")
         return TopupReceipt(user=user, coins=balance, replayed=bool(replayed))
@@ -233,6 +237,7 @@ class Money:
                 self.clock(),
                 self.settings.idempotency_ttl * 1000,
             ],
+            idempotent=True,  # by the creator's request id
         )
         _, paid, cash, fee, left, replayed = _ok(reply, "payout")
         return PayoutReceipt(
@@ -251,7 +256,10 @@ class Money:
             raise Refused(Code.BAD_REQUEST, f"daily_coins must be 0 to {self.settings.max_balance}")
         cap = "" if daily_coins is None else daily_coins
         reply = await self.pipe.call(
-            Script.SET_CAP, [keys.wallet(user), keys.LEDGER], [user, cap, self.clock()]
+            Script.SET_CAP,
+            [keys.wallet(user), keys.LEDGER],
+            [user, cap, self.clock()],
+            idempotent=False,  # no id: each run appends a cap entry to the ledger
         )
         _ok(reply, "set_cap")
         return daily_coins
@@ -277,7 +285,10 @@ class Money:
         _check_ident("creator", creator)
         _check_title(title)
         reply = await self.pipe.call(
-            Script.STREAM_OPEN, [keys.stream(stream)], [creator, title, self.clock()]
+            Script.STREAM_OPEN,
+            [keys.stream(stream)],
+            [creator, title, self.clock()],
+            idempotent=False,  # no id: run again after a close, it would reopen the stream
         )
         _ok(reply, "stream_open")
         self._creators[stream] = creator
@@ -290,6 +301,7 @@ class Money:
             Script.STREAM_CLOSE,
             [keys.stream(stream), keys.history(stream), keys.channel(stream)],
             [actor or "", self.clock(), self.settings.history_len],
+            idempotent=False,  # no id: run again after a reopen, it would close the stream
         )
         _ok(reply, "stream_close")
         return await self.stream_info(stream)
@@ -304,6 +316,7 @@ class Money:
             Script.SET_GOAL,
             [keys.stream(stream), keys.history(stream), keys.channel(stream)],
             [actor or "", title, target, self.clock(), self.settings.history_len],
+            idempotent=False,  # no id: each run appends a goal event to the history
         )
         _ok(reply, "set_goal")
         return Goal(title=title, target=target, progress=0)
@@ -339,6 +352,7 @@ class Money:
                 now,
                 self.settings.history_len,
             ],
+            idempotent=False,  # no id: each run shows another alert
         )
         return str(_ok(reply, "test_alert")[1])
 
@@ -347,7 +361,10 @@ class Money:
         _check_ident("stream", stream)
         now = self.clock()
         reply = await self.pipe.call(
-            Script.REVOKE_OVERLAYS, [keys.stream(stream), keys.channel(stream)], [actor or "", now]
+            Script.REVOKE_OVERLAYS,
+            [keys.stream(stream), keys.channel(stream)],
+            [actor or "", now],
+            idempotent=False,  # no id: run again after a later revoke, it would undo it
         )
         _ok(reply, "revoke_overlays")
         return now
@@ -360,7 +377,10 @@ class Money:
     async def viewers_heartbeat(self, stream: str, worker: str, count: int, ttl_ms: int) -> int:
         """Report this worker's viewers of the stream; returns the total over live workers."""
         reply = await self.pipe.call(
-            Script.VIEWERS, [keys.viewers(stream)], [worker, count, self.clock(), ttl_ms]
+            Script.VIEWERS,
+            [keys.viewers(stream)],
+            [worker, count, self.clock(), ttl_ms],
+            idempotent=True,  # sets this worker's count, which only this worker's beats change
         )
         return int(_ok(reply, "viewers")[1])
 
