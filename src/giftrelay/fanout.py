@@ -27,7 +27,7 @@ import socket
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import msgspec
 import structlog
@@ -79,6 +79,15 @@ class _Head(msgspec.Struct):
 _head = msgspec.json.Decoder(_Head)
 
 
+class _Gap(NamedTuple):
+    """What a room missed while its channel was down."""
+
+    entries: list[tuple[str, dict[str, str]]] | None
+    """The history after the room's last offset; None when it no longer reaches back."""
+    revoked_before: int
+    """The stream's stored overlay revocation time (ms); 0 when never revoked."""
+
+
 class _Combo(msgspec.Struct):
     deadline: int
     stream: str
@@ -127,6 +136,8 @@ class Room:
         self.beat_count = -1
         self.beat_at = 0.0
         self.empty_since: float | None = None
+        self.revoked_before = 0
+        """The latest overlay revocation (ms) applied to this room's overlays."""
 
     @property
     def channel(self) -> str:
@@ -472,16 +483,19 @@ class Fanout:
     async def _fill_gap(self, room: Room, subscribed: asyncio.Future[None]) -> None:
         """After a reconnect: what the room missed, from its history, before what is held.
 
-        If the history cannot be read or no longer reaches back, the room's viewers
-        are closed with 1013: they rejoin with ``since`` rather than silently miss events.
+        A revocation is not in the history, only published: one stored since the room
+        last applied one was missed, and closes the overlays it revokes as the live
+        message would. If the history cannot be read or no longer reaches back, the
+        room's viewers are closed with 1013: they rejoin with ``since`` rather than
+        silently miss events.
         """
-        entries: list[tuple[str, dict[str, str]]] | None = None
+        gap: _Gap | None = None
         try:
             async with asyncio.timeout(2.0):
                 await asyncio.shield(subscribed)
             for attempt in range(3):
                 try:
-                    entries = await self._read_gap(room)
+                    gap = await self._read_gap(room)
                     break
                 except (RedisError, OSError, TimeoutError) as exc:
                     log.warning("could not read a stream's gap", stream=room.stream, error=str(exc))
@@ -493,6 +507,10 @@ class Fanout:
         finally:
             room.filling = None
         held, room.held = room.held or [], None
+        if gap is not None and gap.revoked_before > room.revoked_before:
+            log.info("overlay revocation missed; applied", stream=room.stream)
+            self._revoke(room, gap.revoked_before)
+        entries = None if gap is None else gap.entries
         if entries is None:
             for conn in list(room.viewers):
                 self.close_slow(conn, reason=GAP_CLOSE_REASON, count=False)
@@ -504,19 +522,26 @@ class Fanout:
         if entries:
             log.info("stream gap filled", stream=room.stream, events=len(entries))
 
-    async def _read_gap(self, room: Room) -> list[tuple[str, dict[str, str]]] | None:
-        """The history after the room's last offset, or None when it no longer reaches back."""
+    async def _read_gap(self, room: Room) -> _Gap:
+        """The history after the room's last offset, and the stream's revocation time.
+
+        Read after the resubscription was confirmed: a later revocation is published
+        to this worker, an earlier one is stored, so none falls in between.
+        """
         hist = keys.history(room.stream)
         async with asyncio.timeout(2.0), self.money.redis.pipeline(transaction=True) as pipe:
             pipe.xrange(hist, f"({room.last_offset}", "+", count=self.history_limit)
             pipe.xinfo_stream(hist)
-            entries, xinfo = await pipe.execute(raise_on_error=False)
-        if isinstance(entries, Exception):
-            raise entries
+            pipe.hget(keys.stream(room.stream), "overlay_epoch")
+            entries, xinfo, epoch = await pipe.execute(raise_on_error=False)
+        for reply in (entries, epoch):
+            if isinstance(reply, Exception):
+                raise reply
+        revoked = int(epoch) if isinstance(epoch, str) and epoch.isdigit() else 0
         last = _text(xinfo["last-generated-id"]) if isinstance(xinfo, dict) else "0-0"
         if not _reaches_back(room.last_offset, last, xinfo) and room.last != ZERO:
-            return None
-        return cast(list[tuple[str, dict[str, str]]], entries)
+            return _Gap(None, revoked)
+        return _Gap(cast(list[tuple[str, dict[str, str]]], entries), revoked)
 
     def _on_message(self, message: dict[str, Any]) -> None:
         kind = message["type"]
@@ -528,8 +553,7 @@ class Fanout:
             data = message["data"]
             head = _head.decode(data)
             if head.kind == "revoke_overlays":
-                if self.on_revoke is not None:
-                    self.on_revoke(room.stream, head.before)
+                self._revoke(room, head.before)
                 return
             if room.held is not None:
                 room.held.append((data, head))
@@ -543,6 +567,13 @@ class Fanout:
                     future.set_result(None)
                     break
             metrics.REDIS_UP.set(1)
+
+    def _revoke(self, room: Room, before: int) -> None:
+        """Overlay tokens of the room's stream issued before ``before`` (ms) are revoked:
+        the relay closes this worker's overlays that hold one."""
+        room.revoked_before = max(room.revoked_before, before)
+        if self.on_revoke is not None:
+            self.on_revoke(room.stream, before)
 
     def _dispatch(self, room: Room, data: bytes, head: _Head) -> None:
         """A stored event, or a join's marker, in the channel's order."""

@@ -1,5 +1,7 @@
 -- revoke_overlays.lua: overlay tokens of the stream issued before now stop working.
--- Workers check the epoch on connect and close the overlays they hold when told.
+-- Workers check the epoch on connect and close the overlays they hold when told. The
+-- stored epoch is the record: a worker whose channel was down when this published
+-- reads it when the channel is back (fanout.py, _fill_gap) and closes them then.
 --
 -- KEYS[1] st:{stream}     the stream (hash)
 -- KEYS[2] ev:{stream}     pub/sub channel
