@@ -86,7 +86,10 @@ SUMMARIES: dict[str, str] = {
     "GoalOk": "The goal now in force.",
     "TestOk": "The test alert was sent to the stream's viewers.",
     "RevokeOk": "Overlay tokens issued before now stop working.",
-    "Error": "A request was refused: nothing moved. Carries the request's `ref` and `id`.",
+    "Error": (
+        "A request was refused: nothing moved; or, with code `unavailable`, it may or may"
+        " not have taken effect (retry with the same `id`). Carries the request's `ref` and `id`."
+    ),
     "Events": "One or more events of one stream, in offset order.",
 }
 

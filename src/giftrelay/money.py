@@ -2,9 +2,11 @@
 
 Every call checks its arguments before Redis sees them, runs one atomic script,
 and either returns a receipt or raises :class:`~giftrelay.errors.Refused` having
-moved nothing. Gifts, top-ups and payouts are idempotent by the caller's id; each
-call tells the pipeline whether it is (see :meth:`AutoPipeline.call`), and only
-those are sent again when a connection breaks before the reply.
+moved nothing, or :class:`~giftrelay.errors.Unavailable` when Redis did not answer
+(then the call may or may not have taken effect: retry with the same id). Gifts,
+top-ups and payouts are idempotent by the caller's id; each call tells the pipeline
+whether it is (see :meth:`AutoPipeline.call`), and only those are sent again when a
+connection breaks before the reply.
 """
 
 from __future__ import annotations

@@ -333,4 +333,7 @@ class Session:
             async with asyncio.timeout(self.relay.settings.request_timeout):
                 return await call
         except TimeoutError:
-            raise Unavailable("Redis did not answer in time; retry with the same id") from None
+            raise Unavailable(
+                "Redis did not answer in time; the request may or may not have taken effect:"
+                " retry with the same id"
+            ) from None
