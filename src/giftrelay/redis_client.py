@@ -56,8 +56,9 @@ def connect(
 
     A broken connection is retried ``retries`` times (once by default), at once, on a
     fresh connection: after Redis restarts, every pooled connection is dead and the
-    first use of each would fail although Redis is back. That retry is safe because
-    every money script is idempotent. Timeouts are never retried, which keeps the
+    first use of each would fail although Redis is back. This retry covers plain
+    commands (reads, heartbeats); money scripts go through the AutoPipeline, which
+    resends only the idempotent ones. Timeouts are never retried, which keeps the
     bound. ``timeout=None`` is for a connection that blocks on purpose (pub/sub).
     """
     options: dict[str, Any] = {

@@ -70,7 +70,8 @@ if streakable then
   local state = redis.call('GET', KEYS[7])
   if state then
     local cid, n, last = string.match(state, '^([^|]+)|(%d+)|(%d+)$')
-    if cid and now - int(last) <= window then
+    -- A combo that would pass what the ledger can print exactly starts afresh.
+    if cid and now - int(last) <= window and int(n) + count <= MAX_EXACT then
       combo_id, combo, fresh = cid, int(n) + count, false
     end
   end
