@@ -8,7 +8,11 @@ retried request must not count twice, and ``recover`` must bring Redis back.
 
 from __future__ import annotations
 
+import asyncio
+import os
 import shutil
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -223,3 +227,34 @@ async def test_a_wallet_field_that_is_no_integer_is_a_finding(redis: Redis, stor
     report = await reconcile(redis, store, wait=1)
     assert not report.ok
     assert report.lines() == ["unreadable: wallet=mallory field=coins is not an integer: '12.5'"]
+
+
+def _giftrelay(*args: str, url: str, store: Store) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "GIFTRELAY_REDIS_URL": url, "GIFTRELAY_LEDGER_URL": store.url,
+           "GIFTRELAY_SECRET": "s" * 32, "GIFTRELAY_LOG_LEVEL": "warning"}  # fmt: skip
+    return subprocess.run([sys.executable, "-m", "giftrelay", *args], env=env,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+
+
+async def test_the_recover_command_refuses_in_one_line_then_recovers(
+    redis: Redis, redis_server: RedisServer, money: Money, store: Store
+) -> None:
+    await money.stream_open("s1", "creator", "t")
+    await money.topup("carol", 40, "receipt-0004")
+    pubsub = redis.pubsub()
+    await pubsub.subscribe(keys.channel("s1"))  # a relay still running
+    try:
+        refused = await asyncio.to_thread(_giftrelay, "recover", url=redis_server.url, store=store)
+    finally:
+        await pubsub.aclose()
+    assert refused.returncode == 1
+    assert refused.stderr.strip().splitlines() == [
+        "Error: recover refused: a relay is connected to this Redis (subscribed to events):"
+        " stop every `giftrelay serve` first, or pass --force if you know it is safe"
+    ]
+    done = await asyncio.to_thread(_giftrelay, "recover", url=redis_server.url, store=store)
+    assert done.returncode == 0, done.stderr
+    assert "recovered from 1 ledger events: 1 wallets" in done.stdout
+    assert "then run `giftrelay reconcile`" in done.stdout
+    checked = await asyncio.to_thread(_giftrelay, "reconcile", url=redis_server.url, store=store)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
