@@ -6,6 +6,9 @@ changes from a few users (new requests and retries of earlier ids), interleaved
 with faults:
 
 - ``kill``: redis-server is killed -9 while a round is in flight, and restarted;
+- ``pause``: redis-server is stopped (SIGSTOP) past the client's time-out while a
+  round is in flight, so its requests are answered ``unavailable`` although Redis
+  runs them once it resumes;
 - ``restore``: Redis goes back to an older copy of its files (taken earlier in the
   run), then ``giftrelay recover`` brings it back to the ledger store;
 - ``consumer``: the ledger consumer process is killed -9 wherever it is and a new
@@ -34,6 +37,7 @@ import asyncio
 import os
 import random
 import shutil
+import signal
 import subprocess
 from collections import Counter
 from dataclasses import dataclass, field
@@ -64,7 +68,9 @@ VIEWERS = ("v0", "v1", "v2", "v3")
 CREATORS = {"s0": "c0", "s1": "c1"}
 GIFTS = ("rose", "heart", "donut", "confetti", "rocket")
 ROUNDS = 40
-FAULTS = ("kill", "restore", "consumer", "relay")
+FAULTS = ("kill", "pause", "restore", "consumer", "relay")
+PAUSE_S = 0.8
+"""How long a ``pause`` stops Redis: past the client's time-out, so answers are lost."""
 
 
 def seeds() -> list[int]:
@@ -129,7 +135,7 @@ class Site:
         self.server.start()
         self.store = store
         self.settings = Settings.load({})
-        self.redis: Redis = connect(self.server.url)
+        self.redis: Redis = connect(self.server.url, timeout=0.5)  # pause outlasts it
         self.money = Money(self.redis, self.settings, catalog.load())
         self.consumer: subprocess.Popen[str] | None = None
         self.backup: Path | None = None
@@ -158,6 +164,14 @@ class Site:
     async def drain(self) -> None:
         """Until the store holds everything Redis's ledger stream does."""
         await wait_for(lambda: caught_up(self.redis), within=60)
+
+    async def pause(self, seconds: float) -> None:
+        assert self.server.process is not None
+        self.server.process.send_signal(signal.SIGSTOP)
+        try:
+            await asyncio.sleep(seconds)  # the fault's length, not a synchronisation
+        finally:
+            self.server.process.send_signal(signal.SIGCONT)
 
     def take_backup(self) -> None:
         self.server.stop()
@@ -262,11 +276,13 @@ async def run_seed(seed: int, tmp: Path) -> Ledger:
             if fault:
                 ledger.faults[fault] += 1
             work = [asyncio.create_task(answer(site.money, r, ledger)) for r in batch]
-            if fault in ("kill", "relay"):
+            if fault in ("kill", "pause", "relay"):
                 await asyncio.sleep(0)  # the round is on the wire
                 if fault == "kill":
                     site.server.kill()
                     site.server.start()
+                elif fault == "pause":
+                    await site.pause(PAUSE_S)
                 else:
                     await site.redis.connection_pool.disconnect()
             answered = await asyncio.gather(*work)
