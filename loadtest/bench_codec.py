@@ -17,7 +17,7 @@ import msgspec
 from rich.console import Console
 from rich.table import Table
 
-from giftrelay import protocol
+from giftrelay.wire import protocol
 
 console = Console()
 

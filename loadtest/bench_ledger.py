@@ -33,12 +33,13 @@ from redis.asyncio import Redis
 from rich.console import Console
 from rich.table import Table
 
-from giftrelay import keys, logs
+from giftrelay import logs
 from giftrelay.embedded import RedisServer
 from giftrelay.ledger.consumer import LedgerConsumer, group_info
 from giftrelay.ledger.postgres import PostgresStore
 from giftrelay.ledger.sqlite import SQLiteStore
 from giftrelay.ledger.store import Store
+from giftrelay.money import keys
 from giftrelay.redis_client import connect
 
 console = Console()

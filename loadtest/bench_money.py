@@ -9,7 +9,7 @@ default runs) and measures, one after the other on the same server:
 * ``naive loop``: one await per gift, each waiting for the last (what a first
   version does): the baseline the others are given as ratios of;
 * ``concurrent, unbatched``: ``--callers`` tasks, a round trip per gift;
-* ``giftrelay``: the same callers through :class:`giftrelay.money.Money`, whose
+* ``giftrelay``: the same callers through :class:`giftrelay.money.api.Money`, whose
   automatic pipelining shares round trips between concurrent calls.
 
 It also measures the memory one retained idempotency id costs in Redis.
@@ -32,13 +32,14 @@ from redis.asyncio import Redis
 from rich.console import Console
 from rich.table import Table
 
-from giftrelay import catalog, keys, logs
-from giftrelay.autopipe import AutoPipeline
+from giftrelay import logs
 from giftrelay.config import Settings
 from giftrelay.embedded import RedisServer
-from giftrelay.money import Money
+from giftrelay.money import catalog, keys
+from giftrelay.money.api import Money
+from giftrelay.money.autopipe import AutoPipeline
+from giftrelay.money.scripts import SCRIPTS, Script
 from giftrelay.redis_client import connect
-from giftrelay.scripts import SCRIPTS, Script
 
 console = Console()
 STREAM, CREATOR = "bench", "bench_creator"

@@ -81,11 +81,12 @@ from rich.console import Console
 from rich.table import Table
 from websockets.asyncio.client import ClientConnection, connect
 
-from giftrelay import auth, catalog, logs
+from giftrelay import auth, logs
 from giftrelay.client import Disconnected, Event, GiftEvent, RelayError
 from giftrelay.config import Settings
 from giftrelay.embedded import RedisServer, free_port
-from giftrelay.money import Money
+from giftrelay.money import catalog
+from giftrelay.money.api import Money
 from giftrelay.redis_client import connect as redis_connect
 from loadtest import bench
 from loadtest.relaystats import Sample, proc_sample

@@ -39,7 +39,7 @@ from giftrelay.client import (
     new_id,
 )
 from giftrelay.client import ServerMessage as AnyReply
-from giftrelay.protocol import Balance, Error, Reply, StreamOk, TopupOk
+from giftrelay.wire.protocol import Balance, Error, Reply, StreamOk, TopupOk
 
 
 class _Events(msgspec.Struct):

@@ -56,7 +56,8 @@ from hdrh.histogram import HdrHistogram
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from giftrelay import auth, keys
+from giftrelay import auth
+from giftrelay.money import keys
 from giftrelay.redis_client import connect as redis_connect
 
 STREAM = "soak"

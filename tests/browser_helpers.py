@@ -16,11 +16,11 @@ from typing import Any
 
 from playwright.async_api import Browser, ConsoleMessage, Error, Page, async_playwright
 
-from giftrelay import catalog
 from giftrelay.config import Settings
-from giftrelay.money import Money
+from giftrelay.money import catalog
+from giftrelay.money.api import Money
 from giftrelay.redis_client import connect as redis_connect
-from giftrelay.server import Relay
+from giftrelay.relay.server import Relay
 
 from .relay_helpers import SECRET, RelayHandle
 

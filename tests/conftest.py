@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from giftrelay import catalog as catalog_module
 from giftrelay.config import Settings
 from giftrelay.embedded import RedisServer
-from giftrelay.money import Money
+from giftrelay.money import catalog as catalog_module
+from giftrelay.money.api import Money
 from giftrelay.redis_client import connect
 
 START_MS = 1_795_392_000_000  # 2026-11-23 00:00:00 UTC

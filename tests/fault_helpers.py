@@ -23,9 +23,9 @@ from typing import Any
 from redis.asyncio import Redis
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-from giftrelay import keys
 from giftrelay.ledger.reconcile import reconcile
 from giftrelay.ledger.store import Store
+from giftrelay.money import keys
 
 from .relay_helpers import SECRET, Client, token
 

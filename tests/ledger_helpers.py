@@ -14,12 +14,12 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 
-from giftrelay import keys
 from giftrelay.ledger.consumer import LedgerConsumer, group_info
 from giftrelay.ledger.postgres import PostgresStore
 from giftrelay.ledger.sqlite import SQLiteStore
 from giftrelay.ledger.store import Store
-from giftrelay.money import Money
+from giftrelay.money import keys
+from giftrelay.money.api import Money
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "GIFTRELAY_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"

@@ -11,15 +11,19 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import msgspec
+from prometheus_client import REGISTRY
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from giftrelay import auth, catalog
+from giftrelay import auth
 from giftrelay.auth import Role
 from giftrelay.config import Settings
-from giftrelay.money import Money
+from giftrelay.money import catalog
+from giftrelay.money.api import Money
 from giftrelay.redis_client import connect as redis_connect
-from giftrelay.server import Relay
+from giftrelay.relay.fanout import Fanout
+from giftrelay.relay.room import Head, Room
+from giftrelay.relay.server import Relay
 
 SECRET = "test-secret-" + "x" * 32
 
@@ -47,7 +51,9 @@ async def running_relay(
     redis = redis_connect(url, timeout=settings.redis_timeout)
     core = Money(redis, settings, catalog.load())
     await core.start()
-    relay = Relay(settings, SECRET, url, core, core.catalog, drop_hook=drop_hook)
+    relay = Relay(settings, SECRET, url, core, core.catalog)
+    if drop_hook is not None:
+        _drop_events(relay.fanout, drop_hook)
     port = await relay.start("127.0.0.1", 0)
     try:
         yield RelayHandle(relay=relay, money=core, port=port)
@@ -165,3 +171,20 @@ def offsets(events: list[dict[str, Any]]) -> list[tuple[int, int]]:
         ms, _, seq = e["offset"].partition("-")
         out.append((int(ms), int(seq)))
     return out
+
+
+def _drop_events(fanout: Fanout, drop: Callable[[str, bytes], bool]) -> None:
+    """Make this worker lose the events ``drop`` picks, as if Redis never delivered them:
+    for tests of the load-test harness's loss detection (no hook in the relay itself)."""
+    accept = fanout._accept
+
+    def dropping(room: Room, offset: str, data: bytes, head: Head | None) -> None:
+        if not drop(room.stream, data):
+            accept(room, offset, data, head)
+
+    fanout._accept = dropping  # type: ignore[method-assign]
+
+
+def slow_closes() -> float:
+    """Viewers this process has closed as too slow (the relay's own metric)."""
+    return REGISTRY.get_sample_value("giftrelay_slow_client_closes_total") or 0.0

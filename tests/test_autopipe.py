@@ -9,13 +9,13 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from giftrelay import catalog, keys
-from giftrelay.autopipe import AutoPipeline
 from giftrelay.config import Settings
 from giftrelay.embedded import RedisServer
-from giftrelay.errors import Unavailable
-from giftrelay.money import GiftReceipt, Money
+from giftrelay.money import catalog, keys
+from giftrelay.money.api import GiftReceipt, Money
+from giftrelay.money.autopipe import AutoPipeline
 from giftrelay.redis_client import connect
+from giftrelay.wire.errors import Unavailable
 
 from .conftest import Clock, ledger_entries
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
-from giftrelay import keys
 from giftrelay.embedded import RedisServer
+from giftrelay.money import keys
 
 from .fault_helpers import FAST, serve, wait_until
 from .relay_helpers import Client, running_relay, token

@@ -1,4 +1,4 @@
-"""giftrelay.broadcast: one frame built once, written to many real connections."""
+"""giftrelay.relay.broadcast: one frame built once, written to many real connections."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
 
-from giftrelay.broadcast import send_all
-from giftrelay.compression import MIN_BYTES, DeflateFactory
+from giftrelay.relay.broadcast import send_all
+from giftrelay.relay.compression import MIN_BYTES, DeflateFactory
 
 
 @asynccontextmanager

@@ -7,8 +7,8 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from giftrelay import catalog
-from giftrelay.catalog import CatalogError
+from giftrelay.money import catalog
+from giftrelay.money.catalog import CatalogError
 
 GOOD = """
 [[gift]]

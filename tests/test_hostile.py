@@ -24,11 +24,12 @@ from websockets.asyncio.client import connect
 from websockets.asyncio.server import serve
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from giftrelay import keys, protocol
 from giftrelay.auth import Role
 from giftrelay.client import Client as RelayClient
 from giftrelay.embedded import RedisServer
-from giftrelay.errors import Code
+from giftrelay.money import keys
+from giftrelay.wire import protocol
+from giftrelay.wire.errors import Code
 
 from .fault_helpers import FAST, ask
 from .relay_helpers import SECRET, Client, RelayHandle, running_relay, token

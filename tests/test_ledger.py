@@ -11,13 +11,13 @@ import msgspec
 import pytest
 from redis.asyncio import Redis
 
-from giftrelay import keys
 from giftrelay.ledger.postgres import PostgresStore
 from giftrelay.ledger.postings import Asset, Posting, Record, record
 from giftrelay.ledger.reconcile import Difference, reconcile
 from giftrelay.ledger.sqlite import SQLiteStore
 from giftrelay.ledger.store import Store, StoreDataError, WriteResult, migrations, statements
-from giftrelay.money import Money
+from giftrelay.money import keys
+from giftrelay.money.api import Money
 
 from .ledger_helpers import (
     caught_up,

@@ -17,13 +17,13 @@ import msgspec
 import pytest
 from redis.asyncio import Redis
 
-from giftrelay import catalog, keys
 from giftrelay.config import Settings
 from giftrelay.embedded import RedisServer, free_port
 from giftrelay.ledger.reconcile import reconcile
 from giftrelay.ledger.sqlite import SQLiteStore
 from giftrelay.ledger.store import Store
-from giftrelay.money import Money
+from giftrelay.money import catalog, keys
+from giftrelay.money.api import Money
 from giftrelay.redis_client import connect
 
 from .conftest import START_MS

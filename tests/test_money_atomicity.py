@@ -12,10 +12,10 @@ from collections.abc import Awaitable, Callable
 import pytest
 from redis.asyncio import Redis
 
-from giftrelay import catalog, keys
 from giftrelay.config import Settings
-from giftrelay.errors import Code, Refused
-from giftrelay.money import Money
+from giftrelay.money import catalog, keys
+from giftrelay.money.api import Money
+from giftrelay.wire.errors import Code, Refused
 
 from .conftest import Clock, dump
 

@@ -21,13 +21,13 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from redis.asyncio import Redis
 
-from giftrelay import catalog, keys, rules
 from giftrelay.config import ConfigError, Settings
-from giftrelay.errors import Code, Refused
-from giftrelay.events import GiftEntry, PayoutEntry, ledger_decoder
 from giftrelay.ledger.consumer import decode
-from giftrelay.money import Money
-from giftrelay.scripts import SCRIPTS, Script
+from giftrelay.ledger.entries import GiftEntry, PayoutEntry, ledger_decoder
+from giftrelay.money import catalog, keys, rules
+from giftrelay.money.api import Money
+from giftrelay.money.scripts import SCRIPTS, Script
+from giftrelay.wire.errors import Code, Refused
 
 from .conftest import Clock, dump
 
@@ -67,7 +67,7 @@ async def test_the_ledger_encoder_is_exact_below_10_14_and_not_at_it(redis: Redi
                          cash_cents = tonumber(ARGV[1]), fee_cents = 0, diamonds_after = 0})
         return 1
     """
-    prelude = resources.files("giftrelay").joinpath("lua", "_prelude.lua").read_text()
+    prelude = resources.files("giftrelay.money").joinpath("lua", "_prelude.lua").read_text()
     source = prelude + snippet
     for cash in (rules.EXACT_LIMIT - 1, rules.EXACT_LIMIT):
         await redis.eval(source, 1, keys.LEDGER, cash)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from giftrelay.money import Money
+from giftrelay.money.api import Money
 
 from .conftest import Clock
 

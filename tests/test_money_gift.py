@@ -8,11 +8,12 @@ import msgspec
 import pytest
 from redis.asyncio import Redis
 
-from giftrelay import catalog, keys
 from giftrelay.config import Settings
-from giftrelay.errors import Code, Refused
-from giftrelay.events import GiftEntry, GiftEvent, ledger_decoder, stored_event_decoder
-from giftrelay.money import Money
+from giftrelay.ledger.entries import GiftEntry, ledger_decoder
+from giftrelay.money import catalog, keys
+from giftrelay.money.api import Money
+from giftrelay.wire.errors import Code, Refused
+from giftrelay.wire.events import GiftEvent, stored_event_decoder
 
 from .conftest import Clock, dump, ledger_entries
 

@@ -10,12 +10,12 @@ import msgspec
 import pytest
 from redis.asyncio import Redis
 
-from giftrelay import catalog, keys
 from giftrelay.config import Settings
 from giftrelay.embedded import RedisServer
-from giftrelay.errors import Code, Refused, Unavailable
-from giftrelay.money import Money
+from giftrelay.money import catalog, keys
+from giftrelay.money.api import Money
 from giftrelay.redis_client import connect
+from giftrelay.wire.errors import Code, Refused, Unavailable
 
 from .conftest import Clock, dump, ledger_entries
 

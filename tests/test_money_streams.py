@@ -6,9 +6,9 @@ import msgspec
 import pytest
 from redis.asyncio import Redis
 
-from giftrelay import keys
-from giftrelay.errors import Code, Refused
-from giftrelay.money import Goal, Money
+from giftrelay.money import keys
+from giftrelay.money.api import Goal, Money
+from giftrelay.wire.errors import Code, Refused
 
 from .conftest import dump
 

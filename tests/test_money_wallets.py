@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from redis.asyncio import Redis
 
-from giftrelay import catalog
 from giftrelay.config import Settings
-from giftrelay.errors import Code, Refused
-from giftrelay.money import Money
+from giftrelay.money import catalog
+from giftrelay.money.api import Money
+from giftrelay.wire.errors import Code, Refused
 
 from .conftest import START_MS, Clock, dump, ledger_entries
 

@@ -12,8 +12,8 @@ import pytest
 from redis.asyncio import Redis
 from websockets.asyncio.client import ClientConnection, connect
 
-from giftrelay import protocol
 from giftrelay.embedded import RedisServer
+from giftrelay.wire import protocol
 
 from .relay_helpers import Client, RelayHandle, running_relay, token
 

@@ -12,10 +12,10 @@ import time
 
 from redis.asyncio import Redis
 
-from giftrelay import keys
 from giftrelay.auth import Role
 from giftrelay.embedded import RedisServer
-from giftrelay.scripts import SCRIPTS, Script
+from giftrelay.money import keys
+from giftrelay.money.scripts import SCRIPTS, Script
 
 from .relay_helpers import Client, running_relay, token
 

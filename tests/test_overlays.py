@@ -19,11 +19,12 @@ import pytest
 from playwright.async_api import Browser, expect
 from redis.asyncio import Redis
 
-from giftrelay import auth, catalog, keys
+from giftrelay import auth
 from giftrelay.auth import Role
 from giftrelay.config import Settings
 from giftrelay.embedded import RedisServer, free_port
-from giftrelay.money import Money
+from giftrelay.money import catalog, keys
+from giftrelay.money.api import Money
 from giftrelay.redis_client import connect as redis_connect
 
 from .browser_helpers import (

@@ -8,8 +8,8 @@ from typing import Any
 import msgspec
 import pytest
 
-from giftrelay import protocol
-from giftrelay.errors import Code
+from giftrelay.wire import protocol
+from giftrelay.wire.errors import Code
 
 
 def decode(message: dict[str, Any]) -> protocol.ClientMessage:

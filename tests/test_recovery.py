@@ -19,14 +19,14 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from giftrelay import catalog, keys
 from giftrelay.config import Settings
 from giftrelay.embedded import RedisServer
 from giftrelay.ledger.postings import record
 from giftrelay.ledger.reconcile import reconcile
 from giftrelay.ledger.recover import RecoverRefused, recover
 from giftrelay.ledger.store import Store
-from giftrelay.money import Money
+from giftrelay.money import catalog, keys
+from giftrelay.money.api import Money
 from giftrelay.redis_client import connect
 
 from .ledger_helpers import drain, make_store, quick_consumer

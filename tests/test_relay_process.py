@@ -12,11 +12,11 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from giftrelay import catalog
 from giftrelay.auth import Role
 from giftrelay.config import Settings
 from giftrelay.embedded import RedisServer, free_port
-from giftrelay.money import Money
+from giftrelay.money import catalog
+from giftrelay.money.api import Money
 
 from .relay_helpers import SECRET, Client, token
 

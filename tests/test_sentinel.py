@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from giftrelay import catalog
 from giftrelay.config import Settings
 from giftrelay.embedded import RedisServer, find_redis_server, free_port
-from giftrelay.money import Money
+from giftrelay.money import catalog
+from giftrelay.money.api import Money
 from giftrelay.redis_client import SentinelURL, connect
 
 from .relay_helpers import Client, running_relay, token

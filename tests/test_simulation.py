@@ -48,17 +48,17 @@ import pytest
 import structlog
 from redis.asyncio import Redis
 
-from giftrelay import catalog
 from giftrelay.config import Settings
 from giftrelay.embedded import RedisServer
-from giftrelay.errors import Code, Refused
-from giftrelay.events import ledger_decoder
+from giftrelay.ledger.entries import ledger_decoder
 from giftrelay.ledger.postings import identity_of
 from giftrelay.ledger.reconcile import reconcile
 from giftrelay.ledger.recover import recover
 from giftrelay.ledger.sqlite import SQLiteStore
-from giftrelay.money import Money
+from giftrelay.money import catalog
+from giftrelay.money.api import Money
 from giftrelay.redis_client import connect
+from giftrelay.wire.errors import Code, Refused
 
 from .ledger_helpers import caught_up, spawn, wait_for
 

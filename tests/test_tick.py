@@ -1,10 +1,10 @@
-"""The fan-out's adaptive tick (pure: giftrelay.fanout.next_tick)."""
+"""The fan-out's adaptive tick (pure: giftrelay.relay.flush.next_tick)."""
 
 from __future__ import annotations
 
 import pytest
 
-from giftrelay.fanout import FLUSH_SHARE, next_tick
+from giftrelay.relay.flush import FLUSH_SHARE, next_tick
 
 TICK, MAX = 0.025, 0.25
 

@@ -14,9 +14,9 @@ import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from giftrelay import keys
 from giftrelay.embedded import RedisServer
-from giftrelay.errors import Code, Refused, Unavailable
+from giftrelay.money import keys
+from giftrelay.wire.errors import Code, Refused, Unavailable
 
 from .conftest import ledger_entries
 from .relay_helpers import Client, running_relay, token

@@ -15,7 +15,7 @@ import jwt
 import msgspec
 import structlog
 
-from giftrelay.rules import is_ident
+from giftrelay.wire.ids import is_ident
 
 log = structlog.get_logger(__name__)
 

@@ -18,21 +18,22 @@ import click
 import msgspec
 import structlog
 
-from giftrelay import __version__, auth, catalog, logs
-from giftrelay.catalog import CatalogError
+from giftrelay import __version__, auth, logs
 from giftrelay.config import ConfigError, Settings
 from giftrelay.embedded import EmbeddedRedisError, free_port
-from giftrelay.errors import Refused
 from giftrelay.ledger import export as ledger_export
 from giftrelay.ledger.reconcile import reconcile as reconcile_ledger
 from giftrelay.ledger.recover import RecoverRefused
 from giftrelay.ledger.recover import recover as recover_redis
 from giftrelay.ledger.store import StoreUnavailable
-from giftrelay.money import Money
+from giftrelay.money import catalog
+from giftrelay.money.api import Money
+from giftrelay.money.catalog import CatalogError
 from giftrelay.redis_client import connect
+from giftrelay.relay.server import Relay
+from giftrelay.relay.workers import Workers, mark_ready
 from giftrelay.runtime import consumer, ledger_store, money, redis_url, secret_for
-from giftrelay.server import Relay
-from giftrelay.workers import Workers, mark_ready
+from giftrelay.wire.errors import Refused
 
 log = structlog.get_logger(__name__)
 

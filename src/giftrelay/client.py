@@ -32,7 +32,7 @@ Example::
 
     asyncio.run(main())
 
-Messages are the relay's own msgspec Structs (:mod:`giftrelay.protocol`,
+Messages are the relay's own msgspec Structs (:mod:`giftrelay.wire.protocol`,
 :mod:`giftrelay.events`); events of a kind this client does not know yet arrive
 as :class:`UnknownEvent` rather than breaking it.
 """
@@ -55,9 +55,10 @@ import structlog
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from giftrelay import protocol
-from giftrelay.events import GiftEvent, GoalEvent, StreamEndedEvent
-from giftrelay.protocol import (
+from giftrelay.wire import protocol
+from giftrelay.wire.events import GiftEvent, GoalEvent, StreamEndedEvent
+from giftrelay.wire.offsets import parse_offset
+from giftrelay.wire.protocol import (
     Balance,
     ComboEndEvent,
     Error,
@@ -199,7 +200,7 @@ class Disconnected(Exception):
 
 def offset_key(offset: str) -> tuple[int, int]:
     """An offset as a pair that sorts like the stream: ``"17-3"`` -> (17, 3)."""
-    return protocol.parse_offset(offset)
+    return parse_offset(offset)
 
 
 def decode_event(raw: msgspec.Raw | bytes) -> Event:

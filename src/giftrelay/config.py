@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from giftrelay.rules import EXACT_LIMIT, MAX_BALANCE, MAX_GIFT_COUNT
+from giftrelay.money.rules import EXACT_LIMIT, MAX_BALANCE, MAX_GIFT_COUNT
 
 ENV_PREFIX = "GIFTRELAY_"
 

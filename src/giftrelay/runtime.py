@@ -14,12 +14,14 @@ from collections.abc import AsyncIterator
 
 import structlog
 
-from giftrelay import auth, catalog
+from giftrelay import auth
 from giftrelay.config import ConfigError, Settings
 from giftrelay.embedded import RedisServer, running_url
+from giftrelay.ledger import open_store
 from giftrelay.ledger.consumer import LedgerConsumer
-from giftrelay.ledger.store import Store, StoreUnavailable, open_store
-from giftrelay.money import Money
+from giftrelay.ledger.store import Store, StoreUnavailable
+from giftrelay.money import catalog
+from giftrelay.money.api import Money
 from giftrelay.redis_client import connect
 
 log = structlog.get_logger(__name__)

@@ -35,18 +35,14 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from giftrelay import keys, metrics
+from giftrelay import metrics
 from giftrelay.ledger.postings import PoisonEntry, Record, record
 from giftrelay.ledger.store import Store, StoreDataError, StoreUnavailable, WriteResult
+from giftrelay.money import keys
 
 log = structlog.get_logger(__name__)
 
 Entry = tuple[str, dict[str, str] | None]
-
-
-def parse_id(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
 
 
 Poison = tuple[str, dict[str, str], str]

@@ -29,6 +29,7 @@ from giftrelay.ledger.store import (
     migrations,
     statements,
 )
+from giftrelay.wire.offsets import parse_offset
 
 MIGRATION_LOCK = 0x6C6564676572  # "ledger"
 EXPORT_PAGE = 1000
@@ -156,8 +157,7 @@ class PostgresStore:
                 yield row
             if len(page) < EXPORT_PAGE:
                 return
-            ms, seq = page[-1].event_id.split("-")
-            after = (int(ms), int(seq))
+            after = parse_offset(page[-1].event_id)
 
     async def _page(
         self, after: Position, since_ms: int | None, until_ms: int | None

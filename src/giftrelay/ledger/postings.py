@@ -36,7 +36,7 @@ from typing import Any
 
 import msgspec
 
-from giftrelay.events import (
+from giftrelay.ledger.entries import (
     AnyLedgerEntry,
     CapEntry,
     GiftEntry,
@@ -44,6 +44,7 @@ from giftrelay.events import (
     TopupEntry,
     ledger_decoder,
 )
+from giftrelay.wire.offsets import parse_offset
 
 
 class Asset(enum.StrEnum):
@@ -201,9 +202,8 @@ def identity_of(entry: AnyLedgerEntry) -> Identity:
 
 def record(event_id: str, body: str | bytes) -> Record:
     """The record for one ``ledger`` stream entry, or :class:`PoisonEntry`."""
-    ms_text, _, seq_text = event_id.partition("-")
     try:
-        ms, seq = int(ms_text), int(seq_text)
+        ms, seq = parse_offset(event_id)
     except ValueError:
         raise PoisonEntry(f"not a stream entry id: {event_id!r}") from None
     try:

@@ -27,10 +27,11 @@ import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from giftrelay import keys
-from giftrelay.ledger.consumer import group_info, parse_id
+from giftrelay.ledger.consumer import group_info
 from giftrelay.ledger.postings import USER, Asset
 from giftrelay.ledger.store import Conflict, Position, Store
+from giftrelay.money import keys
+from giftrelay.wire.offsets import parse_offset
 
 WALLET_ASSETS = (Asset.COINS, Asset.DIAMONDS)
 
@@ -130,7 +131,7 @@ async def reconcile(redis: Redis, store: Store, *, wait: float = 30.0) -> Report
         waiting = await _wait_until_written(redis, snap.position, wait)
         if waiting:
             return Report(position=snap.position, caught_up=False, waiting=waiting)
-        upto = parse_id(snap.position) if snap.position else (0, 0)
+        upto = parse_offset(snap.position) if snap.position else (0, 0)
         balances = await store.balances(upto)
         users = {account[len(USER) :] for account, _ in balances if account.startswith(USER)}
         missing = users - snap.wallets.keys() - {u.wallet for u in snap.unreadable}
@@ -168,7 +169,7 @@ async def _lost(store: Store, *, after: Position, upto: Position) -> dict[str, i
     """Per wallet, the stored events in (after, upto]: movements Redis never had."""
     lost: Counter[str] = Counter()
     async for row in store.export(None, None, after=after):
-        if parse_id(row.event_id) > upto:
+        if parse_offset(row.event_id) > upto:
             break
         wallets = {p.account[len(USER) :] for p in row.postings if p.account.startswith(USER)}
         lost.update(wallets or {row.actor})

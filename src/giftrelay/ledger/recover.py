@@ -31,11 +31,12 @@ import structlog
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from giftrelay import keys
-from giftrelay.events import CapEntry, GiftEntry, PayoutEntry, TopupEntry, ledger_decoder
-from giftrelay.ledger.consumer import group_info, parse_id
+from giftrelay.ledger.consumer import group_info
+from giftrelay.ledger.entries import CapEntry, GiftEntry, PayoutEntry, TopupEntry, ledger_decoder
 from giftrelay.ledger.postings import USER, PoisonEntry, Record, record
 from giftrelay.ledger.store import ExportRow, Store
+from giftrelay.money import keys
+from giftrelay.wire.offsets import parse_offset
 
 log = structlog.get_logger(__name__)
 
@@ -291,7 +292,7 @@ async def _advance_ledger(redis: Redis, stored_last: str) -> str:
             raise
     info = await redis.xinfo_stream(keys.LEDGER)
     current = str(info["last-generated-id"])
-    if parse_id(stored_last) > parse_id(current):
+    if parse_offset(stored_last) > parse_offset(current):
         await redis.execute_command("XSETID", keys.LEDGER, stored_last)  # type: ignore[no-untyped-call]
         return stored_last
     return current

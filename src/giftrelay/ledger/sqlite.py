@@ -27,6 +27,7 @@ from giftrelay.ledger.store import (
     migrations,
     statements,
 )
+from giftrelay.wire.offsets import parse_offset
 
 T = TypeVar("T")
 
@@ -129,8 +130,7 @@ class SQLiteStore:
                 yield row
             if len(page) < EXPORT_PAGE:
                 return
-            last = page[-1].event_id.split("-")
-            after = (int(last[0]), int(last[1]))
+            after = parse_offset(page[-1].event_id)
 
     async def close(self) -> None:
         async with self._lock:

@@ -117,19 +117,3 @@ def statements(sql: str) -> list[str]:
     """A migration file's statements (split on ';' at line ends; no procedural SQL)."""
     lines = [line for line in sql.splitlines() if not line.lstrip().startswith("--")]
     return [s.strip() for s in re.split(r";\s*$", "\n".join(lines), flags=re.M) if s.strip()]
-
-
-def open_store(url: str) -> Store:
-    """The store for ``url``: ``sqlite:///relative/path``, ``sqlite:////abs/path``
-    or ``postgresql://user@host/db``."""
-    if url.startswith("sqlite:///"):
-        from giftrelay.ledger.sqlite import SQLiteStore
-
-        return SQLiteStore(url)
-    if url.startswith(("postgresql://", "postgres://")):
-        from giftrelay.ledger.postgres import PostgresStore
-
-        return PostgresStore(url)
-    raise ValueError(
-        f"GIFTRELAY_LEDGER_URL: {url!r} is neither sqlite:///path nor postgresql://..."
-    )

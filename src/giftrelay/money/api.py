@@ -1,8 +1,8 @@
 """The money core's typed async API over the Lua scripts.
 
 Every call checks its arguments before Redis sees them, runs one atomic script,
-and either returns a receipt or raises :class:`~giftrelay.errors.Refused` having
-moved nothing, or :class:`~giftrelay.errors.Unavailable` when Redis did not answer
+and either returns a receipt or raises :class:`~giftrelay.wire.errors.Refused` having
+moved nothing, or :class:`~giftrelay.wire.errors.Unavailable` when Redis did not answer
 (then the call may or may not have taken effect: retry with the same id). Gifts,
 top-ups and payouts are idempotent by the caller's id; each call tells the pipeline
 whether it is (see :meth:`AutoPipeline.call`), and only those are sent again when a
@@ -14,7 +14,8 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar, cast
+from fractions import Fraction
+from typing import Any, Protocol, TypeVar, cast
 
 import msgspec
 import structlog
@@ -22,12 +23,12 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from giftrelay import keys, rules
-from giftrelay.autopipe import AutoPipeline
-from giftrelay.catalog import Catalog, Gift
-from giftrelay.config import Settings
-from giftrelay.errors import Code, Refused, Unavailable
-from giftrelay.scripts import SCRIPTS, Script
+from giftrelay.money import keys, rules
+from giftrelay.money.autopipe import AutoPipeline
+from giftrelay.money.catalog import Catalog, Gift
+from giftrelay.money.scripts import SCRIPTS, Script
+from giftrelay.wire.errors import Code, Refused, Unavailable
+from giftrelay.wire.ids import is_ident, is_request_id
 
 log = structlog.get_logger(__name__)
 
@@ -36,6 +37,32 @@ T = TypeVar("T")
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+class MoneySettings(Protocol):
+    """What the money core reads of the configuration (``giftrelay.config.Settings``
+    has it all); a protocol, so that the money core depends on no layer above it."""
+
+    @property
+    def max_balance(self) -> int: ...
+    @property
+    def max_gift_count(self) -> int: ...
+    @property
+    def payout_min_diamonds(self) -> int: ...
+    @property
+    def idempotency_ttl(self) -> int: ...
+    @property
+    def receipt_ttl(self) -> int: ...
+    @property
+    def combo_window_ms(self) -> int: ...
+    @property
+    def history_len(self) -> int: ...
+    @property
+    def diamond_rate(self) -> Fraction: ...
+    @property
+    def cent_rate(self) -> Fraction: ...
+    @property
+    def fee_rate(self) -> Fraction: ...
 
 
 class GiftReceipt(msgspec.Struct, frozen=True):
@@ -98,7 +125,7 @@ class Money:
     def __init__(
         self,
         redis: Redis,
-        settings: Settings,
+        settings: MoneySettings,
         catalog: Catalog,
         *,
         clock: Callable[[], int] = now_ms,
@@ -441,12 +468,12 @@ async def _guard(awaitable: Awaitable[T]) -> T:
 
 
 def _check_ident(what: str, value: str) -> None:
-    if not rules.is_ident(value):
+    if not is_ident(value):
         raise Refused(Code.BAD_REQUEST, f"{what} must be 1-64 characters of A-Z a-z 0-9 _ . -")
 
 
 def _check_request_id(value: str) -> None:
-    if not rules.is_request_id(value):
+    if not is_request_id(value):
         raise Refused(Code.BAD_REQUEST, "id must be 8-64 characters of A-Z a-z 0-9 _ -")
 
 

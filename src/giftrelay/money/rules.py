@@ -1,4 +1,4 @@
-"""Money rules and identifier formats: pure functions, no I/O.
+"""Money rules: pure functions, no I/O.
 
 Amounts are integers. Rates are exact fractions, and every conversion rounds
 down, so the house never pays out a fraction it did not receive.
@@ -7,9 +7,7 @@ down, so the house never pays out a fraction it did not receive.
 from __future__ import annotations
 
 import math
-import re
 from fractions import Fraction
-from typing import Annotated
 
 import msgspec
 
@@ -37,26 +35,6 @@ MAX_PRICE = 10**7
 MAX_GIFT_COUNT = 10**6
 """The largest ``max_gift_count`` a deployment may set."""
 assert MAX_PRICE * MAX_GIFT_COUNT <= MAX_BALANCE < EXACT_LIMIT
-
-IDENT_PATTERN = r"^[A-Za-z0-9_.\-]{1,64}$"
-"""Users, streams and gifts (PROTOCOL.md: 1-64 of ``[A-Za-z0-9_.-]``)."""
-
-REQUEST_ID_PATTERN = r"^[A-Za-z0-9_\-]{8,64}$"
-"""Idempotency keys (PROTOCOL.md: 8-64 of ``[A-Za-z0-9_-]``)."""
-
-Ident = Annotated[str, msgspec.Meta(pattern=IDENT_PATTERN)]
-RequestId = Annotated[str, msgspec.Meta(pattern=REQUEST_ID_PATTERN)]
-
-_ident = re.compile(IDENT_PATTERN)
-_request_id = re.compile(REQUEST_ID_PATTERN)
-
-
-def is_ident(text: str) -> bool:
-    return _ident.match(text) is not None
-
-
-def is_request_id(text: str) -> bool:
-    return _request_id.match(text) is not None
 
 
 def diamonds_for(coins: int, rate: Fraction) -> int:

@@ -5,7 +5,7 @@ WebSocket server normally does it, that is thousands of compressions; sent plain
 is thousands of copies of ~20 kB of JSON through the kernel, which is most of what a
 flush costs. The relay negotiates *no context takeover* in both directions, so every
 message is compressed on its own: the compressed bytes of a message are then the same
-for every viewer that agreed the same window, and :func:`giftrelay.broadcast.send_all`
+for every viewer that agreed the same window, and :func:`giftrelay.relay.broadcast.send_all`
 compresses each frame once and writes those bytes to all of them. Event JSON is
 repetitive; a frame shrinks several times.
 

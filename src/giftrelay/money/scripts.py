@@ -27,7 +27,7 @@ class Script(enum.Enum):
 
 
 def _read(name: str) -> str:
-    return resources.files("giftrelay").joinpath("lua", f"{name}.lua").read_text("utf-8")
+    return resources.files("giftrelay.money").joinpath("lua", f"{name}.lua").read_text("utf-8")
 
 
 class Scripts:

@@ -2,7 +2,7 @@
 
 Every client message is a tagged msgspec Struct; one decoder validates types,
 ranges and lengths before anything is touched, and :func:`decode` turns any bad
-input into a :class:`~giftrelay.errors.Refused` carrying the ``ref``/``id`` it
+input into a :class:`~giftrelay.wire.errors.Refused` carrying the ``ref``/``id`` it
 could still read. Replies and events are Structs encoded by one encoder.
 """
 
@@ -12,15 +12,14 @@ from typing import Annotated, Any
 
 import msgspec
 
-from giftrelay.errors import Code, Refused
-from giftrelay.rules import IDENT_PATTERN, REQUEST_ID_PATTERN
+from giftrelay.wire.errors import Code, Refused
+from giftrelay.wire.ids import Ident, RequestId
+from giftrelay.wire.offsets import parse_offset
 
 VERSION = 1
 
 OFFSET_PATTERN = r"^[0-9]{1,20}-[0-9]{1,20}$"
 
-Ident = Annotated[str, msgspec.Meta(pattern=IDENT_PATTERN)]
-RequestId = Annotated[str, msgspec.Meta(pattern=REQUEST_ID_PATTERN)]
 Offset = Annotated[str, msgspec.Meta(pattern=OFFSET_PATTERN)]
 Ref = Annotated[str, msgspec.Meta(max_length=64)]
 Title = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
@@ -425,9 +424,3 @@ def encode_event(event: LiveEvent) -> msgspec.Raw:
 
 def error(exc: Refused, ref: str | None = None, id: str | None = None) -> Error:
     return Error(code=exc.code.value, message=exc.message, ref=ref, id=id)
-
-
-def parse_offset(offset: str) -> tuple[int, int]:
-    """A history entry id as a comparable pair: ``"1700000000000-3"`` -> (1700000000000, 3)."""
-    ms, _, seq = offset.partition("-")
-    return int(ms), int(seq or 0)

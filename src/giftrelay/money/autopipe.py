@@ -24,8 +24,8 @@ from redis.exceptions import BusyLoadingError, NoScriptError, ReadOnlyError, Res
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from giftrelay.errors import Code, Refused, Unavailable
-from giftrelay.scripts import SCRIPTS, Script
+from giftrelay.money.scripts import SCRIPTS, Script
+from giftrelay.wire.errors import Code, Refused, Unavailable
 
 log = structlog.get_logger(__name__)
 

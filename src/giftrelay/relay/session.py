@@ -1,6 +1,6 @@
 """One WebSocket connection: who it is, what it may do, and its messages in and out.
 
-Each message is decoded and validated (:mod:`giftrelay.protocol`) before anything
+Each message is decoded and validated (:mod:`giftrelay.wire.protocol`) before anything
 is touched; role checks come next; only then is Redis asked. Every failure is an
 ``error`` frame with the request's ``ref``/``id`` and the connection stays open.
 Gifts run concurrently (bounded) so one connection can keep many in flight;
@@ -13,19 +13,24 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Iterator
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
+import msgspec
 import structlog
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from giftrelay import __version__, metrics, protocol
+from giftrelay import __version__, metrics
 from giftrelay.auth import Claims, Role
-from giftrelay.errors import Code, Refused, Unavailable
-from giftrelay.limits import TokenBucket
+from giftrelay.relay.limits import TokenBucket
+from giftrelay.wire import protocol
+from giftrelay.wire.errors import Code, Refused, Unavailable
 
 if TYPE_CHECKING:
-    from giftrelay.server import Relay
+    from giftrelay.config import Settings
+    from giftrelay.money.api import Money
+    from giftrelay.relay.fanout import Fanout
+    from giftrelay.relay.limits import Buckets
 
 log = structlog.get_logger(__name__)
 
@@ -35,6 +40,18 @@ SHUTTING_DOWN = Unavailable("the relay is shutting down; nothing moved; retry el
 
 SPENDERS = (Role.VIEWER, Role.CREATOR, Role.ADMIN)
 MANAGERS = (Role.CREATOR, Role.ADMIN)
+
+
+class Relay(Protocol):
+    """What a session uses of its worker (``giftrelay.relay.server.Relay``): a protocol,
+    so that the session does not import the server that creates it."""
+
+    settings: Settings
+    money: Money
+    fanout: Fanout
+    catalog_gifts: msgspec.Raw
+    gift_buckets: Buckets
+    stopping: bool
 
 
 class Session:
@@ -189,7 +206,7 @@ class Session:
             await self.send(protocol.error(exc, message.ref, request_id))
             return
         except Exception:
-            log.exception("request failed", type=type(message).__name__, user=self.user)
+            log.exception("request failed", type=type(message).__name__)
             await self.send(protocol.error(Refused(Code.INTERNAL), message.ref, request_id))
             return
         if reply is not None:

@@ -15,7 +15,7 @@ import resource
 import time
 import weakref
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from email.utils import formatdate
 from urllib.parse import parse_qs, urlsplit
 
@@ -28,16 +28,17 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
-from giftrelay import auth, metrics, protocol, web
+from giftrelay import auth, metrics, web
 from giftrelay.auth import Claims, Role
-from giftrelay.catalog import Catalog
-from giftrelay.compression import DeflateFactory
 from giftrelay.config import Settings
-from giftrelay.errors import Refused
-from giftrelay.fanout import Fanout
-from giftrelay.limits import Buckets
-from giftrelay.money import Money
-from giftrelay.session import Session
+from giftrelay.money.api import Money
+from giftrelay.money.catalog import Catalog
+from giftrelay.relay.compression import DeflateFactory
+from giftrelay.relay.fanout import Fanout
+from giftrelay.relay.limits import Buckets
+from giftrelay.relay.session import Session
+from giftrelay.wire import protocol
+from giftrelay.wire.errors import Refused
 
 log = structlog.get_logger(__name__)
 
@@ -64,8 +65,6 @@ class Relay:
         url: str,
         money: Money,
         catalog: Catalog,
-        *,
-        drop_hook: Callable[[str, bytes], bool] | None = None,
     ) -> None:
         self.settings = settings
         self.secret = secret
@@ -81,7 +80,6 @@ class Relay:
             combo_window_ms=settings.combo_window_ms,
             write_buffer_limit=settings.write_buffer_bytes,
             on_revoke=self._revoked,
-            drop_hook=drop_hook,
         )
         self.gift_buckets = Buckets(settings.gift_rate, settings.gift_burst)
         self.sessions: set[Session] = set()
@@ -243,6 +241,12 @@ class Relay:
         conn.response = None
         session = Session(self, conn, claims)
         ip = _ip(conn)
+        # Every line logged for this connection, in its task and the tasks it starts,
+        # carries its id and user.
+        with structlog.contextvars.bound_contextvars(conn=str(conn.id)[:8], user=session.user):
+            await self._serve(session, conn, ip)
+
+    async def _serve(self, session: Session, conn: ServerConnection, ip: str) -> None:
         self.sessions.add(session)
         self.per_ip[ip] += 1
         metrics.CONNECTIONS.inc()
@@ -257,7 +261,6 @@ class Relay:
             metrics.CONNECTIONS.dec()
             log.info(
                 "connection closed",
-                user=session.user,
                 role=session.role,
                 ip=ip,
                 seconds=round(time.monotonic() - session.started, 3),

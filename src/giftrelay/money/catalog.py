@@ -14,7 +14,8 @@ from typing import Annotated
 
 import msgspec
 
-from giftrelay.rules import MAX_PRICE, Ident
+from giftrelay.money.rules import MAX_PRICE
+from giftrelay.wire.ids import Ident
 
 DEFAULT_NAME = "catalog.toml (shipped default)"
 
@@ -59,7 +60,7 @@ class Catalog:
 def load(path: str | Path | None = None) -> Catalog:
     """Load ``path``, or the shipped default when it is None."""
     if path is None:
-        text = resources.files("giftrelay").joinpath("catalog.toml").read_text("utf-8")
+        text = resources.files("giftrelay.money").joinpath("catalog.toml").read_text("utf-8")
         name = DEFAULT_NAME
     else:
         try:

@@ -5,7 +5,7 @@ its header, a copy of the payload, a pass through the protocol's write queue) be
 writing it. A server's frames are not masked, so the frame is serialized once and
 those bytes are written to each transport: per viewer, what is left is little more
 than the kernel's write. A connection that negotiated the relay's permessage-deflate
-gets the frame compressed, once for all such connections (:mod:`giftrelay.compression`).
+gets the frame compressed, once for all such connections (:mod:`giftrelay.relay.compression`).
 A connection with any other extension goes through ``websockets.broadcast`` instead,
 and so does one with a fragmented message in progress, which websockets skips with a
 warning (the relay never fragments).
@@ -25,7 +25,7 @@ from websockets.asyncio.server import ServerConnection, broadcast
 from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 
-from giftrelay.compression import MIN_BYTES, compressed_frame, shared_window
+from giftrelay.relay.compression import MIN_BYTES, compressed_frame, shared_window
 
 log = structlog.get_logger(__name__)
 
