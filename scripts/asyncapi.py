@@ -121,7 +121,7 @@ def _tag(cls: type) -> str:
 
 CLIENT = list(typing.get_args(protocol.ClientMessage))
 SERVER = _leaves(protocol.Reply)
-EVENTS = [*_leaves(events.StreamEvent), *_leaves(protocol.LiveEvent)]
+EVENTS = [*_leaves(events.StreamEvent), *_leaves(events.LiveEvent)]
 
 
 def _schemas() -> dict[str, Any]:

@@ -8,7 +8,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from giftrelay.wire import protocol
+from giftrelay.wire import events, protocol
 from giftrelay.wire.errors import Code
 
 
@@ -141,7 +141,7 @@ def test_replies_have_the_documented_fields() -> None:
         "stream": "s1",
         "events": [{"offset": "1-0", "kind": "gift"}],
     }
-    end = protocol.ComboEndEvent(
+    end = events.ComboEndEvent(
         offset="1-0", ts=5, combo_id="c1", sender="al", gift="rose", total=3, coins=3
     )
     assert json.loads(bytes(protocol.encode_event(end))) == {

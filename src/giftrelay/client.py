@@ -56,11 +56,17 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from giftrelay.wire import protocol
-from giftrelay.wire.events import GiftEvent, GoalEvent, StreamEndedEvent
+from giftrelay.wire.events import (
+    ComboEndEvent,
+    GiftEvent,
+    GoalEvent,
+    StreamEndedEvent,
+    TopEvent,
+    ViewersEvent,
+)
 from giftrelay.wire.offsets import parse_offset
 from giftrelay.wire.protocol import (
     Balance,
-    ComboEndEvent,
     Error,
     Events,
     GiftOk,
@@ -68,9 +74,7 @@ from giftrelay.wire.protocol import (
     Joined,
     Reply,
     StreamOk,
-    TopEvent,
     TopupOk,
-    ViewersEvent,
 )
 
 __all__ = [

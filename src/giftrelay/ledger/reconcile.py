@@ -125,7 +125,7 @@ class Snapshot(msgspec.Struct):
 async def reconcile(redis: Redis, store: Store, *, wait: float = 30.0) -> Report:
     """Compare every wallet with the ledger; see :class:`Report`."""
     stored_last = await store.last_position()  # before the snapshot: see the module's doc
-    wallet_keys = [k async for k in redis.scan_iter(match="w:{*}", count=1000)]
+    wallet_keys = [k async for k in redis.scan_iter(match=keys.WALLETS, count=1000)]
     for _ in range(3):
         snap = await _snapshot(redis, wallet_keys)
         waiting = await _wait_until_written(redis, snap.position, wait)
@@ -197,7 +197,7 @@ async def _snapshot(redis: Redis, wallet_keys: list[str]) -> Snapshot:
             raise values
         if all(v is None for v in values):
             continue
-        user = key[len("w:{") : -1]
+        user = keys.wallet_user(key)
         try:
             snap.wallets[user] = {
                 a.value: int(v or 0) for a, v in zip(WALLET_ASSETS, values, strict=True)

@@ -241,7 +241,9 @@ async def _drain(redis: Redis, store: Store, tell: Progress) -> tuple[int, int]:
 
 
 async def _write(redis: Redis, rebuild: Rebuild, outcome: Outcome, tell: Progress) -> None:
-    wallet_users = {k[len("w:{") : -1] async for k in redis.scan_iter(match="w:{*}", count=1000)}
+    wallet_users = {
+        keys.wallet_user(k) async for k in redis.scan_iter(match=keys.WALLETS, count=1000)
+    }
     users = sorted(wallet_users | rebuild.wallets.keys())
     async with redis.pipeline(transaction=False) as pipe:
         for n, user in enumerate(users, 1):

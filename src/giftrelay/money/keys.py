@@ -23,6 +23,15 @@ def wallet(user: str) -> str:
     return f"w:{{{user}}}"
 
 
+WALLETS = "w:{*}"
+"""A SCAN pattern matching every wallet."""
+
+
+def wallet_user(key: str) -> str:
+    """The user whose wallet is ``key`` (the inverse of :func:`wallet`)."""
+    return key[len("w:{") : -1]
+
+
 def gift_idem(viewer: str, request_id: str) -> str:
     """String: the fingerprint and first reply of a gift request."""
     return f"idem:{{{viewer}}}:g:{request_id}"
@@ -61,6 +70,11 @@ def combo(stream_id: str, viewer: str, gift: str) -> str:
 def channel(stream_id: str) -> str:
     """Pub/sub channel carrying the stream's events to relay workers."""
     return f"ev:{{{stream_id}}}"
+
+
+def channel_stream(channel_name: str) -> str:
+    """The stream whose events ``channel_name`` carries (the inverse of :func:`channel`)."""
+    return channel_name[len("ev:{") : -1]
 
 
 def viewers(stream_id: str) -> str:

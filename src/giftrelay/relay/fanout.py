@@ -59,7 +59,7 @@ from giftrelay.relay.room import (
     viewers_total,
     with_offset,
 )
-from giftrelay.wire import protocol
+from giftrelay.wire import events, protocol
 from giftrelay.wire.errors import Code, Refused, Unavailable
 from giftrelay.wire.offsets import parse_offset
 
@@ -362,7 +362,7 @@ class Fanout:
     def _on_message(self, message: dict[str, Any]) -> None:
         if message["type"] != "message":
             return
-        room = self.rooms.get(as_text(message["channel"])[4:-1])  # ev:{stream}
+        room = self.rooms.get(keys.channel_stream(as_text(message["channel"])))
         if room is None:
             return
         data = message["data"]
@@ -411,7 +411,7 @@ class Fanout:
                 room.combos[head.combo_id] = Combo(
                     deadline=deadline,
                     stream=room.stream,
-                    event=protocol.ComboEndEvent(
+                    event=events.ComboEndEvent(
                         offset="",
                         ts=0,
                         combo_id=head.combo_id,
@@ -455,11 +455,11 @@ class Fanout:
         """Write the room's pending events to its viewers as one frame."""
         if not room.pending:
             return
-        events, room.pending = room.pending, []
+        pending, room.pending = room.pending, []
         self.dirty.discard(room)
         if not room.viewers:
             return
-        for conn in write_events(room, events, self.write_buffer_limit):
+        for conn in write_events(room, pending, self.write_buffer_limit):
             self.close_slow(conn)
 
     def close_slow(

@@ -15,7 +15,7 @@ from typing import Any
 
 from giftrelay.money.api import Money
 from giftrelay.relay.room import Room
-from giftrelay.wire import protocol
+from giftrelay.wire import events
 
 
 class Presence:
@@ -51,17 +51,15 @@ class Presence:
             room.beat_count, room.beat_at = count, now
             if total != room.viewers_total:
                 room.viewers_total = total
-                room.add_live(
-                    protocol.ViewersEvent(offset=room.last_offset, ts=ts, count=int(total))
-                )
+                room.add_live(events.ViewersEvent(offset=room.last_offset, ts=ts, count=int(total)))
                 changed.append(room)
         for room, top in zip(tops, results[len(beating) :], strict=True):
             if isinstance(top, BaseException):
                 room.top_dirty = True
                 continue
-            entries = [protocol.TopEntry(user=u, coins=c) for u, c in top]
+            entries = [events.TopEntry(user=u, coins=c) for u, c in top]
             if entries != room.top:
                 room.top = entries
-                room.add_live(protocol.TopEvent(offset=room.last_offset, ts=ts, top=entries))
+                room.add_live(events.TopEvent(offset=room.last_offset, ts=ts, top=entries))
                 changed.append(room)
         return changed

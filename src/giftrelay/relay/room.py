@@ -17,7 +17,7 @@ from websockets.asyncio.server import ServerConnection
 
 from giftrelay.money import keys
 from giftrelay.money.api import StreamInfo
-from giftrelay.wire import protocol
+from giftrelay.wire import events, protocol
 from giftrelay.wire.offsets import parse_offset
 
 ZERO = (0, 0)
@@ -57,7 +57,7 @@ class Gap(NamedTuple):
 class Combo(msgspec.Struct):
     deadline: int
     stream: str
-    event: protocol.ComboEndEvent
+    event: events.ComboEndEvent
 
 
 class Join:
@@ -97,7 +97,7 @@ class Room:
         self.filling: asyncio.Task[None] | None = None
         self.combos: dict[str, Combo] = {}
         self.top_dirty = False
-        self.top: list[protocol.TopEntry] | None = None
+        self.top: list[events.TopEntry] | None = None
         self.viewers_total = -1
         self.beat_count = -1
         self.beat_at = 0.0
@@ -125,7 +125,7 @@ class Room:
                 join.after.append(raw)
         return True
 
-    def add_live(self, event: protocol.LiveEvent) -> None:
+    def add_live(self, event: events.LiveEvent) -> None:
         """Queue an event that is not stored (viewers, top, combo_end)."""
         self.pending.append(protocol.encode_event(event))
 
@@ -189,7 +189,7 @@ def snapshot_of(info: StreamInfo, top: list[Any], viewers: int) -> protocol.Snap
         live=info.live,
         viewers=viewers,
         diamonds=info.diamonds,
-        top=[protocol.TopEntry(user=str(u), coins=int(c)) for u, c in top],
+        top=[events.TopEntry(user=str(u), coins=int(c)) for u, c in top],
         goal=None
         if goal is None
         else protocol.GoalState(title=goal.title, target=goal.target, progress=goal.progress),

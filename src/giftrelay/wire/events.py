@@ -1,7 +1,10 @@
 """The public stream events, as typed messages: THE one schema of a stream event.
 
-The money core writes them (``hist:{stream}`` and ``ev:{stream}``), the relay
-forwards them, clients receive them, exactly as PROTOCOL.md describes them.
+Stored events (gift, goal, stream_ended) are written by the money core to the
+stream's history (``hist:{stream}``, whose entry ids are their offsets) and published
+on ``ev:{stream}``; live events (viewers, top, combo_end) are made by the relay and not
+stored. The relay forwards them, clients receive them, exactly as PROTOCOL.md
+describes them.
 """
 
 from __future__ import annotations
@@ -41,3 +44,36 @@ AnyStoredEvent = GiftEvent | GoalEvent | StreamEndedEvent
 """The events kept in a stream's history and published by the money core."""
 
 stored_event_decoder = msgspec.json.Decoder(AnyStoredEvent)
+
+
+# -- live events (made by the relay, not stored) -----------------------------------------
+
+
+class TopEntry(msgspec.Struct, frozen=True):
+    user: str
+    coins: int
+
+
+class LiveEvent(msgspec.Struct, tag_field="kind", kw_only=True, frozen=True):
+    """Carries the offset of the latest stored event (PROTOCOL.md)."""
+
+    offset: str
+    ts: int
+
+
+class ViewersEvent(LiveEvent, tag="viewers", frozen=True):
+    count: int
+
+
+class TopEvent(LiveEvent, tag="top", frozen=True):
+    top: list[TopEntry]
+
+
+class ComboEndEvent(LiveEvent, tag="combo_end", frozen=True, omit_defaults=True):
+    combo_id: str
+    sender: str = msgspec.field(name="from")
+    gift: str
+    total: int
+    coins: int
+    test: bool = False
+    """The combo was of test alerts."""

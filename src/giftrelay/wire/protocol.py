@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import msgspec
 
 from giftrelay.wire.errors import Code, Refused
+from giftrelay.wire.events import LiveEvent, TopEntry
 from giftrelay.wire.ids import Ident, RequestId
 from giftrelay.wire.offsets import parse_offset
 
@@ -137,11 +138,6 @@ class Hello(Reply, tag="hello", frozen=True):
     role: str
 
 
-class TopEntry(msgspec.Struct, frozen=True):
-    user: str
-    coins: int
-
-
 class GoalState(msgspec.Struct, frozen=True):
     title: str
     target: int
@@ -244,31 +240,6 @@ class Events(Reply, tag="events", frozen=True):
 
 
 # -- events that are not stored in a stream's history -----------------------------------------
-
-
-class LiveEvent(msgspec.Struct, tag_field="kind", kw_only=True, frozen=True):
-    """Carries the offset of the latest stored event (PROTOCOL.md)."""
-
-    offset: str
-    ts: int
-
-
-class ViewersEvent(LiveEvent, tag="viewers", frozen=True):
-    count: int
-
-
-class TopEvent(LiveEvent, tag="top", frozen=True):
-    top: list[TopEntry]
-
-
-class ComboEndEvent(LiveEvent, tag="combo_end", frozen=True, omit_defaults=True):
-    combo_id: str
-    sender: str = msgspec.field(name="from")
-    gift: str
-    total: int
-    coins: int
-    test: bool = False
-    """The combo was of test alerts."""
 
 
 # -- codec ------------------------------------------------------------------------------------
