@@ -40,6 +40,26 @@ SHUTTING_DOWN = Unavailable("the relay is shutting down; nothing moved; retry el
 
 SPENDERS = (Role.VIEWER, Role.CREATOR, Role.ADMIN)
 MANAGERS = (Role.CREATOR, Role.ADMIN)
+ANYONE = None
+
+WHO_MAY: dict[type[protocol.ClientMessage], tuple[Role, ...] | None] = {
+    protocol.Ping: ANYONE,
+    protocol.CatalogRequest: ANYONE,
+    protocol.Join: ANYONE,  # an overlay only its own stream: checked on joining
+    protocol.Leave: ANYONE,
+    protocol.Gift: SPENDERS,
+    protocol.BalanceRequest: SPENDERS,
+    protocol.SetCap: SPENDERS,
+    protocol.Topup: (Role.ADMIN,),
+    protocol.Payout: (Role.CREATOR,),
+    protocol.StreamOpen: MANAGERS,  # a creator only their own streams: checked below
+    protocol.StreamClose: MANAGERS,  # ... and in the scripts, for the others
+    protocol.SetGoal: MANAGERS,
+    protocol.TestAlert: MANAGERS,
+    protocol.RevokeOverlays: MANAGERS,
+}
+"""Who may send each message: the roles, or ANYONE (anonymous connections too). Every
+message type is listed (a test checks), so a new one must say who may send it."""
 
 
 class Relay(Protocol):
@@ -217,6 +237,8 @@ class Session:
     async def handle(self, m: protocol.ClientMessage) -> protocol.Reply | None:
         relay = self.relay
         money = relay.money
+        roles = WHO_MAY[type(m)]
+        user = "" if roles is ANYONE else self._require(roles)
         match m:
             case protocol.Ping():
                 return protocol.Pong(ref=m.ref)
@@ -232,7 +254,6 @@ class Session:
                 relay.fanout.leave(self.conn, m.stream)
                 return protocol.Left(ref=m.ref, stream=m.stream)
             case protocol.Gift():
-                user = self._require(SPENDERS)
                 if not relay.gift_buckets.take(user, time.monotonic()):
                     raise Refused(Code.RATE_LIMITED, "too many gifts; slow down")
                 started = time.perf_counter()
@@ -249,7 +270,6 @@ class Session:
                     combo=r.combo,
                 )
             case protocol.BalanceRequest():
-                user = self._require(SPENDERS)
                 b = await self._timed(money.balance(user))
                 return protocol.Balance(
                     ref=m.ref,
@@ -259,15 +279,12 @@ class Session:
                     daily_cap=b.daily_cap,
                 )
             case protocol.SetCap():
-                user = self._require(SPENDERS)
                 cap = await self._timed(money.set_cap(user, m.daily_coins))
                 return protocol.CapOk(ref=m.ref, daily_coins=cap)
             case protocol.Topup():
-                self._require((Role.ADMIN,))
                 t = await self._timed(money.topup(m.user, m.coins, m.id))
                 return protocol.TopupOk(ref=m.ref, user=t.user, coins=t.coins)
             case protocol.StreamOpen():
-                user = self._require(MANAGERS)
                 if self.claims is not None and self.claims.role is Role.ADMIN:
                     if m.creator is None:
                         raise Refused(Code.BAD_REQUEST, "an admin must name the stream's creator")
@@ -282,7 +299,6 @@ class Session:
                 info = await self._timed(money.stream_close(m.stream, self._actor()))
                 return protocol.StreamOk(ref=m.ref, stream=m.stream, live=info.live)
             case protocol.Payout():
-                user = self._require((Role.CREATOR,))
                 p = await self._timed(money.payout(user, m.diamonds, m.id))
                 return protocol.PayoutOk(
                     ref=m.ref,
@@ -339,10 +355,10 @@ class Session:
         return self.claims.sub
 
     def _actor(self) -> str | None:
-        """A creator acts on their own streams (checked by the script); None for an admin."""
-        user = self._require(MANAGERS)
+        """A creator acts on their own streams (checked by the script); None for an admin.
+        Only for messages WHO_MAY gives to MANAGERS: the role was checked."""
         assert self.claims is not None
-        return None if self.claims.role is Role.ADMIN else user
+        return None if self.claims.role is Role.ADMIN else self.claims.sub
 
     async def _timed(self, call: Awaitable[T]) -> T:
         """Redis gets ``request_timeout``; past it the answer is ``unavailable`` (retry is safe)."""
