@@ -15,8 +15,9 @@ import asyncio
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -233,13 +234,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     sys.exit(0 if result.passed else 1)
 
 
-def _run(coro: object) -> Result:
+def _run(coro: Coroutine[Any, Any, Result]) -> Result:
     try:
         import uvloop
 
-        return uvloop.run(coro)  # type: ignore[arg-type,no-any-return]
+        return uvloop.run(coro)
     except ImportError:  # pragma: no cover
-        return asyncio.run(coro)  # type: ignore[arg-type]
+        return asyncio.run(coro)
 
 
 if __name__ == "__main__":

@@ -247,9 +247,9 @@ def summarise(runs: list[BenchRun]) -> tuple[Table, dict[str, dict[str, float]]]
         table.add_column(f"x {peer}", justify="right")
     medians: dict[str, dict[str, float]] = {}
     for name in names:
-        mine = [run.result for run in runs if run.target == name]
+        results = [run.result for run in runs if run.target == name]
         medians[name] = {
-            label: statistics.median(_get(r, path) for r in mine) for label, path, _ in METRICS
+            label: statistics.median(_get(r, path) for r in results) for label, path, _ in METRICS
         }
     ratios: dict[str, dict[str, float]] = {}
     for label, _, higher in METRICS:

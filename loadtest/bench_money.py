@@ -119,6 +119,7 @@ async def idempotency_bytes(redis: Redis, sample: int = 20_000) -> tuple[int, fl
     before = int((await redis.info("memory"))["used_memory"])
     async with redis.pipeline(transaction=False) as pipe:
         value = await redis.get(records[0])
+        assert value is not None
         for i in range(sample):
             pipe.set(f"idem:{{v0}}:g:probe-{i:08d}", value, px=3_600_000)
         await pipe.execute()

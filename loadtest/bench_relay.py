@@ -76,7 +76,7 @@ from typing import Any, cast
 from urllib.parse import urlsplit
 
 import msgspec
-from hdrh.histogram import HdrHistogram
+from hdrh.histogram import HdrHistogram  # type: ignore[import-untyped]
 from rich.console import Console
 from rich.table import Table
 from websockets.asyncio.client import ClientConnection, connect

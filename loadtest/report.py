@@ -153,7 +153,7 @@ def latency_over_time_svg(r: Result) -> str:
         return PAD + (second - x0) / (x1 - x0) * (W - 2 * PAD)
 
     def py(ms: float) -> float:
-        return H - PAD + 10 - ms / top * (H - PAD - 20)
+        return float(H - PAD + 10 - ms / top * (H - PAD - 20))
 
     parts = [_axes(f"{top:,.0f} ms", f"{x0} s", f"{x1} s", "seconds since start")]
     for _label, colour, field in series:

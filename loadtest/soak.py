@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from hdrh.histogram import HdrHistogram
+from hdrh.histogram import HdrHistogram  # type: ignore[import-untyped]
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 

@@ -17,7 +17,7 @@ import random
 import sys
 import time
 from collections import Counter, deque
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from giftrelay import logs
 from giftrelay.client import Client, Event, GiftEvent, GiftOk, Joined, RelayError
@@ -140,7 +140,7 @@ class Viewer:
 
 
 class Worker:
-    def __init__(self, plan: wire.WorkerPlan, out: asyncio.StreamWriter | Any) -> None:
+    def __init__(self, plan: wire.WorkerPlan, out: BinaryIO) -> None:
         self.plan = plan
         self.out = out
         self.stats = Stats()
