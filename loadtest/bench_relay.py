@@ -88,7 +88,8 @@ from giftrelay.embedded import RedisServer, free_port
 from giftrelay.money import Money
 from giftrelay.redis_client import connect as redis_connect
 from loadtest import bench
-from loadtest.relaystats import Sample, proc_sample
+from loadtest.drivers import procstats
+from loadtest.drivers.procstats import Sample
 from loadtest.sio import SioClient
 
 console = Console(width=200)
@@ -195,10 +196,10 @@ async def stop_relay(proc: asyncio.subprocess.Process) -> None:
 
 
 def _usage(pid: int) -> Sample:
-    sample = proc_sample([pid])
-    if sample is None:
+    usage = procstats.sample([pid])
+    if usage is None:
         raise RuntimeError(f"the relay (pid {pid}) is gone")
-    return sample
+    return usage
 
 
 def cpu_seconds(pid: int) -> float:
@@ -854,11 +855,7 @@ async def drive_socketio(viewers: int, rate: float, seconds: float, redis_url: s
 def _kill_node(pid: int) -> None:
     """SIGKILL the peer if it still runs: bench.target's SIGKILL after 30 s is skipped
     when the run was cancelled (Python 3.11's ``asyncio.timeout`` in a cancelled task)."""
-    try:
-        running = b"server.js" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return
-    if pid and running:
+    if pid and b"server.js" in procstats.cmdline(pid):
         os.kill(pid, signal.SIGKILL)
 
 

@@ -58,6 +58,7 @@ from websockets.exceptions import ConnectionClosed
 
 from giftrelay import auth, keys
 from giftrelay.redis_client import connect as redis_connect
+from loadtest.drivers import procstats
 
 STREAM = "soak"
 CREATOR = "soak-creator"
@@ -67,39 +68,13 @@ _decode = msgspec.json.Decoder()
 _background: set[asyncio.Task[None]] = set()
 
 
+def rss_kb(pid: int) -> int:
+    return procstats.rss_bytes(pid) // 1024
+
+
 def say(*parts: object) -> None:
     sys.stdout.write(" ".join(map(str, parts)) + "\n")
     sys.stdout.flush()
-
-
-def rss_kb(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except (FileNotFoundError, ProcessLookupError):
-        pass
-    return 0
-
-
-def descendants(pid: int) -> list[int]:
-    out: list[int] = []
-    try:
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            children = (task / "children").read_text().split()
-            for child in map(int, children):
-                out.append(child)
-                out.extend(descendants(child))
-    except (FileNotFoundError, ProcessLookupError):
-        pass
-    return out
-
-
-def comm(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except FileNotFoundError:
-        return ""
 
 
 class Latencies:
@@ -395,7 +370,7 @@ async def main_async(args: argparse.Namespace) -> int:
         return await drive(args, proc, info, secret, env, home)
     finally:
         if proc.returncode is None:  # it failed or was forced: leave no relay behind
-            for pid in [*descendants(proc.pid), proc.pid]:  # its embedded Redis has a session
+            for pid in [*procstats.descendants(proc.pid), proc.pid]:  # Redis has a session
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
 
@@ -493,9 +468,9 @@ async def drive(
             await asyncio.wait_for(interrupted.wait(), wait)
         now = time.monotonic()
         p50, p99, top = LATENCY.take()
-        pids = [proc.pid, *descendants(proc.pid)]
-        redis_kb = sum(rss_kb(p) for p in pids if comm(p).startswith("redis"))
-        relay_kb = sum(rss_kb(p) for p in pids if not comm(p).startswith("redis"))
+        pids = procstats.tree([proc.pid])
+        redis_kb = sum(rss_kb(p) for p in pids if procstats.comm(p).startswith("redis"))
+        relay_kb = sum(rss_kb(p) for p in pids if not procstats.comm(p).startswith("redis"))
         acked = sum(len(g.acked) for g in gifters)
         lag = await ledger_lag(redis)
         loop_ms, gc_ms = stalls.take()

@@ -11,18 +11,10 @@ import signal
 import sys
 from pathlib import Path
 
-from loadtest.soak import descendants
+from loadtest.drivers.procstats import alive, descendants
 
 ROOT = Path(__file__).resolve().parent.parent
 COLUMNS = 17
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state != "Z"
 
 
 def kill_tree(pid: int) -> None:
