@@ -17,12 +17,10 @@ whatever else the machine is doing.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
-import os
 import shutil
+import signal
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -37,11 +35,18 @@ from giftrelay.embedded import RedisServer, free_port
 from giftrelay.redis_client import connect as redis_connect
 
 from . import report
-from .harness import ROOT, Options
+from .drivers.target import (
+    PEERS,
+    ROOT,
+    Target,
+    peer_command,
+    running,
+    serve_command,
+    serve_env,
+)
+from .harness import Options
 from .result import Result
 
-PEERS = ("giftrelay", "naive", "socketio")
-SOCKETIO_DIR = Path(ROOT) / "loadtest" / "peers" / "socketio"
 console = Console()
 
 
@@ -71,76 +76,41 @@ def add_parser(commands: Any) -> None:
 SECRET = "bench-secret-" + "b" * 40
 
 
+RELAY_SETTINGS = {
+    "GIFTRELAY_MAX_CONNECTIONS_PER_IP": "1000000",
+    "GIFTRELAY_MAX_CONNECTIONS": "1000000",
+    "GIFTRELAY_GIFT_RATE": "100000",
+    "GIFTRELAY_GIFT_BURST": "100000",
+    "GIFTRELAY_MESSAGE_RATE": "100000",  # a flood's gifters send hundreds a second
+    "GIFTRELAY_MESSAGE_BURST": "100000",
+}
+
+
 @contextlib.asynccontextmanager
 async def target(
     name: str, redis_url: str, args: argparse.Namespace, out: Path
-) -> AsyncIterator[tuple[str, int]]:
-    """Start one target on a free port; yield its WebSocket URL and pid; stop it."""
+) -> AsyncIterator[Target]:
+    """Start one target on a free port, logging to ``out/NAME.log``; stop it at the end."""
     port = free_port()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if name == "giftrelay":
-        env |= {
-            "GIFTRELAY_SECRET": SECRET,
-            "GIFTRELAY_MAX_CONNECTIONS_PER_IP": "1000000",
-            "GIFTRELAY_MAX_CONNECTIONS": "1000000",
-            "GIFTRELAY_GIFT_RATE": "100000",
-            "GIFTRELAY_GIFT_BURST": "100000",
-            "GIFTRELAY_MESSAGE_RATE": "100000",  # a flood's gifters send hundreds a second
-            "GIFTRELAY_MESSAGE_BURST": "100000",
-            "GIFTRELAY_LOG_LEVEL": "warning",
-            "GIFTRELAY_LOG_FORMAT": "json",
-        }
+        settings = dict(RELAY_SETTINGS, PYTHONUNBUFFERED="1")
         if args.tick_ms is not None:
-            env["GIFTRELAY_TICK_MS"] = str(args.tick_ms)
-        argv = [sys.executable, "-m", "giftrelay", "serve", "--port", str(port),
-                "--redis-url", redis_url, "--no-ledger"]  # fmt: skip
+            settings["GIFTRELAY_TICK_MS"] = str(args.tick_ms)
+        wrapper: list[str] = []
         if args.profile and shutil.which("py-spy"):
-            argv = ["py-spy", "record", "--idle", "-r", "50", "-o",
-                    str(out / f"profile-{int(time.time())}.svg"), "--", *argv]  # fmt: skip
-    elif name == "naive":
-        argv = [sys.executable, "-m", "loadtest.peers.naive", "--port", str(port),
-                "--redis-url", redis_url, "--secret", SECRET]  # fmt: skip
-    elif name == "socketio":
-        if not (SOCKETIO_DIR / "node_modules").exists():
-            console.log("installing the Socket.IO peer's locked packages (npm ci)")
-            npm = await asyncio.create_subprocess_exec(
-                "npm", "ci", "--no-audit", "--no-fund", cwd=SOCKETIO_DIR
-            )
-            if await npm.wait():
-                raise RuntimeError("npm ci failed for the Socket.IO peer")
-        env |= {"PORT": str(port), "REDIS_URL": redis_url, "SECRET": SECRET}
-        argv = ["node", str(SOCKETIO_DIR / "server.js")]
+            svg = out / f"profile-{int(time.time())}.svg"
+            wrapper = ["py-spy", "record", "--idle", "-r", "50", "-o", str(svg), "--"]
+        argv = serve_command(port, redis_url=redis_url, ledger=False, wrapper=wrapper)
+        env = serve_env(SECRET, settings)
+    elif name in PEERS:
+        argv, env = await peer_command(name, port, redis_url, SECRET)
     else:
         raise SystemExit(f"unknown target {name!r}")
-    log = (out / f"{name}.log").open("ab")
-    proc = await asyncio.create_subprocess_exec(*argv, env=env, cwd=ROOT, stdout=log, stderr=log)
-    try:
-        await _listening(port, proc)
-        yield f"ws://127.0.0.1:{port}/ws", proc.pid
-    finally:
-        if proc.returncode is None:
-            proc.send_signal(2 if args.profile else 15)
-            try:
-                async with asyncio.timeout(30):
-                    await proc.wait()
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
-        log.close()
-
-
-async def _listening(port: int, proc: asyncio.subprocess.Process) -> None:
-    async with asyncio.timeout(60):
-        while True:
-            if proc.returncode is not None:
-                raise RuntimeError(f"the target exited with status {proc.returncode}")
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", port)
-            except OSError:
-                await asyncio.sleep(0.1)  # a start-up poll: the process gives no other signal
-                continue
-            writer.close()
-            return
+    stop = signal.SIGINT if args.profile else signal.SIGTERM  # py-spy writes on SIGINT
+    async with running(
+        name, argv, port=port, env=env, log=out / f"{name}.log", cwd=ROOT, stop_signal=stop
+    ) as started:
+        yield started
 
 
 class BenchRun(msgspec.Struct):
@@ -180,8 +150,8 @@ async def bench(args: argparse.Namespace) -> tuple[list[BenchRun], list[str]]:
                     await redis.aclose()
                     console.log(f"round {r}: {name} ...")
                     try:
-                        async with target(name, redis_server.url, args, out) as (url, pid):
-                            harness = Harness(options(args, url, pid, name, r))
+                        async with target(name, redis_server.url, args, out) as started:
+                            harness = Harness(options(args, started.url, started.pid, name, r))
                             harness.progress = _progress(name)
                             result = await harness.run()
                     except (RuntimeError, TimeoutError, OSError) as exc:

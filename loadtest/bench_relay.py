@@ -65,7 +65,6 @@ import re
 import secrets
 import shutil
 import signal
-import sys
 import tempfile
 import time
 import urllib.request
@@ -73,7 +72,6 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
-from urllib.parse import urlsplit
 
 import msgspec
 from hdrh.histogram import HdrHistogram  # type: ignore[import-untyped]
@@ -90,6 +88,7 @@ from giftrelay.redis_client import connect as redis_connect
 from loadtest import bench
 from loadtest.drivers import procstats
 from loadtest.drivers.procstats import Sample
+from loadtest.drivers.target import Target, serve_command, serve_env, start
 from loadtest.sio import SioClient
 
 console = Console(width=200)
@@ -154,45 +153,26 @@ class Run(msgspec.Struct):
 # -- the relay process -------------------------------------------------------------------------
 
 
-async def start_relay(
-    redis_url: str, port: int, var: Path, workers: int = 1, **env: str
-) -> asyncio.subprocess.Process:
-    environ = {
-        **os.environ,
-        "GIFTRELAY_SECRET": SECRET,
-        "GIFTRELAY_VAR_DIR": str(var),
-        "GIFTRELAY_GIFT_RATE": "1000000",
-        "GIFTRELAY_GIFT_BURST": "1000000",
-        "GIFTRELAY_MESSAGE_RATE": "1000000",
-        "GIFTRELAY_MESSAGE_BURST": "1000000",
-        "GIFTRELAY_MAX_CONNECTIONS_PER_IP": "100000",
-        "GIFTRELAY_PING_INTERVAL": "60",
-        "GIFTRELAY_PING_TIMEOUT": "60",
-        "GIFTRELAY_LOG_LEVEL": RELAY_LOG_LEVEL,
-        "GIFTRELAY_LOG_FORMAT": "json",
-        **env,
-    }
-    profile = ["-m", "cProfile", "-o", PROFILE] if PROFILE else []
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, *profile, "-m", "giftrelay", "serve", "--port", str(port),
-        "--redis-url", redis_url, "--no-ledger", "--workers", str(workers),
-        env=environ, stdout=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    assert proc.stdout is not None
-    while b"websocket:" not in await proc.stdout.readline():
-        if proc.returncode is not None:
-            raise RuntimeError("the relay did not start")
-    return proc
+RELAY_SETTINGS = {
+    "GIFTRELAY_GIFT_RATE": "1000000",
+    "GIFTRELAY_GIFT_BURST": "1000000",
+    "GIFTRELAY_MESSAGE_RATE": "1000000",
+    "GIFTRELAY_MESSAGE_BURST": "1000000",
+    "GIFTRELAY_MAX_CONNECTIONS_PER_IP": "100000",
+    "GIFTRELAY_PING_INTERVAL": "60",
+    "GIFTRELAY_PING_TIMEOUT": "60",
+}
 
 
-async def stop_relay(proc: asyncio.subprocess.Process) -> None:
-    proc.terminate()
-    try:
-        async with asyncio.timeout(30):
-            await proc.wait()
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
+async def start_relay(redis_url: str, port: int, var: Path, workers: int = 1, **env: str) -> Target:
+    python = ["-m", "cProfile", "-o", PROFILE] if PROFILE else []
+    argv = serve_command(port, redis_url=redis_url, ledger=False, workers=workers, python=python)
+    settings = serve_env(SECRET, RELAY_SETTINGS | env, var=var, log_level=RELAY_LOG_LEVEL)
+    return await start("giftrelay", argv, port=port, env=settings)
+
+
+async def stop_relay(relay: Target) -> None:
+    await relay.stop()
 
 
 def _usage(pid: int) -> Sample:
@@ -769,12 +749,11 @@ async def drive_socketio(viewers: int, rate: float, seconds: float, redis_url: s
     gifters: list[SioGifter] = []
     clients: list[SioClient] = []
     sink: Any = None
-    node = 0
     # bench.target reads only ``profile`` for a Socket.IO target; the node log goes to var.
     options = argparse.Namespace(profile=False, tick_ms=None)
     try:
-        async with bench.target("socketio", redis_url, options, var) as (url, pid):
-            port, node = urlsplit(url).port, pid
+        async with bench.target("socketio", redis_url, options, var) as node:
+            url, pid, port = node.url, node.pid, node.port
             try:
                 sink = ctx.Process(
                     target=sink_main, args=(port, sinks, True, ready, stop, out, received)
@@ -845,18 +824,10 @@ async def drive_socketio(viewers: int, rate: float, seconds: float, redis_url: s
             console.print(log.read_text(errors="replace")[-2000:], markup=False)
         raise
     finally:
-        _kill_node(node)
         shutil.rmtree(var, ignore_errors=True)
         with contextlib.suppress(TimeoutError):  # node is gone: each close is quick
             async with asyncio.timeout(10):
                 await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
-
-
-def _kill_node(pid: int) -> None:
-    """SIGKILL the peer if it still runs: bench.target's SIGKILL after 30 s is skipped
-    when the run was cancelled (Python 3.11's ``asyncio.timeout`` in a cancelled task)."""
-    if pid and b"server.js" in procstats.cmdline(pid):
-        os.kill(pid, signal.SIGKILL)
 
 
 async def idle(

@@ -40,7 +40,6 @@ import asyncio
 import contextlib
 import csv
 import gc
-import os
 import secrets
 import signal
 import sys
@@ -59,13 +58,13 @@ from websockets.exceptions import ConnectionClosed
 from giftrelay import auth, keys
 from giftrelay.redis_client import connect as redis_connect
 from loadtest.drivers import procstats
+from loadtest.drivers.target import Target, TargetFailed, serve_command, serve_env, start
 
 STREAM = "soak"
 CREATOR = "soak-creator"
 TOPUP = 10**10
 PRICE = 1  # "rose"
 _decode = msgspec.json.Decoder()
-_background: set[asyncio.Task[None]] = set()
 
 
 def rss_kb(pid: int) -> int:
@@ -318,75 +317,45 @@ async def ledger_lag(redis: Any) -> int:
     return -1
 
 
-async def start_serve(args: argparse.Namespace, home: Path, env: dict[str, str]) -> Any:
-    argv = [sys.executable, "-m", "giftrelay", "serve", "--port", str(args.port)]
-    argv += ["--workers", str(args.workers)]
-    if args.redis_url:
-        argv += ["--redis-url", args.redis_url, "--ledger"]
-    proc = await asyncio.create_subprocess_exec(
-        *argv, env=env, cwd=home, stdout=asyncio.subprocess.PIPE,
-        stderr=open(home / "serve.log", "wb"),  # noqa: SIM115, ASYNC230 - the child keeps it
-        start_new_session=True,  # a terminal's Ctrl-C reaches the soak, which stops it in order
+async def start_serve(args: argparse.Namespace, home: Path, env: dict[str, str]) -> Target:
+    """``giftrelay serve`` in ``home``, in a session of its own: a terminal's Ctrl-C reaches
+    the soak, which stops it in order."""
+    argv = serve_command(
+        args.port, workers=args.workers, redis_url=args.redis_url or None,
+        ledger=True if args.redis_url else None,
     )  # fmt: skip
-    assert proc.stdout is not None
-    info: dict[str, str] = {}
-    async with asyncio.timeout(60):
-        while True:
-            line = (await proc.stdout.readline()).decode()
-            if not line:
-                raise SystemExit(f"serve exited at start; see {home / 'serve.log'}")
-            name, _, value = line.strip().partition(":")
-            if name in ("websocket", "redis", "ledger"):
-                info[name] = value.strip().split()[0]
-            if "press Ctrl+C" in line:
-                break
-    # Keep reading its output (its log), or a full pipe would stop the relay.
-    log = open(home / "serve.out", "wb")  # noqa: SIM115, ASYNC230 - open while serve runs
-
-    async def drain() -> None:
-        assert proc.stdout is not None
-        while chunk := await proc.stdout.read(65536):
-            log.write(chunk)
-        log.close()
-
-    _background.add(asyncio.create_task(drain()))
-    return proc, info
+    try:
+        return await start(
+            "giftrelay", argv, port=args.port, env=env, log=home / "serve.log", cwd=home,
+            new_session=True,
+        )  # fmt: skip
+    except TargetFailed as exc:
+        raise SystemExit(str(exc)) from None
 
 
 async def main_async(args: argparse.Namespace) -> int:
     home = Path(tempfile.mkdtemp(prefix="giftrelay-soak-"))
     secret = secrets.token_urlsafe(32)
-    env = {
-        **os.environ,
-        "GIFTRELAY_SECRET": secret,
-        "GIFTRELAY_VAR_DIR": str(home / "var"),
-        "GIFTRELAY_LOG_FORMAT": "json",
-        "GIFTRELAY_LOG_LEVEL": "warning",
-    }
-    if args.ledger_url:
-        env["GIFTRELAY_LEDGER_URL"] = args.ledger_url
-    proc, info = await start_serve(args, home, env)
+    ledger = {"GIFTRELAY_LEDGER_URL": args.ledger_url} if args.ledger_url else None
+    env = serve_env(secret, ledger, var=home / "var")
+    relay = await start_serve(args, home, env)
     try:
-        return await drive(args, proc, info, secret, env, home)
+        return await drive(args, relay, secret, env, home)
     finally:
-        if proc.returncode is None:  # it failed or was forced: leave no relay behind
-            for pid in [*procstats.descendants(proc.pid), proc.pid]:  # Redis has a session
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+        relay.kill()  # if it failed or was forced: leave no relay behind
 
 
 async def drive(
     args: argparse.Namespace,
-    proc: Any,
-    info: dict[str, str],
+    relay: Target,
     secret: str,
     env: dict[str, str],
     home: Path,
 ) -> int:
     """Sets up the stream, runs the load for ``--minutes`` (or until a signal), checks it."""
-    ws_url = info["websocket"]
-    redis = redis_connect(info["redis"])
-    say(f"soak: relay {ws_url} (pid {proc.pid}), redis {info['redis']}, home {home}")
+    ws_url, redis_url = relay.banner["websocket"], relay.banner["redis"]
+    redis = redis_connect(redis_url)
+    say(f"soak: relay {ws_url} (pid {relay.pid}), redis {redis_url}, home {home}")
 
     def tok(sub: str, role: auth.Role) -> str:
         return auth.mint(secret, sub, role, ttl=86400 * 2)
@@ -468,7 +437,7 @@ async def drive(
             await asyncio.wait_for(interrupted.wait(), wait)
         now = time.monotonic()
         p50, p99, top = LATENCY.take()
-        pids = procstats.tree([proc.pid])
+        pids = procstats.tree([relay.pid])
         redis_kb = sum(rss_kb(p) for p in pids if procstats.comm(p).startswith("redis"))
         relay_kb = sum(rss_kb(p) for p in pids if not procstats.comm(p).startswith("redis"))
         acked = sum(len(g.acked) for g in gifters)
@@ -546,9 +515,7 @@ async def drive(
     reconcile_out = (await result.communicate())[0].decode()
     if result.returncode != 0:
         problems.append("reconcile failed:\n" + reconcile_out)
-    proc.send_signal(signal.SIGTERM)
-    async with asyncio.timeout(60):
-        code = await proc.wait()
+    code = await relay.stop(within=60, force=False)
     if code != 0:
         problems.append(f"serve exited with {code}")
     await redis.aclose()

@@ -12,8 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -26,6 +24,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from giftrelay import keys
 from giftrelay.ledger.reconcile import reconcile
 from giftrelay.ledger.store import Store
+from loadtest.drivers.target import Target, running, serve_command, serve_env
 
 from .relay_helpers import SECRET, Client, token
 
@@ -350,111 +349,43 @@ async def check_ledger(
 
 
 class Serve:
-    """``giftrelay serve`` started by a test; its output drained to a file (never a full pipe)."""
+    """``giftrelay serve`` started by a test (:mod:`loadtest.drivers.target`)."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, port: int, log: Path) -> None:
-        self.proc = proc
-        self.port = port
-        self.log = log
-        self.drain: asyncio.Task[None] | None = None
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self.proc = target.proc
+        self.port = target.port
+        self.log = target.log
 
     @property
     def ws(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/ws"
+        return self.target.url
 
     def workers(self) -> list[int]:
         """Pids of the worker processes (children running ``giftrelay worker``)."""
-        return [p for p in children(self.proc.pid) if b"worker" in _cmdline(p)]
+        return self.target.workers()
 
     def rss_kb(self) -> int:
-        return sum(rss_kb(p) for p in [self.proc.pid, *children(self.proc.pid)])
+        return self.target.usage().rss_bytes // 1024
 
     async def stop(self, within: float = 30.0) -> int:
-        if self.proc.returncode is None:
-            self.proc.send_signal(15)
-        async with asyncio.timeout(within):
-            code = await self.proc.wait()
-        if self.drain is not None:
-            await self.drain
-        return code
+        return await self.target.stop(within=within, force=False)
 
     def kill(self) -> None:
-        if self.proc.returncode is None:
-            for pid in children(self.proc.pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, 9)
-            self.proc.kill()
+        self.target.kill()
 
 
 @contextlib.asynccontextmanager
 async def serve(tmp_path: Path, redis_url: str, *args: str, **env: str) -> AsyncIterator[Serve]:
+    """Started and waited for; killed at the end (its output in ``serve-PORT.log``)."""
     from giftrelay.embedded import free_port
 
     port = free_port()
-    full_env = {
-        **os.environ,
-        "GIFTRELAY_SECRET": SECRET,
-        "GIFTRELAY_VAR_DIR": str(tmp_path / "var"),
-        "GIFTRELAY_LOG_FORMAT": "json",
-        "GIFTRELAY_LOG_LEVEL": "warning",
-        **FAST_ENV,
-        **env,
-    }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "giftrelay", "serve", "--port", str(port),
-        "--redis-url", redis_url, "--no-ledger", *args,
-        env=full_env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
-    assert proc.stdout is not None
+    argv = serve_command(port, redis_url=redis_url, ledger=False, extra=args)
+    settings = serve_env(SECRET, FAST_ENV | env, var=tmp_path / "var")
     log = tmp_path / f"serve-{port}.log"
-    handle = Serve(proc, port, log)
-    try:
-        async with asyncio.timeout(60):
-            while True:
-                line = (await proc.stdout.readline()).decode()
-                assert line, f"serve exited before listening: {log}"
-                if "websocket:" in line:
-                    break
-
-        async def drain() -> None:
-            assert proc.stdout is not None
-            with open(log, "ab") as out:  # noqa: ASYNC230 - a small log file
-                while chunk := await proc.stdout.read(65536):
-                    out.write(chunk)
-
-        handle.drain = asyncio.create_task(drain())
-        yield handle
-    finally:
-        handle.kill()
-        await proc.wait()
-        if handle.drain is not None:
-            await handle.drain
-
-
-def children(pid: int) -> list[int]:
-    out: list[int] = []
-    with contextlib.suppress(FileNotFoundError, ProcessLookupError):
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            with contextlib.suppress(FileNotFoundError):
-                for child in map(int, (task / "children").read_text().split()):
-                    out += [child, *children(child)]
-    return out
-
-
-def _cmdline(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except FileNotFoundError:
-        return b""
-
-
-def rss_kb(pid: int | None = None) -> int:
-    path = Path(f"/proc/{pid or 'self'}/status")
-    with contextlib.suppress(FileNotFoundError):
-        for line in path.read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
+    async with running("giftrelay", argv, port=port, env=settings, log=log, graceful=False) as t:
+        yield Serve(t)
 
 
 def quantile(values: list[float], q: float) -> float:
