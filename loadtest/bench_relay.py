@@ -31,7 +31,7 @@ Socket.IO 4 with the Redis adapter), installed and started by
 :func:`loadtest.bench.target`, over the same redis-server (its keys are its own;
 gift ids carry a per-run tag and, its idempotency keys being global, the gifter).
 Same load, same kinds of clients: gifters and measuring viewers speak Socket.IO
-through :class:`loadtest.sio.SioClient` (gifts are events with acknowledgements;
+through :class:`loadtest.drivers.sio.SioClient` (gifts are events with acknowledgements;
 the same once-and-in-order check), and the sinks do the engine.io v4 WebSocket
 handshake, the Socket.IO connect (``40``) and a join with an acknowledgement, then
 read and discard, answering engine.io pings (``2`` -> ``3``): Socket.IO keeps its
@@ -88,8 +88,8 @@ from giftrelay.redis_client import connect as redis_connect
 from loadtest import bench
 from loadtest.drivers import procstats
 from loadtest.drivers.procstats import Sample
+from loadtest.drivers.sio import SioClient
 from loadtest.drivers.target import Target, serve_command, serve_env, start
-from loadtest.sio import SioClient
 
 console = Console(width=200)
 SECRET = secrets.token_urlsafe(32)

@@ -287,7 +287,7 @@ class Harness:
 
     def _client(self, token: str | None) -> Any:
         if self.o.flavour == "socketio":
-            from .sio import SioClient
+            from .drivers.sio import SioClient
 
             return SioClient(self.o.url, token)
         return Client(self.o.url, token, reconnect=False)

@@ -43,7 +43,7 @@ class Connection(Protocol):
 
 def make_client(flavour: str, url: str, token: str | None, **handlers: Any) -> Connection:
     if flavour == "socketio":
-        from .sio import SioClient
+        from .drivers.sio import SioClient
 
         return SioClient(url, token, **handlers)
     return Client(url, token, dedupe=False, **handlers)
