@@ -31,6 +31,7 @@ from giftrelay import auth
 from giftrelay.client import Client
 
 from . import wire
+from .drivers.viewer import LATENCY_UNIT_MS, percentile, summarise_latency
 from .relaystats import RelaySampler, Sample
 from .result import (
     Checks,
@@ -42,7 +43,6 @@ from .result import (
     Result,
     Step,
     TimePoint,
-    summarise_latency,
 )
 
 SCENARIOS = ("busy-stream", "many-streams", "reconnect-storm", "slow-readers", "ramp")
@@ -252,20 +252,6 @@ class Timeline:
         return merged
 
 
-def percentile(counts: Counter[int] | dict[int, int], q: float) -> float:
-    """The q-th percentile (0..100) of bucketed latencies, in ms."""
-    total = sum(counts.values())
-    if not total:
-        return 0.0
-    rank = max(1, math.ceil(total * q / 100))
-    seen = 0
-    for bucket in sorted(counts):
-        seen += counts[bucket]
-        if seen >= rank:
-            return max(0, bucket) * wire.LATENCY_UNIT_MS
-    return max(counts) * wire.LATENCY_UNIT_MS
-
-
 # -- the run ---------------------------------------------------------------------------------
 
 
@@ -465,7 +451,7 @@ class Harness:
                 self.progress("settling", None)
             self.broadcast(lambda i: wire.StopGifts())
             acked_reports: list[wire.Acked] = await self.gather(wire.Acked, o.retry_for + 60)
-            merged: dict[str, list[str]] = {}
+            merged: dict[str, list[int]] = {}
             for report in acked_reports:
                 for stream, offsets in report.acked.items():
                     merged.setdefault(stream, []).extend(offsets)
@@ -767,7 +753,7 @@ def histogram_buckets(counts: Counter[int]) -> list[tuple[float, int]]:
     edges = [0.5 * (2 ** (i / 2)) for i in range(0, 34)]  # 0.5 ms .. ~65 s
     bins = [0] * len(edges)
     for bucket, n in counts.items():
-        ms = max(0, bucket) * wire.LATENCY_UNIT_MS
+        ms = max(0, bucket) * LATENCY_UNIT_MS
         for i, edge in enumerate(edges):
             if ms <= edge or i == len(edges) - 1:
                 bins[i] += n

@@ -15,7 +15,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .result import Latency, Result
+from .drivers.viewer import Latency
+from .result import Result
 
 
 def write_json(result: Result, path: Path) -> None:

@@ -18,9 +18,9 @@ from redis.asyncio import Redis
 from giftrelay.client import Client, RelayError
 from giftrelay.embedded import RedisServer
 from loadtest import harness
+from loadtest.drivers.gifter import resend
 from loadtest.harness import Options, UsageError, check_target
 from loadtest.result import Result, result_decoder
-from loadtest.worker import resend
 
 from .relay_helpers import SECRET, running_relay, token
 
