@@ -168,6 +168,7 @@ class Gifter:
         self.refused: Counter[str] = Counter()
         """Gifts refused for good, by code (nothing moved)."""
         self.retries = 0
+        """Tries that failed in a way that calls for the same id again."""
         self.unknown: list[tuple[str, str]] = []
         """Gifts whose outcome is unknown: (stream, id), for :meth:`settle_unknown`."""
         self.pending: set[asyncio.Task[GiftOk | None]] = set()
@@ -210,11 +211,11 @@ class Gifter:
         """Send ``gift_id`` until its outcome is known (see :func:`resend`)."""
         started = time.perf_counter()
         last = ""
-        tries = 0
 
         def attempt(gid: str, code: str, sent: float, seconds: float) -> None:
-            nonlocal last, tries
-            last, tries = code, tries + 1
+            nonlocal last
+            last = code
+            self.retries += code in AGAIN
             if self.on_attempt is not None:
                 self.on_attempt(gid, code, sent, seconds)
 
@@ -222,7 +223,6 @@ class Gifter:
             self.conn, stream, self.gift, gift_id, within=within, pause=self.pause,
             on_attempt=attempt,
         )  # fmt: skip
-        self.retries += max(0, tries - 1)
         if ok is not None:
             self._acked(ok, started)
         elif last not in AGAIN:
