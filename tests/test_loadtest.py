@@ -220,9 +220,9 @@ async def test_cli_refuses_a_remote_target_with_status_2() -> None:
 def test_socketio_sinks_count_events_and_answer_pings_however_reads_split(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """bench_relay's Socket.IO sinks: the handshake, then counting events and answering
+    """The fan-out's Socket.IO sinks: the handshake, then counting events and answering
     pings without decoding, with frames split anywhere across reads."""
-    from loadtest import bench_relay as br
+    from loadtest.drivers import sinks as br
 
     def frame(payload: bytes) -> bytes:  # a server frame: unmasked
         return bytes([0x81, len(payload)]) + payload
@@ -238,23 +238,23 @@ def test_socketio_sinks_count_events_and_answer_pings_however_reads_split(
     run = b"".join(frame(b"2") if i % 7 == 0 else event for i in range(1, 60))  # 8 pings
     handshake = frame(b'0{"sid":"a","pingInterval":25000}') + frame(b"2") + frame(b'40{"sid":"b"}')
     data = b"HTTP/1.1 101 Switching Protocols\r\n\r\n" + handshake + frame(b"430[{}]") + run
-    pong = br._masked_text(b"3")
+    pong = br.masked_text(b"3")
     for size in (1, 2, 3, 10, 11, 12, 100, len(data)):
-        monkeypatch.setattr(br._SioSink, "events", SimpleNamespace(value=0))
+        monkeypatch.setattr(br.SioSink, "events", SimpleNamespace(value=0))
         loop = asyncio.new_event_loop()
         try:
             opened: asyncio.Future[None] = loop.create_future()
-            sink = br._SioSink(1, True, opened)
+            sink = br.SioSink(1, True, opened)
             transport = Transport()
             sink.connection_made(transport)  # type: ignore[arg-type]
             for i in range(0, len(data), size):
                 sink.data_received(data[i : i + size])
             assert opened.done()
             assert opened.exception() is None
-            assert br._SioSink.events.value == 51
+            assert br.SioSink.events.value == 51
             get, *rest = transport.sent
             assert get.startswith(b"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\n")
-            join = br._masked_text(b'420["join",{"stream":"bench"}]')
-            assert b"".join(rest) == br._masked_text(b"40") + pong + join + pong * 8
+            join = br.masked_text(b'420["join",{"stream":"bench"}]')
+            assert b"".join(rest) == br.masked_text(b"40") + pong + join + pong * 8
         finally:
             loop.close()
