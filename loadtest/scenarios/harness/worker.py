@@ -22,9 +22,9 @@ from typing import Any, BinaryIO, NamedTuple, Protocol
 from giftrelay import logs
 from giftrelay.client import Client, Event, EventsHandler, GiftOk, Joined
 
+from ...drivers.gifter import Book, Gifter, error_code, pace
+from ...drivers.viewer import Expected, Meter, Viewer, drain
 from . import wire
-from .drivers.gifter import Book, Gifter, error_code, pace
-from .drivers.viewer import Expected, Meter, Viewer, drain
 
 
 class Connection(Protocol):
@@ -48,7 +48,7 @@ class Connection(Protocol):
 
 def make_client(flavour: str, url: str, token: str | None, **handlers: Any) -> Connection:
     if flavour == "socketio":
-        from .drivers.sio import SioClient
+        from ...drivers.sio import SioClient
 
         return SioClient(url, token, **handlers)
     return Client(url, token, dedupe=False, **handlers)

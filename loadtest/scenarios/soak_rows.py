@@ -23,9 +23,9 @@ from typing import Any
 
 from giftrelay import keys
 
-from .drivers import procstats
-from .drivers.gifter import Book, Gifter
-from .drivers.viewer import Latency, Meter, Watcher, percentile, summarise_latency
+from ..drivers import procstats
+from ..drivers.gifter import Book, Gifter
+from ..drivers.viewer import Latency, Meter, Watcher, percentile, summarise_latency
 
 COLUMNS = ["elapsed_s", "relay_rss_mb", "redis_rss_mb", "ledger_lag", "gifts_acked",
            "gifts_per_s", "lat_p50_ms", "lat_p99_ms", "lat_max_ms", "reconnects",

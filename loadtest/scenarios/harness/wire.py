@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import msgspec
 
-from .drivers.viewer import Delivery
+from ...drivers.viewer import Delivery
 
 
 class WorkerPlan(msgspec.Struct, kw_only=True):

@@ -13,7 +13,7 @@ import asyncio
 import re
 import urllib.request
 
-from .drivers.procstats import Sample, sample
+from ...drivers.procstats import Sample, sample
 
 __all__ = ["RelaySampler", "Sample"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
-from .drivers.viewer import Latency
+from ...drivers.viewer import Latency
 
 
 class GiftTotals(msgspec.Struct, kw_only=True):

@@ -34,8 +34,7 @@ from rich.table import Table
 from giftrelay.embedded import RedisServer, free_port
 from giftrelay.redis_client import connect as redis_connect
 
-from . import report
-from .drivers.target import (
+from ..drivers.target import (
     PEERS,
     ROOT,
     Target,
@@ -44,14 +43,17 @@ from .drivers.target import (
     serve_command,
     serve_env,
 )
-from .harness import Options
-from .result import Result
+from .harness import Harness, Options, report
+from .harness.result import Result
 
 console = Console()
 
 
 def add_parser(commands: Any) -> None:
-    p = commands.add_parser("bench", help="giftrelay and its peers: same scenario, same run")
+    p = commands.add_parser(
+        "bench", help="giftrelay and its peers: the same scenario, in the same run",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
     p.add_argument("--peers", default=",".join(PEERS), help="[%(default)s]")
     p.add_argument("--scenario", default="busy-stream", choices=["busy-stream", "many-streams"])
     p.add_argument("--viewers", type=int, default=1000, help="[%(default)s]")
@@ -133,8 +135,6 @@ def options(args: argparse.Namespace, url: str, pid: int, name: str, r: int) -> 
 
 
 async def bench(args: argparse.Namespace) -> tuple[list[BenchRun], list[str]]:
-    from .harness import Harness
-
     out = Path(args.out)
     runs: list[BenchRun] = []
     failures: list[str] = []

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .drivers.viewer import Latency
+from ...drivers.viewer import Latency
 from .result import Result
 
 
