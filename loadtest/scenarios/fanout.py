@@ -6,47 +6,32 @@ gift->viewer latency, RSS.
                               [--peers giftrelay,socketio] [--compression deflate,off]
 
 For each viewer count it starts a relay (``giftrelay serve``, one worker, over a
-private redis-server) and drives one live stream:
+private redis-server) and drives one live stream: 20 gifters sending ``--rate`` gifts
+per second in total through the full money path, open loop; 50 measuring viewers
+that decode every event, record gift->viewer latency and check that every
+acknowledged gift arrived once and in order; the other viewers are sinks in a
+process of their own (:mod:`loadtest.drivers.sinks`), which joined and then read
+and discard (a Python client that decoded 5 M events/s would need more cores than
+the machine has). The relay's pings are spaced out (60 s) as sinks never answer.
 
-* gifters: 20 connections sending ``--rate`` gifts per second in total, through the
-  relay (the full money path), open loop, each answer awaited by its own task
-  (:class:`~loadtest.drivers.gifter.Gifter`);
-* measuring viewers: 50 full clients that decode every event, record gift->viewer
-  latency (receive time - the event's ``ts``) and check that every acknowledged gift
-  arrived once and in order (:class:`~loadtest.drivers.viewer.Viewer`);
-* the other viewers are sinks in a second process (:mod:`loadtest.drivers.sinks`):
-  real TCP connections that did the WebSocket handshake and joined, then read and
-  discard bytes (a Python client that decoded 5 M events/s would need more cores than
-  the machine has). The relay's pings are spaced out (60 s) for the run because sinks
-  never answer.
-
-Relay CPU is ``utime + stime`` of its process tree over the measured window (/proc),
-and events delivered come from its ``giftrelay_events_sent_total`` metric (every
-kind: gifts, and the viewer counts, top lists and combo ends the relay adds; the
-run's ``gift_share`` says how many of the measuring viewers' events were gifts).
-The baseline, in the same run, is the same relay with ``GIFTRELAY_TICK_MS=0``:
-every event flushed at once, one frame per event per viewer. Gifts/s counts the
-acknowledgements and frames/viewer the frames that arrived within the window.
+Server CPU is ``utime + stime`` of its process tree over the measured window (/proc).
+giftrelay's events delivered come from its ``giftrelay_events_sent_total`` metric
+(every kind: gifts, viewer counts, top lists, combo ends; ``gift_share`` says how
+many of the measuring viewers' events were gifts). The baseline, in the same run, is
+the same relay with ``GIFTRELAY_TICK_MS=0``: one frame per event per viewer.
 
 ``--peers giftrelay,socketio`` adds, for each viewer count, a run of the Socket.IO
-peer, "Socket.IO (one frame per event)": loadtest/peers/socketio/server.js (Node,
-Socket.IO 4 with the Redis adapter, started by :mod:`loadtest.drivers.target`), over
-the same redis-server (its keys are its own; gift ids carry a per-run tag). The same
-run, the same kinds of clients: gifters and measuring viewers speak Socket.IO through
-:class:`loadtest.drivers.sio.SioClient` (gifts are events with acknowledgements), and
-the sinks are Socket.IO sinks, which answer engine.io pings: Socket.IO keeps its
-default 25 s ping interval, as deployed. Server CPU is that of the node process tree.
-The peer has no metrics and emits only gifts, one WebSocket frame per event per
-viewer, so its events delivered are those *received* in the window: sinks count
-occurrences of ``42["events"`` in the bytes they read (no decoding; the pattern
-cannot occur inside an event's JSON), measuring viewers count what they decode.
-Socket.IO saturating below the offered rate is expected: it shows as events/s below
-gifts offered x viewers and as latency; the drain after the window is bounded (30 s
-for the answers, then 30 s for the viewers), gifts still unanswered are reported on
-a line of their own, and the server is stopped whatever happens (SIGTERM, SIGKILL
-after 30 s; SIGTERM to this process cancels the run so that its servers stop).
-``x Socket.IO`` is a run's events per CPU-second over Socket.IO's at the same viewer
-count.
+peer (loadtest/peers/socketio/server.js: Node, Socket.IO 4 with the Redis adapter)
+over the same redis-server, with the same kinds of clients speaking Socket.IO
+(:class:`loadtest.drivers.sio.SioClient`; its sinks answer engine.io pings, as the
+peer keeps Socket.IO's 25 s ping). The peer has no metrics and emits only gifts, one
+frame per event per viewer, so its events delivered are those *received* in the
+window. Socket.IO saturating below the offered rate shows as events/s below gifts x
+viewers and as latency; the drain after the window is bounded (30 s for the answers,
+then 30 s for the viewers), gifts still unanswered are reported on a line of their
+own, and every server is stopped whatever happens (SIGTERM, SIGKILL after 30 s;
+SIGTERM to this process cancels the run). ``x Socket.IO`` is a run's events per
+CPU-second over Socket.IO's at the same viewer count.
 
 ``--idle N``: N idle connections (joined, no traffic); reports RSS per connection.
 """
