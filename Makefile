@@ -45,7 +45,7 @@ lock: $(BIN)/uv
 	$(UV) lock --upgrade
 
 bench-money: $(VENV)/.installed-dev
-	$(BIN)/python -m loadtest.bench_money
+	$(BIN)/python -m loadtest.micro.bench_money
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

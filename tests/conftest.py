@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+import asyncio
+import os
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +19,7 @@ from giftrelay.money.api import Money
 from giftrelay.redis_client import connect
 
 START_MS = 1_795_392_000_000  # 2026-11-23 00:00:00 UTC
+ROOT = Path(__file__).resolve().parent.parent
 
 
 class Clock:
@@ -55,6 +59,25 @@ async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
     await client.flushall()
     yield client
     await client.aclose()
+
+
+Loadtest = Callable[..., Awaitable[asyncio.subprocess.Process]]
+
+
+@pytest.fixture
+def loadtest() -> Loadtest:
+    """``giftrelay-loadtest ARGS`` as an operator runs it (``python -m loadtest``), in a
+    process of its own from the checkout, its output (stdout and stderr) to read;
+    keywords are set in its environment."""
+
+    async def start(*args: str, **env: str) -> asyncio.subprocess.Process:
+        return await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "loadtest", *args,
+            cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+
+    return start
 
 
 @pytest.fixture

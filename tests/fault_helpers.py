@@ -5,15 +5,15 @@ user, and settles every id it starts: ``unavailable``, a time-out or a lost
 connection is retried with the same id (the protocol's contract), so each id ends
 acknowledged or refused and the money checks can be exact. ``Watcher`` is a viewer
 that reconnects with ``since`` whenever it is closed and keeps every gift event.
+Both are the load test's drivers (:mod:`loadtest.drivers`), with what the tests read.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
-import os
-import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -21,11 +21,17 @@ from pathlib import Path
 from typing import Any
 
 from redis.asyncio import Redis
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from giftrelay.client import GiftOk
 from giftrelay.ledger.reconcile import reconcile
 from giftrelay.ledger.store import Store
 from giftrelay.money import keys
+from loadtest.drivers.connection import Connection
+from loadtest.drivers.gifter import Gifter
+from loadtest.drivers.target import Target, running, serve_command, serve_env
+from loadtest.drivers.viewer import Expected, Meter, Viewer
+from loadtest.drivers.viewer import Watcher as Watching
 
 from .relay_helpers import SECRET, Client, token
 
@@ -67,7 +73,8 @@ async def ask(client: Client, within: float, **message: Any) -> dict[str, Any] |
 
 
 class GiftLoad:
-    """``users`` each send gifts of ``gift`` on ``stream`` at ``rate`` per second."""
+    """``users`` each send gifts of ``gift`` on ``stream`` at ``rate`` per second, one at a
+    time, each settled (:class:`loadtest.drivers.gifter.Gifter`); every try is recorded."""
 
     def __init__(
         self,
@@ -86,32 +93,63 @@ class GiftLoad:
         self.stream = stream
         self.interval = 1 / rate
         self.prefix = prefix
-        self.gift = gift
-        self.reply_within = reply_within
-        self.retry_pause = retry_pause
         self.acked: dict[str, tuple[str, int, str]] = {}
         """id -> (user, coins, offset) of every ``gift_ok``."""
         self.refused: dict[str, str] = {}
         self.replies: list[Reply] = []
         self.unanswered: list[str] = []
         """Requests that got no reply within ``reply_within`` (then retried)."""
-        self.reconnects = 0
         self.stopping = asyncio.Event()
         self.tasks: list[asyncio.Task[None]] = []
-        self.clients: dict[str, Client] = {}
         self.started = asyncio.Event()
+        self._codes: dict[str, str] = {}
+        self.connections = [
+            Connection(self.urls[i % len(self.urls)], token(u), request_timeout=reply_within)
+            for i, u in enumerate(users)
+        ]
+        self.gifters = [
+            Gifter(c, u, gift=gift, pause=(retry_pause, retry_pause), on_attempt=self._attempt)
+            for c, u in zip(self.connections, users, strict=True)
+        ]
+
+    @property
+    def reconnects(self) -> int:
+        return sum(c.reconnects for c in self.connections)
 
     def start(self) -> None:
-        self.tasks = [asyncio.create_task(self._user(i, u)) for i, u in enumerate(self.users)]
+        self.tasks = []
+        for g in self.gifters:
+
+            def name(n: int, user: str = g.user) -> str:
+                return f"{self.prefix}-{user}-{n:06d}"
+
+            settled = functools.partial(self._settled, g.user)
+            run = g.paced(self.stopping, self.stream, self.interval, name, settled)
+            self.tasks.append(asyncio.create_task(run))
+
+    def _attempt(self, gift_id: str, code: str, sent: float, seconds: float) -> None:
+        self._codes[gift_id] = code
+        if code == "timeout":  # the connection was closed, and the same id sent on a new one
+            self.unanswered.append(gift_id)
+        elif code not in ("disconnected", "connect_failed"):
+            self.replies.append(Reply(sent, seconds, code))
+
+    def _settled(self, user: str, gift_id: str, ok: GiftOk | None) -> None:
+        code = self._codes.pop(gift_id, "")
+        if ok is not None:
+            self.acked[gift_id] = (user, ok.coins, ok.offset)
+        else:
+            self.refused[gift_id] = code
+        self.started.set()
 
     async def stop(self, within: float = 60.0) -> None:
         """Stop starting ids; every id started is settled (retried until answered)."""
         self.stopping.set()
         async with asyncio.timeout(within):
             await asyncio.gather(*self.tasks)
-        for client in self.clients.values():
+        for c in self.connections:
             with contextlib.suppress(Exception):
-                await client.close()
+                await c.close()
 
     def codes(self, since: float = 0.0) -> Counter[str]:
         return Counter(r.code for r in self.replies if r.sent >= since)
@@ -123,184 +161,43 @@ class GiftLoad:
             while len(self.acked) < target:  # noqa: ASYNC110 - fed by the load's own tasks
                 await asyncio.sleep(0.02)
 
-    async def _client(self, index: int, user: str) -> Client:
-        client = self.clients.get(user)
-        if client is not None and client.ws.close_code is None:
-            return client
-        if client is not None:
-            self.reconnects += 1
-        while True:
-            url = self.urls[index % len(self.urls)]
-            try:
-                client = await Client.open(url, token(user), open_timeout=10)
-                self.clients[user] = client
-                return client
-            except (OSError, InvalidHandshake, TimeoutError, ConnectionClosed):
-                await asyncio.sleep(self.retry_pause)  # a client's reconnect pause
 
-    async def _user(self, index: int, user: str) -> None:
-        loop = asyncio.get_running_loop()
-        next_at = loop.time()
-        n = 0
-        while not self.stopping.is_set():
-            await self.settle(index, user, f"{self.prefix}-{user}-{n:06d}")
-            self.started.set()
-            n += 1
-            next_at += self.interval
-            delay = next_at - loop.time()
-            if delay > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.stopping.wait(), delay)  # pacing
-            else:
-                next_at = loop.time()
-
-    async def settle(self, index: int, user: str, gift_id: str) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            client = await self._client(index, user)
-            sent = loop.time()
-            reply = await ask(
-                client,
-                self.reply_within,
-                type="gift",
-                stream=self.stream,
-                gift=self.gift,
-                id=gift_id,
-            )
-            if reply is None:
-                if client.ws.close_code is None:
-                    self.unanswered.append(gift_id)
-                    await client.ws.close()
-                continue  # the same id again, on a new connection
-            code = reply["type"] if reply["type"] == "gift_ok" else reply["code"]
-            self.replies.append(Reply(sent, loop.time() - sent, code))
-            if code == "gift_ok":
-                self.acked[gift_id] = (user, reply["coins"], reply["offset"])
-                return
-            if code in ("unavailable", "rate_limited"):
-                await asyncio.sleep(self.retry_pause)  # a client's retry pause
-                continue
-            self.refused[gift_id] = code
-            return
-
-
-class Watcher:
-    """A viewer of ``stream`` that rejoins with ``since`` whenever its connection closes."""
+class Watcher(Watching):
+    """A viewer of ``stream`` that rejoins with ``since`` whenever its connection closes
+    (:class:`loadtest.drivers.viewer.Watcher`), keeping every gift it receives."""
 
     def __init__(self, urls: str | list[str], stream: str, index: int = 0) -> None:
-        self.urls = [urls] if isinstance(urls, str) else urls
-        self.stream = stream
-        self.index = index
-        self.gifts: list[dict[str, Any]] = []
-        self.latencies: list[float] = []
-        """Arrival time - the event's ``ts``, ms, of each gift that came live (not ``missed``)."""
-        self.last: str | None = None
-        self.reconnects = 0
-        self.join_refusals: Counter[str] = Counter()
-        self.unrecovered = 0
-        self.close_codes: list[int | None] = []
-        self.client: Client | None = None
-        self.joined = asyncio.Event()
-        self.changed = asyncio.Event()
-        self.task: asyncio.Task[None] | None = None
-        self._stop = asyncio.Event()
-
-    def start(self) -> None:
-        self.task = asyncio.create_task(self._run())
-
-    async def stop(self) -> None:
-        self._stop.set()
-        if self.client is not None:
-            with contextlib.suppress(Exception):
-                await self.client.close()
-        if self.task is not None:
-            await self.task
-
-    async def reconnect(self) -> None:
-        """Close the connection from this side: the watcher rejoins with ``since``."""
-        self.joined.clear()
-        if self.client is not None:
-            await self.client.ws.close()
+        self.seen = Viewer(stream, Meter(), keep=True)
+        super().__init__(urls, stream, self.seen, index=index, pause=0.1)
 
     def ids(self) -> list[str]:
-        return [g["id"] for g in self.gifts]
+        return self.seen.ids
 
-    def _take(self, events: list[dict[str, Any]], live: bool = False) -> None:
-        now = time.time() * 1000
-        for e in events:
-            if e["kind"] == "gift" and not e.get("test"):
-                self.gifts.append(e)
-                self.last = e["offset"]
-                if live:
-                    self.latencies.append(now - e["ts"])
-        self.changed.set()
+    @property
+    def latencies(self) -> list[float]:
+        """Arrival time - the event's ``ts``, ms, of each gift that came live (not ``missed``)."""
+        return self.seen.latencies
 
-    async def _run(self) -> None:
-        attempt = 0
-        while not self._stop.is_set():
-            url = self.urls[(self.index + attempt) % len(self.urls)]
-            attempt += 1
-            try:
-                client = await Client.open(url, open_timeout=10)
-            except (OSError, InvalidHandshake, TimeoutError, ConnectionClosed):
-                await asyncio.sleep(0.1)  # a client's reconnect pause
-                continue
-            self.client = client
-            # Events go to this watcher, not into the client's own lists.
-            client.on_message = self._on_message(client)  # type: ignore[method-assign]
-            message: dict[str, Any] = {"type": "join", "stream": self.stream}
-            if self.last is not None:
-                message["since"] = self.last
-            reply = await ask(client, 15, **message)
-            if reply is None or reply["type"] != "joined":
-                self.join_refusals[reply["code"] if reply else "no reply"] += 1
-                await client.close()
-                await asyncio.sleep(0.1)  # a client's retry pause
-                continue
-            self.joined.set()  # `missed` was taken as the reply arrived, before any event
-            assert client.reader is not None
-            stop = asyncio.create_task(self._stop.wait())
-            await asyncio.wait({client.reader, stop}, return_when="FIRST_COMPLETED")
-            stop.cancel()
-            self.close_codes.append(client.ws.close_code)
-            self.joined.clear()
-            if not self._stop.is_set():
-                self.reconnects += 1
-
-    def _on_message(self, client: Client) -> Any:
-        original = Client.on_message
-
-        def on_message(msg: dict[str, Any]) -> None:
-            if msg["type"] == "events" and msg["stream"] == self.stream:
-                self._take(msg["events"], live=True)
-                return
-            if msg["type"] == "joined" and msg["stream"] == self.stream:
-                # Here, in the reader, so that no later `events` frame is taken before it.
-                if self.last is not None and not msg["recovered"]:
-                    self.unrecovered += 1
-                self._take(msg["missed"])
-                if self.last is None:
-                    self.last = msg["offset"]
-            original(client, msg)
-
-        return on_message
+    @property
+    def unrecovered(self) -> int:
+        return self.seen.not_recovered
 
     async def wait_for_ids(self, ids: set[str], within: float = 30.0) -> None:
         async with asyncio.timeout(within):
-            while not ids <= set(self.ids()):
-                self.changed.clear()
-                await self.changed.wait()
+            while not ids <= set(self.seen.ids):
+                self.seen.changed.clear()
+                await self.seen.changed.wait()
 
 
 def check_watchers(watchers: list[Watcher], load: GiftLoad) -> None:
-    """Every watcher saw every acknowledged gift exactly once, in offset order."""
-    acked = set(load.acked)
+    """Every watcher saw every acknowledged gift exactly once, in offset order
+    (:meth:`loadtest.drivers.viewer.Viewer.check`; other gifts on the stream may come too)."""
+    expected = Expected.of_offsets({load.stream: [o for _, _, o in load.acked.values()]})
     for i, w in enumerate(watchers):
-        ids = w.ids()
-        assert len(ids) == len(set(ids)), f"watcher {i}: duplicate gift events"
-        assert acked <= set(ids), f"watcher {i}: {len(acked - set(ids))} acknowledged gifts missing"
-        keys_ = [tuple(map(int, g["offset"].split("-"))) for g in w.gifts]
-        assert keys_ == sorted(keys_), f"watcher {i}: gift events out of order"
+        d = w.seen.check(expected)
+        assert d.duplicates == 0, f"watcher {i}: duplicate gift events"
+        assert d.lost == 0, f"watcher {i}: {d.lost} acknowledged gifts missing"
+        assert d.order_violations == 0, f"watcher {i}: gift events out of order"
         assert w.unrecovered == 0, f"watcher {i}: a rejoin could not recover"
 
 
@@ -350,111 +247,43 @@ async def check_ledger(
 
 
 class Serve:
-    """``giftrelay serve`` started by a test; its output drained to a file (never a full pipe)."""
+    """``giftrelay serve`` started by a test (:mod:`loadtest.drivers.target`)."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, port: int, log: Path) -> None:
-        self.proc = proc
-        self.port = port
-        self.log = log
-        self.drain: asyncio.Task[None] | None = None
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self.proc = target.proc
+        self.port = target.port
+        self.log = target.log
 
     @property
     def ws(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/ws"
+        return self.target.url
 
     def workers(self) -> list[int]:
         """Pids of the worker processes (children running ``giftrelay worker``)."""
-        return [p for p in children(self.proc.pid) if b"worker" in _cmdline(p)]
+        return self.target.workers()
 
     def rss_kb(self) -> int:
-        return sum(rss_kb(p) for p in [self.proc.pid, *children(self.proc.pid)])
+        return self.target.usage().rss_bytes // 1024
 
     async def stop(self, within: float = 30.0) -> int:
-        if self.proc.returncode is None:
-            self.proc.send_signal(15)
-        async with asyncio.timeout(within):
-            code = await self.proc.wait()
-        if self.drain is not None:
-            await self.drain
-        return code
+        return await self.target.stop(within=within, force=False)
 
     def kill(self) -> None:
-        if self.proc.returncode is None:
-            for pid in children(self.proc.pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, 9)
-            self.proc.kill()
+        self.target.kill()
 
 
 @contextlib.asynccontextmanager
 async def serve(tmp_path: Path, redis_url: str, *args: str, **env: str) -> AsyncIterator[Serve]:
+    """Started and waited for; killed at the end (its output in ``serve-PORT.log``)."""
     from giftrelay.embedded import free_port
 
     port = free_port()
-    full_env = {
-        **os.environ,
-        "GIFTRELAY_SECRET": SECRET,
-        "GIFTRELAY_VAR_DIR": str(tmp_path / "var"),
-        "GIFTRELAY_LOG_FORMAT": "json",
-        "GIFTRELAY_LOG_LEVEL": "warning",
-        **FAST_ENV,
-        **env,
-    }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "giftrelay", "serve", "--port", str(port),
-        "--redis-url", redis_url, "--no-ledger", *args,
-        env=full_env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
-    assert proc.stdout is not None
+    argv = serve_command(port, redis_url=redis_url, ledger=False, extra=args)
+    settings = serve_env(SECRET, FAST_ENV | env, var=tmp_path / "var")
     log = tmp_path / f"serve-{port}.log"
-    handle = Serve(proc, port, log)
-    try:
-        async with asyncio.timeout(60):
-            while True:
-                line = (await proc.stdout.readline()).decode()
-                assert line, f"serve exited before listening: {log}"
-                if "websocket:" in line:
-                    break
-
-        async def drain() -> None:
-            assert proc.stdout is not None
-            with open(log, "ab") as out:  # noqa: ASYNC230 - a small log file
-                while chunk := await proc.stdout.read(65536):
-                    out.write(chunk)
-
-        handle.drain = asyncio.create_task(drain())
-        yield handle
-    finally:
-        handle.kill()
-        await proc.wait()
-        if handle.drain is not None:
-            await handle.drain
-
-
-def children(pid: int) -> list[int]:
-    out: list[int] = []
-    with contextlib.suppress(FileNotFoundError, ProcessLookupError):
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            with contextlib.suppress(FileNotFoundError):
-                for child in map(int, (task / "children").read_text().split()):
-                    out += [child, *children(child)]
-    return out
-
-
-def _cmdline(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except FileNotFoundError:
-        return b""
-
-
-def rss_kb(pid: int | None = None) -> int:
-    path = Path(f"/proc/{pid or 'self'}/status")
-    with contextlib.suppress(FileNotFoundError):
-        for line in path.read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
+    async with running("giftrelay", argv, port=port, env=settings, log=log, graceful=False) as t:
+        yield Serve(t)
 
 
 def quantile(values: list[float], q: float) -> float:

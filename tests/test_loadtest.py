@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sys
+from collections.abc import Awaitable, Callable
 from html.parser import HTMLParser
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,14 +17,13 @@ from redis.asyncio import Redis
 
 from giftrelay.client import Client, RelayError
 from giftrelay.embedded import RedisServer
-from loadtest import harness
-from loadtest.harness import Options, UsageError, check_target
-from loadtest.result import Result, result_decoder
-from loadtest.worker import resend
+from loadtest.drivers.gifter import resend
+from loadtest.scenarios import harness
+from loadtest.scenarios.harness import Options, UsageError, check_target
+from loadtest.scenarios.harness.result import Result, result_decoder
 
 from .relay_helpers import SECRET, running_relay, token
 
-ROOT = Path(__file__).resolve().parent.parent
 RELAY = {
     "gift_rate": 100_000.0,
     "gift_burst": 100_000,
@@ -48,13 +47,12 @@ def small(url: str, **overrides: object) -> Options:
     return Options(**(base | overrides))  # type: ignore[arg-type]
 
 
-async def run_cli(*args: str) -> tuple[int, str]:
+Loadtest = Callable[..., Awaitable[asyncio.subprocess.Process]]
+
+
+async def run_cli(loadtest: Loadtest, *args: str) -> tuple[int, str]:
     """The command as an operator runs it, in its own process (the relay stays in this one)."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "loadtest", *args, "--secret", SECRET, "--quiet",
-        cwd=ROOT, env={**os.environ, "GIFTRELAY_SECRET": ""},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
+    proc = await loadtest(*args, "--secret", SECRET, "--quiet", GIFTRELAY_SECRET="")
     out, _ = await proc.communicate()
     assert proc.returncode is not None
     return proc.returncode, out.decode()
@@ -132,7 +130,7 @@ async def test_a_run_whose_gifts_are_all_refused_does_not_pass(
 
 
 async def test_a_relay_that_drops_an_event_fails_the_run(
-    redis: Redis, redis_server: RedisServer, tmp_path: Path
+    redis: Redis, redis_server: RedisServer, tmp_path: Path, loadtest: Loadtest
 ) -> None:
     seen: list[bytes] = []
 
@@ -144,7 +142,7 @@ async def test_a_relay_that_drops_an_event_fails_the_run(
 
     async with running_relay(redis_server.url, drop_hook=drop_third_gift, **RELAY) as h:
         status, output = await run_cli(
-            "busy-stream", "--url", h.ws, "--viewers", "12", "--gift-rate", "30",
+            loadtest, "busy-stream", "--url", h.ws, "--viewers", "12", "--gift-rate", "30",
             "--duration", "2", "--processes", "1", "--out", str(tmp_path), "--name", "dropped",
         )  # fmt: skip
     assert status == 1, output
@@ -168,11 +166,11 @@ class Tags(HTMLParser):
 
 
 async def test_cli_writes_every_field_and_a_report_with_charts(
-    redis: Redis, redis_server: RedisServer, tmp_path: Path
+    redis: Redis, redis_server: RedisServer, tmp_path: Path, loadtest: Loadtest
 ) -> None:
     async with running_relay(redis_server.url, **RELAY) as h:
         status, output = await run_cli(
-            "many-streams", "--url", h.ws, "--streams", "3", "--viewers", "9",
+            loadtest, "many-streams", "--url", h.ws, "--streams", "3", "--viewers", "9",
             "--gift-rate", "30", "--duration", "2", "--processes", "1", "--out", str(tmp_path),
             "--max-p99", "60000",
         )  # fmt: skip
@@ -211,8 +209,8 @@ async def test_non_loopback_targets_need_to_be_named() -> None:
         Options(viewers=10_000_000).limits()
 
 
-async def test_cli_refuses_a_remote_target_with_status_2() -> None:
-    status, output = await run_cli("busy-stream", "--url", "ws://192.0.2.10:8080/ws")
+async def test_cli_refuses_a_remote_target_with_status_2(loadtest: Loadtest) -> None:
+    status, output = await run_cli(loadtest, "busy-stream", "--url", "ws://192.0.2.10:8080/ws")
     assert status == 2
     assert "not a loopback address" in output
 
@@ -220,9 +218,9 @@ async def test_cli_refuses_a_remote_target_with_status_2() -> None:
 def test_socketio_sinks_count_events_and_answer_pings_however_reads_split(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """bench_relay's Socket.IO sinks: the handshake, then counting events and answering
+    """The fan-out's Socket.IO sinks: the handshake, then counting events and answering
     pings without decoding, with frames split anywhere across reads."""
-    from loadtest import bench_relay as br
+    from loadtest.drivers import sinks as br
 
     def frame(payload: bytes) -> bytes:  # a server frame: unmasked
         return bytes([0x81, len(payload)]) + payload
@@ -238,23 +236,59 @@ def test_socketio_sinks_count_events_and_answer_pings_however_reads_split(
     run = b"".join(frame(b"2") if i % 7 == 0 else event for i in range(1, 60))  # 8 pings
     handshake = frame(b'0{"sid":"a","pingInterval":25000}') + frame(b"2") + frame(b'40{"sid":"b"}')
     data = b"HTTP/1.1 101 Switching Protocols\r\n\r\n" + handshake + frame(b"430[{}]") + run
-    pong = br._masked_text(b"3")
+    pong = br.masked_text(b"3")
     for size in (1, 2, 3, 10, 11, 12, 100, len(data)):
-        monkeypatch.setattr(br._SioSink, "events", SimpleNamespace(value=0))
+        monkeypatch.setattr(br.SioSink, "events", SimpleNamespace(value=0))
         loop = asyncio.new_event_loop()
         try:
             opened: asyncio.Future[None] = loop.create_future()
-            sink = br._SioSink(1, True, opened)
+            sink = br.SioSink(1, True, opened)
             transport = Transport()
             sink.connection_made(transport)  # type: ignore[arg-type]
             for i in range(0, len(data), size):
                 sink.data_received(data[i : i + size])
             assert opened.done()
             assert opened.exception() is None
-            assert br._SioSink.events.value == 51
+            assert br.SioSink.events.value == 51
             get, *rest = transport.sent
             assert get.startswith(b"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\n")
-            join = br._masked_text(b'420["join",{"stream":"bench"}]')
-            assert b"".join(rest) == br._masked_text(b"40") + pong + join + pong * 8
+            join = br.masked_text(b'420["join",{"stream":"bench"}]')
+            assert b"".join(rest) == br.masked_text(b"40") + pong + join + pong * 8
         finally:
             loop.close()
+
+
+DOCUMENTED = [
+    "busy-stream --url ws://127.0.0.1:8080/ws --secret S --viewers 1000 --gift-rate 200 "
+    "--duration 20",
+    "ramp --secret S --viewers 500 --gift-rate 100 --step-seconds 5 --limit-p99 150",
+    "fanout --viewers 1000,5000 --rate 1000 --seconds 10 --idle 10000 --workers 1,2 "
+    "--compression deflate,off",
+    "fanout --viewers 1000,5000 --rate 100 --seconds 10 --idle 0 --no-baseline "
+    "--peers giftrelay,socketio --compression deflate,off",
+    "bench --peers giftrelay,naive --viewers 100 --gift-rate -1 --inflight 16 --duration 10 "
+    "--repeat 3",
+    "bench --peers giftrelay,socketio --viewers 5000 --gift-rate 10 --duration 10",
+    "soak --minutes 60 --interval 60 --csv soak.csv",
+]
+
+
+@pytest.mark.parametrize("command", DOCUMENTED)
+def test_the_documented_commands_are_subcommands_of_one_command(command: str) -> None:
+    from loadtest import cli
+
+    args = cli.parser().parse_args(command.split())
+    assert cli.COMMANDS[args.command]
+    assert args.command == command.split()[0]
+
+
+@pytest.mark.parametrize(
+    ("old", "new"), [("loadtest.bench_relay", "fanout"), ("loadtest.soak", "soak")]
+)
+async def test_the_old_module_paths_still_run_their_command(old: str, new: str) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", old, "--help", stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await proc.communicate()
+    assert proc.returncode == 0
+    assert f"giftrelay-loadtest {new} [-h]" in out.decode()

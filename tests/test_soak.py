@@ -8,21 +8,14 @@ import contextlib
 import os
 import re
 import signal
-import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from loadtest.soak import descendants
+from loadtest.drivers.procstats import alive, descendants
 
-ROOT = Path(__file__).resolve().parent.parent
+Loadtest = Callable[..., Awaitable[asyncio.subprocess.Process]]
+
 COLUMNS = 17
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state != "Z"
 
 
 def kill_tree(pid: int) -> None:
@@ -33,14 +26,12 @@ def kill_tree(pid: int) -> None:
 
 
 async def test_ctrl_c_ends_the_soak_early_with_its_checks_and_stops_its_relay(
-    tmp_path: Path,
+    tmp_path: Path, loadtest: Loadtest
 ) -> None:
     csv = tmp_path / "soak.csv"
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "loadtest.soak", "--minutes", "10", "--interval", "1",
-        "--viewers", "20", "--gifters", "4", "--rate", "20", "--csv", str(csv),
-        cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    proc = await loadtest(
+        "soak", "--minutes", "10", "--interval", "1", "--viewers", "20", "--gifters", "4",
+        "--rate", "20", "--csv", str(csv),
     )  # fmt: skip
     assert proc.stdout is not None
     seen: list[str] = []

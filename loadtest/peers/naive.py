@@ -115,8 +115,8 @@ class NaiveRelay:
             self.rooms[stream].add(ws)
             joined.add(stream)
             last = await r.xrevrange(f"nh:{stream}", count=1)
-            offset = last[0][0].decode() if last else "0-0"
-            snapshot = {"creator": info[b"creator"].decode(), "title": info[b"title"].decode(),
+            offset = _text(last[0][0]) if last else "0-0"
+            snapshot = {"creator": _text(info[b"creator"]), "title": _text(info[b"title"]),
                         "live": True, "viewers": len(self.rooms[stream]), "diamonds": 0,
                         "top": [], "goal": None}  # fmt: skip
             return {"type": "joined", "stream": stream, "offset": offset, "recovered": False,
@@ -139,21 +139,26 @@ class NaiveRelay:
             return {"type": "gift_ok", "id": gid, "stream": stream, "offset": offset,
                     "coins": coins, "balance": int(left), "combo": 1}  # fmt: skip
         if kind == "balance":
-            coins, diamonds = await r.hmget(f"nw:{user}", ["coins", "diamonds"])
-            return {"type": "balance", "coins": int(coins or 0), "diamonds": int(diamonds or 0),
+            have, diamonds = await r.hmget(f"nw:{user}", ["coins", "diamonds"])
+            return {"type": "balance", "coins": int(have or 0), "diamonds": int(diamonds or 0),
                     "spent_today": 0, "daily_cap": None}  # fmt: skip
         if kind == "topup" and role == "admin":
             if await r.set(f"nt:{m['id']}", 1, nx=True):
                 await r.hincrby(f"nw:{m['user']}", "coins", int(m["coins"]))
-            coins = int(await r.hget(f"nw:{m['user']}", "coins") or 0)
-            return {"type": "topup_ok", "user": m["user"], "coins": coins}
+            total = int(await r.hget(f"nw:{m['user']}", "coins") or 0)
+            return {"type": "topup_ok", "user": m["user"], "coins": total}
         if kind == "stream_open" and role in ("admin", "creator"):
-            creator = m.get("creator") or user
+            creator = str(m.get("creator") or user)
             await r.hset(f"ns:{m['stream']}", mapping={"creator": creator, "title": m["title"]})
             return {"type": "stream_ok", "stream": m["stream"], "live": True}
         if kind == "ping":
             return {"type": "pong"}
         return {"type": "error", "code": "bad_request", "message": f"unsupported {kind!r}"}
+
+
+def _text(value: bytes | str | None) -> str:
+    """A reply from redis-py (bytes: the client does not decode)."""
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 async def main() -> None:

@@ -1,16 +1,16 @@
 """Messages between the harness's coordinator and its worker processes (JSON lines).
 
 The coordinator writes commands to a worker's stdin; the worker writes reports to
-its stdout. Latencies travel as counts per 0.1 ms bucket, which workers can add
-up at a few nanoseconds per event; the coordinator turns them into HDR histograms.
+its stdout. Latencies travel as counts per 0.1 ms bucket (a viewers' ``Meter``), which
+workers can add up at a few nanoseconds per event; the coordinator turns them into
+HDR histograms.
 """
 
 from __future__ import annotations
 
 import msgspec
 
-LATENCY_UNIT_MS = 0.1
-"""One latency bucket: events carry ``ts`` in ms, so finer would be noise."""
+from ...drivers.viewer import Delivery
 
 
 class WorkerPlan(msgspec.Struct, kw_only=True):
@@ -59,7 +59,8 @@ class StopGifts(Command, tag="stop"):
 
 
 class Verify(Command, tag="verify"):
-    acked: dict[str, list[str]]
+    acked: dict[str, list[int]]
+    """Every acknowledged gift's offset (:func:`~loadtest.drivers.viewer.key_int`) by stream."""
     drain_timeout: float
 
 
@@ -100,30 +101,17 @@ class ViewersReady(Report, tag="viewers_ready"):
 
 
 class Acked(Report, tag="acked"):
-    acked: dict[str, list[str]]
+    acked: dict[str, list[int]]
     coins: int
     gifts: int
     unresolved: int
     """Gifts whose outcome stayed unknown (no answer even after retrying the same id)."""
 
 
-class ViewerTotals(msgspec.Struct, kw_only=True):
-    viewers: int = 0
+class ViewerTotals(Delivery, kw_only=True):
+    """A worker's viewers: their :class:`~loadtest.drivers.viewer.Delivery`, and more."""
+
     slow_viewers: int = 0
-    expected: int = 0
-    received: int = 0
-    lost: int = 0
-    viewers_with_loss: int = 0
-    duplicates: int = 0
-    order_violations: int = 0
-    unexpected: int = 0
-    """Gift events no acknowledged gift accounts for."""
-    not_recovered: int = 0
-    """Rejoins answered ``recovered: false`` (the history no longer reached back)."""
-    excused: int = 0
-    """Gifts inside those windows: not delivered, and not counted as loss."""
-    undrained: int = 0
-    """Viewers that had not caught up with the last gift when the drain timed out."""
     reconnects: int = 0
     close_codes: dict[int, int] = msgspec.field(default_factory=dict)
 
@@ -142,9 +130,3 @@ encoder = msgspec.json.Encoder()
 command_decoder = msgspec.json.Decoder(AnyCommand)
 report_decoder = msgspec.json.Decoder(AnyReport)
 plan_decoder = msgspec.json.Decoder(WorkerPlan)
-
-
-def key_int(offset: str) -> int:
-    """An offset as one integer that sorts like the stream (``ms * 10**6 + seq``)."""
-    ms, _, seq = offset.partition("-")
-    return int(ms) * 1_000_000 + int(seq or 0)

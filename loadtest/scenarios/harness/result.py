@@ -2,44 +2,9 @@
 
 from __future__ import annotations
 
-from collections import Counter
-
 import msgspec
-from hdrh.histogram import HdrHistogram
 
-from .wire import LATENCY_UNIT_MS
-
-
-class Latency(msgspec.Struct, kw_only=True):
-    count: int = 0
-    p50: float = 0.0
-    p90: float = 0.0
-    p99: float = 0.0
-    p999: float = 0.0
-    max: float = 0.0
-    mean: float = 0.0
-
-
-def summarise_latency(counts: Counter[int] | dict[int, int]) -> Latency:
-    """Bucketed latencies (0.1 ms units) through an HDR histogram (1 µs .. 10 min, 3 digits)."""
-    h = HdrHistogram(1, 600_000_000, 3)
-    for bucket, n in counts.items():
-        h.record_value(max(1, int(bucket * LATENCY_UNIT_MS * 1000)), n)
-    if h.get_total_count() == 0:
-        return Latency()
-
-    def ms(us: float) -> float:
-        return round(us / 1000, 2)
-
-    return Latency(
-        count=h.get_total_count(),
-        p50=ms(h.get_value_at_percentile(50)),
-        p90=ms(h.get_value_at_percentile(90)),
-        p99=ms(h.get_value_at_percentile(99)),
-        p999=ms(h.get_value_at_percentile(99.9)),
-        max=ms(h.get_max_value()),
-        mean=ms(h.get_mean_value()),
-    )
+from ...drivers.viewer import Latency
 
 
 class GiftTotals(msgspec.Struct, kw_only=True):

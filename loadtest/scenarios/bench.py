@@ -17,12 +17,10 @@ whatever else the machine is doing.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
-import os
 import shutil
+import signal
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -36,17 +34,26 @@ from rich.table import Table
 from giftrelay.embedded import RedisServer, free_port
 from giftrelay.redis_client import connect as redis_connect
 
-from . import report
-from .harness import ROOT, Options
-from .result import Result
+from ..drivers.target import (
+    PEERS,
+    ROOT,
+    Target,
+    peer_command,
+    running,
+    serve_command,
+    serve_env,
+)
+from .harness import Harness, Options, report
+from .harness.result import Result
 
-PEERS = ("giftrelay", "naive", "socketio")
-SOCKETIO_DIR = Path(ROOT) / "loadtest" / "peers" / "socketio"
 console = Console()
 
 
 def add_parser(commands: Any) -> None:
-    p = commands.add_parser("bench", help="giftrelay and its peers: same scenario, same run")
+    p = commands.add_parser(
+        "bench", help="giftrelay and its peers: the same scenario, in the same run",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
     p.add_argument("--peers", default=",".join(PEERS), help="[%(default)s]")
     p.add_argument("--scenario", default="busy-stream", choices=["busy-stream", "many-streams"])
     p.add_argument("--viewers", type=int, default=1000, help="[%(default)s]")
@@ -71,76 +78,41 @@ def add_parser(commands: Any) -> None:
 SECRET = "bench-secret-" + "b" * 40
 
 
+RELAY_SETTINGS = {
+    "GIFTRELAY_MAX_CONNECTIONS_PER_IP": "1000000",
+    "GIFTRELAY_MAX_CONNECTIONS": "1000000",
+    "GIFTRELAY_GIFT_RATE": "100000",
+    "GIFTRELAY_GIFT_BURST": "100000",
+    "GIFTRELAY_MESSAGE_RATE": "100000",  # a flood's gifters send hundreds a second
+    "GIFTRELAY_MESSAGE_BURST": "100000",
+}
+
+
 @contextlib.asynccontextmanager
 async def target(
     name: str, redis_url: str, args: argparse.Namespace, out: Path
-) -> AsyncIterator[tuple[str, int]]:
-    """Start one target on a free port; yield its WebSocket URL and pid; stop it."""
+) -> AsyncIterator[Target]:
+    """Start one target on a free port, logging to ``out/NAME.log``; stop it at the end."""
     port = free_port()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if name == "giftrelay":
-        env |= {
-            "GIFTRELAY_SECRET": SECRET,
-            "GIFTRELAY_MAX_CONNECTIONS_PER_IP": "1000000",
-            "GIFTRELAY_MAX_CONNECTIONS": "1000000",
-            "GIFTRELAY_GIFT_RATE": "100000",
-            "GIFTRELAY_GIFT_BURST": "100000",
-            "GIFTRELAY_MESSAGE_RATE": "100000",  # a flood's gifters send hundreds a second
-            "GIFTRELAY_MESSAGE_BURST": "100000",
-            "GIFTRELAY_LOG_LEVEL": "warning",
-            "GIFTRELAY_LOG_FORMAT": "json",
-        }
+        settings = dict(RELAY_SETTINGS, PYTHONUNBUFFERED="1")
         if args.tick_ms is not None:
-            env["GIFTRELAY_TICK_MS"] = str(args.tick_ms)
-        argv = [sys.executable, "-m", "giftrelay", "serve", "--port", str(port),
-                "--redis-url", redis_url, "--no-ledger"]  # fmt: skip
+            settings["GIFTRELAY_TICK_MS"] = str(args.tick_ms)
+        wrapper: list[str] = []
         if args.profile and shutil.which("py-spy"):
-            argv = ["py-spy", "record", "--idle", "-r", "50", "-o",
-                    str(out / f"profile-{int(time.time())}.svg"), "--", *argv]  # fmt: skip
-    elif name == "naive":
-        argv = [sys.executable, "-m", "loadtest.peers.naive", "--port", str(port),
-                "--redis-url", redis_url, "--secret", SECRET]  # fmt: skip
-    elif name == "socketio":
-        if not (SOCKETIO_DIR / "node_modules").exists():
-            console.log("installing the Socket.IO peer's locked packages (npm ci)")
-            npm = await asyncio.create_subprocess_exec(
-                "npm", "ci", "--no-audit", "--no-fund", cwd=SOCKETIO_DIR
-            )
-            if await npm.wait():
-                raise RuntimeError("npm ci failed for the Socket.IO peer")
-        env |= {"PORT": str(port), "REDIS_URL": redis_url, "SECRET": SECRET}
-        argv = ["node", str(SOCKETIO_DIR / "server.js")]
+            svg = out / f"profile-{int(time.time())}.svg"
+            wrapper = ["py-spy", "record", "--idle", "-r", "50", "-o", str(svg), "--"]
+        argv = serve_command(port, redis_url=redis_url, ledger=False, wrapper=wrapper)
+        env = serve_env(SECRET, settings)
+    elif name in PEERS:
+        argv, env = await peer_command(name, port, redis_url, SECRET)
     else:
         raise SystemExit(f"unknown target {name!r}")
-    log = (out / f"{name}.log").open("ab")
-    proc = await asyncio.create_subprocess_exec(*argv, env=env, cwd=ROOT, stdout=log, stderr=log)
-    try:
-        await _listening(port, proc)
-        yield f"ws://127.0.0.1:{port}/ws", proc.pid
-    finally:
-        if proc.returncode is None:
-            proc.send_signal(2 if args.profile else 15)
-            try:
-                async with asyncio.timeout(30):
-                    await proc.wait()
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
-        log.close()
-
-
-async def _listening(port: int, proc: asyncio.subprocess.Process) -> None:
-    async with asyncio.timeout(60):
-        while True:
-            if proc.returncode is not None:
-                raise RuntimeError(f"the target exited with status {proc.returncode}")
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", port)
-            except OSError:
-                await asyncio.sleep(0.1)  # a start-up poll: the process gives no other signal
-                continue
-            writer.close()
-            return
+    stop = signal.SIGINT if args.profile else signal.SIGTERM  # py-spy writes on SIGINT
+    async with running(
+        name, argv, port=port, env=env, log=out / f"{name}.log", cwd=ROOT, stop_signal=stop
+    ) as started:
+        yield started
 
 
 class BenchRun(msgspec.Struct):
@@ -163,8 +135,6 @@ def options(args: argparse.Namespace, url: str, pid: int, name: str, r: int) -> 
 
 
 async def bench(args: argparse.Namespace) -> tuple[list[BenchRun], list[str]]:
-    from .harness import Harness
-
     out = Path(args.out)
     runs: list[BenchRun] = []
     failures: list[str] = []
@@ -180,8 +150,8 @@ async def bench(args: argparse.Namespace) -> tuple[list[BenchRun], list[str]]:
                     await redis.aclose()
                     console.log(f"round {r}: {name} ...")
                     try:
-                        async with target(name, redis_server.url, args, out) as (url, pid):
-                            harness = Harness(options(args, url, pid, name, r))
+                        async with target(name, redis_server.url, args, out) as started:
+                            harness = Harness(options(args, started.url, started.pid, name, r))
                             harness.progress = _progress(name)
                             result = await harness.run()
                     except (RuntimeError, TimeoutError, OSError) as exc:
@@ -247,9 +217,9 @@ def summarise(runs: list[BenchRun]) -> tuple[Table, dict[str, dict[str, float]]]
         table.add_column(f"x {peer}", justify="right")
     medians: dict[str, dict[str, float]] = {}
     for name in names:
-        mine = [run.result for run in runs if run.target == name]
+        results = [run.result for run in runs if run.target == name]
         medians[name] = {
-            label: statistics.median(_get(r, path) for r in mine) for label, path, _ in METRICS
+            label: statistics.median(_get(r, path) for r in results) for label, path, _ in METRICS
         }
     ratios: dict[str, dict[str, float]] = {}
     for label, _, higher in METRICS:

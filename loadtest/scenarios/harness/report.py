@@ -15,7 +15,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .result import Latency, Result
+from ...drivers.viewer import Latency
+from .result import Result
 
 
 def write_json(result: Result, path: Path) -> None:
@@ -153,7 +154,7 @@ def latency_over_time_svg(r: Result) -> str:
         return PAD + (second - x0) / (x1 - x0) * (W - 2 * PAD)
 
     def py(ms: float) -> float:
-        return H - PAD + 10 - ms / top * (H - PAD - 20)
+        return float(H - PAD + 10 - ms / top * (H - PAD - 20))
 
     parts = [_axes(f"{top:,.0f} ms", f"{x0} s", f"{x1} s", "seconds since start")]
     for _label, colour, field in series:
