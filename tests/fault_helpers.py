@@ -168,15 +168,17 @@ class Watcher(Watching):
 
     def __init__(self, urls: str | list[str], stream: str, index: int = 0) -> None:
         self.seen = Viewer(stream, Meter(), keep=True)
+        assert self.seen.kept is not None
+        self.kept = self.seen.kept
         super().__init__(urls, stream, self.seen, index=index, pause=0.1)
 
     def ids(self) -> list[str]:
-        return self.seen.ids
+        return self.kept.ids
 
     @property
     def latencies(self) -> list[float]:
         """Arrival time - the event's ``ts``, ms, of each gift that came live (not ``missed``)."""
-        return self.seen.latencies
+        return self.kept.latencies
 
     @property
     def unrecovered(self) -> int:
@@ -184,9 +186,9 @@ class Watcher(Watching):
 
     async def wait_for_ids(self, ids: set[str], within: float = 30.0) -> None:
         async with asyncio.timeout(within):
-            while not ids <= set(self.seen.ids):
-                self.seen.changed.clear()
-                await self.seen.changed.wait()
+            while not ids <= set(self.kept.ids):
+                self.kept.changed.clear()
+                await self.kept.changed.wait()
 
 
 def check_watchers(watchers: list[Watcher], load: GiftLoad) -> None:

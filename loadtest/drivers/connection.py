@@ -130,9 +130,11 @@ class Connection:
                 raise ConnectFailed(f"expected hello, got {type(hello).__name__}")
         except BaseException as exc:
             await ws.close()
-            if isinstance(exc, (*OPEN_ERRORS, msgspec.DecodeError)):
-                raise ConnectFailed(repr(exc)) from exc
-            raise
+            if isinstance(exc, ConnectFailed) or not isinstance(
+                exc, (*OPEN_ERRORS, msgspec.DecodeError)
+            ):
+                raise
+            raise ConnectFailed(repr(exc)) from exc
         self.ws, self.hello, self._joined = ws, hello, False
         self.opened += 1
         self.reader = asyncio.create_task(self._read(ws))

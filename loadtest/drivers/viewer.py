@@ -173,6 +173,19 @@ class Expected:
         return keys[bisect.bisect_right(keys, lo) : bisect.bisect_right(keys, hi)]
 
 
+class Kept:
+    """Every gift a viewer received: offsets, ids, and the latency (ms) of those that came live."""
+
+    __slots__ = ("changed", "ids", "latencies", "offsets")
+
+    def __init__(self) -> None:
+        self.offsets: array[int] = array("q")
+        self.ids: list[str] = []
+        self.latencies: list[float] = []
+        self.changed = asyncio.Event()
+        """Set by every frame."""
+
+
 class Viewer:
     """The checks on one viewer's gift events; see the module's docstring.
 
@@ -197,11 +210,7 @@ class Viewer:
         self.target = 0
         """The last acknowledged gift's offset, once the gifts have stopped (:func:`drain`)."""
         self.drained: asyncio.Event | None = None
-        self.kept: array[int] | None = array("q") if keep else None
-        self.ids: list[str] = []
-        self.latencies: list[float] = []
-        self.changed = asyncio.Event()
-        """Set by every frame when ``keep``."""
+        self.kept = Kept() if keep else None
 
     @property
     def since(self) -> str | None:
@@ -254,7 +263,8 @@ class Viewer:
         self.on_events(stream, events, live=False)
 
     def _keep(self, events: list[Event], live: bool) -> None:
-        assert self.kept is not None
+        kept = self.kept
+        assert kept is not None
         meter = self.meter
         now = time.time() * 1000.0
         meter.frames += 1
@@ -265,10 +275,10 @@ class Viewer:
             meter.gift_events += 1
             meter.latency[int((now - event.ts) * 10)] += 1
             key = key_int(event.offset)
-            self.kept.append(key)
-            self.ids.append(event.id)
+            kept.offsets.append(key)
+            kept.ids.append(event.id)
             if live:
-                self.latencies.append(now - event.ts)
+                kept.latencies.append(now - event.ts)
             if key > self.last:
                 self.last = key
                 self.unique += 1
@@ -278,7 +288,7 @@ class Viewer:
                 self.duplicates += 1
             else:
                 self.order += 1
-        self.changed.set()
+        kept.changed.set()
         self._check_drained()
 
     def _check_drained(self) -> None:
@@ -288,7 +298,7 @@ class Viewer:
     def missing(self, expected: Expected) -> list[int]:
         """The acknowledged gifts due to this viewer that it did not receive (``keep``)."""
         assert self.kept is not None
-        received = set(self.kept)
+        received = set(self.kept.offsets)
         return [k for k in self._due(expected) if k not in received]
 
     def _due(self, expected: Expected) -> list[int]:
@@ -310,7 +320,7 @@ class Viewer:
             count, keysum, excused = count - n, keysum - k, excused + n
         if self.kept is not None:
             lost = len(self.missing(expected))
-            unexpected = len(set(self.kept) - set(self._due(expected)))
+            unexpected = len(set(self.kept.offsets) - set(self._due(expected)))
         else:
             lost = max(0, count - self.unique)
             if lost == 0 and keysum != self.keysum:

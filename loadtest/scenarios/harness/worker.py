@@ -1,7 +1,7 @@
 """One load-test worker process: many viewer and gifter connections on one event loop.
 
-Started by the coordinator (``python -m loadtest.worker``), it reads its plan and
-then commands as JSON lines on stdin and writes a :class:`~loadtest.wire.Tick`
+Started by the coordinator (``python -m loadtest.scenarios.harness.worker``), it reads
+its plan and then commands as JSON lines on stdin and writes a :class:`~.wire.Tick`
 every second, plus the answers to commands, as JSON lines on stdout. Logs go to
 stderr. Its viewers and gifters are the drivers' (:mod:`loadtest.drivers.viewer`,
 :mod:`loadtest.drivers.gifter`) over :class:`giftrelay.client.Client`, as an app's.
