@@ -13,15 +13,17 @@ from types import SimpleNamespace
 
 import msgspec
 import pytest
+from playwright.async_api import expect
 from redis.asyncio import Redis
 
 from giftrelay.client import Client, RelayError
 from giftrelay.embedded import RedisServer
 from loadtest.drivers.gifter import resend
 from loadtest.scenarios import harness
-from loadtest.scenarios.harness import Options, UsageError, check_target
-from loadtest.scenarios.harness.result import Result, result_decoder
+from loadtest.scenarios.harness import Options, UsageError, check_target, report
+from loadtest.scenarios.harness.result import Result, Step, result_decoder
 
+from .browser_helpers import CHROMIUM, chromium, open_page
 from .relay_helpers import SECRET, running_relay, token
 
 RELAY = {
@@ -187,13 +189,7 @@ async def test_cli_writes_every_field_and_a_report_with_charts(
     assert raw["options"]["secret"] is None  # secrets never reach the result file
 
     [html_path] = files(tmp_path, "*.html")
-    parser = Tags()
-    parser.feed(html_path.read_text())
-    svgs = {attrs.get("id") for tag, attrs in parser.tags if tag == "svg"}
-    assert {"latency-over-time", "latency-histogram", "throughput"} <= svgs
-    assert sum(1 for tag, _ in parser.tags if tag == "polyline") >= 3
-    assert sum(1 for tag, attrs in parser.tags if tag == "rect" and attrs.get("class") == "bar")
-    assert not any(tag == "script" for tag, _ in parser.tags)  # self-contained, no JS
+    assert_self_contained_with_charts(html_path.read_text())
 
 
 async def test_non_loopback_targets_need_to_be_named() -> None:
@@ -292,3 +288,107 @@ async def test_the_old_module_paths_still_run_their_command(old: str, new: str) 
     out, _ = await proc.communicate()
     assert proc.returncode == 0
     assert f"giftrelay-loadtest {new} [-h]" in out.decode()
+
+
+# -- the HTML report and the live line ---------------------------------------------------------
+
+# Each chart and the labels of its y axes, units included: one quantity per axis.
+CHARTS = {
+    "latency-over-time": "latency (ms)",
+    "latency-histogram": "events",
+    "gifts-per-second": "gifts/s",
+    "events-per-second": "events/s | frames/s",
+    "viewers": "viewers | errors/s",
+}
+DATA = Path(__file__).parent / "data" / "loadtest-result.json"  # a real 6-second run's
+
+
+def sample_result(steps: bool = False) -> Result:
+    result = result_decoder.decode(DATA.read_bytes())
+    if steps:
+        ramp = [Step(index=k, viewers=100 * k, gift_rate=50.0 * k, gifts_per_s=49.0 * k,
+                     p99_ms=10.0 * k * k, ok=k < 4) for k in range(1, 5)]  # fmt: skip
+        result = msgspec.structs.replace(result, scenario="ramp", steps=ramp)
+    return result
+
+
+def assert_self_contained_with_charts(page: str, extra: tuple[str, ...] = ()) -> None:
+    """Nothing is fetched (no src or href), uPlot is inlined, and each chart names its axes."""
+    parser = Tags()
+    parser.feed(page)
+    for tag, attrs in parser.tags:
+        assert tag not in {"link", "img", "iframe", "object", "embed"}, tag
+        assert "src" not in attrs, (tag, attrs)
+        assert "href" not in attrs, (tag, attrs)
+    assert f"uPlot {report.UPLOT_VERSION}, MIT" in page
+    assert "var uPlot=function()" in page  # the library itself, not a reference to it
+    assert ".uplot" in page  # and its CSS
+    figures = {
+        a["id"]: a for tag, a in parser.tags if tag == "figure" and a.get("class") == "chart"
+    }
+    for ident, y_labels in (CHARTS | dict.fromkeys(extra, "")).items():
+        assert ident in figures, ident
+        assert figures[ident].get("data-x-label")
+        if y_labels:
+            assert figures[ident].get("data-y-labels") == y_labels
+
+
+def test_the_report_is_one_file_with_uplot_inside_and_a_chart_per_quantity() -> None:
+    page = report.to_html(sample_result(steps=True))
+    assert_self_contained_with_charts(page, extra=("ramp-steps",))
+    # The run's data rides along as JSON that cannot end its <script> early.
+    assert '<script type="application/json" id="report-data">' in page
+    assert page.count("</script>") == 3
+
+
+def test_the_json_result_file_is_unchanged_by_the_report(tmp_path: Path) -> None:
+    result = sample_result()
+    report.write_json(result, tmp_path / "r.json")
+    assert json.loads((tmp_path / "r.json").read_text()) == json.loads(DATA.read_text())
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")
+async def test_the_report_charts_span_the_page_with_ticks_and_legends_clear_of_the_lines(
+    tmp_path: Path,
+) -> None:
+    page_path = tmp_path / "report.html"
+    report.write_html(sample_result(steps=True), page_path)
+    async with chromium() as browser:
+        w = await open_page(browser, page_path.as_uri(), size=(1280, 900))
+        for width in (1280, 900):  # as opened, then after the window is resized
+            await w.page.set_viewport_size({"width": width, "height": 900})
+            await w.page.wait_for_timeout(200)
+            await expect(w.page.locator("body")).to_have_attribute("data-charts-drawn", "6")
+            charts = await w.page.evaluate(CHART_GEOMETRY)
+            assert {c["id"] for c in charts} == set(CHARTS) | {"ramp-steps"}
+            for c in charts:
+                assert c["width"] >= 0.9 * c["page"], c
+                assert c["canvas"] >= 0.9 * c["page"], c
+                # uPlot's legend is a table under the plot: it never covers a line or axis.
+                assert c["legend"]["top"] >= c["plot"]["bottom"], c
+                assert c["legend"]["top"] >= c["axes"]["bottom"], c
+                assert c["legend_entries"] == c["series"] + 1, c
+                # Every axis (x, y and a second y) drew labelled ticks.
+                labels = [c["x_label"], *c["y_labels"].split(" | ")]
+                assert set(c["ticks"]) == set(labels), c
+                assert all(len(set(c["ticks"][k])) >= 2 for k in labels), c
+        assert w.unexpected_errors() == []
+
+
+CHART_GEOMETRY = """() => [...document.querySelectorAll("figure.chart")].map((f) => {
+  const box = (el) => { const r = el.getBoundingClientRect();
+                        return {left: r.left, right: r.right, top: r.top, bottom: r.bottom}; };
+  const plot = f.querySelector(".uplot");
+  return {
+    id: f.id, page: document.documentElement.clientWidth,
+    width: plot.getBoundingClientRect().width,
+    canvas: f.querySelector(".u-wrap").getBoundingClientRect().width,
+    plot: box(f.querySelector(".u-over")), axes: box(f.querySelector(".u-wrap")),
+    legend: box(f.querySelector(".u-legend")),
+    legend_entries: f.querySelectorAll(".u-legend .u-series").length,
+    series: JSON.parse(document.getElementById("report-data").textContent)
+              .charts.find((c) => c.id === f.id).series.length,
+    x_label: f.dataset.xLabel, y_labels: f.dataset.yLabels,
+    ticks: JSON.parse(f.dataset.ticks || "{}"),
+  };
+})"""

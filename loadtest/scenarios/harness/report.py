@@ -1,13 +1,16 @@
-"""A run's result for people: a rich summary table, a JSON file, an HTML page with SVG charts.
+"""A run's result for people: a rich summary table, a JSON file, an HTML page with charts.
 
-The HTML is one self-contained file: the charts are SVG drawn here, no script and
-no CDN, so a report can be attached to an issue or opened offline years later.
+The HTML is one self-contained file: the charts are drawn by uPlot (vendor/, MIT), whose
+script and CSS are inlined with the run's data, and nothing is fetched from elsewhere,
+so a report can be attached to an issue or opened offline years later.
 """
 
 from __future__ import annotations
 
+import functools
 import html
 import time
+from importlib import resources
 from pathlib import Path
 
 import msgspec
@@ -130,116 +133,226 @@ def print_summary(r: Result, console: Console) -> None:
 
 # -- HTML -------------------------------------------------------------------------------------
 
-W, H, PAD = 760, 260, 48
+UPLOT_VERSION = "1.6.32"
+"""The charting library inlined into every report: vendor/ (README there says where from)."""
 
 
-def _polyline(points: list[tuple[float, float]], colour: str) -> str:
-    path = " ".join(f"{x:.1f},{y:.1f}" for x, y in points)
-    return f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{path}"/>'
+@functools.cache
+def _vendored(name: str) -> str:
+    text = (resources.files(__package__) / "vendor" / name).read_text(encoding="utf-8")
+    if "</script" in text.lower() or "</style" in text.lower():  # would end the inline block
+        raise ValueError(f"vendor/{name} cannot be inlined")
+    return text
 
 
-def latency_over_time_svg(r: Result) -> str:
-    """p50, p99 and max of gift -> viewer latency for each second of the run."""
-    points = [t for t in r.timeline if t.p50_ms or t.p99_ms or t.max_ms]
-    series = [
-        ("p50", "#2b8a3e", "p50_ms"),
-        ("p99", "#e67700", "p99_ms"),
-        ("max", "#c92a2a", "max_ms"),
-    ]
-    top = max([getattr(t, f) for t in points for _, _, f in series] + [1.0])
-    xs = [t.second for t in points] or [0, 1]
-    x0, x1 = min(xs), max(max(xs), min(xs) + 1)
-
-    def px(second: float) -> float:
-        return PAD + (second - x0) / (x1 - x0) * (W - 2 * PAD)
-
-    def py(ms: float) -> float:
-        return float(H - PAD + 10 - ms / top * (H - PAD - 20))
-
-    parts = [_axes(f"{top:,.0f} ms", f"{x0} s", f"{x1} s", "seconds since start")]
-    for _label, colour, field in series:
-        parts.append(_polyline([(px(t.second), py(getattr(t, field))) for t in points], colour))
-    parts.append(_legend([(label, colour) for label, colour, _ in series]))
-    return _svg("latency-over-time", "Gift to viewer latency over time", parts)
+class Series(msgspec.Struct, kw_only=True):
+    label: str
+    column: str
+    colour: str
+    unit: str
+    scale: str = "y"
+    dash: bool = False
 
 
-def latency_histogram_svg(r: Result) -> str:
-    """How many events arrived within each latency bin (bins double every two steps)."""
-    bins = r.latency_histogram
-    top = max([n for _, n in bins] + [1])
-    width = (W - 2 * PAD) / max(1, len(bins))
-    parts = [_axes(f"{top:,}", "", "", "latency (ms, upper bound of each bin)")]
-    for i, (edge, n) in enumerate(bins):
-        h = n / top * (H - PAD - 20)
-        x = PAD + i * width
-        parts.append(
-            f'<rect class="bar" x="{x + 1:.1f}" y="{H - PAD + 10 - h:.1f}" width="{width - 2:.1f}" '
-            f'height="{h:.1f}" fill="#1971c2"><title>&le; {edge:g} ms: {n:,}</title></rect>'
-        )
-        if i % 2 == 0:
-            parts.append(
-                f'<text x="{x + width / 2:.1f}" y="{H - PAD + 24}" font-size="9" '
-                f'text-anchor="middle">{edge:g}</text>'
-            )
-    return _svg("latency-histogram", "Gift to viewer latency histogram", parts)
+class Axis(msgspec.Struct, kw_only=True):
+    label: str
+    scale: str = "y"
+    side: int = 3  # uPlot's sides: 3 left, 1 right
+    integer: bool = True
+    """Counts: ticks at whole numbers only."""
 
 
-def throughput_svg(r: Result) -> str:
-    """Gifts acknowledged and events delivered per second."""
-    points = r.timeline
-    xs = [t.second for t in points] or [0, 1]
-    x0, x1 = min(xs), max(max(xs), min(xs) + 1)
-    top_g = max([t.gifts_acked for t in points] + [1])
-    top_e = max([t.events for t in points] + [1])
+class Chart(msgspec.Struct, kw_only=True):
+    """One chart: the page's script draws it with uPlot from the data's columns."""
 
-    def px(second: float) -> float:
-        return PAD + (second - x0) / (x1 - x0) * (W - 2 * PAD)
-
-    def py(v: float, top: float) -> float:
-        return H - PAD + 10 - v / top * (H - PAD - 20)
-
-    parts = [
-        _axes(f"{top_g:,} gifts/s | {top_e:,} events/s", f"{x0} s", f"{x1} s", "seconds"),
-        _polyline([(px(t.second), py(t.gifts_acked, top_g)) for t in points], "#5f3dc4"),
-        _polyline([(px(t.second), py(t.events, top_e)) for t in points], "#0c8599"),
-        _legend([("gifts acked/s", "#5f3dc4"), ("events delivered/s", "#0c8599")]),
-    ]
-    return _svg("throughput", "Throughput over time", parts)
+    id: str
+    title: str
+    x: str
+    """Column of the x values."""
+    x_label: str
+    axes: list[Axis]
+    series: list[Series]
+    bars: bool = False
+    x_ticks: str | None = None
+    """Column whose values label the x ticks (the histogram's bin edges)."""
 
 
-def _axes(top: str, left: str, right: str, caption: str) -> str:
-    base = H - PAD + 10
-    return (
-        f'<line x1="{PAD}" y1="{base}" x2="{W - PAD}" y2="{base}" stroke="#555"/>'
-        f'<line x1="{PAD}" y1="10" x2="{PAD}" y2="{base}" stroke="#555"/>'
-        f'<text x="{PAD + 4}" y="20" font-size="11">{html.escape(top)}</text>'
-        f'<text x="{PAD}" y="{base + 28}" font-size="11">{html.escape(left)}</text>'
-        f'<text x="{W - PAD}" y="{base + 28}" font-size="11" text-anchor="end">'
-        f"{html.escape(right)}</text>"
-        f'<text x="{W / 2}" y="{H - 4}" font-size="11" text-anchor="middle">'
-        f"{html.escape(caption)}</text>"
-    )
-
-
-def _legend(items: list[tuple[str, str]]) -> str:
-    out = []
-    for i, (label, colour) in enumerate(items):
-        x = W - PAD - 150
-        y = 20 + i * 16
+def charts(r: Result) -> list[Chart]:
+    """One chart per quantity; two quantities share a chart only on two axes."""
+    t = "time since start (s)"
+    out = [
+        Chart(
+            id="latency-over-time", title="Gift to viewer latency over time", x="second",
+            x_label=t, axes=[Axis(label="latency (ms)", integer=False)],
+            series=[
+                Series(label="p50", column="p50_ms", colour="#2b8a3e", unit="ms"),
+                Series(label="p99", column="p99_ms", colour="#e67700", unit="ms"),
+                Series(label="max", column="max_ms", colour="#c92a2a", unit="ms", dash=True),
+            ],
+        ),
+        Chart(
+            id="latency-histogram", title="Gift to viewer latency histogram", x="bin",
+            x_label="latency (ms, upper bound of each bin)", x_ticks="edge_ms", bars=True,
+            axes=[Axis(label="events")],
+            series=[Series(label="events", column="count", colour="#1971c2", unit="events")],
+        ),
+        Chart(
+            id="gifts-per-second", title="Gifts acknowledged per second", x="second",
+            x_label=t, axes=[Axis(label="gifts/s")],
+            series=[Series(label="gifts acked", column="gifts_acked", colour="#5f3dc4",
+                           unit="gifts/s")],
+        ),
+        Chart(
+            id="events-per-second", title="Events and frames delivered per second", x="second",
+            x_label=t,
+            axes=[Axis(label="events/s"), Axis(label="frames/s", scale="frames", side=1)],
+            series=[
+                Series(label="events delivered", column="events", colour="#0c8599",
+                       unit="events/s"),
+                Series(label="frames delivered", column="frames", colour="#e8590c",
+                       unit="frames/s", scale="frames"),
+            ],
+        ),
+        Chart(
+            id="viewers", title="Viewers connected and errors", x="second", x_label=t,
+            axes=[Axis(label="viewers"), Axis(label="errors/s", scale="errors", side=1)],
+            series=[
+                Series(label="viewers", column="viewers", colour="#364fc7", unit="viewers"),
+                Series(label="errors", column="errors", colour="#c92a2a", unit="errors/s",
+                       scale="errors"),
+            ],
+        ),
+    ]  # fmt: skip
+    if r.steps:
         out.append(
-            f'<rect x="{x}" y="{y - 9}" width="10" height="10" fill="{colour}"/>'
-            f'<text x="{x + 14}" y="{y}" font-size="11">{html.escape(label)}</text>'
-        )
-    return "".join(out)
+            Chart(
+                id="ramp-steps", title="Ramp: p99 latency and gifts/s per step", x="step",
+                x_label="step", bars=False,
+                axes=[Axis(label="p99 latency (ms)", integer=False),
+                      Axis(label="gifts/s", scale="gifts", side=1)],
+                series=[
+                    Series(label="p99", column="step_p99_ms", colour="#e67700", unit="ms"),
+                    Series(label="gifts/s", column="step_gifts_per_s", colour="#5f3dc4",
+                           unit="gifts/s", scale="gifts"),
+                ],
+            )
+        )  # fmt: skip
+    return out
 
 
-def _svg(ident: str, title: str, parts: list[str]) -> str:
+def chart_data(r: Result) -> dict[str, list[float]]:
+    """The columns the charts read, by name."""
+    tl = r.timeline
+    return {
+        "second": [t.second for t in tl],
+        "p50_ms": [t.p50_ms for t in tl],
+        "p99_ms": [t.p99_ms for t in tl],
+        "max_ms": [t.max_ms for t in tl],
+        "gifts_acked": [t.gifts_acked for t in tl],
+        "events": [t.events for t in tl],
+        "frames": [t.frames for t in tl],
+        "viewers": [t.viewers for t in tl],
+        "errors": [t.errors for t in tl],
+        "bin": list(range(len(r.latency_histogram))),
+        "edge_ms": [edge for edge, _ in r.latency_histogram],
+        "count": [n for _, n in r.latency_histogram],
+        "step": [s.index for s in r.steps],
+        "step_p99_ms": [s.p99_ms for s in r.steps],
+        "step_gifts_per_s": [s.gifts_per_s for s in r.steps],
+    }
+
+
+def _figure(c: Chart) -> str:
+    labels = " | ".join([c.x_label] + [a.label for a in c.axes])
     return (
-        f"<figure><figcaption>{html.escape(title)}</figcaption>"
-        f'<svg id="{ident}" xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" '
-        f'viewBox="0 0 {W} {H}" role="img" aria-label="{html.escape(title)}">'
-        f"<title>{html.escape(title)}</title>{''.join(parts)}</svg></figure>"
+        f'<figure class="chart" id="{c.id}" data-x-label="{html.escape(c.x_label)}" '
+        f'data-y-labels="{html.escape(" | ".join(a.label for a in c.axes))}">'
+        f"<figcaption>{html.escape(c.title)}</figcaption>"
+        f'<noscript><p class="axes">{html.escape(labels)}</p></noscript></figure>'
     )
+
+
+def _json_for_script(value: object) -> str:
+    """JSON safe inside a <script> element: no "</" can end it early."""
+    return msgspec.json.encode(value).decode().replace("</", "<\\/")
+
+
+# Draws every chart in the data with uPlot, as wide as the page; redraws on resize.
+# The legend is uPlot's own, an HTML table below the plot, so it never covers a line.
+SCRIPT = r"""
+(() => {
+  const {charts, data} = JSON.parse(document.getElementById("report-data").textContent);
+  const si = (v) => {
+    if (v == null) return "";
+    const a = Math.abs(v);
+    if (a >= 1e9) return +(v / 1e9).toFixed(2) + "G";
+    if (a >= 1e6) return +(v / 1e6).toFixed(2) + "M";
+    if (a >= 1e4) return +(v / 1e3).toFixed(1) + "k";
+    return +v.toFixed(a >= 100 || Number.isInteger(v) ? 0 : 2) + "";
+  };
+  const font = "12px system-ui, sans-serif";
+  const whole = [];
+  for (let k = 1; k <= 1e9; k *= 10) whole.push(k, 2 * k, 5 * k);
+  const edge = (v) => v < 10 ? +v.toFixed(1) : Math.round(v);
+  const plots = [];
+  for (const c of charts) {
+    const el = document.getElementById(c.id);
+    const seen = {};  // the tick labels each axis last drew, in data-ticks, for tests
+    const shown = (label, strs) => {
+      seen[label] = strs.filter((v) => v !== "");
+      el.dataset.ticks = JSON.stringify(seen);
+      return strs;
+    };
+    const xs = data[c.x];
+    const ticks = c.x_ticks ? data[c.x_ticks] : null;
+    const axes = [{
+      label: c.x_label, labelFont: "bold " + font, font, stroke: "#333",
+      grid: {stroke: "#eee"},
+      values: (u, splits) => shown(c.x_label, splits.map((i) => ticks ?
+        (ticks[i] === undefined ? "" : String(edge(ticks[i]))) : si(i))),
+      incrs: ticks ? [1, 2, 3, 4, 5, 10] : whole, space: ticks ? 32 : 50,
+    }];
+    for (const a of c.axes) {
+      axes.push({
+        scale: a.scale, side: a.side, label: a.label, labelFont: "bold " + font, font,
+        stroke: "#333", size: 60, values: (u, splits) => shown(a.label, splits.map(si)),
+        ...(a.integer ? {incrs: whole} : {}),
+        grid: a.side === 3 ? {stroke: "#eee"} : {show: false},
+      });
+    }
+    const scales = {x: {time: false}};
+    for (const a of c.axes) {
+      scales[a.scale] = {range: (u, min, max) => [0, max > 0 ? max * 1.05 : 1]};
+    }
+    if (ticks) scales.x.range = () => [-0.5, Math.max(xs.length, 1) - 0.5];
+    const series = [{label: c.x_label, value: (u, v) => v == null ? "-" :
+                     (ticks ? "\u2264 " + edge(ticks[v]) + " ms" : v + " s")}];
+    for (const s of c.series) {
+      series.push({
+        label: s.label, scale: s.scale, stroke: s.colour, width: c.bars ? 1 : 2,
+        dash: s.dash ? [6, 4] : undefined,
+        fill: c.bars ? s.colour + "cc" : undefined,
+        paths: c.bars ? uPlot.paths.bars({size: [0.85, 64]}) : undefined,
+        points: {show: c.bars ? false : xs.length < 30},
+        value: (u, v) => v == null ? "-" : v.toLocaleString("en") + " " + s.unit,
+      });
+    }
+    const opts = {
+      width: Math.max(el.clientWidth, 200), height: 300, axes, scales, series,
+      legend: {show: true}, cursor: {drag: {x: true, y: false}},
+    };
+    plots.push([el, new uPlot(opts, [xs, ...c.series.map((s) => data[s.column])], el)]);
+  }
+  let pending = 0;
+  window.addEventListener("resize", () => {
+    cancelAnimationFrame(pending);
+    pending = requestAnimationFrame(() => {
+      for (const [el, u] of plots) u.setSize({width: Math.max(el.clientWidth, 200), height: 300});
+    });
+  });
+  document.body.dataset.chartsDrawn = String(plots.length);
+})();
+"""
 
 
 def to_html(r: Result) -> str:
@@ -261,24 +374,34 @@ def to_html(r: Result) -> str:
         )
         steps = f"<h2>Ramp</h2><table><tr>{head}</tr>{body}</table>"
     when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(r.started_at))
+    chosen = charts(r)
+    figures = "\n".join(_figure(c) for c in chosen)
+    data = _json_for_script({"charts": chosen, "data": chart_data(r)})
     verdict = "PASSED" if r.passed else "FAILED"
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
 <title>giftrelay load test: {html.escape(r.name)} ({verdict})</title>
 <style>
-body {{ font: 14px/1.4 system-ui, sans-serif; margin: 2em; color: #222; }}
+body {{ font: 14px/1.4 system-ui, sans-serif; margin: 1em 1.25em; color: #222; }}
 table {{ border-collapse: collapse; margin: 1em 0; }}
 th, td {{ text-align: left; padding: 3px 10px; border-bottom: 1px solid #ddd; }}
 .verdict {{ font-weight: bold; color: {"#2b8a3e" if r.passed else "#c92a2a"}; }}
-figure {{ margin: 1.5em 0; }} figcaption {{ font-weight: bold; }}
+figure.chart {{ margin: 1.5em 0; width: 100%; }}
+figcaption {{ font-weight: bold; font-size: 15px; margin-bottom: 4px; }}
+.u-legend {{ font-size: 13px; }}
+{_vendored("uPlot.min.css")}
 </style></head><body>
 <h1>{html.escape(r.name)}: <span class="verdict">{verdict}</span></h1>
 <p>{html.escape(r.flavour)} at {html.escape(r.url)}, started {when}, run {html.escape(r.run_id)}</p>
 <table id="summary">{"".join(rows)}</table>
 {steps}
-{latency_over_time_svg(r)}
-{latency_histogram_svg(r)}
-{throughput_svg(r)}
+<h2>Charts</h2>
+{figures}
+<script type="application/json" id="report-data">{data}</script>
+<script>/* uPlot {UPLOT_VERSION}, MIT licence, https://github.com/leeoniya/uPlot */
+{_vendored("uPlot.iife.min.js")}</script>
+<script>{SCRIPT}</script>
 </body></html>
 """
 
