@@ -4,7 +4,9 @@ catches a relay that drops an event, and writes complete JSON and HTML results."
 from __future__ import annotations
 
 import asyncio
+import io
 import json
+import re
 import sys
 from collections.abc import Awaitable, Callable
 from html.parser import HTMLParser
@@ -15,12 +17,13 @@ import msgspec
 import pytest
 from playwright.async_api import expect
 from redis.asyncio import Redis
+from rich.console import Console
 
 from giftrelay.client import Client, RelayError
 from giftrelay.embedded import RedisServer
 from loadtest.drivers.gifter import resend
 from loadtest.scenarios import harness
-from loadtest.scenarios.harness import Options, UsageError, check_target, report
+from loadtest.scenarios.harness import Options, UsageError, check_target, cli, report, wire
 from loadtest.scenarios.harness.result import Result, Step, result_decoder
 
 from .browser_helpers import CHROMIUM, chromium, open_page
@@ -392,3 +395,28 @@ CHART_GEOMETRY = """() => [...document.querySelectorAll("figure.chart")].map((f)
     ticks: JSON.parse(f.dataset.ticks || "{}"),
   };
 })"""
+
+
+@pytest.mark.parametrize("width", [80, 120])
+def test_the_live_progress_line_fits_the_terminal(width: int) -> None:
+    out = io.StringIO()
+    console = Console(file=out, width=width, force_terminal=True, color_system=None)
+    progress = cli.progress_bar(console)
+    task = progress.add_task("reconnect-storm", total=20, rates="")
+    # A big run's second: every figure at its widest.
+    tick = wire.Tick(
+        worker=0, second=12, viewers=200_000, gifts_acked=10_000, events=2_000_000,
+        frames=150_000, reconnects=9_999, errors={"x": 9_999},
+    )  # fmt: skip
+    progress.update(task, completed=12, rates=cli.rates(tick, cli.rates_width(console)))
+    console.print(progress.get_renderable())
+    [line] = out.getvalue().splitlines()
+    assert len(line) <= width
+    assert "━" in line  # the bar
+    assert re.search(r"\b\d:\d\d:\d\d\b", line)  # the time elapsed
+    assert "…" not in line
+    for part in ("200k viewers", "10.0k gifts/s", "2.00M ev", "9,999 rejoins", "9,999 err"):
+        assert part in line, line
+    if width >= 120:
+        assert "150k frames/s" in line
+        assert "9,999 errors" in line

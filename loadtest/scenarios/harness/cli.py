@@ -21,6 +21,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Column
 
 from . import report, wire
 from .coordinator import Harness
@@ -162,17 +163,14 @@ async def run_with_progress(options: Options, console: Console) -> Result:
     if options.quiet or not console.is_terminal:
         if not options.quiet:
             harness.progress = lambda phase, tick: (
-                console.log(f"{phase}: {_rates(tick)}") if tick is None or tick.second % 5 == 0
-                else None
+                console.log(f"{phase}: {rates(tick, 200) if tick else ''}")
+                if tick is None or tick.second % 5 == 0 else None
             )  # fmt: skip
         return await harness.run()
     total = options.duration if options.scenario != "ramp" else (
         options.step_seconds * options.max_steps
     )  # fmt: skip
-    with Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), TimeElapsedColumn(),
-        TextColumn("{task.fields[rates]}"), console=console, transient=False,
-    ) as progress:  # fmt: skip
+    with progress_bar(console) as progress:
         task = progress.add_task(options.scenario, total=total, rates="setting up")
         started: list[float] = []
 
@@ -180,21 +178,60 @@ async def run_with_progress(options: Options, console: Console) -> Result:
             if phase == "run" and not started:
                 started.append(time.monotonic())
             elapsed = time.monotonic() - started[0] if started else 0.0
-            rates = _rates(tick) if tick is not None else phase
-            progress.update(task, completed=min(total, elapsed), rates=rates)
+            text = rates(tick, rates_width(console)) if tick is not None else phase
+            progress.update(task, completed=min(total, elapsed), rates=text)
 
         harness.progress = update
         return await harness.run()
 
 
-def _rates(tick: wire.Tick | None) -> str:
-    if tick is None:
-        return ""
+BAR_WIDTH = 10
+
+
+def progress_bar(console: Console) -> Progress:
+    """The live line: a bar, the time elapsed and the rates, on one line of the terminal.
+
+    The rates are cut to fit (``rates_width``); ellipsis, never a wrap, if they still don't.
+    """
+    return Progress(
+        BarColumn(bar_width=BAR_WIDTH), TimeElapsedColumn(),
+        TextColumn("{task.fields[rates]}",
+                   table_column=Column(no_wrap=True, overflow="ellipsis")),
+        console=console, transient=False,
+    )  # fmt: skip
+
+
+def rates_width(console: Console) -> int:
+    """Columns left for the rates: the bar, the elapsed time (0:00:00) and two gaps."""
+    return max(20, console.width - BAR_WIDTH - 7 - 2)
+
+
+def si(n: float) -> str:
+    """At most five characters: 9,999, 12.3k, 123k, 1.23M, 12.3M, 123M."""
+    a = abs(n)
+    if a < 10_000:
+        return f"{n:,.0f}"
+    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if a >= div:
+            v = n / div
+            return f"{v:.2f}{suffix}" if abs(v) < 10 else (
+                f"{v:.1f}{suffix}" if abs(v) < 100 else f"{v:.0f}{suffix}"
+            )  # fmt: skip
+    return f"{n:,.0f}"  # pragma: no cover
+
+
+def rates(tick: wire.Tick, width: int) -> str:
+    """The second's rates in at most ``width`` columns: the most that fits, frames/s first to go."""
     errors = sum(tick.errors.values())
-    return (
-        f"{tick.viewers:,} viewers  {tick.gifts_acked:,} gifts/s  {tick.events:,} events/s  "
-        f"{tick.frames:,} frames/s  {tick.reconnects} reconnects  {errors} errors"
-    )
+    rejoins = [f"{si(tick.reconnects)} rejoins"] if tick.reconnects else []
+    full = [f"{si(tick.viewers)} viewers", f"{si(tick.gifts_acked)} gifts/s",
+            f"{si(tick.events)} events/s"]  # fmt: skip
+    forms = [
+        "  ".join([*full, f"{si(tick.frames)} frames/s", *rejoins, f"{si(errors)} errors"]),
+        "  ".join([*full, *rejoins, f"{si(errors)} errors"]),
+        " ".join([*full[:2], f"{si(tick.events)} ev/s", *rejoins, f"{si(errors)} err"]),
+    ]
+    return next((f for f in forms if len(f) <= width), forms[-1])
 
 
 def add_parser(commands: Any) -> None:
