@@ -315,7 +315,9 @@ SCRIPT = r"""
     for (const a of c.axes) {
       axes.push({
         scale: a.scale, side: a.side, label: a.label, labelFont: "bold " + font, font,
-        stroke: "#333", size: 60, values: (u, splits) => shown(a.label, splits.map(si)),
+        // Two y axes: each in the colour of its series, so no one reads a line off the wrong one.
+        stroke: c.axes.length > 1 ? c.series.find((s) => s.scale === a.scale).colour : "#333",
+        size: 60, values: (u, splits) => shown(a.label, splits.map(si)),
         ...(a.integer ? {incrs: whole} : {}),
         grid: a.side === 3 ? {stroke: "#eee"} : {show: false},
       });
