@@ -4,12 +4,15 @@ catches a relay that drops an event, and writes complete JSON and HTML results."
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import json
 import re
 import sys
+import tomllib
 from collections.abc import Awaitable, Callable
 from html.parser import HTMLParser
+from importlib import resources
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -420,3 +423,19 @@ def test_the_live_progress_line_fits_the_terminal(width: int) -> None:
     if width >= 120:
         assert "150k frames/s" in line
         assert "9,999 errors" in line
+
+
+def test_the_vendored_uplot_is_the_version_noted_and_ships_in_the_wheel() -> None:
+    vendor = resources.files("loadtest.scenarios.harness") / "vendor"
+    readme = (vendor / "README.md").read_text()
+    for name in ("uPlot.iife.min.js", "uPlot.min.css"):
+        digest = hashlib.sha256((vendor / name).read_bytes()).hexdigest()
+        assert f"`{name}`" in readme
+        assert digest in readme, name  # unchanged since it was fetched
+    assert f"v{report.UPLOT_VERSION}" in (vendor / "uPlot.iife.min.js").read_text()[:100]
+    assert "MIT License" in (vendor / "uPlot.LICENSE").read_text()
+    # The wheel takes the loadtest package whole, data files included, and excludes nothing.
+    pyproject = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
+    wheel = pyproject["tool"]["hatch"]["build"]["targets"]["wheel"]
+    assert "loadtest" in wheel["packages"]
+    assert not {"exclude", "only-include", "artifacts"} & set(wheel)
