@@ -381,6 +381,18 @@ async def test_the_report_charts_span_the_page_with_ticks_and_legends_clear_of_t
         assert w.unexpected_errors() == []
 
 
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")
+async def test_a_report_without_a_timeline_still_draws_and_says_so(tmp_path: Path) -> None:
+    page_path = tmp_path / "report.html"
+    empty = msgspec.structs.replace(sample_result(), timeline=[], latency_histogram=[])
+    report.write_html(empty, page_path)
+    async with chromium() as browser:
+        w = await open_page(browser, page_path.as_uri(), size=(1000, 700))
+        await expect(w.page.locator("body")).to_have_attribute("data-charts-drawn", "5")
+        await expect(w.page.locator("figcaption", has_text="no data in this run")).to_have_count(5)
+        assert w.unexpected_errors() == []
+
+
 CHART_GEOMETRY = """() => [...document.querySelectorAll("figure.chart")].map((f) => {
   const box = (el) => { const r = el.getBoundingClientRect();
                         return {left: r.left, right: r.right, top: r.top, bottom: r.bottom}; };

@@ -304,6 +304,7 @@ SCRIPT = r"""
       return strs;
     };
     const xs = data[c.x];
+    if (!xs.length) el.querySelector("figcaption").append(" (no data in this run)");
     const ticks = c.x_ticks ? data[c.x_ticks] : null;
     const axes = [{
       label: c.x_label, labelFont: "bold " + font, font, stroke: "#333",
