@@ -29,6 +29,7 @@ import msgspec
 from hdrh.histogram import HdrHistogram  # type: ignore[import-untyped]
 
 from giftrelay.client import Disconnected, Event, GiftEvent, Joined, RelayError
+from giftrelay.wire.offsets import parse_offset
 
 from .connection import ConnectFailed, Connection
 
@@ -41,8 +42,8 @@ RECENT = 512
 
 def key_int(offset: str) -> int:
     """An offset as one integer that sorts like the stream (``ms * 10**6 + seq``)."""
-    ms, _, seq = offset.partition("-")
-    return int(ms) * SEQ + int(seq or 0)
+    ms, seq = parse_offset(offset)
+    return ms * SEQ + seq
 
 
 def offset_of(key: int) -> str:
