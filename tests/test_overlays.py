@@ -28,6 +28,7 @@ from giftrelay.money.api import Money
 from giftrelay.redis_client import connect as redis_connect
 
 from .browser_helpers import (
+    BACKDROP,
     CHROMIUM,
     EXPECTED_WHEN_REFUSED,
     Watched,
@@ -405,3 +406,107 @@ async def test_demo_page_watches_and_sends_gifts(relay: RelayHandle, browser: Br
     await live(w)
     await expect(page.locator("#stream-title")).to_have_text("My stream")
     assert w.unexpected_errors() == []
+
+
+# -- alert tiers -------------------------------------------------------------------------------
+
+
+async def alert_box(w: Watched) -> dict[str, float]:
+    box = await w.page.locator(".alert").bounding_box()
+    assert box is not None
+    return box
+
+
+async def clip_shot(w: Watched, name: str, margin: int = 28) -> bytes:
+    """A screenshot of the alert and its glow over the dark backdrop (for the docs)."""
+    await w.page.add_style_tag(content=f"html {{ background: {BACKDROP} !important; }}")
+    box = await alert_box(w)
+    size = w.page.viewport_size or {"width": 0, "height": 0}
+    x, y = max(0, box["x"] - margin), max(0, box["y"] - margin)
+    clip = {
+        "x": x,
+        "y": y,
+        "width": min(size["width"] - x, box["width"] + 2 * margin),
+        "height": min(size["height"] - y, box["height"] + 2 * margin),
+    }
+    return await w.screenshot(name, clip=clip)
+
+
+async def test_alert_tiers_make_a_big_gift_look_big_and_show_the_amount(
+    relay: RelayHandle, browser: Browser
+) -> None:
+    creator = await Client.open(relay.ws, token("cre", Role.CREATOR))
+    shots: dict[str, dict[str, float]] = {}
+    looks: dict[str, tuple[str, str, str]] = {}
+    for gift_id, count in (("rose", 1), ("galaxy", 1)):
+        w = await open_page(
+            browser, widget(relay, "alerts", duration=30), size=(960, 420), reduced_motion="reduce"
+        )
+        await live(w)
+        reply = await creator.request(type="test_alert", stream="s1", gift=gift_id, count=count)
+        assert reply["type"] == "test_ok"
+        alert = w.page.locator(".alert")
+        await expect(alert).to_have_count(1)
+        shots[gift_id] = await alert_box(w)
+        looks[gift_id] = (
+            await alert.get_attribute("data-tier") or "",
+            await alert.evaluate("a => getComputedStyle(a).borderTopColor"),
+            await alert.evaluate("a => getComputedStyle(a).fontSize"),
+        )
+        await clip_shot(w, f"tier-{gift_id}")
+        if gift_id == "rose":
+            await expect(alert.locator(".amount")).to_have_text("1 coin")
+            await expect(alert).to_have_class(re.compile(r"\btier-1\b.*\banim-fade\b"))
+        else:
+            await expect(alert.locator(".amount")).to_have_text("34,999 coins")
+            await expect(alert).to_have_class(re.compile(r"\btier-4\b.*\banim-burst\b"))
+        assert w.unexpected_errors() == []
+        await w.page.close()
+    assert (looks["rose"][0], looks["galaxy"][0]) == ("1", "4")
+    assert looks["rose"][1] != looks["galaxy"][1]  # another colour
+    assert (looks["rose"][2], looks["galaxy"][2]) == ("22px", "46.2px")  # 2.1 times the size
+    assert shots["galaxy"]["height"] > 1.8 * shots["rose"]["height"]
+    await creator.close()
+
+
+async def test_a_combo_climbs_tiers_and_url_options_set_the_tiers(
+    relay: RelayHandle, browser: Browser
+) -> None:
+    w = await open_page(
+        browser,
+        widget(
+            relay,
+            "alerts",
+            duration=30,
+            unit="diamonds",
+            **{
+                "tiers": "0,10",
+                "tier2.color": "00ff00",
+                "tier2.scale": "3",
+                "tier2.animation": "bounce",
+            },
+        ),
+        size=(960, 420),
+    )
+    await live(w)
+    alert = w.page.locator(".alert")
+    await gift(relay.money, "alice", "heart")  # 5 coins: tier 1
+    await expect(alert).to_have_attribute("data-tier", "1")
+    await gift(relay.money, "alice", "heart")  # the combo is worth 10: tier 2
+    await expect(alert).to_have_attribute("data-tier", "2")
+    await expect(alert).to_have_class(re.compile(r"\banim-bounce\b"))
+    await expect(alert.locator(".count")).to_have_text("x2")
+    assert await alert.evaluate("a => getComputedStyle(a).borderTopColor") == "rgb(0, 255, 0)"
+    assert await alert.evaluate("a => getComputedStyle(a).fontSize") == "66px"
+    diamonds = await alert.locator(".amount").text_content()
+    assert (diamonds or "").endswith(" diamonds")
+    assert w.unexpected_errors() == []
+
+
+async def test_the_tiers_come_from_the_catalogs_overlay_section(
+    relay: RelayHandle, browser: Browser
+) -> None:
+    w = await open_page(browser, f"{relay.http}/catalog.json")
+    served = await w.page.evaluate("() => JSON.parse(document.body.innerText)")
+    assert [t["coins"] for t in served["overlay"]["tiers"]] == [0, 100, 1000, 10000]
+    assert {t["sound"] for t in served["overlay"]["tiers"]} == {""}

@@ -273,12 +273,22 @@ export class Feed {
 
 const gifts = new Map();
 
+/** The alert tiers of the catalog's [overlay] section, cheapest first (these until it loads). */
+export const tiers = [
+  { coins: 0, scale: 1, duration: 4, color: "#9aa4b8", animation: "fade", sound: "" },
+  { coins: 100, scale: 1.25, duration: 6, color: "#ff4f8b", animation: "pop", sound: "" },
+  { coins: 1000, scale: 1.6, duration: 8, color: "#ffb347", animation: "bounce", sound: "" },
+  { coins: 10000, scale: 2.1, duration: 12, color: "#b56cff", animation: "burst", sound: "" },
+];
+
 /** The gift catalog by id (an empty map while /catalog.json cannot be read). */
 export async function loadCatalog() {
   if (gifts.size) return gifts;
   try {
     const response = await fetch("/catalog.json", { cache: "no-store" });
-    for (const gift of (await response.json()).gifts) gifts.set(gift.id, gift);
+    const served = await response.json();
+    for (const gift of served.gifts) gifts.set(gift.id, gift);
+    if (served.overlay?.tiers?.length) tiers.splice(0, tiers.length, ...served.overlay.tiers);
   } catch {
     // Alerts still show names; the images come with the next successful load.
   }
@@ -310,6 +320,9 @@ export function el(tag, className = "", text = "") {
 
 const numbers = new Intl.NumberFormat("en");
 export const fmt = (n) => numbers.format(n);
+
+/** An amount with its unit: "1 coin", "34,999 coins", "2 diamonds". */
+export const amount = (n, unit = "coins") => `${fmt(n)} ${n === 1 ? unit.replace(/s$/, "") : unit}`;
 
 const params = new URLSearchParams(location.search);
 
