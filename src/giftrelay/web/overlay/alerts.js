@@ -8,7 +8,8 @@
 // ?duration=SECONDS overrides every tier's; ?min=COINS (0) the least a gift or combo must
 // be worth to be shown; ?position=center|top|bottom|left|right|top-left|top-right|
 // bottom-left|bottom-right; ?unit=coins|diamonds the amount shown; ?tiers=C1,C2,... the
-// coins where each tier starts; ?tierN.scale|duration|color|animation|sound=... (N from 1).
+// coins where each tier starts; ?tierN.scale|duration|color|animation|sound=... (N from 1);
+// ?recent=N (3) the last gifts (combos) of the past minute shown on load, 0 for none.
 import {
   amount, choiceOption, el, giftImage, loadCatalog, numberOption, startOverlay, textOption, tiers,
 } from "./overlay.js";
@@ -17,6 +18,7 @@ const POSITIONS = ["center", "top", "bottom", "left", "right",
   "top-left", "top-right", "bottom-left", "bottom-right"];
 const ANIMATIONS = ["fade", "pop", "bounce", "burst"];
 const unit = choiceOption("unit", "coins", ["coins", "diamonds"]);
+const recent = numberOption("recent", 3, 0, 20);
 const minCoins = numberOption("min", 0, 0, Number.MAX_SAFE_INTEGER);
 const EXIT_MS = 250; // the .leaving animation
 const MAX_QUEUE = 100; // a flood drops its oldest waiting alerts rather than lag for minutes
@@ -174,9 +176,16 @@ await loadCatalog();
 levels = urlTiers();
 startOverlay({
   onReset() {}, // alerts have no state to take from the snapshot
-  onMissed(events) {
+  backfillMs: recent ? MISSED_MAX_AGE_MS : 0,
+  onMissed(events, { backfill }) {
     const since = Date.now() - MISSED_MAX_AGE_MS;
-    for (const e of events) if (e.ts >= since) onEvent(e);
+    let shown = events.filter((e) => e.kind === "gift" && e.ts >= since);
+    if (backfill) {
+      // On load: only the last `recent` combos, each at the count it reached.
+      const last = [...new Set(shown.map((e) => e.combo_id))].slice(-recent);
+      shown = shown.filter((e) => last.includes(e.combo_id));
+    }
+    shown.forEach(onEvent);
   },
   onEvent,
 });

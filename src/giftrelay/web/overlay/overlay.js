@@ -67,6 +67,11 @@ async function checkToken(token) {
  * one once; onHello(hello); onStatus(state, detail) where state is one of
  * "connecting", "live", "reconnecting", and the ones that need a person:
  * "expired", "refused", "revoked", "closed", "no_stream", "join_refused".
+ *
+ * With `backfillMs`, the first join of a stream asks the history for what happened in
+ * that many milliseconds before now (`since` = an offset of that time) and hands it to
+ * onMissed(events, { backfill: true }): a page fills in the last gifts on load. When the history no longer reaches
+ * back that far (`recovered: false`) it fills in nothing.
  */
 export class Feed {
   #ws = null;
@@ -79,10 +84,12 @@ export class Feed {
   #refs = new Map();
   #nextRef = 1;
   #joinRef = null;
+  #backfill = false; // the pending join asks for the recent history
 
   constructor(options) {
     this.token = null;
     this.stream = null;
+    this.backfillMs = 0;
     this.onReset = this.onMissed = this.onEvent = this.onHello = this.onStatus = () => {};
     Object.assign(this, options);
   }
@@ -155,7 +162,9 @@ export class Feed {
   #sendJoin() {
     this.#joinRef = `join${this.#nextRef++}`;
     const join = { type: "join", stream: this.stream, ref: this.#joinRef };
+    this.#backfill = this.#last === null && this.backfillMs > 0;
     if (this.#last !== null) join.since = this.#last;
+    else if (this.#backfill) join.since = `${Math.max(0, Date.now() - this.backfillMs)}-0`;
     this.#send(join);
   }
 
@@ -174,10 +183,10 @@ export class Feed {
       case "joined": {
         if (m.ref !== this.#joinRef) return; // the answer to a join since replaced
         this.#joinedAt = Date.now();
-        const resumed = this.#last !== null && m.recovered;
+        const resumed = (this.#last !== null || this.#backfill) && m.recovered;
         this.#last = m.offset;
         this.onReset(m.snapshot);
-        if (resumed && m.missed.length) this.onMissed(m.missed);
+        if (resumed && m.missed.length) this.onMissed(m.missed, { backfill: this.#backfill });
         this.#status("live");
         return;
       }
@@ -341,6 +350,45 @@ export function choiceOption(name, fallback, choices) {
 }
 
 export const textOption = (name, fallback) => params.get(name) ?? fallback;
+
+// -- widgets drawn the same on the overlays and the demo page ---------------------------------
+
+/** The rows of a top-gifters list: rank, name (cut with an ellipsis by CSS) and coins. */
+export function topRows(top, rows = 10) {
+  const items = top.slice(0, rows).map(({ user, coins }, i) => {
+    const li = el("li");
+    const name = el("span", "user", user);
+    name.title = user;
+    li.append(el("span", "rank", `${i + 1}`), name, el("span", "coins", amount(coins)));
+    return li;
+  });
+  return items.length ? items : [el("li", "empty", "No gifts yet")];
+}
+
+/** A goal as shown: its numbers in diamonds, the percentage, and whether it is reached. */
+export function goalView(goal) {
+  const pct = Math.floor((goal.progress * 100) / goal.target);
+  return {
+    numbers: `${fmt(goal.progress)} / ${amount(goal.target, "diamonds")}`,
+    percent: `${pct}%`,
+    width: `${Math.min(100, pct)}%`,
+    reached: goal.progress >= goal.target,
+  };
+}
+
+/** A short burst of confetti inside `box` (nothing when the viewer asked for less motion). */
+export function celebrate(box) {
+  if (matchMedia("(prefers-reduced-motion: reduce)").matches) return;
+  const colors = ["#ff4f8b", "#ffb347", "#7ee0ff", "#b56cff", "#9dff8a"];
+  for (let i = 0; i < 24; i++) {
+    const bit = el("i", "confetti");
+    bit.style.left = `${(i * 37) % 100}%`;
+    bit.style.background = colors[i % colors.length];
+    bit.style.animationDelay = `${(i % 6) * 90}ms`;
+    box.append(bit);
+    setTimeout(() => bit.remove(), 2200);
+  }
+}
 
 // -- overlay pages --------------------------------------------------------------------------
 
