@@ -626,3 +626,36 @@ async def test_the_alerts_and_the_demo_feed_fill_in_the_last_gifts_on_load(
     await expect(rows.nth(0)).to_contain_text("bob sent Rose")
     for page in (w, none, demo):
         assert page.unexpected_errors() == []
+
+
+# -- prefers-reduced-motion --------------------------------------------------------------------
+
+
+async def test_reduced_motion_shows_alerts_and_a_reached_goal_still(
+    relay: RelayHandle, browser: Browser
+) -> None:
+    await relay.money.set_goal("s1", "cre", "new mic", 10)
+    creator = await Client.open(relay.ws, token("cre", Role.CREATOR))
+    moving = await open_page(browser, widget(relay, "alerts", duration=30), size=(960, 420))
+    still = await open_page(
+        browser, widget(relay, "alerts", duration=30), size=(960, 420), reduced_motion="reduce"
+    )
+    goal = await open_page(browser, widget(relay, "goal"), size=(520, 160), reduced_motion="reduce")
+    for w in (moving, still, goal):
+        await live(w)
+    await creator.request(type="test_alert", stream="s1", gift="galaxy", count=1)
+    for w in (moving, still):
+        await expect(w.page.locator(".alert.anim-burst")).to_have_count(1)
+    name = "a => getComputedStyle(a).animationName"
+    assert await moving.page.locator(".alert").evaluate(name) != "none"
+    assert await still.page.locator(".alert").evaluate(name) == "none"
+    assert await still.page.evaluate("document.getAnimations().length") == 0
+
+    await gift(relay.money, "alice", "confetti")  # 1000%: reached, without confetti
+    await expect(goal.page.locator("body")).to_have_class(re.compile(r"\breached\b"))
+    await expect(goal.page.locator("#badge")).to_be_visible()
+    assert await goal.page.locator(".confetti").count() == 0
+    assert await goal.page.evaluate("document.getAnimations().length") == 0
+    await creator.close()
+    for w in (moving, still, goal):
+        assert w.unexpected_errors() == []
