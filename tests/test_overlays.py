@@ -392,7 +392,8 @@ async def test_demo_page_watches_and_sends_gifts(relay: RelayHandle, browser: Br
 
     # Creator tools: set a goal, send a test alert.
     await page.get_by_role("button", name="Set goal").click()
-    await expect(page.locator("#goal-numbers")).to_have_text("0 / 1,000 diamonds (0%)")
+    await expect(page.locator("#goal .progress")).to_have_text("0 / 1,000 diamonds")
+    await expect(page.locator("#goal .percent")).to_have_text("0%")
     await page.locator("#test-gift").select_option("castle")
     await page.get_by_role("button", name="Test alert").click()
     await expect(first).to_contain_text("cre sent Castle")
@@ -555,7 +556,7 @@ async def test_a_goal_past_its_target_shows_reached_not_an_overflowing_bar(
     await gift(relay.money, "alice", "heart", 4)  # 20 more: 1200%
     await expect(w.page.locator("#progress")).to_have_text("120 / 10 diamonds")
     await expect(w.page.locator("#percent")).to_have_text("1200%")
-    await expect(w.page.locator("body")).to_have_class(re.compile(r"\breached\b"))
+    await expect(w.page.locator(".goal")).to_have_class(re.compile(r"\breached\b"))
     await expect(w.page.locator("#badge")).to_have_text("Goal reached!")
     await expect(w.page.locator("#badge")).to_be_visible()
     await expect(w.page.locator(".confetti").first).to_be_attached()  # the celebration
@@ -652,7 +653,7 @@ async def test_reduced_motion_shows_alerts_and_a_reached_goal_still(
     assert await still.page.evaluate("document.getAnimations().length") == 0
 
     await gift(relay.money, "alice", "confetti")  # 1000%: reached, without confetti
-    await expect(goal.page.locator("body")).to_have_class(re.compile(r"\breached\b"))
+    await expect(goal.page.locator(".goal")).to_have_class(re.compile(r"\breached\b"))
     await expect(goal.page.locator("#badge")).to_be_visible()
     assert await goal.page.locator(".confetti").count() == 0
     assert await goal.page.evaluate("document.getAnimations().length") == 0

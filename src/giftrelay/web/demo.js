@@ -2,7 +2,7 @@
 // creator token) open the stream, set a goal and send test alerts.
 // Link: /?token=VIEWER_TOKEN&creator=CREATOR_TOKEN&stream=demo (all optional).
 import {
-  Feed, amount, celebrate, el, fmt, giftImage, goalView, loadCatalog, topRows,
+  Feed, amount, drawGoal, el, fmt, giftImage, loadCatalog, topRows,
 } from "/overlay/overlay.js";
 
 const params = new URLSearchParams(location.search);
@@ -62,17 +62,8 @@ function renderStream() {
     `${fmt(info.viewers)} watching`,
     `${fmt(info.diamonds)} 💎`,
   ].join(" · ");
-  const goal = info.goal;
-  $("goal").hidden = !goal;
-  if (goal) {
-    const view = goalView(goal);
-    $("goal-title").textContent = `Goal: ${goal.title}`;
-    $("goal-numbers").textContent = `${view.numbers} (${view.percent})`;
-    $("goal-fill").style.width = view.width;
-    const was = $("goal").classList.contains("reached");
-    $("goal").classList.toggle("reached", view.reached);
-    if (view.reached && !was) celebrate($("goal"));
-  }
+  $("goal").hidden = !info.goal;
+  drawGoal($("goal"), info.goal, "Goal: ");
 }
 
 const renderTop = (top) => $("top").replaceChildren(...topRows(top));

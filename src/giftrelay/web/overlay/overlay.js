@@ -1,6 +1,7 @@
 // Shared by the overlay widgets and the demo page: reading the token, one connection
 // to the relay that rejoins with `since` after a drop, the gift catalog, page options
-// and the on-page message shown when a link cannot work. Protocol: PROTOCOL.md.
+// and the on-page message shown when a link cannot work; the top list and the goal bar,
+// drawn once here for the widgets and the demo page alike. Protocol: docs/protocol.md.
 
 const RETRY_MS = [500, 1000, 2000, 4000, 8000, 15000];
 const REFUSED_RETRY_MS = 30000; // a refused link is retried rarely: it may be fixed by the operator
@@ -365,15 +366,28 @@ export function topRows(top, rows = 10) {
   return items.length ? items : [el("li", "empty", "No gifts yet")];
 }
 
-/** A goal as shown: its numbers in diamonds, the percentage, and whether it is reached. */
-export function goalView(goal) {
+/**
+ * Draw a goal into `box` (the goal widget's and the demo page's markup: .goal-title,
+ * .fill, .progress in diamonds, .percent): a full bar and the class `reached` at 100%
+ * or more, with confetti when it gets there. `goal` null empties it.
+ */
+export function drawGoal(box, goal, prefix = "") {
+  const part = (name) => box.querySelector(`.${name}`);
+  box.classList.toggle("no-goal", !goal);
+  if (!goal) {
+    [part("progress").textContent, part("percent").textContent] = ["", ""];
+    part("fill").style.width = "0";
+    box.classList.remove("reached");
+    return;
+  }
   const pct = Math.floor((goal.progress * 100) / goal.target);
-  return {
-    numbers: `${fmt(goal.progress)} / ${amount(goal.target, "diamonds")}`,
-    percent: `${pct}%`,
-    width: `${Math.min(100, pct)}%`,
-    reached: goal.progress >= goal.target,
-  };
+  const reached = goal.progress >= goal.target;
+  part("goal-title").textContent = prefix + goal.title;
+  part("progress").textContent = `${fmt(goal.progress)} / ${amount(goal.target, "diamonds")}`;
+  part("percent").textContent = `${pct}%`;
+  part("fill").style.width = `${Math.min(100, pct)}%`;
+  if (reached && !box.classList.contains("reached")) celebrate(box);
+  box.classList.toggle("reached", reached);
 }
 
 /** A short burst of confetti inside `box` (nothing when the viewer asked for less motion). */
