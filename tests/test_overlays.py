@@ -660,3 +660,69 @@ async def test_reduced_motion_shows_alerts_and_a_reached_goal_still(
     await creator.close()
     for w in (moving, still, goal):
         assert w.unexpected_errors() == []
+
+
+# -- the configurator --------------------------------------------------------------------------
+
+
+async def test_the_configurator_previews_test_alerts_and_gives_a_working_obs_url(
+    relay: RelayHandle, browser: Browser
+) -> None:
+    overlay = token("studio", Role.OVERLAY, stream="s1")
+    link = widget(relay, "alerts", tok=overlay)  # as `giftrelay token` prints it
+    query = urlencode({"token": token("cre", Role.CREATOR), "overlay": link})
+    w = await open_page(browser, f"{relay.http}/overlay/setup?{query}", size=(1180, 1000))
+    page = w.page
+    await expect(page.locator("#links-hint")).to_have_text("Stream “s1”.")
+    await expect(page.locator("#who")).to_have_text("creator: cre")
+    await page.locator("select[name=position]").select_option("top-left")
+    await page.locator("input[name=tiers]").fill("0,50")
+    await page.locator("input[name='tier2.color']").fill("00ff00")
+    url = page.locator("#url")
+    await expect(url).to_have_value(re.compile(r"position=top-left"))
+    preview = page.frame_locator("#preview")
+    await expect(preview.locator("body")).to_have_attribute("data-state", "live")
+    await expect(preview.locator("#alerts")).to_have_class(re.compile(r"\bpos-top-left\b"))
+
+    # A test alert from the page shows in the preview, in the tier the options set.
+    await page.locator("#test-gift").select_option("donut")  # 30 coins: x2 is 60, tier 2
+    await page.locator("#test-count").fill("2")
+    await page.get_by_role("button", name="Send test alert").click()
+    await expect(page.locator("#test-result")).to_contain_text("Test alert sent")
+    alert = preview.locator(".alert")
+    await expect(alert.locator(".name")).to_have_text("Donut")
+    await expect(alert).to_have_attribute("data-tier", "2")
+    await expect(alert.locator(".test-mark")).to_be_visible()
+    await settled_frame(w)
+    await page.evaluate("scrollTo(0, 0)")
+    await w.screenshot("setup", clip={"x": 0, "y": 0, "width": 1180, "height": 800})
+
+    # The copied URL works on its own, as OBS would open it.
+    await page.get_by_role("button", name="Copy").click()
+    await expect(page.locator("#copy-result")).to_contain_text(re.compile("Copied|Ctrl"))
+    obs_url = await url.input_value()
+    assert obs_url.startswith(f"{relay.http}/overlay/alerts?token={overlay}&")
+    obs = await open_page(browser, obs_url, size=(960, 420))
+    await live(obs)
+    await expect(obs.page.locator("#alerts")).to_have_class(re.compile(r"\bpos-top-left\b"))
+    await gift(relay.money, "alice", "donut", 2)
+    await expect(obs.page.locator(".alert")).to_have_attribute("data-tier", "2")
+    color = await obs.page.locator(".alert").evaluate("a => getComputedStyle(a).borderTopColor")
+    assert color == "rgb(0, 255, 0)"
+
+    # Another widget: its own options, its own URL.
+    await page.get_by_role("radio", name="top").click()
+    await page.locator("input[name=n]").fill("3")
+    await expect(url).to_have_value(re.compile(r"/overlay/top\?token=.*&n=3$"))
+    await expect(preview.locator(".top")).to_be_visible()
+    assert w.unexpected_errors() == obs.unexpected_errors() == []
+
+
+async def settled_frame(w: Watched) -> None:
+    """Wait until the preview's entrance animations have ended."""
+    frame = w.page.frame_locator("#preview")
+    await frame.locator("body").evaluate(
+        """() => Promise.all(document.getAnimations()
+            .filter((a) => a.effect.getTiming().iterations !== Infinity)
+            .map((a) => a.finished))"""
+    )

@@ -124,6 +124,13 @@ export class Feed {
     });
   }
 
+  /** Close for good: no reconnecting. */
+  close() {
+    this.#stopped = true;
+    clearTimeout(this.#timer);
+    this.#ws?.close();
+  }
+
   get connected() {
     return this.#open;
   }
