@@ -726,3 +726,27 @@ async def settled_frame(w: Watched) -> None:
             .filter((a) => a.effect.getTiming().iterations !== Infinity)
             .map((a) => a.finished))"""
     )
+
+
+async def test_a_tier_sound_plays_only_when_one_is_set(
+    relay: RelayHandle, browser: Browser
+) -> None:
+    record_plays = """HTMLMediaElement.prototype.play = function () {
+        (window.played ??= []).push(this.src);
+        return Promise.resolve();
+    };"""
+    pages = []
+    for options in ({}, {"tier1.sound": "/sounds/ding.mp3"}):
+        page = await browser.new_page()
+        await page.add_init_script(record_plays)
+        w = Watched(page)
+        await page.goto(widget(relay, "alerts", duration=30, recent=0, **options))
+        await live(w)
+        pages.append(w)
+    await gift(relay.money, "alice", "rose")
+    for w in pages:
+        await expect(w.page.locator(".alert")).to_have_count(1)
+    assert await pages[0].page.evaluate("window.played ?? []") == []  # no sound by default
+    assert await pages[1].page.evaluate("window.played") == [f"{relay.http}/sounds/ding.mp3"]
+    for w in pages:  # the made-up sound file is not there (a 404), which is fine here
+        assert w.unexpected_errors(re.compile("Failed to load resource")) == []
