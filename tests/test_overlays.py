@@ -574,7 +574,14 @@ async def test_long_names_are_cut_and_amounts_stay_in_the_card(
     relay: RelayHandle, browser: Browser
 ) -> None:
     await relay.money.topup(LONG_NAME, 10_000, "grant-long")
+    alerts = await open_page(
+        browser, widget(relay, "alerts", duration=30), size=(640, 300), reduced_motion="reduce"
+    )
+    await live(alerts)
     await gift(relay.money, LONG_NAME, "rocket")
+    await expect(alerts.page.locator(".alert .amount")).to_have_text("1,000 coins")
+    await inside(alerts, ".alert .amount", ".alert")
+    await clip_shot(alerts, "alert-long-name")
     await gift(relay.money, "bob", "heart")
     top = await open_page(browser, widget(relay, "top"), size=(400, 320))
     await live(top)
@@ -593,7 +600,8 @@ async def test_long_names_are_cut_and_amounts_stay_in_the_card(
     await expect(demo.page.locator("#feed li").first).to_contain_text("sent Donut")
     await inside(demo, "#top .coins", ".panel")
     await inside(demo, "#feed .amount", ".panel")
-    assert top.unexpected_errors() == demo.unexpected_errors() == []
+    for w in (alerts, top, demo):
+        assert w.unexpected_errors() == []
 
 
 # -- the last gifts, filled in on load ---------------------------------------------------------
