@@ -71,8 +71,11 @@ class Watched:
         return await self.page.screenshot(path=ARTIFACTS / f"{name}.png", **kwargs)
 
 
-async def open_page(browser: Browser, url: str, size: tuple[int, int] = (640, 240)) -> Watched:
-    page = await browser.new_page(viewport={"width": size[0], "height": size[1]})
+async def open_page(
+    browser: Browser, url: str, size: tuple[int, int] = (640, 240), **options: Any
+) -> Watched:
+    """A new page at ``url``; ``options`` go to ``new_page`` (e.g. ``reduced_motion="reduce"``)."""
+    page = await browser.new_page(viewport={"width": size[0], "height": size[1]}, **options)
     page.set_default_timeout(10_000)
     watched = Watched(page)
     try:

@@ -78,3 +78,43 @@ def test_a_bad_catalog_names_the_gift_line_and_field(text: str, expected: str) -
 def test_a_missing_catalog_file_says_so(tmp_path: Path) -> None:
     with pytest.raises(CatalogError, match="cannot read it"):
         catalog.load(tmp_path / "nope.toml")
+
+
+def test_overlay_tiers_default_and_from_the_catalog() -> None:
+    served = msgspec.json.decode(catalog.parse(GOOD).json)
+    assert [t["coins"] for t in served["overlay"]["tiers"]] == [0, 100, 1000, 10000]
+    assert all(t["sound"] == "" for t in served["overlay"]["tiers"])  # no sound by default
+    custom = catalog.parse(
+        GOOD
+        + """
+[[overlay.tier]]
+coins = 500
+scale = 3
+color = "#00ff00"
+animation = "burst"
+sound = "https://example.com/boom.mp3"
+
+[[overlay.tier]]
+coins = 0
+"""
+    )
+    tiers = msgspec.json.decode(custom.json)["overlay"]["tiers"]
+    assert [(t["coins"], t["scale"], t["animation"]) for t in tiers] == [
+        (0, 1.0, "pop"),
+        (500, 3.0, "burst"),
+    ]
+    assert tiers[1]["sound"] == "https://example.com/boom.mp3"
+
+
+@pytest.mark.parametrize(
+    ("tier", "field"),
+    [
+        ('animation = "spin"', "animation"),
+        ('color = "red"', "color"),
+        ("scale = 9", "scale"),
+        ('sound = "javascript:alert(1)"', "sound"),
+    ],
+)
+def test_a_bad_overlay_tier_is_refused(tier: str, field: str) -> None:
+    with pytest.raises(CatalogError, match=rf"overlay\.tier\[0\]\.{field}"):
+        catalog.parse(GOOD + f"\n[[overlay.tier]]\ncoins = 1\n{tier}\n")

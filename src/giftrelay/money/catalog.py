@@ -10,7 +10,7 @@ import tomllib
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -35,17 +35,55 @@ class Gift(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     image: Annotated[str, msgspec.Meta(min_length=1, max_length=512)]
 
 
+Animation = Literal["fade", "pop", "bounce", "burst"]
+Color = Annotated[str, msgspec.Meta(pattern=r"^#[0-9A-Fa-f]{6}$")]
+
+
+class Tier(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One alert variation: used for a gift or combo worth at least ``coins``."""
+
+    coins: Annotated[int, msgspec.Meta(ge=0)]
+    scale: Annotated[float, msgspec.Meta(ge=0.5, le=4)] = 1.0
+    """The alert's size, 1 being the plain card."""
+    duration: Annotated[float, msgspec.Meta(ge=1, le=120)] = 5.0
+    """Seconds on screen after the last gift of its combo."""
+    color: Color = "#ff4f8b"
+    animation: Animation = "pop"
+    sound: Annotated[str, msgspec.Meta(max_length=512, pattern=r"^(|https://.*|/.*)$")] = ""
+    """A sound URL (https:// or /path) played when the alert appears; none when empty."""
+
+
+DEFAULT_TIERS = (
+    Tier(coins=0, scale=1.0, duration=4, color="#9aa4b8", animation="fade"),
+    Tier(coins=100, scale=1.25, duration=6, color="#ff4f8b", animation="pop"),
+    Tier(coins=1000, scale=1.6, duration=8, color="#ffb347", animation="bounce"),
+    Tier(coins=10000, scale=2.1, duration=12, color="#b56cff", animation="burst"),
+)
+
+
+class Overlay(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The catalog's ``[overlay]`` section: how the overlay widgets look."""
+
+    tier: Annotated[list[Tier], msgspec.Meta(min_length=1, max_length=10)] = msgspec.field(
+        default_factory=lambda: list(DEFAULT_TIERS)
+    )
+
+
 class _File(msgspec.Struct, forbid_unknown_fields=True):
     gift: Annotated[list[Gift], msgspec.Meta(min_length=1, max_length=1000)]
+    overlay: Overlay = msgspec.field(default_factory=Overlay)
 
 
 class Catalog:
     """Gifts by id, and the list cheapest first."""
 
-    def __init__(self, gifts: list[Gift]) -> None:
+    def __init__(self, gifts: list[Gift], overlay: Overlay | None = None) -> None:
         self.gifts: tuple[Gift, ...] = tuple(sorted(gifts, key=lambda g: (g.coins, g.id)))
         self._by_id = {g.id: g for g in self.gifts}
-        self.json: bytes = msgspec.json.encode({"gifts": self.gifts})
+        self.overlay = overlay or Overlay()
+        self.tiers: tuple[Tier, ...] = tuple(sorted(self.overlay.tier, key=lambda t: t.coins))
+        overlay_json = {"tiers": self.tiers}
+        self.json: bytes = msgspec.json.encode({"gifts": self.gifts, "overlay": overlay_json})
 
     def get(self, gift_id: str) -> Gift | None:
         return self._by_id.get(gift_id)
@@ -79,9 +117,10 @@ def parse(text: str, name: str = "catalog") -> Catalog:
     except tomllib.TOMLDecodeError as exc:
         raise CatalogError(f"catalog {name}: not valid TOML: {exc}") from None
     try:
-        gifts = msgspec.convert(data, _File).gift
+        parsed = msgspec.convert(data, _File)
     except msgspec.ValidationError as exc:
         raise CatalogError(f"catalog {name}: {_locate(str(exc), text)}") from None
+    gifts = parsed.gift
     seen: dict[str, int] = {}
     for index, gift in enumerate(gifts):
         if gift.id in seen:
@@ -91,7 +130,7 @@ def parse(text: str, name: str = "catalog") -> Catalog:
                 f"is already used by gift #{seen[gift.id] + 1}"
             )
         seen[gift.id] = index
-    return Catalog(gifts)
+    return Catalog(gifts, parsed.overlay)
 
 
 def _locate(message: str, text: str) -> str:

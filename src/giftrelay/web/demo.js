@@ -1,12 +1,15 @@
 // The demo page: watch a stream's gifts arrive, send gifts as a viewer, and (with a
 // creator token) open the stream, set a goal and send test alerts.
 // Link: /?token=VIEWER_TOKEN&creator=CREATOR_TOKEN&stream=demo (all optional).
-import { Feed, el, fmt, giftImage, loadCatalog } from "/overlay/overlay.js";
+import {
+  Feed, amount, drawGoal, el, fmt, giftImage, loadCatalog, topRows,
+} from "/overlay/overlay.js";
 
 const params = new URLSearchParams(location.search);
 const $ = (id) => document.getElementById(id);
 const SPENDERS = ["viewer", "creator", "admin"];
 const FEED_ROWS = 50;
+const BACKFILL_MS = 3600_000; // on load, the feed fills in the last hour's gifts
 
 let stream = params.get("stream") || "demo";
 let info = null; // the stream as the snapshot and events describe it
@@ -59,24 +62,11 @@ function renderStream() {
     `${fmt(info.viewers)} watching`,
     `${fmt(info.diamonds)} 💎`,
   ].join(" · ");
-  const goal = info.goal;
-  $("goal").hidden = !goal;
-  if (goal) {
-    const pct = Math.floor((goal.progress * 100) / goal.target);
-    $("goal-title").textContent = `Goal: ${goal.title}`;
-    $("goal-numbers").textContent = `${fmt(goal.progress)} / ${fmt(goal.target)} (${pct}%)`;
-    $("goal-fill").style.width = `${Math.min(100, pct)}%`;
-  }
+  $("goal").hidden = !info.goal;
+  drawGoal($("goal"), info.goal, "Goal: ");
 }
 
-function renderTop(top) {
-  const rows = top.map(({ user, coins }, i) => {
-    const li = el("li");
-    li.append(el("span", "rank", `${i + 1}`), el("span", "user", user), el("span", "coins", fmt(coins)));
-    return li;
-  });
-  $("top").replaceChildren(...(rows.length ? rows : [el("li", "muted", "No gifts yet")]));
-}
+const renderTop = (top) => $("top").replaceChildren(...topRows(top));
 
 function addToFeed(e) {
   const li = el("li", e.kind);
@@ -84,11 +74,14 @@ function addToFeed(e) {
     // One row per combo: a repeat replaces its row, so x2, x3 … count up in place.
     $("feed").querySelector(`li[data-combo="${CSS.escape(e.combo_id)}"]`)?.remove();
     li.dataset.combo = e.combo_id;
-    li.append(giftImage(e.gift), el("b", "", e.from), ` sent ${e.name}`);
+    const from = el("b", "from", e.from);
+    from.title = e.from;
+    li.append(giftImage(e.gift), from, el("span", "what", ` sent ${e.name}`));
     if (e.combo > 1) li.append(el("b", "count", ` x${e.combo}`));
+    li.append(el("span", "amount", ` ${amount((e.coins / e.count) * e.combo)}`));
     if (e.test) li.append(el("span", "tag", "test"));
   } else if (e.kind === "combo_end") {
-    li.append(`${e.from}’s ${catalog.get(e.gift)?.name ?? e.gift} combo: ${e.total} gifts, ${fmt(e.coins)} coins`);
+    li.append(`${e.from}’s ${catalog.get(e.gift)?.name ?? e.gift} combo: ${e.total} gifts, ${amount(e.coins)}`);
   } else if (e.kind === "stream_ended") {
     li.append("The stream ended.");
   } else return;
@@ -105,6 +98,7 @@ function renderBalance(coins) {
 const viewer = new Feed({
   token: params.get("token"),
   stream,
+  backfillMs: BACKFILL_MS,
   onStatus: showStatus,
   async onHello(hello) {
     canSpend = SPENDERS.includes(hello.role);
@@ -121,7 +115,7 @@ const viewer = new Feed({
     renderStream();
     renderTop(snapshot.top);
   },
-  onMissed: (events) => events.forEach(addToFeed),
+  onMissed: (events) => events.slice(-FEED_ROWS).forEach(addToFeed),
   onEvent(e) {
     addToFeed(e);
     if (!info) return;

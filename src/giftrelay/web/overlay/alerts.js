@@ -2,14 +2,23 @@
 // viewer repeating a streakable gift) is one alert whose count goes up live (x2, x3 …)
 // until the relay's combo_end closes it.
 //
-// Options: ?duration=SECONDS (5) each alert stays after its last gift; ?min=COINS (0)
-// the least a gift or combo must be worth to be shown; ?position=center|top|bottom|
-// left|right|top-left|top-right|bottom-left|bottom-right.
-import { choiceOption, el, giftImage, loadCatalog, numberOption, startOverlay } from "./overlay.js";
+// Each alert takes the tier of what its gift or combo is worth so far (the catalog's
+// [overlay] tiers, or the URL's): its size, colour, animation, time on screen and sound.
+// A combo that grows into a bigger tier is redrawn in it. docs/overlays.md lists the options:
+// ?duration=SECONDS overrides every tier's; ?min=COINS (0) the least a gift or combo must
+// be worth to be shown; ?position=center|top|bottom|left|right|top-left|top-right|
+// bottom-left|bottom-right; ?unit=coins|diamonds the amount shown; ?tiers=C1,C2,... the
+// coins where each tier starts; ?tierN.scale|duration|color|animation|sound=... (N from 1);
+// ?recent=N (3) the last gifts (combos) of the past minute shown on load, 0 for none.
+import {
+  amount, choiceOption, el, giftImage, loadCatalog, numberOption, startOverlay, textOption, tiers,
+} from "./overlay.js";
 
 const POSITIONS = ["center", "top", "bottom", "left", "right",
   "top-left", "top-right", "bottom-left", "bottom-right"];
-const duration = numberOption("duration", 5, 1, 120) * 1000;
+const ANIMATIONS = ["fade", "pop", "bounce", "burst"];
+const unit = choiceOption("unit", "coins", ["coins", "diamonds"]);
+const recent = numberOption("recent", 3, 0, 20);
 const minCoins = numberOption("min", 0, 0, Number.MAX_SAFE_INTEGER);
 const EXIT_MS = 250; // the .leaving animation
 const MAX_QUEUE = 100; // a flood drops its oldest waiting alerts rather than lag for minutes
@@ -24,6 +33,48 @@ let current = null; // { alert, node, timer, leaving }
 /** What the combo is worth so far: each gift event carries only its own coins. */
 const comboCoins = (e) => (e.coins / e.count) * e.combo;
 
+/** The tiers after the URL's options, cheapest first. */
+function urlTiers() {
+  const starts = textOption("tiers", "").split(",").filter(Boolean).map(Number);
+  const base = starts.length && starts.every((n) => Number.isFinite(n) && n >= 0)
+    ? starts.map((coins, i) => ({ ...tiers[Math.min(i, tiers.length - 1)], coins }))
+    : tiers.map((t) => ({ ...t }));
+  base.forEach((t, i) => {
+    const p = `tier${i + 1}.`;
+    t.scale = numberOption(`${p}scale`, t.scale, 0.5, 4);
+    t.duration = numberOption(`${p}duration`, numberOption("duration", t.duration, 1, 120), 1, 120);
+    const color = textOption(`${p}color`, "").replace(/^#?/, "#");
+    if (/^#[0-9a-f]{6}$/i.test(color)) t.color = color;
+    t.animation = choiceOption(`${p}animation`, t.animation, ANIMATIONS);
+    const sound = textOption(`${p}sound`, t.sound ?? "");
+    t.sound = /^(https:\/\/|\/(?!\/))/.test(sound) ? sound : "";
+  });
+  return base.sort((a, b) => a.coins - b.coins);
+}
+
+let levels = urlTiers();
+
+/** The index of the tier for an amount of coins: the richest one it reaches. */
+function tierOf(coins) {
+  let found = 0;
+  levels.forEach((t, i) => {
+    if (coins >= t.coins) found = i;
+  });
+  return found;
+}
+
+/** Dress an alert's card in its tier (CSS variables and classes; overlay.css draws them). */
+function applyTier(node, alert) {
+  const index = tierOf(alert.unitCoins * alert.combo);
+  const tier = levels[index];
+  node.className = node.className.replace(/\b(tier-\d+|anim-\w+)\b/g, "").trim();
+  node.classList.add(`tier-${index + 1}`, `anim-${tier.animation}`);
+  node.dataset.tier = `${index + 1}`;
+  node.style.setProperty("--tier-scale", tier.scale);
+  node.style.setProperty("--tier-color", tier.color);
+  return tier;
+}
+
 function find(comboId) {
   if (current && !current.leaving && current.alert.comboId === comboId) return current.alert;
   return queue.find((a) => a.comboId === comboId);
@@ -35,13 +86,14 @@ function onGift(e) {
   if (known) {
     known.combo = Math.max(known.combo, e.combo);
     if (current?.alert === known) {
-      paintCount(true);
+      paint(true);
       hold(); // a combo still growing stays on screen
     }
     return;
   }
   queue.push({ comboId: e.combo_id, from: e.from, gift: e.gift, name: e.name,
-    combo: e.combo, test: Boolean(e.test), ended: false });
+    combo: e.combo, test: Boolean(e.test), ended: false,
+    unitCoins: e.coins / e.count, unitAmount: (unit === "coins" ? e.coins : e.diamonds) / e.count });
   if (queue.length > MAX_QUEUE) queue.shift();
   next();
 }
@@ -53,7 +105,7 @@ function onComboEnd(e) {
   known.ended = true;
   if (current?.alert === known) {
     current.node.classList.add("ended");
-    paintCount(false);
+    paint(false);
   }
 }
 
@@ -63,7 +115,7 @@ function render(alert) {
   const text = el("div", "text");
   const line = el("span", "line", "sent ");
   line.append(el("span", "name", alert.name));
-  text.append(el("span", "from", alert.from), line);
+  text.append(el("span", "from", alert.from), line, el("span", "amount"));
   node.append(giftImage(alert.gift), text, el("span", "count"));
   if (alert.test) {
     node.classList.add("test");
@@ -73,27 +125,36 @@ function render(alert) {
   return node;
 }
 
-function paintCount(bump) {
-  const count = current.node.querySelector(".count");
-  const text = `x${current.alert.combo}`;
+const still = matchMedia("(prefers-reduced-motion: reduce)");
+
+/** The count, the amount and the tier of the alert on screen. */
+function paint(bump) {
+  const { alert, node } = current;
+  current.tier = applyTier(node, alert);
+  node.querySelector(".amount").textContent = amount(alert.unitAmount * alert.combo, unit);
+  const count = node.querySelector(".count");
+  const text = `x${alert.combo}`;
   if (count.textContent === text) return;
   count.textContent = text;
-  count.classList.toggle("one", current.alert.combo === 1);
-  if (bump) count.animate?.([{ transform: "scale(1.5)" }, { transform: "scale(1)" }], 200);
+  count.classList.toggle("one", alert.combo === 1);
+  if (bump && !still.matches) {
+    count.animate?.([{ transform: "scale(1.5)" }, { transform: "scale(1)" }], 200);
+  }
 }
 
 function next() {
   if (current || !queue.length) return;
   const alert = queue.shift();
-  current = { alert, node: render(alert), timer: 0, leaving: false };
-  paintCount(false);
+  current = { alert, node: render(alert), timer: 0, leaving: false, tier: null };
+  paint(false);
   stage.append(current.node);
+  if (current.tier.sound) new Audio(current.tier.sound).play().catch(() => {}); // autoplay may be refused
   hold();
 }
 
 function hold() {
   clearTimeout(current.timer);
-  current.timer = setTimeout(leave, duration);
+  current.timer = setTimeout(leave, current.tier.duration * 1000);
 }
 
 function leave() {
@@ -112,11 +173,19 @@ function onEvent(e) {
 }
 
 await loadCatalog();
+levels = urlTiers();
 startOverlay({
   onReset() {}, // alerts have no state to take from the snapshot
-  onMissed(events) {
+  backfillMs: recent ? MISSED_MAX_AGE_MS : 0,
+  onMissed(events, { backfill }) {
     const since = Date.now() - MISSED_MAX_AGE_MS;
-    for (const e of events) if (e.ts >= since) onEvent(e);
+    let shown = events.filter((e) => e.kind === "gift" && e.ts >= since);
+    if (backfill) {
+      // On load: only the last `recent` combos, each at the count it reached.
+      const last = [...new Set(shown.map((e) => e.combo_id))].slice(-recent);
+      shown = shown.filter((e) => last.includes(e.combo_id));
+    }
+    shown.forEach(onEvent);
   },
   onEvent,
 });

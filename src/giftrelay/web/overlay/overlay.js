@@ -1,6 +1,7 @@
 // Shared by the overlay widgets and the demo page: reading the token, one connection
 // to the relay that rejoins with `since` after a drop, the gift catalog, page options
-// and the on-page message shown when a link cannot work. Protocol: PROTOCOL.md.
+// and the on-page message shown when a link cannot work; the top list and the goal bar,
+// drawn once here for the widgets and the demo page alike. Protocol: docs/protocol.md.
 
 const RETRY_MS = [500, 1000, 2000, 4000, 8000, 15000];
 const REFUSED_RETRY_MS = 30000; // a refused link is retried rarely: it may be fixed by the operator
@@ -67,6 +68,11 @@ async function checkToken(token) {
  * one once; onHello(hello); onStatus(state, detail) where state is one of
  * "connecting", "live", "reconnecting", and the ones that need a person:
  * "expired", "refused", "revoked", "closed", "no_stream", "join_refused".
+ *
+ * With `backfillMs`, the first join of a stream asks the history for what happened in
+ * that many milliseconds before now (`since` = an offset of that time) and hands it to
+ * onMissed(events, { backfill: true }): a page fills in the last gifts on load. When the history no longer reaches
+ * back that far (`recovered: false`) it fills in nothing.
  */
 export class Feed {
   #ws = null;
@@ -79,10 +85,12 @@ export class Feed {
   #refs = new Map();
   #nextRef = 1;
   #joinRef = null;
+  #backfill = false; // the pending join asks for the recent history
 
   constructor(options) {
     this.token = null;
     this.stream = null;
+    this.backfillMs = 0;
     this.onReset = this.onMissed = this.onEvent = this.onHello = this.onStatus = () => {};
     Object.assign(this, options);
   }
@@ -114,6 +122,13 @@ export class Feed {
       this.#refs.set(ref, { resolve, reject });
       this.#send({ ...message, ref });
     });
+  }
+
+  /** Close for good: no reconnecting. */
+  close() {
+    this.#stopped = true;
+    clearTimeout(this.#timer);
+    this.#ws?.close();
   }
 
   get connected() {
@@ -155,7 +170,9 @@ export class Feed {
   #sendJoin() {
     this.#joinRef = `join${this.#nextRef++}`;
     const join = { type: "join", stream: this.stream, ref: this.#joinRef };
+    this.#backfill = this.#last === null && this.backfillMs > 0;
     if (this.#last !== null) join.since = this.#last;
+    else if (this.#backfill) join.since = `${Math.max(0, Date.now() - this.backfillMs)}-0`;
     this.#send(join);
   }
 
@@ -174,10 +191,10 @@ export class Feed {
       case "joined": {
         if (m.ref !== this.#joinRef) return; // the answer to a join since replaced
         this.#joinedAt = Date.now();
-        const resumed = this.#last !== null && m.recovered;
+        const resumed = (this.#last !== null || this.#backfill) && m.recovered;
         this.#last = m.offset;
         this.onReset(m.snapshot);
-        if (resumed && m.missed.length) this.onMissed(m.missed);
+        if (resumed && m.missed.length) this.onMissed(m.missed, { backfill: this.#backfill });
         this.#status("live");
         return;
       }
@@ -273,12 +290,22 @@ export class Feed {
 
 const gifts = new Map();
 
+/** The alert tiers of the catalog's [overlay] section, cheapest first (these until it loads). */
+export const tiers = [
+  { coins: 0, scale: 1, duration: 4, color: "#9aa4b8", animation: "fade", sound: "" },
+  { coins: 100, scale: 1.25, duration: 6, color: "#ff4f8b", animation: "pop", sound: "" },
+  { coins: 1000, scale: 1.6, duration: 8, color: "#ffb347", animation: "bounce", sound: "" },
+  { coins: 10000, scale: 2.1, duration: 12, color: "#b56cff", animation: "burst", sound: "" },
+];
+
 /** The gift catalog by id (an empty map while /catalog.json cannot be read). */
 export async function loadCatalog() {
   if (gifts.size) return gifts;
   try {
     const response = await fetch("/catalog.json", { cache: "no-store" });
-    for (const gift of (await response.json()).gifts) gifts.set(gift.id, gift);
+    const served = await response.json();
+    for (const gift of served.gifts) gifts.set(gift.id, gift);
+    if (served.overlay?.tiers?.length) tiers.splice(0, tiers.length, ...served.overlay.tiers);
   } catch {
     // Alerts still show names; the images come with the next successful load.
   }
@@ -311,6 +338,9 @@ export function el(tag, className = "", text = "") {
 const numbers = new Intl.NumberFormat("en");
 export const fmt = (n) => numbers.format(n);
 
+/** An amount with its unit: "1 coin", "34,999 coins", "2 diamonds". */
+export const amount = (n, unit = "coins") => `${fmt(n)} ${n === 1 ? unit.replace(/s$/, "") : unit}`;
+
 const params = new URLSearchParams(location.search);
 
 /** A number from the URL (?name=...), kept within [min, max]; the fallback if absent or bad. */
@@ -328,6 +358,58 @@ export function choiceOption(name, fallback, choices) {
 }
 
 export const textOption = (name, fallback) => params.get(name) ?? fallback;
+
+// -- widgets drawn the same on the overlays and the demo page ---------------------------------
+
+/** The rows of a top-gifters list: rank, name (cut with an ellipsis by CSS) and coins. */
+export function topRows(top, rows = 10) {
+  const items = top.slice(0, rows).map(({ user, coins }, i) => {
+    const li = el("li");
+    const name = el("span", "user", user);
+    name.title = user;
+    li.append(el("span", "rank", `${i + 1}`), name, el("span", "coins", amount(coins)));
+    return li;
+  });
+  return items.length ? items : [el("li", "empty", "No gifts yet")];
+}
+
+/**
+ * Draw a goal into `box` (the goal widget's and the demo page's markup: .goal-title,
+ * .fill, .progress in diamonds, .percent): a full bar and the class `reached` at 100%
+ * or more, with confetti when it gets there. `goal` null empties it.
+ */
+export function drawGoal(box, goal, prefix = "") {
+  const part = (name) => box.querySelector(`.${name}`);
+  box.classList.toggle("no-goal", !goal);
+  if (!goal) {
+    [part("progress").textContent, part("percent").textContent] = ["", ""];
+    part("fill").style.width = "0";
+    box.classList.remove("reached");
+    return;
+  }
+  const pct = Math.floor((goal.progress * 100) / goal.target);
+  const reached = goal.progress >= goal.target;
+  part("goal-title").textContent = prefix + goal.title;
+  part("progress").textContent = `${fmt(goal.progress)} / ${amount(goal.target, "diamonds")}`;
+  part("percent").textContent = `${pct}%`;
+  part("fill").style.width = `${Math.min(100, pct)}%`;
+  if (reached && !box.classList.contains("reached")) celebrate(box);
+  box.classList.toggle("reached", reached);
+}
+
+/** A short burst of confetti inside `box` (nothing when the viewer asked for less motion). */
+export function celebrate(box) {
+  if (matchMedia("(prefers-reduced-motion: reduce)").matches) return;
+  const colors = ["#ff4f8b", "#ffb347", "#7ee0ff", "#b56cff", "#9dff8a"];
+  for (let i = 0; i < 24; i++) {
+    const bit = el("i", "confetti");
+    bit.style.left = `${(i * 37) % 100}%`;
+    bit.style.background = colors[i % colors.length];
+    bit.style.animationDelay = `${(i % 6) * 90}ms`;
+    box.append(bit);
+    setTimeout(() => bit.remove(), 2200);
+  }
+}
 
 // -- overlay pages --------------------------------------------------------------------------
 
