@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import gc
 import math
 import os
 import signal
+import socket
 import sys
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
@@ -17,6 +19,8 @@ from typing import Any, ParamSpec, TypeVar
 import click
 import msgspec
 import structlog
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from giftrelay import __version__, auth, logs
 from giftrelay.config import ConfigError, Settings
@@ -32,7 +36,16 @@ from giftrelay.money.catalog import CatalogError
 from giftrelay.redis_client import connect
 from giftrelay.relay.server import Relay
 from giftrelay.relay.workers import Workers, mark_ready
-from giftrelay.runtime import consumer, ledger_store, money, redis_url, secret_for
+from giftrelay.runtime import (
+    AlreadyRunning,
+    Unreachable,
+    claim_var_dir,
+    consumer,
+    ledger_store,
+    money,
+    redis_url,
+    secret_for,
+)
 from giftrelay.wire.errors import Refused
 
 log = structlog.get_logger(__name__)
@@ -49,21 +62,67 @@ DEMO_VIEWERS = ("demo_viewer", "demo_viewer2")
 DEMO_COINS = 10_000
 
 
+EXIT_CODES = """\b
+Exit status:
+  0  done
+  1  failure or refusal: the command ran and said no (reconcile found a
+     difference, a refused operation, another serve already runs here)
+  2  usage or configuration error: a bad flag or setting, a busy port, a bad
+     URL or credentials; the message names the setting to fix
+  3  unreachable: Redis or the ledger store does not answer, or no giftrelay
+     runs here; start it (or fix its URL) and retry
+"""
+USAGE, CONFIG, UNREACHABLE = 2, 2, 3
+
+
+class Failure(click.ClickException):
+    """A one-line error with its exit status (see EXIT_CODES)."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code  # type: ignore[misc]
+
+
+def _debug() -> bool:
+    ctx = click.get_current_context(silent=True)
+    return bool(ctx and ctx.find_root().params.get("debug"))
+
+
+def _translate(exc: BaseException) -> Failure | None:
+    """The one line and exit status for a known failure; None for anything else."""
+    if isinstance(exc, ConfigError):
+        return Failure(str(exc), CONFIG)
+    if isinstance(exc, Unreachable):
+        return Failure(str(exc), UNREACHABLE)
+    if isinstance(exc, (CatalogError, EmbeddedRedisError, auth.TokenError, AlreadyRunning)):
+        return Failure(str(exc))
+    if isinstance(exc, Refused):
+        return Failure(f"{exc.code}: {exc.message}")
+    if isinstance(exc, StoreUnavailable):
+        return Failure(f"the ledger store is unavailable: {exc}", UNREACHABLE)
+    if isinstance(exc, RecoverRefused):
+        return Failure(f"recover refused: {exc}")
+    if isinstance(exc, (RedisConnectionError, RedisTimeoutError)):
+        return Failure(
+            f"Redis stopped answering ({exc}): check it and GIFTRELAY_REDIS_URL, then retry",
+            UNREACHABLE,
+        )
+    return None
+
+
 def _friendly(fn: Callable[P, R]) -> Callable[P, R]:
-    """Known failures become a one-line message and exit status 1, not a traceback."""
+    """Known failures become one line and an exit status (EXIT_CODES), not a traceback;
+    ``giftrelay --debug`` shows the traceback instead."""
 
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return fn(*args, **kwargs)
-        except (ConfigError, CatalogError, EmbeddedRedisError, auth.TokenError) as exc:
-            raise click.ClickException(str(exc)) from None
-        except Refused as exc:
-            raise click.ClickException(f"{exc.code}: {exc.message}") from None
-        except StoreUnavailable as exc:
-            raise click.ClickException(f"the ledger store is unavailable: {exc}") from None
-        except RecoverRefused as exc:
-            raise click.ClickException(f"recover refused: {exc}") from None
+        except Exception as exc:
+            failure = _translate(exc)
+            if failure is None or _debug():
+                raise
+            raise failure from None
 
     return wrapper
 
@@ -90,9 +149,10 @@ def _echo_json(value: object) -> None:
     click.echo(msgspec.json.format(msgspec.json.encode(value), indent=2))
 
 
-@click.group()
+@click.group(epilog=EXIT_CODES)
+@click.option("--debug", is_flag=True, help="Show the traceback of a failure.")
 @click.version_option(__version__, prog_name="giftrelay")
-def main() -> None:
+def main(debug: bool) -> None:
     """giftrelay: a real-time gift relay for live streams."""
 
 
@@ -132,11 +192,15 @@ def serve(
         ledger_url=ledger_url,
         catalog=catalog_path,
     )
+    run_ledger = settings.embedded if run_ledger is None else run_ledger
+    # First: a second serve on this var/ stops here, before it touches anything.
+    lock = claim_var_dir(settings) if settings.embedded or run_ledger else None
+    _check_listen(settings)
     catalog.load(settings.catalog)  # a bad catalog stops start-up before anything runs
     secret = secret_for(settings)
-    _run(
-        _serve(settings, secret, settings.embedded if run_ledger is None else run_ledger), fast=True
-    )
+    _run(_serve(settings, secret, run_ledger), fast=True)
+    if lock is not None:
+        lock.close()
 
 
 def _stop_on_signals(on_force: Callable[[], None] | None = None) -> asyncio.Event:
@@ -178,7 +242,7 @@ async def _serve(settings: Settings, secret: str, run_ledger: bool) -> None:
         relay: Relay | None = None
         if settings.workers == 1:
             relay = Relay(settings, secret, url, core, core.catalog)
-            port = await relay.start(settings.host, settings.port)
+            port = await _listen(relay, settings)
             _tune_gc()
         else:
             port = settings.port or free_port()
@@ -194,6 +258,41 @@ async def _serve(settings: Settings, secret: str, run_ledger: bool) -> None:
                 await workers.stop()
             ledger_stop.set()
             await asyncio.gather(*tasks)
+
+
+def _check_listen(settings: Settings) -> None:
+    """Bind and release the address, so that a busy port or a foreign address stops
+    start-up before Redis or a consumer starts; ``_listen`` still checks for real."""
+    try:
+        infos = socket.getaddrinfo(settings.host, settings.port, type=socket.SOCK_STREAM)
+        for family, kind, proto, _, address in infos:
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind(address)
+    except OSError as exc:
+        raise _listen_error(exc, settings) from None
+
+
+async def _listen(relay: Relay, settings: Settings) -> int:
+    """``relay.start``, a busy port or an address not of this machine named as a setting."""
+    try:
+        return await relay.start(settings.host, settings.port)
+    except OSError as exc:
+        raise _listen_error(exc, settings) from None
+
+
+def _listen_error(exc: OSError, settings: Settings) -> ConfigError:
+    if exc.errno == errno.EADDRINUSE:
+        return ConfigError(
+            f"GIFTRELAY_PORT: port {settings.port} on {settings.host} is already in use "
+            "(another giftrelay?): stop what uses it, or choose another port with "
+            "GIFTRELAY_PORT or --port"
+        )
+    return ConfigError(
+        f"GIFTRELAY_HOST: cannot listen on {settings.host!r} ({exc.strerror or exc}): "
+        "use an address of this machine, such as 127.0.0.1 or 0.0.0.0, "
+        "in GIFTRELAY_HOST or --host"
+    )
 
 
 def _tune_gc() -> None:

@@ -9,22 +9,70 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import os
 import time
 from collections.abc import AsyncIterator
+from typing import IO
 
 import structlog
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from giftrelay import auth
-from giftrelay.config import ConfigError, Settings
+from giftrelay.config import ConfigError, Settings, redact
 from giftrelay.embedded import RedisServer, running_url
 from giftrelay.ledger import open_store
 from giftrelay.ledger.consumer import LedgerConsumer
-from giftrelay.ledger.store import Store, StoreUnavailable
+from giftrelay.ledger.store import Store, StoreDenied, StoreUnavailable
 from giftrelay.money import catalog
 from giftrelay.money.api import Money
 from giftrelay.redis_client import connect
 
 log = structlog.get_logger(__name__)
+
+
+class Unreachable(RuntimeError):
+    """Redis, or the giftrelay a command needs, does not answer; the message names the URL."""
+
+
+class AlreadyRunning(RuntimeError):
+    """Another ``giftrelay serve`` owns the var directory."""
+
+
+def claim_var_dir(settings: Settings) -> IO[str]:
+    """Lock ``var/serve.lock`` for this serve's lifetime, before anything else is touched:
+    a second serve on the same directory is refused at once (:class:`AlreadyRunning`)."""
+    settings.var_path.mkdir(parents=True, exist_ok=True)
+    lock = open(settings.var_path / "serve.lock", "a+")  # noqa: SIM115 - held until exit
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        pid = lock.read().strip() or "?"
+        lock.close()
+        raise AlreadyRunning(
+            f"another giftrelay serve (pid {pid}) already runs on "
+            f"{settings.var_path.resolve()}: stop it first, or give this one its own "
+            "GIFTRELAY_VAR_DIR"
+        ) from None
+    lock.truncate(0)
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    return lock
+
+
+async def check_reachable(url: str, wait: float) -> None:
+    """PING ``url`` once; :class:`Unreachable`, naming it with the password hidden, if not."""
+    redis = connect(url, timeout=wait, retries=0)
+    try:
+        await redis.ping()
+    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        raise Unreachable(
+            f"Redis at {redact(url)} is unreachable ({exc}): start it, or fix GIFTRELAY_REDIS_URL"
+        ) from None
+    finally:
+        await redis.aclose()
 
 
 def secret_for(settings: Settings) -> str:
@@ -42,6 +90,7 @@ def secret_for(settings: Settings) -> str:
 async def redis_url(settings: Settings) -> AsyncIterator[str]:
     """The Redis URL to use, starting the embedded server for this command if need be."""
     if settings.redis_url:
+        await check_reachable(settings.redis_url, settings.redis_timeout)
         yield settings.redis_url
         return
     directory = settings.var_path / "redis"
@@ -71,6 +120,11 @@ async def ledger_store(settings: Settings, *, wait: float = 30.0) -> AsyncIterat
             await store.open()
             break
         except StoreUnavailable as exc:
+            if isinstance(exc, StoreDenied):
+                raise ConfigError(
+                    f"GIFTRELAY_LEDGER_URL: the ledger store at {redact(settings.ledger)} "
+                    f"refused it ({exc}): fix the user, password or database in the URL"
+                ) from None
             if time.monotonic() + delay > deadline:
                 raise ConfigError(f"the ledger store is unavailable: {exc}") from None
             log.warning("ledger store unavailable; retrying", reason=str(exc), retry_in=delay)

@@ -1,0 +1,128 @@
+"""A user's mistake gets one line naming the setting, a documented exit status, and no
+traceback unless ``giftrelay --debug`` (issue 20): each case run as a real process."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+SECRET = "test-secret-" + "x" * 32
+CONFIG, FAILURE, UNREACHABLE = 2, 1, 3
+
+
+def run(
+    *args: str, env: dict[str, str], cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "giftrelay", *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd,
+    )
+
+
+def one_line(result: subprocess.CompletedProcess[str], status: int, *names: str) -> str:
+    """The single stderr line of a failure, checked for its status and the names it gives."""
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == status, result.stderr
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for name in names:
+        assert name in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture
+def var(tmp_path: Path) -> dict[str, str]:
+    return {"GIFTRELAY_VAR_DIR": str(tmp_path / "var")}
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        yield s.getsockname()[1]
+
+
+def test_serve_on_a_busy_port_names_the_port_setting(var: dict[str, str], busy_port: int) -> None:
+    line = one_line(run("serve", "--port", str(busy_port), env=var), CONFIG, "GIFTRELAY_PORT")
+    assert "--port" in line
+    assert "already in use" in line
+    assert not (Path(var["GIFTRELAY_VAR_DIR"]) / "redis").exists()  # stopped before Redis
+
+
+def test_debug_shows_the_traceback(var: dict[str, str], busy_port: int) -> None:
+    result = run("--debug", "serve", "--port", str(busy_port), env=var)
+    assert result.returncode != 0
+    assert "Traceback" in result.stderr
+    assert "GIFTRELAY_PORT" in result.stderr
+
+
+def test_a_second_serve_on_the_same_var_refuses_at_once(var: dict[str, str]) -> None:
+    lock = Path(var["GIFTRELAY_VAR_DIR"]) / "serve.lock"
+    lock.parent.mkdir()
+    holder = subprocess.Popen(  # holds the lock as a first serve does
+        [sys.executable, "-c", "import fcntl,sys,time; f=open(sys.argv[1],'a+'); "
+         "f.write('4242'); f.flush(); fcntl.flock(f, fcntl.LOCK_EX); print(1, flush=True); "
+         "time.sleep(60)", str(lock)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline()
+        line = one_line(run("serve", "--port", "0", env=var), FAILURE, "GIFTRELAY_VAR_DIR")
+        assert "another giftrelay serve (pid 4242)" in line
+        assert not (lock.parent / "redis").exists()  # it touched nothing
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+@pytest.mark.parametrize("host", ["999.1.1.1", "nosuch.invalid"])
+def test_a_bad_host_names_the_host_setting(var: dict[str, str], host: str) -> None:
+    env = {**var, "GIFTRELAY_HOST": host}
+    one_line(run("serve", "--port", "0", env=env), CONFIG, "GIFTRELAY_HOST", host)
+
+
+@pytest.mark.parametrize("url", ["notaurl", "http://127.0.0.1:6379", "redis://127.0.0.1/99"])
+def test_a_bad_redis_url_names_the_setting_and_the_forms(var: dict[str, str], url: str) -> None:
+    env = {**var, "GIFTRELAY_REDIS_URL": url, "GIFTRELAY_SECRET": SECRET}
+    for command in (("serve",), ("wallet", "show", "alice")):
+        line = one_line(run(*command, env=env), CONFIG, "GIFTRELAY_REDIS_URL", "redis://")
+        assert "unix://" in line
+
+
+def test_an_unreachable_redis_is_named_with_its_password_hidden(var: dict[str, str]) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed: nothing listens there
+    url = f"redis://:hunter2@127.0.0.1:{port}/0"
+    env = {**var, "GIFTRELAY_REDIS_URL": url, "GIFTRELAY_SECRET": SECRET}
+    commands = [("serve", "--port", "0"), ("wallet", "show", "alice"), ("stream", "show", "s1")]
+    for command in [*commands, ("reconcile", "--wait", "1"), ("recover",)]:
+        line = one_line(run(*command, env=env), UNREACHABLE, "GIFTRELAY_REDIS_URL", "unreachable")
+        assert f"redis://:***@127.0.0.1:{port}/0" in line
+        assert "hunter2" not in line
+
+
+def test_an_enum_setting_lists_its_values(var: dict[str, str]) -> None:
+    env = {**var, "GIFTRELAY_LOG_FORMAT": "xml"}
+    line = one_line(run("wallet", "show", "alice", env=env), CONFIG, "GIFTRELAY_LOG_FORMAT")
+    assert "auto, json, console" in line
+
+
+def test_the_help_documents_the_exit_statuses() -> None:
+    result = run("--help", env={})
+    assert "Exit status:" in result.stdout
+    assert "--debug" in result.stdout
+    for status in ("0  ", "1  ", "2  ", "3  "):
+        assert status in result.stdout
