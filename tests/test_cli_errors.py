@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -126,3 +127,34 @@ def test_the_help_documents_the_exit_statuses() -> None:
     assert "--debug" in result.stdout
     for status in ("0  ", "1  ", "2  ", "3  "):
         assert status in result.stdout
+
+
+def test_wallet_show_where_no_giftrelay_runs_says_so(tmp_path: Path) -> None:
+    result = run("wallet", "show", "alice", env={}, cwd=tmp_path)
+    one_line(result, UNREACHABLE, "no giftrelay runs here", "GIFTRELAY_VAR_DIR", "REDIS_URL")
+    assert not (tmp_path / "var" / "redis").exists()
+
+
+def test_a_write_starting_the_embedded_redis_says_so(var: dict[str, str]) -> None:
+    result = run("wallet", "topup", "alice", "5", "--receipt", "receipt-0001", env=var)
+    assert result.returncode == 0, result.stderr
+    assert "starting the embedded Redis" in result.stderr
+
+
+def test_a_bad_receipt_says_what_a_receipt_looks_like(var: dict[str, str]) -> None:
+    result = run("wallet", "topup", "alice", "5", "--receipt", "r1", env=var)
+    one_line(result, CONFIG, "--receipt", "8-64 characters of A-Z a-z 0-9 _ -")
+    assert "8-64 characters" in " ".join(run("wallet", "topup", "--help", env=var).stdout.split())
+
+
+@pytest.mark.parametrize("ledger", ["nosuchuser:pw@127.0.0.1:5432/postgres",
+                                    "postgres:pw@127.0.0.1:5432/nosuchdb"])  # fmt: skip
+def test_ledger_export_with_a_refused_login_fails_at_once(var: dict[str, str], ledger: str) -> None:
+    pg = os.environ.get("GIFTRELAY_TEST_POSTGRES_URL")
+    if not pg:
+        pytest.skip("GIFTRELAY_TEST_POSTGRES_URL is not set")
+    env = {**var, "GIFTRELAY_LEDGER_URL": f"postgresql://{ledger}"}
+    started = time.monotonic()
+    line = one_line(run("ledger", "export", env=env), CONFIG, "GIFTRELAY_LEDGER_URL", ":***@")
+    assert time.monotonic() - started < 15
+    assert "pw@" not in line

@@ -9,6 +9,7 @@ import functools
 import gc
 import math
 import os
+import re
 import signal
 import socket
 import sys
@@ -47,6 +48,7 @@ from giftrelay.runtime import (
     secret_for,
 )
 from giftrelay.wire.errors import Refused
+from giftrelay.wire.ids import REQUEST_ID_PATTERN
 
 log = structlog.get_logger(__name__)
 
@@ -431,12 +433,13 @@ def token(
 # -- wallet ---------------------------------------------------------------------------------
 
 
-def _with_money(operation: Callable[[Money], Awaitable[object]]) -> None:
-    """Run one money operation against the configured Redis and print its result as JSON."""
+def _with_money(operation: Callable[[Money], Awaitable[object]], *, writes: bool) -> None:
+    """Run one money operation against the configured Redis and print its result as JSON;
+    only one that ``writes`` may start the embedded Redis where no giftrelay runs."""
     settings = _settings()
 
     async def go() -> None:
-        async with redis_url(settings) as url, money(settings, url) as core:
+        async with redis_url(settings, start=writes) as url, money(settings, url) as core:
             _echo_json(await operation(core))
 
     _run(go())
@@ -450,17 +453,27 @@ def wallet() -> None:
 @wallet.command("topup")
 @click.argument("user")
 @click.argument("coins", type=int)
-@click.option("--receipt", help="Payment receipt id (the idempotency key); default: a new one.")
+@click.option(
+    "--receipt",
+    help="The payment's receipt id, the idempotency key: 8-64 characters of A-Z a-z 0-9 _ - "
+    "(such as store-order-20240611-0042); default: a new one.",
+)
 @_friendly
 def wallet_topup(user: str, coins: int, receipt: str | None) -> None:
     """Credit COINS to USER."""
     receipt = receipt or f"cli-{uuid.uuid4().hex}"
+    if not re.fullmatch(REQUEST_ID_PATTERN, receipt):
+        raise Failure(
+            f"--receipt {receipt!r}: a receipt id is 8-64 characters of A-Z a-z 0-9 _ - "
+            "(such as store-order-20240611-0042)",
+            USAGE,
+        )
 
     async def topup(core: Money) -> object:
         result = await core.topup(user, coins, receipt)
         return {"receipt": receipt, **msgspec.structs.asdict(result)}
 
-    _with_money(topup)
+    _with_money(topup, writes=True)
 
 
 @wallet.command("show")
@@ -472,7 +485,7 @@ def wallet_show(user: str) -> None:
     async def show(core: Money) -> object:
         return {"user": user, **msgspec.structs.asdict(await core.balance(user))}
 
-    _with_money(show)
+    _with_money(show, writes=False)
 
 
 # -- stream --------------------------------------------------------------------------------
@@ -490,7 +503,7 @@ def stream_group() -> None:
 @_friendly
 def stream_open(stream: str, creator: str, title: str) -> None:
     """Open (or reopen) STREAM for gifts."""
-    _with_money(lambda core: core.stream_open(stream, creator, title))
+    _with_money(lambda core: core.stream_open(stream, creator, title), writes=True)
 
 
 @stream_group.command("close")
@@ -498,7 +511,7 @@ def stream_open(stream: str, creator: str, title: str) -> None:
 @_friendly
 def stream_close(stream: str) -> None:
     """End STREAM: no more gifts; viewers are told."""
-    _with_money(lambda core: core.stream_close(stream))
+    _with_money(lambda core: core.stream_close(stream), writes=True)
 
 
 @stream_group.command("show")
@@ -506,7 +519,7 @@ def stream_close(stream: str) -> None:
 @_friendly
 def stream_show(stream: str) -> None:
     """Show STREAM's creator, status, totals and goal."""
-    _with_money(lambda core: core.stream_info(stream))
+    _with_money(lambda core: core.stream_info(stream), writes=False)
 
 
 # -- ledger --------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import fcntl
 import os
+import sys
 import time
 from collections.abc import AsyncIterator
 from typing import IO
@@ -87,8 +88,12 @@ def secret_for(settings: Settings) -> str:
 
 
 @contextlib.asynccontextmanager
-async def redis_url(settings: Settings) -> AsyncIterator[str]:
-    """The Redis URL to use, starting the embedded server for this command if need be."""
+async def redis_url(settings: Settings, *, start: bool = True) -> AsyncIterator[str]:
+    """The Redis URL to use, starting the embedded server for this command if need be.
+
+    With ``start=False`` (commands that only read) a directory where no giftrelay ever
+    ran is :class:`Unreachable` rather than a new, empty Redis.
+    """
     if settings.redis_url:
         await check_reachable(settings.redis_url, settings.redis_timeout)
         yield settings.redis_url
@@ -98,6 +103,17 @@ async def redis_url(settings: Settings) -> AsyncIterator[str]:
     if url:
         yield url
         return
+    if not start and not directory.exists():
+        raise Unreachable(
+            f"no giftrelay runs here: there is no {directory}; run this where "
+            "`giftrelay serve` runs, or set GIFTRELAY_VAR_DIR (or GIFTRELAY_REDIS_URL) "
+            "to the relay's"
+        )
+    print(  # noqa: T201 - a note for the user, not a log event
+        f"no giftrelay serve runs here: starting the embedded Redis in {directory} "
+        "for this command",
+        file=sys.stderr,
+    )
     server = RedisServer(directory)
     server.start()
     try:
@@ -126,7 +142,10 @@ async def ledger_store(settings: Settings, *, wait: float = 30.0) -> AsyncIterat
                     f"refused it ({exc}): fix the user, password or database in the URL"
                 ) from None
             if time.monotonic() + delay > deadline:
-                raise ConfigError(f"the ledger store is unavailable: {exc}") from None
+                raise Unreachable(
+                    f"the ledger store at {redact(settings.ledger)} is unavailable ({exc}): "
+                    "start it, or fix GIFTRELAY_LEDGER_URL"
+                ) from None
             log.warning("ledger store unavailable; retrying", reason=str(exc), retry_in=delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
