@@ -292,3 +292,28 @@ async def test_the_old_module_paths_still_run_their_command(old: str, new: str) 
     out, _ = await proc.communicate()
     assert proc.returncode == 0
     assert f"giftrelay-loadtest {new} [-h]" in out.decode()
+
+
+async def test_a_wrong_secret_an_unreachable_url_and_an_unknown_gift_fail_at_once_with_2(
+    redis_server: RedisServer, loadtest: Loadtest
+) -> None:
+    async def status_of(*args: str) -> tuple[int, str]:
+        proc = await loadtest("busy-stream", "--quiet", "--duration", "60", *args)
+        out, _ = await asyncio.wait_for(proc.communicate(), 30)  # long before the 60 s
+        assert proc.returncode is not None
+        return proc.returncode, out.decode()
+
+    async with running_relay(redis_server.url, **RELAY) as h:
+        status, out = await status_of("--url", h.ws, "--secret", "wrong-" + "x" * 32)
+        assert status == 2, out
+        assert "--secret" in out
+        assert "Traceback" not in out
+        status, out = await status_of("--url", h.ws, "--secret", SECRET, "--gift", "nosuchgift")
+        assert status == 2, out
+        assert "--gift 'nosuchgift'" in out
+        assert "rose" in out
+    status, out = await status_of("--url", h.ws, "--secret", SECRET)  # the relay has stopped
+    assert status == 2, out
+    assert "cannot reach the relay" in out
+    assert "--url" in out
+    assert "Traceback" not in out
