@@ -24,7 +24,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from giftrelay import __version__, auth, logs
-from giftrelay.config import ConfigError, Settings
+from giftrelay.config import ConfigError, Settings, redact
 from giftrelay.embedded import EmbeddedRedisError, free_port
 from giftrelay.ledger import export as ledger_export
 from giftrelay.ledger.reconcile import reconcile as reconcile_ledger
@@ -350,34 +350,63 @@ async def _seed_demo(core: Money) -> None:
         await core.topup(viewer, DEMO_COINS, f"demo-grant-{viewer}")
 
 
-def _print_urls(settings: Settings, secret: str, url: str, port: int) -> None:
+OVERLAY_WIDGETS = ("alerts", "top", "goal", "viewers")
+OVERLAY_TTL = 30 * 86400
+"""An OBS link must outlive a stream; a leaked one is ended with revoke_overlays."""
+
+
+def _base_url(settings: Settings, port: int) -> str:
+    """Where a browser on this machine reaches the relay."""
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
-    base = f"{host}:{port}"
-    click.echo(f"giftrelay {__version__}: {settings.workers} worker(s) on port {port}")
-    click.echo(f"  websocket: ws://{base}/ws")
-    click.echo(f"  health:    http://{base}/healthz  ready: /readyz  metrics: /metrics")
-    click.echo(
-        f"  redis:     {url}" + ("  (embedded, data in var/redis)" if settings.embedded else "")
-    )
-    click.echo(f"  ledger:    {settings.ledger}")
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}"
+
+
+def _overlay_links(base_url: str, token: str) -> list[str]:
+    """The four OBS Browser Source lines for an overlay token, as ``token`` prints them."""
+    return [f"  {w:<8} {base_url}/overlay/{w}?token={token}" for w in OVERLAY_WIDGETS]
+
+
+def _print_urls(settings: Settings, secret: str, url: str, port: int) -> None:
+    """The start-up banner: what to open first, then where things are (80 columns)."""
+    base = _base_url(settings, port)
+    click.echo(f"giftrelay {__version__}: {settings.workers} worker(s) on {base}")
     if settings.embedded:
-
-        def token(sub: str, role: auth.Role, stream: str | None = None) -> str:
-            return auth.mint(secret, sub, role, ttl=86400, stream=stream)
-
-        viewer = token(DEMO_VIEWERS[0], auth.Role.VIEWER)
-        click.echo(
-            f"  demo page: http://{base}/?token={viewer}"
-            f"&creator={token(DEMO_CREATOR, auth.Role.CREATOR)}"
-        )
-        click.echo(f"  stream:    {DEMO_STREAM!r} by {DEMO_CREATOR!r}, live")
-        click.echo("  demo tokens (24 h):")
-        click.echo(f"    viewer  {DEMO_VIEWERS[0]}: {viewer}")
-        click.echo(f"    creator {DEMO_CREATOR}: {token(DEMO_CREATOR, auth.Role.CREATOR)}")
-        overlay = token(DEMO_STREAM, auth.Role.OVERLAY, DEMO_STREAM)
-        click.echo(f"    overlay {DEMO_STREAM}: {overlay}")
-        click.echo(f"    admin   admin: {token('admin', auth.Role.ADMIN)}")
+        _print_demo(secret, base)
+    click.echo("Where things are:")
+    click.echo(f"  websocket: {base.replace('http', 'ws', 1)}/ws")
+    click.echo(f"  health:    {base}/healthz  (also /readyz, /metrics)")
+    click.echo(f"  redis:     {redact(url)}" + ("  (embedded)" if settings.embedded else ""))
+    click.echo(f"  ledger:    {redact(settings.ledger)}")
+    if settings.embedded:
+        click.echo(f"  data:      {settings.var_path.resolve()}/  (GIFTRELAY_VAR_DIR)")
     click.echo("  press Ctrl+C to stop")
+
+
+def _print_demo(secret: str, base: str) -> None:
+    """The demo page, the demo stream's OBS links and the demo tokens."""
+
+    def token(sub: str, role: auth.Role, stream: str | None = None, ttl: int = 86400) -> str:
+        return auth.mint(secret, sub, role, ttl=ttl, stream=stream)
+
+    viewer, creator = (
+        token(DEMO_VIEWERS[0], auth.Role.VIEWER),
+        token(DEMO_CREATOR, auth.Role.CREATOR),
+    )
+    overlay = token(DEMO_STREAM, auth.Role.OVERLAY, DEMO_STREAM, OVERLAY_TTL)
+    click.echo("")
+    click.echo("Demo page: open in a browser (valid 24 h)")
+    click.echo(f"  {base}/?token={viewer}&creator={creator}")
+    click.echo("")
+    click.echo(f"OBS overlays for stream {DEMO_STREAM!r}: paste into a Browser Source (30 days)")
+    for line in _overlay_links(base, overlay):
+        click.echo(line)
+    click.echo("")
+    click.echo(f"Demo stream {DEMO_STREAM!r} by {DEMO_CREATOR!r} is live; tokens (24 h):")
+    click.echo(f"    viewer  {DEMO_VIEWERS[0]}: {viewer}")
+    click.echo(f"    creator {DEMO_CREATOR}: {creator}")
+    click.echo(f"    overlay {DEMO_STREAM}: {overlay}")
+    click.echo(f"    admin   admin: {token('admin', auth.Role.ADMIN)}")
+    click.echo("")
 
 
 # -- token ---------------------------------------------------------------------------------
@@ -414,20 +443,16 @@ def token(
     """
     settings = _settings()
     overlay = role == auth.Role.OVERLAY
-    # An OBS link must outlive a stream; a leaked one is ended with revoke_overlays.
-    ttl = ttl if ttl is not None else 30 * 86400 if overlay else 3600
+    ttl = ttl if ttl is not None else OVERLAY_TTL if overlay else 3600
     minted = auth.mint(secret_for(settings), subject, auth.Role(role), ttl=ttl, stream=stream)
     click.echo(minted)
     if not overlay:
         return
-    if base_url is None:
-        host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
-        base_url = f"http://{f'[{host}]' if ':' in host else host}:{settings.port}"
-    base_url = base_url.rstrip("/")
+    base_url = (base_url or _base_url(settings, settings.port)).rstrip("/")
     valid = f"{ttl / 86400:g} days" if ttl >= 86400 else f"{ttl} s"
     click.echo(f"OBS Browser Source links for stream {stream!r} (valid {valid}):", err=True)
-    for widget in ("alerts", "top", "goal", "viewers"):
-        click.echo(f"  {widget:<8} {base_url}/overlay/{widget}?token={minted}", err=True)
+    for line in _overlay_links(base_url, minted):
+        click.echo(line, err=True)
 
 
 # -- wallet ---------------------------------------------------------------------------------
