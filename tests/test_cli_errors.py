@@ -158,3 +158,10 @@ def test_ledger_export_with_a_refused_login_fails_at_once(var: dict[str, str], l
     line = one_line(run("ledger", "export", env=env), CONFIG, "GIFTRELAY_LEDGER_URL", ":***@")
     assert time.monotonic() - started < 15
     assert "pw@" not in line
+
+
+def test_no_document_cites_a_protocol_md_the_repository_lacks() -> None:
+    root = Path(__file__).resolve().parent.parent
+    assert not (root / "PROTOCOL.md").exists()
+    for path in [*root.glob("docs/*.md"), *root.glob("docs/*.yaml"), root / "README.md"]:
+        assert "PROTOCOL.md" not in path.read_text(), path

@@ -1,6 +1,6 @@
 // Shared by the overlay widgets and the demo page: reading the token, one connection
 // to the relay that rejoins with `since` after a drop, the gift catalog, page options
-// and the on-page message shown when a link cannot work. Protocol: PROTOCOL.md.
+// and the on-page message shown when a link cannot work. Protocol: docs/protocol.md.
 
 const RETRY_MS = [500, 1000, 2000, 4000, 8000, 15000];
 const REFUSED_RETRY_MS = 30000; // a refused link is retried rarely: it may be fixed by the operator
