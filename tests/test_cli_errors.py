@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from giftrelay.embedded import RedisServer
+
 SECRET = "test-secret-" + "x" * 32
 CONFIG, FAILURE, UNREACHABLE = 2, 1, 3
 
@@ -165,3 +167,40 @@ def test_no_document_cites_a_protocol_md_the_repository_lacks() -> None:
     assert not (root / "PROTOCOL.md").exists()
     for path in [*root.glob("docs/*.md"), *root.glob("docs/*.yaml"), root / "README.md"]:
         assert "PROTOCOL.md" not in path.read_text(), path
+
+
+@pytest.fixture
+def remote(redis_server: RedisServer, var: dict[str, str]) -> dict[str, str]:
+    import redis as sync_redis
+
+    sync_redis.Redis.from_url(redis_server.url).flushall()
+    return {**var, "GIFTRELAY_REDIS_URL": redis_server.url, "GIFTRELAY_SECRET": SECRET}
+
+
+def test_an_overlay_token_for_a_stream_that_does_not_exist_warns(remote: dict[str, str]) -> None:
+    result = run("token", "studio", "--role", "overlay", "--stream", "nosuch", env=remote)
+    assert result.returncode == 0, result.stderr
+    assert "warning: there is no stream 'nosuch'" in result.stderr
+    assert "giftrelay stream open nosuch" in result.stderr
+    run("stream", "open", "s1", "--creator", "c1", env=remote)
+    result = run("token", "studio", "--role", "overlay", "--stream", "s1", env=remote)
+    assert "warning" not in result.stderr
+
+
+def test_serve_with_a_redis_url_and_no_consumer_warns_at_start(remote: dict[str, str]) -> None:
+    env = {**os.environ, **remote, "GIFTRELAY_LOG_FORMAT": "json"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "giftrelay", "serve", "--port", "0"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if "nothing consumes the ledger stream" in line:
+                assert "giftrelay ledger" in line
+                break
+        else:
+            pytest.fail("serve gave no warning")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)

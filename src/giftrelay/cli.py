@@ -25,13 +25,13 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from giftrelay import __version__, auth, logs
 from giftrelay.config import ConfigError, Settings, redact
-from giftrelay.embedded import EmbeddedRedisError, free_port
+from giftrelay.embedded import EmbeddedRedisError, free_port, running_url
 from giftrelay.ledger import export as ledger_export
 from giftrelay.ledger.reconcile import reconcile as reconcile_ledger
 from giftrelay.ledger.recover import RecoverRefused
 from giftrelay.ledger.recover import recover as recover_redis
 from giftrelay.ledger.store import StoreUnavailable
-from giftrelay.money import catalog
+from giftrelay.money import catalog, keys
 from giftrelay.money.api import Money
 from giftrelay.money.catalog import CatalogError
 from giftrelay.redis_client import connect
@@ -46,6 +46,7 @@ from giftrelay.runtime import (
     money,
     redis_url,
     secret_for,
+    watch_ledger,
 )
 from giftrelay.wire.errors import Refused
 from giftrelay.wire.ids import REQUEST_ID_PATTERN
@@ -251,6 +252,8 @@ async def _serve(settings: Settings, secret: str, run_ledger: bool) -> None:
             workers = Workers(settings, secret, url, port)
             await workers.start()
         _print_urls(settings, secret, url, port)
+        if not run_ledger:
+            tasks.append(asyncio.create_task(watch_ledger(settings, url, ledger_stop)))
         try:
             await stop.wait()
         finally:
@@ -448,11 +451,32 @@ def token(
     click.echo(minted)
     if not overlay:
         return
+    if stream is not None and _run(_stream_missing(settings, stream)):
+        click.echo(
+            f"warning: there is no stream {stream!r} yet: the links show nothing until it "
+            f"is opened (giftrelay stream open {stream} --creator NAME)",
+            err=True,
+        )
     base_url = (base_url or _base_url(settings, settings.port)).rstrip("/")
     valid = f"{ttl / 86400:g} days" if ttl >= 86400 else f"{ttl} s"
     click.echo(f"OBS Browser Source links for stream {stream!r} (valid {valid}):", err=True)
     for line in _overlay_links(base_url, minted):
         click.echo(line, err=True)
+
+
+async def _stream_missing(settings: Settings, stream: str) -> bool:
+    """True when a reachable Redis (the configured one, or a running serve's embedded
+    one) has no ``stream``; False when it has, or when no Redis can tell."""
+    url = settings.redis_url or running_url(settings.var_path / "redis")
+    if not url:
+        return False
+    redis = connect(url, timeout=settings.redis_timeout, retries=0)
+    try:
+        return not await redis.exists(keys.stream(stream))
+    except (RedisConnectionError, RedisTimeoutError, OSError):
+        return False
+    finally:
+        await redis.aclose()
 
 
 # -- wallet ---------------------------------------------------------------------------------

@@ -24,9 +24,9 @@ from giftrelay import auth
 from giftrelay.config import ConfigError, Settings, redact
 from giftrelay.embedded import RedisServer, running_url
 from giftrelay.ledger import open_store
-from giftrelay.ledger.consumer import LedgerConsumer
+from giftrelay.ledger.consumer import LedgerConsumer, consuming
 from giftrelay.ledger.store import Store, StoreDenied, StoreUnavailable
-from giftrelay.money import catalog
+from giftrelay.money import catalog, keys
 from giftrelay.money.api import Money
 from giftrelay.redis_client import connect
 
@@ -153,6 +153,32 @@ async def ledger_store(settings: Settings, *, wait: float = 30.0) -> AsyncIterat
         yield store
     finally:
         await store.close()
+
+
+LEDGER_WATCH_S = 60.0
+"""How often ``serve`` without a consumer checks that another one consumes the ledger."""
+
+
+async def watch_ledger(settings: Settings, url: str, stop: asyncio.Event) -> None:
+    """Warn at once, and again each time the ledger stream has grown, while no ledger
+    consumer reads it: the money moves, but nothing reaches the ledger store."""
+    redis = connect(url, timeout=settings.redis_timeout)
+    warned_at = -1
+    try:
+        while not stop.is_set():
+            with contextlib.suppress(RedisConnectionError, RedisTimeoutError, OSError):
+                waiting = int(await redis.xlen(keys.LEDGER))
+                if waiting > warned_at and not await consuming(redis):
+                    log.warning(
+                        "nothing consumes the ledger stream: run `giftrelay ledger` "
+                        "(same GIFTRELAY_REDIS_URL and GIFTRELAY_LEDGER_URL) beside this relay",
+                        ledger_entries=waiting,
+                    )
+                    warned_at = waiting
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), LEDGER_WATCH_S)
+    finally:
+        await redis.aclose()
 
 
 def consumer(settings: Settings, url: str, store: Store, name: str | None = None) -> LedgerConsumer:
