@@ -603,7 +603,7 @@ def ledger(
         # A consumer is a service: it waits for its store however long an outage lasts
         # (the entries wait in Redis meanwhile), where one-off commands give up.
         store_ready = ledger_store(settings, wait=math.inf)
-        async with redis_url(settings) as url, store_ready as store:
+        async with redis_url(settings, check=False) as url, store_ready as store:
             writer = consumer(settings, url, store, name)
             running.set()
             try:

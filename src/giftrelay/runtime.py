@@ -88,14 +88,19 @@ def secret_for(settings: Settings) -> str:
 
 
 @contextlib.asynccontextmanager
-async def redis_url(settings: Settings, *, start: bool = True) -> AsyncIterator[str]:
+async def redis_url(
+    settings: Settings, *, start: bool = True, check: bool = True
+) -> AsyncIterator[str]:
     """The Redis URL to use, starting the embedded server for this command if need be.
 
-    With ``start=False`` (commands that only read) a directory where no giftrelay ever
-    ran is :class:`Unreachable` rather than a new, empty Redis.
+    A configured Redis that does not answer is :class:`Unreachable` unless ``check`` is
+    False (a service that waits for it). With ``start=False`` (commands that only read)
+    a directory where no giftrelay ever ran is :class:`Unreachable` rather than a new,
+    empty Redis.
     """
     if settings.redis_url:
-        await check_reachable(settings.redis_url, settings.redis_timeout)
+        if check:
+            await check_reachable(settings.redis_url, settings.redis_timeout)
         yield settings.redis_url
         return
     directory = settings.var_path / "redis"
