@@ -225,8 +225,8 @@ def _explain(message: str) -> str:
 
 
 REDIS_URL_FORMS = (
-    "redis://[:password@]host[:port][/db], rediss://... (TLS) or unix:///path/to/redis.sock, "
-    "db 0-15"
+    "redis://[:password@]host[:port][/db], rediss://... (TLS), unix:///path/to/redis.sock "
+    "or redis+sentinel://host:26379[,host2:26379]/service[/db], db 0-15"
 )
 
 
@@ -234,7 +234,9 @@ def check_redis_url(url: str) -> None:
     """A Redis URL redis-py accepts and that names a host and a default-range database."""
     parts = urlsplit(url)
     problem = ""
-    if parts.scheme not in ("redis", "rediss", "unix"):
+    if parts.scheme == "redis+sentinel":
+        problem = _sentinel_problem(url)
+    elif parts.scheme not in ("redis", "rediss", "unix"):
         problem = "is not a Redis URL"
     elif parts.scheme != "unix" and not parts.hostname:
         problem = "names no host"
@@ -249,6 +251,16 @@ def check_redis_url(url: str) -> None:
             problem = "has a bad port"
     if problem:
         raise ConfigError(f"GIFTRELAY_REDIS_URL: {redact(url)!r} {problem}; use {REDIS_URL_FORMS}")
+
+
+def _sentinel_problem(url: str) -> str:
+    from giftrelay.redis_client import SentinelURL
+
+    try:
+        SentinelURL(url)
+    except ValueError as exc:
+        return f"is not a Sentinel URL ({str(exc).partition(':')[0]})"
+    return ""
 
 
 def redact(url: str) -> str:
