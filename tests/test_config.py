@@ -74,7 +74,7 @@ def test_the_accepted_redis_url_forms_load(url: str) -> None:
     ["notaurl", "http://h:6379", "redis://h/99", "redis:///0", "redis+sentinel://h:26379"],
 )
 def test_a_bad_redis_url_names_the_setting_and_the_forms(url: str) -> None:
-    with pytest.raises(ConfigError, match="GIFTRELAY_REDIS_URL.*redis://.*unix://"):
+    with pytest.raises(ConfigError, match=r"GIFTRELAY_REDIS_URL.*redis://.*unix://"):
         Settings.load({"GIFTRELAY_REDIS_URL": url})
 
 
