@@ -47,7 +47,7 @@ def test_token_prints_a_jwt_for_the_subject(remote: dict[str, str]) -> None:
 
 def test_token_refuses_an_overlay_without_a_stream(remote: dict[str, str]) -> None:
     result = run("token", "studio", "--role", "overlay", env=remote, check=False)
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "--stream" in result.stderr
 
 
@@ -135,7 +135,7 @@ def test_serve_refuses_a_bad_catalog(tmp_path: Path) -> None:
     bad.write_text('[[gift]]\nid = "x"\nname = "X"\ncoins = -1\nstreakable = true\nimage = "x"\n')
     env = {"GIFTRELAY_VAR_DIR": str(tmp_path / "var"), "GIFTRELAY_CATALOG": str(bad)}
     result = run("serve", env=env, check=False)
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "gift #1 (line 1)" in result.stderr
     assert "coins" in result.stderr
 

@@ -70,8 +70,8 @@ Exit status:
   0  done
   1  failure or refusal: the command ran and said no (reconcile found a
      difference, a refused operation, another serve already runs here)
-  2  usage or configuration error: a bad flag or setting, a busy port, a bad
-     URL or credentials; the message names the setting to fix
+  2  usage or configuration error: a bad flag, setting or catalog, a busy
+     port, a bad URL or credentials; the message names the setting to fix
   3  unreachable: Redis or the ledger store does not answer, or no giftrelay
      runs here; start it (or fix its URL) and retry
 """
@@ -93,11 +93,13 @@ def _debug() -> bool:
 
 def _translate(exc: BaseException) -> Failure | None:
     """The one line and exit status for a known failure; None for anything else."""
-    if isinstance(exc, ConfigError):
+    if isinstance(exc, (ConfigError, CatalogError)):
         return Failure(str(exc), CONFIG)
+    if isinstance(exc, auth.TokenError):  # the token command's arguments
+        return Failure(str(exc), USAGE)
     if isinstance(exc, Unreachable):
         return Failure(str(exc), UNREACHABLE)
-    if isinstance(exc, (CatalogError, EmbeddedRedisError, auth.TokenError, AlreadyRunning)):
+    if isinstance(exc, (EmbeddedRedisError, AlreadyRunning)):
         return Failure(str(exc))
     if isinstance(exc, Refused):
         return Failure(f"{exc.code}: {exc.message}")
