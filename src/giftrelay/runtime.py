@@ -144,7 +144,7 @@ async def ledger_store(settings: Settings, *, wait: float = 30.0) -> AsyncIterat
             if isinstance(exc, StoreDenied):
                 raise ConfigError(
                     f"GIFTRELAY_LEDGER_URL: the ledger store at {redact(settings.ledger)} "
-                    f"refused it ({exc}): fix the user, password or database in the URL"
+                    f"refused the login ({exc}): fix the user, password or database in it"
                 ) from None
             if time.monotonic() + delay > deadline:
                 raise Unreachable(
