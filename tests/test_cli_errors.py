@@ -204,3 +204,33 @@ def test_serve_with_a_redis_url_and_no_consumer_warns_at_start(remote: dict[str,
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+async def test_the_ledger_watch_warns_again_only_while_the_stream_grows(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    import redis.asyncio as aioredis
+    from structlog.testing import capture_logs
+
+    from giftrelay import runtime
+    from giftrelay.config import Settings
+    from giftrelay.money import keys
+
+    client = aioredis.Redis.from_url(redis_server.url)
+    await client.flushall()
+    monkeypatch.setattr(runtime, "LEDGER_WATCH_S", 0.05)
+    settings = Settings.load({"GIFTRELAY_REDIS_URL": redis_server.url})
+    stop = asyncio.Event()
+    with capture_logs() as logged:
+        watch = asyncio.create_task(runtime.watch_ledger(settings, redis_server.url, stop))
+        await asyncio.sleep(0.3)  # several checks: one warning, at start
+        await client.xadd(keys.LEDGER, {"e": "1"})
+        await asyncio.sleep(0.3)  # grown once: one more
+        stop.set()
+        await watch
+    await client.aclose()
+    warnings = [e for e in logged if "nothing consumes the ledger" in e["event"]]
+    assert [w["ledger_entries"] for w in warnings] == [0, 1]
+    assert all("giftrelay ledger" in w["event"] for w in warnings)
