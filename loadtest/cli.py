@@ -6,8 +6,12 @@
     giftrelay-loadtest bench --peers giftrelay,naive --viewers 100 --gift-rate -1
     giftrelay-loadtest soak --minutes 60 --interval 60 --csv soak.csv
 
-``COMMAND --help`` tells each one's options; docs/loadtest.md what they measure. The
-micro-benchmarks run on their own: ``python -m loadtest.micro.bench_money`` etc.
+``COMMAND --help`` tells each one's options; docs/loadtest.md what they measure.
+Exit status: 0 every check passed; 1 a check failed; 2 bad options, or a target that
+is unreachable, refuses the --secret or lacks the --gift (one line, before the run);
+3 the run itself crashed.
+
+The micro-benchmarks run on their own: ``python -m loadtest.micro.bench_money`` etc.
 """
 
 from __future__ import annotations

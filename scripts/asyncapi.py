@@ -173,8 +173,8 @@ def _no_untyped(node: Any, where: str = "") -> None:
 # -- the document --------------------------------------------------------------------------
 
 DESCRIPTION = """\
-The giftrelay wire protocol, version 1 (PROTOCOL.md is the contract; docs/protocol.md
-is the guide for client authors). One JSON object per WebSocket text frame. With the
+The giftrelay wire protocol, version 1 (docs/protocol.md is the contract, and the guide
+for client authors). One JSON object per WebSocket text frame. With the
 subprotocol `giftrelay.v1.msgpack` the same messages travel as MessagePack in binary
 frames.
 

@@ -47,7 +47,7 @@ def test_token_prints_a_jwt_for_the_subject(remote: dict[str, str]) -> None:
 
 def test_token_refuses_an_overlay_without_a_stream(remote: dict[str, str]) -> None:
     result = run("token", "studio", "--role", "overlay", env=remote, check=False)
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "--stream" in result.stderr
 
 
@@ -96,10 +96,24 @@ def test_serve_on_the_embedded_default(tmp_path: Path) -> None:
             if "press Ctrl+C" in line:
                 break
         output = "".join(lines)
-        assert "demo tokens" in output
+        assert "Demo page" in output
         secret = (tmp_path / "var" / "secret").read_text().strip()
         viewer_token = next(x for x in lines if "viewer  demo_viewer" in x).split()[-1]
         assert auth.verify(secret, viewer_token).sub == "demo_viewer"
+        # The banner: the demo page, the four OBS links as `giftrelay token` prints them,
+        # and where the data lives; every line but a URL, token or path fits in 80 columns.
+        page = lines[lines.index(next(x for x in lines if "Demo page" in x)) + 1].strip()
+        assert page.startswith("http://127.0.0.1:")
+        assert "/?token=" in page
+        links = {x.split()[0]: x.split()[1] for x in lines if "/overlay/" in x}
+        assert list(links) == ["alerts", "top", "goal", "viewers"]
+        overlay = links["alerts"].partition("?token=")[2]
+        claims = auth.verify(secret, overlay)
+        assert (claims.role, claims.stream) == ("overlay", "demo")
+        assert str((tmp_path / "var").resolve()) in output
+        assert "ledger.sqlite3" in output
+        text = [x for x in lines if not any(s in x for s in ("://", "eyJ", str(tmp_path)))]
+        assert all(len(x.rstrip("\n")) <= 80 for x in text), output
 
         # A second command finds the running server instead of starting another.
         shown = run(
@@ -121,7 +135,7 @@ def test_serve_refuses_a_bad_catalog(tmp_path: Path) -> None:
     bad.write_text('[[gift]]\nid = "x"\nname = "X"\ncoins = -1\nstreakable = true\nimage = "x"\n')
     env = {"GIFTRELAY_VAR_DIR": str(tmp_path / "var"), "GIFTRELAY_CATALOG": str(bad)}
     result = run("serve", env=env, check=False)
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "gift #1 (line 1)" in result.stderr
     assert "coins" in result.stderr
 

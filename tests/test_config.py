@@ -53,3 +53,32 @@ def test_a_bad_value_names_its_variable(env: dict[str, str], message: str) -> No
     with pytest.raises(ConfigError) as error:
         Settings.load(env)
     assert message in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://127.0.0.1:6379/0",
+        "redis://:secret@redis.internal",
+        "rediss://cache:6380/15",
+        "unix:///run/redis.sock",
+        "redis+sentinel://:pw@s1:26379,s2:26379/mymaster/0",
+    ],
+)
+def test_the_accepted_redis_url_forms_load(url: str) -> None:
+    assert Settings.load({"GIFTRELAY_REDIS_URL": url}).redis_url == url
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["notaurl", "http://h:6379", "redis://h/99", "redis:///0", "redis+sentinel://h:26379"],
+)
+def test_a_bad_redis_url_names_the_setting_and_the_forms(url: str) -> None:
+    with pytest.raises(ConfigError, match=r"GIFTRELAY_REDIS_URL.*redis://.*unix://"):
+        Settings.load({"GIFTRELAY_REDIS_URL": url})
+
+
+def test_a_password_never_appears_in_a_redis_url_error() -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.load({"GIFTRELAY_REDIS_URL": "redis://:hunter2@h/99"})
+    assert "hunter2" not in str(caught.value)

@@ -451,3 +451,28 @@ def test_the_vendored_uplot_is_the_version_noted_and_ships_in_the_wheel() -> Non
     wheel = pyproject["tool"]["hatch"]["build"]["targets"]["wheel"]
     assert "loadtest" in wheel["packages"]
     assert not {"exclude", "only-include", "artifacts"} & set(wheel)
+
+
+async def test_a_wrong_secret_an_unreachable_url_and_an_unknown_gift_fail_at_once_with_2(
+    redis_server: RedisServer, loadtest: Loadtest
+) -> None:
+    async def status_of(*args: str) -> tuple[int, str]:
+        proc = await loadtest("busy-stream", "--quiet", "--duration", "60", *args)
+        out, _ = await asyncio.wait_for(proc.communicate(), 30)  # long before the 60 s
+        assert proc.returncode is not None
+        return proc.returncode, out.decode()
+
+    async with running_relay(redis_server.url, **RELAY) as h:
+        status, out = await status_of("--url", h.ws, "--secret", "wrong-" + "x" * 32)
+        assert status == 2, out
+        assert "--secret" in out
+        assert "Traceback" not in out
+        status, out = await status_of("--url", h.ws, "--secret", SECRET, "--gift", "nosuchgift")
+        assert status == 2, out
+        assert "--gift 'nosuchgift'" in out
+        assert "rose" in out
+    status, out = await status_of("--url", h.ws, "--secret", SECRET)  # the relay has stopped
+    assert status == 2, out
+    assert "cannot reach the relay" in out
+    assert "--url" in out
+    assert "Traceback" not in out

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import gc
 import math
 import os
+import re
 import signal
+import socket
 import sys
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
@@ -17,23 +20,36 @@ from typing import Any, ParamSpec, TypeVar
 import click
 import msgspec
 import structlog
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from giftrelay import __version__, auth, logs
-from giftrelay.config import ConfigError, Settings
-from giftrelay.embedded import EmbeddedRedisError, free_port
+from giftrelay.config import ConfigError, Settings, redact
+from giftrelay.embedded import EmbeddedRedisError, free_port, running_url
 from giftrelay.ledger import export as ledger_export
 from giftrelay.ledger.reconcile import reconcile as reconcile_ledger
 from giftrelay.ledger.recover import RecoverRefused
 from giftrelay.ledger.recover import recover as recover_redis
 from giftrelay.ledger.store import StoreUnavailable
-from giftrelay.money import catalog
+from giftrelay.money import catalog, keys
 from giftrelay.money.api import Money
 from giftrelay.money.catalog import CatalogError
 from giftrelay.redis_client import connect
 from giftrelay.relay.server import Relay
 from giftrelay.relay.workers import Workers, mark_ready
-from giftrelay.runtime import consumer, ledger_store, money, redis_url, secret_for
+from giftrelay.runtime import (
+    AlreadyRunning,
+    Unreachable,
+    claim_var_dir,
+    consumer,
+    ledger_store,
+    money,
+    redis_url,
+    secret_for,
+    watch_ledger,
+)
 from giftrelay.wire.errors import Refused
+from giftrelay.wire.ids import REQUEST_ID_PATTERN
 
 log = structlog.get_logger(__name__)
 
@@ -49,21 +65,69 @@ DEMO_VIEWERS = ("demo_viewer", "demo_viewer2")
 DEMO_COINS = 10_000
 
 
+EXIT_CODES = """\b
+Exit status:
+  0  done
+  1  failure or refusal: the command ran and said no (reconcile found a
+     difference, a refused operation, another serve already runs here)
+  2  usage or configuration error: a bad flag, setting or catalog, a busy
+     port, a bad URL or credentials; the message names the setting to fix
+  3  unreachable: Redis or the ledger store does not answer, or no giftrelay
+     runs here; start it (or fix its URL) and retry
+"""
+USAGE, CONFIG, UNREACHABLE = 2, 2, 3
+
+
+class Failure(click.ClickException):
+    """A one-line error with its exit status (see EXIT_CODES)."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code  # type: ignore[misc]
+
+
+def _debug() -> bool:
+    ctx = click.get_current_context(silent=True)
+    return bool(ctx and ctx.find_root().params.get("debug"))
+
+
+def _translate(exc: BaseException) -> Failure | None:
+    """The one line and exit status for a known failure; None for anything else."""
+    if isinstance(exc, (ConfigError, CatalogError)):
+        return Failure(str(exc), CONFIG)
+    if isinstance(exc, auth.TokenError):  # the token command's arguments
+        return Failure(str(exc), USAGE)
+    if isinstance(exc, Unreachable):
+        return Failure(str(exc), UNREACHABLE)
+    if isinstance(exc, (EmbeddedRedisError, AlreadyRunning)):
+        return Failure(str(exc))
+    if isinstance(exc, Refused):
+        return Failure(f"{exc.code}: {exc.message}")
+    if isinstance(exc, StoreUnavailable):
+        return Failure(f"the ledger store is unavailable: {exc}", UNREACHABLE)
+    if isinstance(exc, RecoverRefused):
+        return Failure(f"recover refused: {exc}")
+    if isinstance(exc, (RedisConnectionError, RedisTimeoutError)):
+        return Failure(
+            f"Redis stopped answering ({exc}): check it and GIFTRELAY_REDIS_URL, then retry",
+            UNREACHABLE,
+        )
+    return None
+
+
 def _friendly(fn: Callable[P, R]) -> Callable[P, R]:
-    """Known failures become a one-line message and exit status 1, not a traceback."""
+    """Known failures become one line and an exit status (EXIT_CODES), not a traceback;
+    ``giftrelay --debug`` shows the traceback instead."""
 
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return fn(*args, **kwargs)
-        except (ConfigError, CatalogError, EmbeddedRedisError, auth.TokenError) as exc:
-            raise click.ClickException(str(exc)) from None
-        except Refused as exc:
-            raise click.ClickException(f"{exc.code}: {exc.message}") from None
-        except StoreUnavailable as exc:
-            raise click.ClickException(f"the ledger store is unavailable: {exc}") from None
-        except RecoverRefused as exc:
-            raise click.ClickException(f"recover refused: {exc}") from None
+        except Exception as exc:
+            failure = _translate(exc)
+            if failure is None or _debug():
+                raise
+            raise failure from None
 
     return wrapper
 
@@ -90,9 +154,10 @@ def _echo_json(value: object) -> None:
     click.echo(msgspec.json.format(msgspec.json.encode(value), indent=2))
 
 
-@click.group()
+@click.group(epilog=EXIT_CODES)
+@click.option("--debug", is_flag=True, help="Show the traceback of a failure.")
 @click.version_option(__version__, prog_name="giftrelay")
-def main() -> None:
+def main(debug: bool) -> None:
     """giftrelay: a real-time gift relay for live streams."""
 
 
@@ -132,11 +197,15 @@ def serve(
         ledger_url=ledger_url,
         catalog=catalog_path,
     )
+    run_ledger = settings.embedded if run_ledger is None else run_ledger
+    # First: a second serve on this var/ stops here, before it touches anything.
+    lock = claim_var_dir(settings) if settings.embedded or run_ledger else None
+    _check_listen(settings)
     catalog.load(settings.catalog)  # a bad catalog stops start-up before anything runs
     secret = secret_for(settings)
-    _run(
-        _serve(settings, secret, settings.embedded if run_ledger is None else run_ledger), fast=True
-    )
+    _run(_serve(settings, secret, run_ledger), fast=True)
+    if lock is not None:
+        lock.close()
 
 
 def _stop_on_signals(on_force: Callable[[], None] | None = None) -> asyncio.Event:
@@ -178,13 +247,15 @@ async def _serve(settings: Settings, secret: str, run_ledger: bool) -> None:
         relay: Relay | None = None
         if settings.workers == 1:
             relay = Relay(settings, secret, url, core, core.catalog)
-            port = await relay.start(settings.host, settings.port)
+            port = await _listen(relay, settings)
             _tune_gc()
         else:
             port = settings.port or free_port()
             workers = Workers(settings, secret, url, port)
             await workers.start()
         _print_urls(settings, secret, url, port)
+        if not run_ledger:
+            tasks.append(asyncio.create_task(watch_ledger(settings, url, ledger_stop)))
         try:
             await stop.wait()
         finally:
@@ -194,6 +265,41 @@ async def _serve(settings: Settings, secret: str, run_ledger: bool) -> None:
                 await workers.stop()
             ledger_stop.set()
             await asyncio.gather(*tasks)
+
+
+def _check_listen(settings: Settings) -> None:
+    """Bind and release the address, so that a busy port or a foreign address stops
+    start-up before Redis or a consumer starts; ``_listen`` still checks for real."""
+    try:
+        infos = socket.getaddrinfo(settings.host, settings.port, type=socket.SOCK_STREAM)
+        for family, kind, proto, _, address in infos:
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind(address)
+    except OSError as exc:
+        raise _listen_error(exc, settings) from None
+
+
+async def _listen(relay: Relay, settings: Settings) -> int:
+    """``relay.start``, a busy port or an address not of this machine named as a setting."""
+    try:
+        return await relay.start(settings.host, settings.port)
+    except OSError as exc:
+        raise _listen_error(exc, settings) from None
+
+
+def _listen_error(exc: OSError, settings: Settings) -> ConfigError:
+    if exc.errno == errno.EADDRINUSE:
+        return ConfigError(
+            f"GIFTRELAY_PORT: port {settings.port} on {settings.host} is already in use "
+            "(another giftrelay?): stop what uses it, or choose another port with "
+            "GIFTRELAY_PORT or --port"
+        )
+    return ConfigError(
+        f"GIFTRELAY_HOST: cannot listen on {settings.host!r} ({exc.strerror or exc}): "
+        "use an address of this machine, such as 127.0.0.1 or 0.0.0.0, "
+        "in GIFTRELAY_HOST or --host"
+    )
 
 
 def _tune_gc() -> None:
@@ -249,34 +355,63 @@ async def _seed_demo(core: Money) -> None:
         await core.topup(viewer, DEMO_COINS, f"demo-grant-{viewer}")
 
 
-def _print_urls(settings: Settings, secret: str, url: str, port: int) -> None:
+OVERLAY_WIDGETS = ("alerts", "top", "goal", "viewers")
+OVERLAY_TTL = 30 * 86400
+"""An OBS link must outlive a stream; a leaked one is ended with revoke_overlays."""
+
+
+def _base_url(settings: Settings, port: int) -> str:
+    """Where a browser on this machine reaches the relay."""
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
-    base = f"{host}:{port}"
-    click.echo(f"giftrelay {__version__}: {settings.workers} worker(s) on port {port}")
-    click.echo(f"  websocket: ws://{base}/ws")
-    click.echo(f"  health:    http://{base}/healthz  ready: /readyz  metrics: /metrics")
-    click.echo(
-        f"  redis:     {url}" + ("  (embedded, data in var/redis)" if settings.embedded else "")
-    )
-    click.echo(f"  ledger:    {settings.ledger}")
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}"
+
+
+def _overlay_links(base_url: str, token: str) -> list[str]:
+    """The four OBS Browser Source lines for an overlay token, as ``token`` prints them."""
+    return [f"  {w:<8} {base_url}/overlay/{w}?token={token}" for w in OVERLAY_WIDGETS]
+
+
+def _print_urls(settings: Settings, secret: str, url: str, port: int) -> None:
+    """The start-up banner: what to open first, then where things are (80 columns)."""
+    base = _base_url(settings, port)
+    click.echo(f"giftrelay {__version__}: {settings.workers} worker(s) on {base}")
     if settings.embedded:
-
-        def token(sub: str, role: auth.Role, stream: str | None = None) -> str:
-            return auth.mint(secret, sub, role, ttl=86400, stream=stream)
-
-        viewer = token(DEMO_VIEWERS[0], auth.Role.VIEWER)
-        click.echo(
-            f"  demo page: http://{base}/?token={viewer}"
-            f"&creator={token(DEMO_CREATOR, auth.Role.CREATOR)}"
-        )
-        click.echo(f"  stream:    {DEMO_STREAM!r} by {DEMO_CREATOR!r}, live")
-        click.echo("  demo tokens (24 h):")
-        click.echo(f"    viewer  {DEMO_VIEWERS[0]}: {viewer}")
-        click.echo(f"    creator {DEMO_CREATOR}: {token(DEMO_CREATOR, auth.Role.CREATOR)}")
-        overlay = token(DEMO_STREAM, auth.Role.OVERLAY, DEMO_STREAM)
-        click.echo(f"    overlay {DEMO_STREAM}: {overlay}")
-        click.echo(f"    admin   admin: {token('admin', auth.Role.ADMIN)}")
+        _print_demo(secret, base)
+    click.echo("Where things are:")
+    click.echo(f"  websocket: {base.replace('http', 'ws', 1)}/ws")
+    click.echo(f"  health:    {base}/healthz  (also /readyz, /metrics)")
+    click.echo(f"  redis:     {redact(url)}" + ("  (embedded)" if settings.embedded else ""))
+    click.echo(f"  ledger:    {redact(settings.ledger)}")
+    if settings.embedded:
+        click.echo(f"  data:      {settings.var_path.resolve()}/  (GIFTRELAY_VAR_DIR)")
     click.echo("  press Ctrl+C to stop")
+
+
+def _print_demo(secret: str, base: str) -> None:
+    """The demo page, the demo stream's OBS links and the demo tokens."""
+
+    def token(sub: str, role: auth.Role, stream: str | None = None, ttl: int = 86400) -> str:
+        return auth.mint(secret, sub, role, ttl=ttl, stream=stream)
+
+    viewer, creator = (
+        token(DEMO_VIEWERS[0], auth.Role.VIEWER),
+        token(DEMO_CREATOR, auth.Role.CREATOR),
+    )
+    overlay = token(DEMO_STREAM, auth.Role.OVERLAY, DEMO_STREAM, OVERLAY_TTL)
+    click.echo("")
+    click.echo("Demo page: open in a browser (valid 24 h)")
+    click.echo(f"  {base}/?token={viewer}&creator={creator}")
+    click.echo("")
+    click.echo(f"OBS overlays for stream {DEMO_STREAM!r}: paste into a Browser Source (30 days)")
+    for line in _overlay_links(base, overlay):
+        click.echo(line)
+    click.echo("")
+    click.echo(f"Demo stream {DEMO_STREAM!r} by {DEMO_CREATOR!r} is live; tokens (24 h):")
+    click.echo(f"    viewer  {DEMO_VIEWERS[0]}: {viewer}")
+    click.echo(f"    creator {DEMO_CREATOR}: {creator}")
+    click.echo(f"    overlay {DEMO_STREAM}: {overlay}")
+    click.echo(f"    admin   admin: {token('admin', auth.Role.ADMIN)}")
+    click.echo("")
 
 
 # -- token ---------------------------------------------------------------------------------
@@ -313,31 +448,49 @@ def token(
     """
     settings = _settings()
     overlay = role == auth.Role.OVERLAY
-    # An OBS link must outlive a stream; a leaked one is ended with revoke_overlays.
-    ttl = ttl if ttl is not None else 30 * 86400 if overlay else 3600
+    ttl = ttl if ttl is not None else OVERLAY_TTL if overlay else 3600
     minted = auth.mint(secret_for(settings), subject, auth.Role(role), ttl=ttl, stream=stream)
     click.echo(minted)
     if not overlay:
         return
-    if base_url is None:
-        host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
-        base_url = f"http://{f'[{host}]' if ':' in host else host}:{settings.port}"
-    base_url = base_url.rstrip("/")
+    if stream is not None and _run(_stream_missing(settings, stream)):
+        click.echo(
+            f"warning: there is no stream {stream!r} yet: the links show nothing until it "
+            f"is opened (giftrelay stream open {stream} --creator NAME)",
+            err=True,
+        )
+    base_url = (base_url or _base_url(settings, settings.port)).rstrip("/")
     valid = f"{ttl / 86400:g} days" if ttl >= 86400 else f"{ttl} s"
     click.echo(f"OBS Browser Source links for stream {stream!r} (valid {valid}):", err=True)
-    for widget in ("alerts", "top", "goal", "viewers"):
-        click.echo(f"  {widget:<8} {base_url}/overlay/{widget}?token={minted}", err=True)
+    for line in _overlay_links(base_url, minted):
+        click.echo(line, err=True)
+
+
+async def _stream_missing(settings: Settings, stream: str) -> bool:
+    """True when a reachable Redis (the configured one, or a running serve's embedded
+    one) has no ``stream``; False when it has, or when no Redis can tell."""
+    url = settings.redis_url or running_url(settings.var_path / "redis")
+    if not url:
+        return False
+    redis = connect(url, timeout=settings.redis_timeout, retries=0)
+    try:
+        return not await redis.exists(keys.stream(stream))
+    except (RedisConnectionError, RedisTimeoutError, OSError):
+        return False
+    finally:
+        await redis.aclose()
 
 
 # -- wallet ---------------------------------------------------------------------------------
 
 
-def _with_money(operation: Callable[[Money], Awaitable[object]]) -> None:
-    """Run one money operation against the configured Redis and print its result as JSON."""
+def _with_money(operation: Callable[[Money], Awaitable[object]], *, writes: bool) -> None:
+    """Run one money operation against the configured Redis and print its result as JSON;
+    only one that ``writes`` may start the embedded Redis where no giftrelay runs."""
     settings = _settings()
 
     async def go() -> None:
-        async with redis_url(settings) as url, money(settings, url) as core:
+        async with redis_url(settings, start=writes) as url, money(settings, url) as core:
             _echo_json(await operation(core))
 
     _run(go())
@@ -351,17 +504,27 @@ def wallet() -> None:
 @wallet.command("topup")
 @click.argument("user")
 @click.argument("coins", type=int)
-@click.option("--receipt", help="Payment receipt id (the idempotency key); default: a new one.")
+@click.option(
+    "--receipt",
+    help="The payment's receipt id, the idempotency key: 8-64 characters of A-Z a-z 0-9 _ - "
+    "(such as store-order-20240611-0042); default: a new one.",
+)
 @_friendly
 def wallet_topup(user: str, coins: int, receipt: str | None) -> None:
     """Credit COINS to USER."""
     receipt = receipt or f"cli-{uuid.uuid4().hex}"
+    if not re.fullmatch(REQUEST_ID_PATTERN, receipt):
+        raise Failure(
+            f"--receipt {receipt!r}: a receipt id is 8-64 characters of A-Z a-z 0-9 _ - "
+            "(such as store-order-20240611-0042)",
+            USAGE,
+        )
 
     async def topup(core: Money) -> object:
         result = await core.topup(user, coins, receipt)
         return {"receipt": receipt, **msgspec.structs.asdict(result)}
 
-    _with_money(topup)
+    _with_money(topup, writes=True)
 
 
 @wallet.command("show")
@@ -373,7 +536,7 @@ def wallet_show(user: str) -> None:
     async def show(core: Money) -> object:
         return {"user": user, **msgspec.structs.asdict(await core.balance(user))}
 
-    _with_money(show)
+    _with_money(show, writes=False)
 
 
 # -- stream --------------------------------------------------------------------------------
@@ -391,7 +554,7 @@ def stream_group() -> None:
 @_friendly
 def stream_open(stream: str, creator: str, title: str) -> None:
     """Open (or reopen) STREAM for gifts."""
-    _with_money(lambda core: core.stream_open(stream, creator, title))
+    _with_money(lambda core: core.stream_open(stream, creator, title), writes=True)
 
 
 @stream_group.command("close")
@@ -399,7 +562,7 @@ def stream_open(stream: str, creator: str, title: str) -> None:
 @_friendly
 def stream_close(stream: str) -> None:
     """End STREAM: no more gifts; viewers are told."""
-    _with_money(lambda core: core.stream_close(stream))
+    _with_money(lambda core: core.stream_close(stream), writes=True)
 
 
 @stream_group.command("show")
@@ -407,7 +570,7 @@ def stream_close(stream: str) -> None:
 @_friendly
 def stream_show(stream: str) -> None:
     """Show STREAM's creator, status, totals and goal."""
-    _with_money(lambda core: core.stream_info(stream))
+    _with_money(lambda core: core.stream_info(stream), writes=False)
 
 
 # -- ledger --------------------------------------------------------------------------------
@@ -442,7 +605,7 @@ def ledger(
         # A consumer is a service: it waits for its store however long an outage lasts
         # (the entries wait in Redis meanwhile), where one-off commands give up.
         store_ready = ledger_store(settings, wait=math.inf)
-        async with redis_url(settings) as url, store_ready as store:
+        async with redis_url(settings, check=False) as url, store_ready as store:
             writer = consumer(settings, url, store, name)
             running.set()
             try:

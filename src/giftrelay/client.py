@@ -1,4 +1,4 @@
-"""A small asyncio client for the giftrelay protocol (PROTOCOL.md), for apps and load tests.
+"""A small asyncio client for the giftrelay protocol (docs/protocol.md), for apps and load tests.
 
 It keeps the two promises a client has to keep by itself, so apps need not:
 

@@ -6,11 +6,14 @@ the ones an operator changes often, a command-line flag that overrides it.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from fractions import Fraction
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -141,6 +144,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
 
     def __post_init__(self) -> None:
         """Check what one field's type cannot: the fractions, and fields against each other."""
+        if self.redis_url:
+            check_redis_url(self.redis_url)
+        _check_host(self.host)
         if self.fee_rate >= 1:
             raise ConfigError(
                 f"GIFTRELAY_PAYOUT_FEE_PERCENT: must be at least 0 and below 100, "
@@ -204,9 +210,76 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
 
 
 def _explain(message: str) -> str:
-    """Turn msgspec's ``- at `$.name``` into the environment variable's name."""
+    """Turn msgspec's ``- at `$.name``` into the environment variable's name.
+
+    A setting with a fixed set of values lists them.
+    """
     text, sep, where = message.rpartition(" - at `$.")
     if not sep:
         return message
     name = where.rstrip("`")
+    kind = get_type_hints(Settings).get(name)
+    if get_origin(kind) is Literal:
+        text = f"{text}; use one of: {', '.join(map(str, get_args(kind)))}"
     return f"{ENV_PREFIX}{name.upper()}: {text}"
+
+
+REDIS_URL_FORMS = (
+    "redis://[:password@]host[:port][/db], rediss://... (TLS), unix:///path/to/redis.sock "
+    "or redis+sentinel://host:26379[,host2:26379]/service[/db], db 0-15"
+)
+
+
+def check_redis_url(url: str) -> None:
+    """A Redis URL redis-py accepts and that names a host and a default-range database."""
+    parts = urlsplit(url)
+    problem = ""
+    if parts.scheme == "redis+sentinel":
+        problem = _sentinel_problem(url)
+    elif parts.scheme not in ("redis", "rediss", "unix"):
+        problem = "is not a Redis URL"
+    elif parts.scheme != "unix" and not parts.hostname:
+        problem = "names no host"
+    elif parts.scheme == "unix" and not parts.path:
+        problem = "names no socket path"
+    elif parts.scheme != "unix" and not re.fullmatch(r"/?([0-9]|1[0-5])?", parts.path):
+        problem = "names no database 0-15"
+    else:
+        try:
+            parts.port  # noqa: B018 - raises on a port that is not a number in range
+        except ValueError:
+            problem = "has a bad port"
+    if problem:
+        raise ConfigError(f"GIFTRELAY_REDIS_URL: {redact(url)!r} {problem}; use {REDIS_URL_FORMS}")
+
+
+def _sentinel_problem(url: str) -> str:
+    from giftrelay.redis_client import SentinelURL
+
+    try:
+        SentinelURL(url)
+    except ValueError as exc:
+        return f"is not a Sentinel URL ({str(exc).partition(':')[0]})"
+    return ""
+
+
+def redact(url: str) -> str:
+    """``url`` with its password replaced by ``***``."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
+def _check_host(host: str) -> None:
+    """A host that looks like an IPv4 address must be one (999.1.1.1 is not)."""
+    if re.fullmatch(r"[0-9.]+", host):
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise ConfigError(
+                f"GIFTRELAY_HOST: {host!r} is not an IP address; use one of this machine's "
+                "addresses, such as 127.0.0.1 (this machine only) or 0.0.0.0 (all), "
+                "or pass --host"
+            ) from None

@@ -9,22 +9,71 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import os
+import sys
 import time
 from collections.abc import AsyncIterator
+from typing import IO
 
 import structlog
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from giftrelay import auth
-from giftrelay.config import ConfigError, Settings
+from giftrelay.config import ConfigError, Settings, redact
 from giftrelay.embedded import RedisServer, running_url
 from giftrelay.ledger import open_store
-from giftrelay.ledger.consumer import LedgerConsumer
-from giftrelay.ledger.store import Store, StoreUnavailable
-from giftrelay.money import catalog
+from giftrelay.ledger.consumer import LedgerConsumer, consuming
+from giftrelay.ledger.store import Store, StoreDenied, StoreUnavailable
+from giftrelay.money import catalog, keys
 from giftrelay.money.api import Money
 from giftrelay.redis_client import connect
 
 log = structlog.get_logger(__name__)
+
+
+class Unreachable(RuntimeError):
+    """Redis, or the giftrelay a command needs, does not answer; the message names the URL."""
+
+
+class AlreadyRunning(RuntimeError):
+    """Another ``giftrelay serve`` owns the var directory."""
+
+
+def claim_var_dir(settings: Settings) -> IO[str]:
+    """Lock ``var/serve.lock`` for this serve's lifetime, before anything else is touched:
+    a second serve on the same directory is refused at once (:class:`AlreadyRunning`)."""
+    settings.var_path.mkdir(parents=True, exist_ok=True)
+    lock = open(settings.var_path / "serve.lock", "a+")  # noqa: SIM115 - held until exit
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        pid = lock.read().strip() or "?"
+        lock.close()
+        raise AlreadyRunning(
+            f"another giftrelay serve (pid {pid}) already runs on "
+            f"{settings.var_path.resolve()}: stop it first, or give this one its own "
+            "GIFTRELAY_VAR_DIR"
+        ) from None
+    lock.truncate(0)
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    return lock
+
+
+async def check_reachable(url: str, wait: float) -> None:
+    """PING ``url`` once; :class:`Unreachable`, naming it with the password hidden, if not."""
+    redis = connect(url, timeout=wait, retries=0)
+    try:
+        await redis.ping()
+    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        raise Unreachable(
+            f"Redis at {redact(url)} is unreachable ({exc}): start it, or fix GIFTRELAY_REDIS_URL"
+        ) from None
+    finally:
+        await redis.aclose()
 
 
 def secret_for(settings: Settings) -> str:
@@ -39,9 +88,19 @@ def secret_for(settings: Settings) -> str:
 
 
 @contextlib.asynccontextmanager
-async def redis_url(settings: Settings) -> AsyncIterator[str]:
-    """The Redis URL to use, starting the embedded server for this command if need be."""
+async def redis_url(
+    settings: Settings, *, start: bool = True, check: bool = True
+) -> AsyncIterator[str]:
+    """The Redis URL to use, starting the embedded server for this command if need be.
+
+    A configured Redis that does not answer is :class:`Unreachable` unless ``check`` is
+    False (a service that waits for it). With ``start=False`` (commands that only read)
+    a directory where no giftrelay ever ran is :class:`Unreachable` rather than a new,
+    empty Redis.
+    """
     if settings.redis_url:
+        if check:
+            await check_reachable(settings.redis_url, settings.redis_timeout)
         yield settings.redis_url
         return
     directory = settings.var_path / "redis"
@@ -49,6 +108,17 @@ async def redis_url(settings: Settings) -> AsyncIterator[str]:
     if url:
         yield url
         return
+    if not start and not directory.exists():
+        raise Unreachable(
+            f"no giftrelay runs here: there is no {directory}; run this where "
+            "`giftrelay serve` runs, or set GIFTRELAY_VAR_DIR (or GIFTRELAY_REDIS_URL) "
+            "to the relay's"
+        )
+    print(  # noqa: T201 - a note for the user, not a log event
+        f"no giftrelay serve runs here: starting the embedded Redis in {directory} "
+        "for this command",
+        file=sys.stderr,
+    )
     server = RedisServer(directory)
     server.start()
     try:
@@ -71,8 +141,16 @@ async def ledger_store(settings: Settings, *, wait: float = 30.0) -> AsyncIterat
             await store.open()
             break
         except StoreUnavailable as exc:
+            if isinstance(exc, StoreDenied):
+                raise ConfigError(
+                    f"GIFTRELAY_LEDGER_URL: the ledger store at {redact(settings.ledger)} "
+                    f"refused the login ({exc}): fix the user, password or database in it"
+                ) from None
             if time.monotonic() + delay > deadline:
-                raise ConfigError(f"the ledger store is unavailable: {exc}") from None
+                raise Unreachable(
+                    f"the ledger store at {redact(settings.ledger)} is unavailable ({exc}): "
+                    "start it, or fix GIFTRELAY_LEDGER_URL"
+                ) from None
             log.warning("ledger store unavailable; retrying", reason=str(exc), retry_in=delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
@@ -80,6 +158,32 @@ async def ledger_store(settings: Settings, *, wait: float = 30.0) -> AsyncIterat
         yield store
     finally:
         await store.close()
+
+
+LEDGER_WATCH_S = 60.0
+"""How often ``serve`` without a consumer checks that another one consumes the ledger."""
+
+
+async def watch_ledger(settings: Settings, url: str, stop: asyncio.Event) -> None:
+    """Warn at once, and again each time the ledger stream has grown, while no ledger
+    consumer reads it: the money moves, but nothing reaches the ledger store."""
+    redis = connect(url, timeout=settings.redis_timeout)
+    warned_at = -1
+    try:
+        while not stop.is_set():
+            with contextlib.suppress(RedisConnectionError, RedisTimeoutError, OSError):
+                waiting = int(await redis.xlen(keys.LEDGER))
+                if waiting > warned_at and not await consuming(redis):
+                    log.warning(
+                        "nothing consumes the ledger stream: run `giftrelay ledger` "
+                        "(same GIFTRELAY_REDIS_URL and GIFTRELAY_LEDGER_URL) beside this relay",
+                        ledger_entries=waiting,
+                    )
+                    warned_at = waiting
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), LEDGER_WATCH_S)
+    finally:
+        await redis.aclose()
 
 
 def consumer(settings: Settings, url: str, store: Store, name: str | None = None) -> LedgerConsumer:

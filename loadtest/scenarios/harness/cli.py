@@ -5,8 +5,9 @@
         --viewers 1000 --gift-rate 200 --duration 20
 
 Exit status: 0 when every check passed, 1 when one failed (loss, duplicates, order,
-conservation, reconcile, ``--max-p99``), 2 for bad options or a refused target,
-3 when the run itself could not be carried out.
+conservation, reconcile, ``--max-p99``), 2 for bad options or a target that is
+unreachable, refuses the ``--secret`` or has no ``--gift`` (checked before the run,
+one line), 3 when the run itself could not be carried out.
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ from .coordinator import Harness
 from .options import SCENARIOS, Options, UsageError
 from .result import Result
 
+EXIT_STATUS = (
+    "exit status: 0 every check passed; 1 a check failed; 2 bad options, or a target "
+    "that is unreachable, refuses the --secret or lacks the --gift; 3 the run crashed"
+)
 HELP = {
     "busy-stream": "one stream, V viewers, G gifts/s",
     "many-streams": "S streams; viewers and gifts spread over them",
@@ -237,7 +242,7 @@ def rates(tick: wire.Tick, width: int) -> str:
 def add_parser(commands: Any) -> None:
     """The five scenarios' subcommands."""
     for scenario in SCENARIOS:
-        add_run_options(commands.add_parser(scenario, help=HELP[scenario]))
+        add_run_options(commands.add_parser(scenario, help=HELP[scenario], epilog=EXIT_STATUS))
 
 
 def main(args: argparse.Namespace) -> int:
@@ -247,7 +252,7 @@ def main(args: argparse.Namespace) -> int:
         options = options_from(args)
         result = _run(run_with_progress(options, Console(stderr=True)))
     except UsageError as exc:
-        console.print(f"[bold red]error:[/] {exc}")
+        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {exc}", highlight=False)
         return 2
     except Exception as exc:  # status 1 means "a check failed": a crash must not say so
         console.print_exception()

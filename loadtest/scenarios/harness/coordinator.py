@@ -24,7 +24,7 @@ from giftrelay import auth
 from giftrelay.client import Client
 
 from ...drivers.viewer import percentile
-from . import wire
+from . import preflight, wire
 from .options import Options, UsageError, check_target, metrics_url_for
 from .outcome import FUNDS, conserve, reconcile, result
 from .relaystats import RelaySampler, Sample
@@ -80,6 +80,8 @@ class Harness:
         if o.admin_token is None and o.secret is None:
             raise UsageError("give --secret (to mint tokens) or --admin-token")
         admin_token = o.admin_token or self._mint(f"lt{self.run_id}admin", auth.Role.ADMIN)
+        if o.flavour == "giftrelay":
+            await asyncio.to_thread(preflight.check, o, admin_token)
         admin = self._client(admin_token)
         hello = await admin.connect()
         admin_user = getattr(hello, "user", None) or f"lt{self.run_id}admin"

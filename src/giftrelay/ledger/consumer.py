@@ -357,6 +357,17 @@ async def group_info(redis: Redis) -> dict[str, Any] | None:
     return None
 
 
+async def consuming(redis: Redis, within_ms: int = 10_000) -> bool:
+    """Whether a member of the group asked for entries in the last ``within_ms``."""
+    if await group_info(redis) is None:
+        return False
+    try:
+        members = await redis.xinfo_consumers(keys.LEDGER, keys.LEDGER_GROUP)
+    except ResponseError:
+        return False
+    return any(int(m.get("inactive", m.get("idle", within_ms))) < within_ms for m in members)
+
+
 def _redact(url: str) -> str:
     """A URL without its password, for logs."""
     scheme, sep, rest = url.partition("://")

@@ -24,6 +24,7 @@ from giftrelay.ledger.store import (
     ExportRow,
     Position,
     StoreDataError,
+    StoreDenied,
     StoreUnavailable,
     WriteResult,
     migrations,
@@ -35,6 +36,8 @@ MIGRATION_LOCK = 0x6C6564676572  # "ledger"
 EXPORT_PAGE = 1000
 
 _DATA_ERRORS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
+_DENIED = (asyncpg.InvalidAuthorizationSpecificationError, asyncpg.InvalidCatalogNameError)
+"""A wrong user, password or database name: not transient."""
 
 
 @contextlib.contextmanager
@@ -44,6 +47,8 @@ def _translated() -> Iterator[None]:
         yield
     except _DATA_ERRORS as exc:
         raise StoreDataError(str(exc)) from exc
+    except _DENIED as exc:
+        raise StoreDenied(f"{type(exc).__name__}: {exc}") from exc
     except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
         raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
 

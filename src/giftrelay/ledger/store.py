@@ -23,6 +23,11 @@ class StoreUnavailable(Exception):
     """The store cannot be reached or is busy: retry later, nothing was written."""
 
 
+class StoreDenied(StoreUnavailable):
+    """The store refused the connection itself (a wrong user, password or database):
+    waiting will not help, though a long-running consumer may still wait for a fix."""
+
+
 class StoreDataError(Exception):
     """The store refused the data itself: retrying the same records will fail again."""
 

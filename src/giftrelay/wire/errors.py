@@ -6,7 +6,7 @@ import enum
 
 
 class Code(enum.StrEnum):
-    """The ``code`` of an ``error`` reply (PROTOCOL.md)."""
+    """The ``code`` of an ``error`` reply (docs/protocol.md)."""
 
     BAD_REQUEST = "bad_request"
     TOO_LARGE = "too_large"

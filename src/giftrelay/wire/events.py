@@ -3,7 +3,7 @@
 Stored events (gift, goal, stream_ended) are written by the money core to the
 stream's history (``hist:{stream}``, whose entry ids are their offsets) and published
 on ``ev:{stream}``; live events (viewers, top, combo_end) are made by the relay and not
-stored. The relay forwards them, clients receive them, exactly as PROTOCOL.md
+stored. The relay forwards them, clients receive them, exactly as docs/protocol.md
 describes them.
 """
 
@@ -55,7 +55,7 @@ class TopEntry(msgspec.Struct, frozen=True):
 
 
 class LiveEvent(msgspec.Struct, tag_field="kind", kw_only=True, frozen=True):
-    """Carries the offset of the latest stored event (PROTOCOL.md)."""
+    """Carries the offset of the latest stored event (docs/protocol.md)."""
 
     offset: str
     ts: int

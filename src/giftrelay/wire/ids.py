@@ -1,4 +1,4 @@
-"""Identifier formats: users, streams, gifts and request ids (PROTOCOL.md)."""
+"""Identifier formats: users, streams, gifts and request ids (docs/protocol.md)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from typing import Annotated
 import msgspec
 
 IDENT_PATTERN = r"^[A-Za-z0-9_.\-]{1,64}$"
-"""Users, streams and gifts (PROTOCOL.md: 1-64 of ``[A-Za-z0-9_.-]``)."""
+"""Users, streams and gifts (docs/protocol.md: 1-64 of ``[A-Za-z0-9_.-]``)."""
 
 REQUEST_ID_PATTERN = r"^[A-Za-z0-9_\-]{8,64}$"
-"""Idempotency keys (PROTOCOL.md: 8-64 of ``[A-Za-z0-9_-]``)."""
+"""Idempotency keys (docs/protocol.md: 8-64 of ``[A-Za-z0-9_-]``)."""
 
 Ident = Annotated[str, msgspec.Meta(pattern=IDENT_PATTERN)]
 RequestId = Annotated[str, msgspec.Meta(pattern=REQUEST_ID_PATTERN)]

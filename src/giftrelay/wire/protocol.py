@@ -1,4 +1,4 @@
-"""The wire protocol (PROTOCOL.md, v1) as typed messages: pure, no I/O.
+"""The wire protocol (docs/protocol.md, v1) as typed messages: pure, no I/O.
 
 Every client message is a tagged msgspec Struct; one decoder validates types,
 ranges and lengths before anything is touched, and :func:`decode` turns any bad
