@@ -232,7 +232,7 @@ async def _serve(settings: Settings, secret: str, run_ledger: bool) -> None:
     workers: Workers | None = None
     stop = _stop_on_signals(lambda: workers.kill() if workers else None)
     async with contextlib.AsyncExitStack() as stack:
-        url = await stack.enter_async_context(redis_url(settings))
+        url = await stack.enter_async_context(redis_url(settings, one_off=False))
         core = await stack.enter_async_context(money(settings, url))
         log.info("money core ready", redis=url, embedded=settings.embedded)
         ledger_stop = asyncio.Event()

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import fcntl
 import os
-import sys
 import time
 from collections.abc import AsyncIterator
 from typing import IO
@@ -89,14 +88,15 @@ def secret_for(settings: Settings) -> str:
 
 @contextlib.asynccontextmanager
 async def redis_url(
-    settings: Settings, *, start: bool = True, check: bool = True
+    settings: Settings, *, start: bool = True, check: bool = True, one_off: bool = True
 ) -> AsyncIterator[str]:
     """The Redis URL to use, starting the embedded server for this command if need be.
 
     A configured Redis that does not answer is :class:`Unreachable` unless ``check`` is
     False (a service that waits for it). With ``start=False`` (commands that only read)
     a directory where no giftrelay ever ran is :class:`Unreachable` rather than a new,
-    empty Redis.
+    empty Redis. A ``one_off`` command that starts the embedded Redis says so (``serve``
+    starts it as its own).
     """
     if settings.redis_url:
         if check:
@@ -114,11 +114,9 @@ async def redis_url(
             "`giftrelay serve` runs, or set GIFTRELAY_VAR_DIR (or GIFTRELAY_REDIS_URL) "
             "to the relay's"
         )
-    print(  # noqa: T201 - a note for the user, not a log event
-        f"no giftrelay serve runs here: starting the embedded Redis in {directory} "
-        "for this command",
-        file=sys.stderr,
-    )
+    if one_off:
+        log.info("no giftrelay serve runs here: starting the embedded Redis for this command",
+                 dir=str(directory))  # fmt: skip
     server = RedisServer(directory)
     server.start()
     try:
