@@ -26,6 +26,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from giftrelay import metrics
 from giftrelay.redis_client import connect
+from giftrelay.relay.room import as_text
 from giftrelay.wire.errors import Unavailable
 
 log = structlog.get_logger(__name__)
@@ -131,7 +132,7 @@ class Channel:
             if message is not None:
                 heard = now
                 if message["type"] == "subscribe":
-                    self._confirm(_text(message["channel"]))
+                    self._confirm(as_text(message["channel"]))
                 else:
                     self.on_message(message)
             if now - pinged >= LIVENESS_PING:
@@ -159,7 +160,3 @@ class Channel:
                 if not future.done():
                     future.set_exception(Unavailable("the event channel lost Redis"))
         self.confirms.clear()
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
