@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -14,6 +15,7 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 
+from giftrelay.embedded import RedisServer
 from giftrelay.ledger.consumer import LedgerConsumer, group_info
 from giftrelay.ledger.postgres import PostgresStore
 from giftrelay.ledger.sqlite import SQLiteStore
@@ -157,3 +159,18 @@ async def gift_load(money: Money, *, viewers: int, gifts: int, stream: str = "s1
         )
     )
     return viewers + gifts
+
+
+def backup_aof(server: RedisServer, to: Path) -> None:
+    """A copy of the server's AOF files, taken stopped so it is whole, as backups are."""
+    server.stop()
+    shutil.copytree(server.directory / "appendonlydir", to)
+    server.start()
+
+
+def restore_aof(server: RedisServer, backup: Path) -> None:
+    """Put an older copy of the AOF files back, as an operator restoring from backups would."""
+    server.stop()
+    shutil.rmtree(server.directory / "appendonlydir")
+    shutil.copytree(backup, server.directory / "appendonlydir")
+    server.start()

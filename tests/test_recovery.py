@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -29,7 +28,7 @@ from giftrelay.money import catalog, keys
 from giftrelay.money.api import Money
 from giftrelay.redis_client import connect
 
-from .ledger_helpers import drain, make_store, quick_consumer
+from .ledger_helpers import backup_aof, drain, make_store, quick_consumer, restore_aof
 
 RETENTION_MS = 3_600_000
 
@@ -40,32 +39,13 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         yield opened
 
 
-class Site:
-    """A redis-server with AOF whose files a test may copy and put back."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.server = RedisServer(directory, appendonly=True, appendfsync="always")
-        self.server.start()
-
-    def backup(self, to: Path) -> None:
-        self.server.stop()
-        shutil.copytree(self.directory, to, ignore=shutil.ignore_patterns("lock"))
-        self.server.start()
-
-    def restore(self, backup: Path) -> None:
-        """Put the older copy back, as an operator restoring from backups would."""
-        self.server.stop()
-        shutil.rmtree(self.directory / "appendonlydir")
-        shutil.copytree(backup / "appendonlydir", self.directory / "appendonlydir")
-        self.server.start()
-
-
 @pytest.fixture
-def site(tmp_path: Path) -> Iterator[Site]:
-    s = Site(tmp_path / "redis")
-    yield s
-    s.server.stop()
+def aof_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server with AOF (fsync always) whose files the test may copy and put back."""
+    server = RedisServer(tmp_path / "redis", appendonly=True, appendfsync="always")
+    server.start()
+    yield server
+    server.stop()
 
 
 async def started(url: str) -> tuple[Redis, Money]:
@@ -109,9 +89,9 @@ async def test_a_replayed_movement_is_counted_once_and_a_conflict_is_kept_aside(
 
 
 async def test_reconcile_sees_a_restored_redis_and_recover_brings_it_back(
-    site: Site, store: Store, tmp_path: Path
+    aof_server: RedisServer, store: Store, tmp_path: Path
 ) -> None:
-    redis, money = await started(site.server.url)
+    redis, money = await started(aof_server.url)
     try:
         await money.stream_open("s1", "creator", "t")
         await money.topup("alice", 10_000, "receipt-0001")
@@ -120,9 +100,9 @@ async def test_reconcile_sees_a_restored_redis_and_recover_brings_it_back(
     finally:
         await money.aclose()
         await redis.aclose()
-    site.backup(tmp_path / "backup")
+    backup_aof(aof_server, tmp_path / "backup")
 
-    redis, money = await started(site.server.url)
+    redis, money = await started(aof_server.url)
     try:
         await money.topup("alice", 500, "receipt-0002")
         lost_gifts = [await money.gift("alice", "s1", "heart", 1, f"gift-0000010{i}")
@@ -139,8 +119,8 @@ async def test_reconcile_sees_a_restored_redis_and_recover_brings_it_back(
         await redis.aclose()
     stored = await store.count()
 
-    site.restore(tmp_path / "backup")
-    redis, money = await started(site.server.url)
+    restore_aof(aof_server, tmp_path / "backup")
+    redis, money = await started(aof_server.url)
     try:
         # 1. Reconcile no longer says OK: it names each wallet and what Redis lacks.
         report = await reconcile(redis, store, wait=5)

@@ -36,7 +36,6 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import shutil
 import signal
 import subprocess
 from collections import Counter
@@ -60,7 +59,7 @@ from giftrelay.money.api import Money
 from giftrelay.redis_client import connect
 from giftrelay.wire.errors import Code, Refused
 
-from .ledger_helpers import caught_up, spawn, wait_for
+from .ledger_helpers import backup_aof, caught_up, restore_aof, spawn, wait_for
 
 log = structlog.get_logger(__name__)
 
@@ -174,20 +173,15 @@ class Site:
             self.server.process.send_signal(signal.SIGCONT)
 
     def take_backup(self) -> None:
-        self.server.stop()
         self.backup = self.directory / f"backup-{len(list(self.directory.iterdir()))}"
-        shutil.copytree(self.server.directory / "appendonlydir", self.backup)
-        self.server.start()
+        backup_aof(self.server, self.backup)
 
     async def restore_and_recover(self) -> None:
         """The runbook: stop consumers and relays, put the old copy back, recover."""
         assert self.backup is not None
         await self.drain()
         self.kill_consumer()
-        self.server.stop()
-        shutil.rmtree(self.server.directory / "appendonlydir")
-        shutil.copytree(self.backup, self.server.directory / "appendonlydir")
-        self.server.start()
+        restore_aof(self.server, self.backup)
         # force: this process knows the consumer is gone (the runbook waits 10 s).
         await recover(
             self.redis, self.store, retention_ms=self.settings.idempotency_ttl * 1000, force=True
