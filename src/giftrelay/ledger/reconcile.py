@@ -198,23 +198,18 @@ async def _snapshot(redis: Redis, wallet_keys: list[str]) -> Snapshot:
         if all(v is None for v in values):
             continue
         user = keys.wallet_user(key)
-        try:
-            snap.wallets[user] = {
-                a.value: int(v or 0) for a, v in zip(WALLET_ASSETS, values, strict=True)
-            }
-        except ValueError:
-            for a, v in zip(WALLET_ASSETS, values, strict=True):
-                if v is not None and not _is_int(v):
-                    snap.unreadable.append(Unreadable(user, a.value, str(v)))
+        wallet: dict[str, int] = {}
+        unreadable: list[Unreadable] = []
+        for a, v in zip(WALLET_ASSETS, values, strict=True):
+            try:
+                wallet[a.value] = int(v or 0)
+            except ValueError:
+                unreadable.append(Unreadable(user, a.value, str(v)))
+        if unreadable:
+            snap.unreadable += unreadable
+        else:
+            snap.wallets[user] = wallet
     return snap
-
-
-def _is_int(text: str) -> bool:
-    try:
-        int(text)
-    except ValueError:
-        return False
-    return True
 
 
 async def _wait_until_written(redis: Redis, position: str | None, wait: float) -> str:
