@@ -7,8 +7,9 @@ import pytest
 from redis.asyncio import Redis
 
 from giftrelay.money import keys
-from giftrelay.money.api import Goal, Money
+from giftrelay.money.api import Money
 from giftrelay.wire.errors import Code, Refused
+from giftrelay.wire.protocol import GoalState as Goal
 
 from .conftest import dump
 

@@ -27,6 +27,7 @@ from giftrelay.money import keys, rules
 from giftrelay.money.autopipe import AutoPipeline
 from giftrelay.money.catalog import Catalog, Gift
 from giftrelay.money.scripts import SCRIPTS, Script
+from giftrelay.wire import protocol
 from giftrelay.wire.errors import Code, Refused, Unavailable
 from giftrelay.wire.ids import is_ident, is_request_id
 
@@ -66,7 +67,11 @@ class MoneySettings(Protocol):
 
 
 class GiftReceipt(msgspec.Struct, frozen=True):
-    """A gift that was applied (or, with ``replayed``, had been applied before)."""
+    """A gift that was applied (or, with ``replayed``, had been applied before).
+
+    More than the viewer is told (:meth:`reply`): the combo and the diamonds credited
+    are for the money core's callers and tests; the viewer sees them in the event.
+    """
 
     id: str
     stream: str
@@ -78,12 +83,27 @@ class GiftReceipt(msgspec.Struct, frozen=True):
     diamonds: int
     replayed: bool = False
 
+    def reply(self, ref: str | None) -> protocol.GiftOk:
+        """What the viewer is told, the same on a replay (so a retry cannot tell)."""
+        return protocol.GiftOk(
+            ref=ref,
+            id=self.id,
+            stream=self.stream,
+            offset=self.offset,
+            coins=self.coins,
+            balance=self.balance,
+            combo=self.combo,
+        )
+
 
 class TopupReceipt(msgspec.Struct, frozen=True):
     user: str
     coins: int
     """The new balance."""
     replayed: bool = False
+
+    def reply(self, ref: str | None) -> protocol.TopupOk:
+        return protocol.TopupOk(ref=ref, user=self.user, coins=self.coins)
 
 
 class PayoutReceipt(msgspec.Struct, frozen=True):
@@ -94,18 +114,15 @@ class PayoutReceipt(msgspec.Struct, frozen=True):
     diamonds_left: int
     replayed: bool = False
 
-
-class Balance(msgspec.Struct, frozen=True):
-    coins: int
-    diamonds: int
-    spent_today: int
-    daily_cap: int | None
-
-
-class Goal(msgspec.Struct, frozen=True):
-    title: str
-    target: int
-    progress: int
+    def reply(self, ref: str | None) -> protocol.PayoutOk:
+        return protocol.PayoutOk(
+            ref=ref,
+            id=self.id,
+            diamonds=self.diamonds,
+            cash_cents=self.cash_cents,
+            fee_cents=self.fee_cents,
+            diamonds_left=self.diamonds_left,
+        )
 
 
 class StreamInfo(msgspec.Struct, frozen=True):
@@ -116,7 +133,7 @@ class StreamInfo(msgspec.Struct, frozen=True):
     diamonds: int
     coins: int
     gifts: int
-    goal: Goal | None
+    goal: protocol.GoalState | None
 
 
 class Money:
@@ -293,14 +310,15 @@ class Money:
         _ok(reply, "set_cap")
         return daily_coins
 
-    async def balance(self, user: str) -> Balance:
+    async def balance(self, user: str) -> protocol.Balance:
+        """The wallet as its owner sees it: the wire's reply itself (``ref`` unset)."""
         _check_ident("user", user)
         raw = await _guard(
             self.redis.hmget(keys.wallet(user), ["coins", "diamonds", "spent_day", "spent", "cap"])
         )
         coins, diamonds, spent_day, spent, cap = raw
         today = rules.utc_day(self.clock())
-        return Balance(
+        return protocol.Balance(
             coins=int(coins or 0),
             diamonds=int(diamonds or 0),
             spent_today=int(spent or 0) if int(spent_day or -1) >= today else 0,
@@ -335,7 +353,9 @@ class Money:
         _ok(reply, "stream_close")
         return await self.stream_info(stream)
 
-    async def set_goal(self, stream: str, actor: str | None, title: str, target: int) -> Goal:
+    async def set_goal(
+        self, stream: str, actor: str | None, title: str, target: int
+    ) -> protocol.GoalState:
         """Set the stream's goal; progress counts diamonds received from now on."""
         _check_ident("stream", stream)
         _check_title(title)
@@ -348,7 +368,7 @@ class Money:
             idempotent=False,  # no id: each run appends a goal event to the history
         )
         _ok(reply, "set_goal")
-        return Goal(title=title, target=target, progress=0)
+        return protocol.GoalState(title=title, target=target, progress=0)
 
     async def test_alert(self, stream: str, actor: str | None, gift: str, count: int) -> str:
         """Show a gift marked ``test`` on the stream's overlays; returns its offset.
@@ -431,7 +451,7 @@ class Money:
         diamonds = int(raw.get("diamonds", 0))
         goal = None
         if "goal_target" in raw:
-            goal = Goal(
+            goal = protocol.GoalState(
                 title=raw["goal_title"],
                 target=int(raw["goal_target"]),
                 progress=diamonds - int(raw["goal_base"]),

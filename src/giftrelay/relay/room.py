@@ -182,7 +182,6 @@ def viewers_total(raw: dict[str, str]) -> int:
 
 
 def snapshot_of(info: StreamInfo, top: list[Any], viewers: int) -> protocol.Snapshot:
-    goal = info.goal
     return protocol.Snapshot(
         creator=info.creator,
         title=info.title,
@@ -190,7 +189,5 @@ def snapshot_of(info: StreamInfo, top: list[Any], viewers: int) -> protocol.Snap
         viewers=viewers,
         diamonds=info.diamonds,
         top=[events.TopEntry(user=str(u), coins=int(c)) for u, c in top],
-        goal=None
-        if goal is None
-        else protocol.GoalState(title=goal.title, target=goal.target, progress=goal.progress),
+        goal=info.goal,
     )

@@ -34,9 +34,10 @@ from giftrelay.config import Settings
 from giftrelay.money.api import Money
 from giftrelay.money.catalog import Catalog
 from giftrelay.relay.compression import DeflateFactory
+from giftrelay.relay.connection import Connection
 from giftrelay.relay.fanout import Fanout
 from giftrelay.relay.limits import Buckets
-from giftrelay.relay.session import Session
+from giftrelay.relay.session import Limits, Session
 from giftrelay.wire import protocol
 from giftrelay.wire.errors import Refused
 
@@ -82,7 +83,13 @@ class Relay:
             on_revoke=self._revoked,
         )
         self.gift_buckets = Buckets(settings.gift_rate, settings.gift_burst)
-        self.sessions: set[Session] = set()
+        self.limits = Limits(
+            message_rate=settings.message_rate,
+            message_burst=settings.message_burst,
+            max_message_bytes=settings.max_message_bytes,
+            max_streams=settings.max_streams_per_connection,
+        )
+        self.sessions: set[Connection] = set()
         self.per_ip: Counter[str] = Counter()
         self._claims: weakref.WeakKeyDictionary[ServerConnection, Claims] = (
             weakref.WeakKeyDictionary()
@@ -132,7 +139,7 @@ class Relay:
         if sessions:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout / 2):
-                    await asyncio.gather(*(session.finish() for session in sessions))
+                    await asyncio.gather(*(c.finish() for c in sessions))
         if server is not None:
             server.close(close_connections=True)  # 1001 going away
             with contextlib.suppress(TimeoutError):
@@ -239,22 +246,30 @@ class Relay:
         # The handshake's response is not needed any more (less memory per connection;
         # the request must stay: websockets reads its absence as "no handshake yet").
         conn.response = None
-        session = Session(self, conn, claims)
+        session = Session(
+            claims,
+            protocol.codec_for(conn.subprotocol),
+            self.limits,
+            self.gift_buckets,
+            self.catalog_gifts,
+            time.monotonic(),
+        )
         ip = _ip(conn)
         # Every line logged for this connection, in its task and the tasks it starts,
         # carries its id and user.
         with structlog.contextvars.bound_contextvars(conn=str(conn.id)[:8], user=session.user):
-            await self._serve(session, conn, ip)
+            await self._serve(Connection(self, conn, session), ip)
 
-    async def _serve(self, session: Session, conn: ServerConnection, ip: str) -> None:
-        self.sessions.add(session)
+    async def _serve(self, connection: Connection, ip: str) -> None:
+        session, conn = connection.session, connection.conn
+        self.sessions.add(connection)
         self.per_ip[ip] += 1
         metrics.CONNECTIONS.inc()
         metrics.CONNECTIONS_TOTAL.labels("accepted").inc()
         try:
-            await session.run()
+            await connection.run()
         finally:
-            self.sessions.discard(session)
+            self.sessions.discard(connection)
             self.per_ip[ip] -= 1
             if self.per_ip[ip] <= 0:
                 del self.per_ip[ip]
@@ -273,16 +288,16 @@ class Relay:
 
     def _revoked(self, stream: str, before_ms: int) -> None:
         """Close this worker's overlays of ``stream`` whose tokens were issued before the revoke."""
-        for session in list(self.sessions):
-            claims = session.claims
+        for connection in list(self.sessions):
+            claims = connection.session.claims
             if (
                 claims is not None
                 and claims.role is Role.OVERLAY
                 and claims.stream == stream
                 and (claims.iat or 0) * 1000 < before_ms
             ):
-                self.fanout.leave(session.conn, stream)
-                task = asyncio.create_task(session.conn.close(1008, "overlay token revoked"))
+                self.fanout.leave(connection.conn, stream)
+                task = asyncio.create_task(connection.conn.close(1008, "overlay token revoked"))
                 task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
 
 

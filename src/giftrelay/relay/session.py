@@ -1,40 +1,26 @@
-"""One WebSocket connection: who it is, what it may do, and its messages in and out.
+"""One connection's protocol, without I/O: who it is, what it may do, what comes next.
 
-Each message is decoded and validated (:mod:`giftrelay.wire.protocol`) before anything
-is touched; role checks come next; only then is Redis asked. Every failure is an
-``error`` frame with the request's ``ref``/``id`` and the connection stays open.
-Gifts run concurrently (bounded) so one connection can keep many in flight;
-everything else is answered in order.
+A frame goes in (:meth:`Session.receive`, with the time) and a :data:`Step` comes
+out: an answer to send now, a close, or a request for the worker to perform with
+Redis and the fan-out (:mod:`giftrelay.relay.requests`, driven by
+:mod:`giftrelay.relay.connection`). Each message is decoded and validated
+(:mod:`giftrelay.wire.protocol`) before anything is touched, and the role and rate
+checks come next, so that a request reaching Redis is one that may run. Because no
+socket or event loop is involved, all of it is tested by feeding frames in.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import time
-from collections.abc import Awaitable, Iterator
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from collections.abc import Callable
+from typing import Final
 
 import msgspec
-import structlog
-from websockets.asyncio.server import ServerConnection
-from websockets.exceptions import ConnectionClosed
 
 from giftrelay import __version__, metrics
 from giftrelay.auth import Claims, Role
-from giftrelay.relay.limits import TokenBucket
+from giftrelay.relay.limits import Buckets, TokenBucket
 from giftrelay.wire import protocol
 from giftrelay.wire.errors import Code, Refused, Unavailable
-
-if TYPE_CHECKING:
-    from giftrelay.config import Settings
-    from giftrelay.money.api import Money
-    from giftrelay.relay.fanout import Fanout
-    from giftrelay.relay.limits import Buckets
-
-log = structlog.get_logger(__name__)
-
-T = TypeVar("T")
 
 SHUTTING_DOWN = Unavailable("the relay is shutting down; nothing moved; retry elsewhere")
 
@@ -62,289 +48,189 @@ WHO_MAY: dict[type[protocol.ClientMessage], tuple[Role, ...] | None] = {
 message type is listed (a test checks), so a new one must say who may send it."""
 
 
-class Relay(Protocol):
-    """What a session uses of its worker (``giftrelay.relay.server.Relay``): a protocol,
-    so that the session does not import the server that creates it."""
+class Limits(msgspec.Struct, frozen=True):
+    """What a session is allowed, from the settings (the same for every connection)."""
 
-    settings: Settings
-    money: Money
-    fanout: Fanout
-    catalog_gifts: msgspec.Raw
-    gift_buckets: Buckets
-    stopping: bool
+    message_rate: float
+    message_burst: int
+    max_message_bytes: int
+    max_streams: int
+
+
+class Answer:
+    """Send this reply now (a refusal, or a request answered without I/O)."""
+
+    __slots__ = ("reply",)
+
+    def __init__(self, reply: protocol.Reply) -> None:
+        self.reply = reply
+
+
+class Close:
+    """Close the connection with this code and reason (it floods)."""
+
+    __slots__ = ("code", "reason")
+
+    def __init__(self, code: int, reason: str) -> None:
+        self.code = code
+        self.reason = reason
+
+
+class Perform:
+    """A valid request that may run: ``user`` is whom it acts for (the creator of a
+    stream an admin opens), ``actor`` the creator acting on their own stream (None for
+    an admin), both checked here; the worker does the rest with Redis and the fan-out."""
+
+    __slots__ = ("actor", "message", "user")
+
+    def __init__(self, message: protocol.ClientMessage, user: str, actor: str | None) -> None:
+        self.message = message
+        self.user = user
+        self.actor = actor
+
+
+Step = Answer | Close | Perform | None
+"""What to do with a frame; None: nothing (it was answered already)."""
+
+NOBODY: Final = ""
 
 
 class Session:
-    """The protocol for one connection. Kept small: a relay holds tens of thousands."""
+    """The protocol state of one connection. Kept small: a relay holds tens of thousands."""
 
     __slots__ = (
         "bucket",
-        "busy",
+        "catalog",
         "claims",
         "codec",
-        "conn",
-        "idle",
-        "inflight",
+        "gift_buckets",
+        "limits",
         "messages_in",
         "messages_out",
         "refused_in_row",
-        "relay",
         "role",
-        "slots",
         "started",
         "streams",
         "user",
     )
 
-    def __init__(self, relay: Relay, conn: ServerConnection, claims: Claims | None) -> None:
-        self.relay = relay
-        self.conn = conn
+    def __init__(
+        self,
+        claims: Claims | None,
+        codec: protocol.Codec,
+        limits: Limits,
+        gift_buckets: Buckets,
+        catalog: msgspec.Raw,
+        now: float,
+    ) -> None:
         self.claims = claims
-        self.codec = protocol.codec_for(conn.subprotocol)
+        self.codec = codec
+        self.limits = limits
+        self.gift_buckets = gift_buckets
+        """Per user, shared by the worker's sessions: a user's gifts over all connections."""
+        self.catalog = catalog
         self.user = claims.sub if claims else None
         self.role = claims.role.value if claims else "anonymous"
         self.streams: set[str] = set()
-        self.started = time.monotonic()
+        self.started = now
         self.messages_in = 0
         self.messages_out = 0
-        settings = relay.settings
-        self.bucket = TokenBucket(settings.message_rate, settings.message_burst, self.started)
+        self.bucket = TokenBucket(limits.message_rate, limits.message_burst, now)
         self.refused_in_row = 0
-        self.busy = 0
-        """Requests being handled (shutdown waits for them)."""
-        self.idle: asyncio.Event | None = None
-        # Made on the first gift: most connections only watch.
-        self.inflight: set[asyncio.Task[None]] | None = None
-        self.slots: asyncio.Semaphore | None = None
 
-    # -- the connection's life ------------------------------------------------------------
-
-    async def run(self) -> None:
-        await self.send(
-            protocol.Hello(
-                v=protocol.VERSION,
-                server=f"giftrelay/{__version__}",
-                user=self.user,
-                role=self.role,
-            )
+    def hello(self) -> protocol.Hello:
+        return protocol.Hello(
+            v=protocol.VERSION, server=f"giftrelay/{__version__}", user=self.user, role=self.role
         )
-        try:
-            async for data in self.conn:
-                self.messages_in += 1
-                await self.receive(data)
-        except ConnectionClosed:
-            pass
-        finally:
-            for stream in self.streams:
-                self.relay.fanout.leave(self.conn, stream)
-            self.streams.clear()
 
-    async def finish(self) -> None:
-        """Let every request in flight get its answer (shutdown: new ones are refused)."""
-        while self.busy:
-            self.idle = asyncio.Event()
-            await self.idle.wait()
+    # -- frames in ------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _working(self) -> Iterator[None]:
-        self.busy += 1
-        try:
-            yield
-        finally:
-            self.busy -= 1
-            if not self.busy and self.idle is not None:
-                self.idle.set()
-
-    async def send(self, reply: protocol.Reply) -> None:
-        self.messages_out += 1
-        if isinstance(reply, protocol.Error):
-            metrics.ERRORS.labels(reply.code).inc()
-        with contextlib.suppress(ConnectionClosed):
-            await self.conn.send(self.codec.encode(reply), text=not self.codec.binary)
-
-    async def receive(self, data: str | bytes) -> None:
-        now = time.monotonic()
+    def receive(self, data: str | bytes, now: float, *, stopping: bool = False) -> Step:
+        """What to do with one frame from the client, received at ``now`` (monotonic)."""
+        self.messages_in += 1
         if not self.bucket.take(now):
             self.refused_in_row += 1
-            if self.refused_in_row > self.relay.settings.message_burst:
-                await self.conn.close(1008, "flooding: too many messages")
-                return
-            await self._refuse(data, Refused(Code.RATE_LIMITED, "too many messages; slow down"))
-            return
+            if self.refused_in_row > self.limits.message_burst:
+                return Close(1008, "flooding: too many messages")
+            return self._refuse(data, Refused(Code.RATE_LIMITED, "too many messages; slow down"))
         self.refused_in_row = 0
-        if self.relay.stopping:
-            await self._refuse(data, SHUTTING_DOWN)
-            return
+        if stopping:
+            return self._refuse(data, SHUTTING_DOWN)
         try:
-            message = self.codec.decode(data, self.relay.settings.max_message_bytes)
+            message = self.codec.decode(data, self.limits.max_message_bytes)
         except protocol.BadMessage as exc:
             metrics.MESSAGES.labels("invalid").inc()
-            await self.send(protocol.error(exc, exc.ref, exc.id))
-            return
-        kind = type(message).__struct_config__.tag
-        metrics.message(str(kind))
-        if isinstance(message, protocol.Gift):
-            if self.slots is None or self.inflight is None:
-                self.slots = asyncio.Semaphore(self.relay.settings.max_inflight_per_connection)
-                self.inflight = set()
-            with self._working():
-                await self.slots.acquire()
-                if self.relay.stopping:  # began while this gift waited for a slot
-                    self.slots.release()
-                    await self.send(protocol.error(SHUTTING_DOWN, message.ref, message.id))
-                    return
-                task = asyncio.create_task(self._gift_task(message, self.slots))
-                self.inflight.add(task)
-                task.add_done_callback(self.inflight.discard)
-                self.busy += 1  # until the task is done
-            return
-        with self._working():
-            await self.answer(message)
-
-    async def _gift_task(self, message: protocol.Gift, slots: asyncio.Semaphore) -> None:
+            return Answer(protocol.error(exc, exc.ref, exc.id))
+        metrics.message(str(type(message).__struct_config__.tag))
         try:
-            await self.answer(message)
-        finally:
-            slots.release()
-            self.busy -= 1
-            if not self.busy and self.idle is not None:
-                self.idle.set()
+            return self.step(message, now)
+        except Refused as exc:
+            return Answer(self.refusal(message, exc))
 
-    async def _refuse(self, data: str | bytes, refusal: Refused) -> None:
+    def step(self, m: protocol.ClientMessage, now: float) -> Step:
+        """A decoded message: answered here when no I/O is needed, else to be performed."""
+        roles = WHO_MAY[type(m)]
+        user = NOBODY if roles is ANYONE else self._require(roles)
+        check = _CHECKS.get(type(m))
+        if check is not None:
+            return check(self, m, user, now)
+        return Perform(m, user, self._actor() if roles is MANAGERS else None)
+
+    def refusal(self, message: protocol.ClientMessage, exc: Refused) -> protocol.Error:
+        return protocol.error(exc, message.ref, getattr(message, "id", None))
+
+    def _refuse(self, data: str | bytes, refusal: Refused) -> Answer:
         """An error for a message not handled, with its ``ref``/``id`` where readable."""
         ref, id_ = self.codec.echo(data)
-        await self.send(protocol.error(refusal, ref, id_))
+        return Answer(protocol.error(refusal, ref, id_))
 
-    async def answer(self, message: protocol.ClientMessage) -> None:
-        """Handle one valid message and send its reply (or its error)."""
-        request_id = getattr(message, "id", None)
-        try:
-            reply = await self.handle(message)
-        except Refused as exc:
-            if isinstance(message, protocol.Gift):
-                metrics.GIFTS.labels(exc.code.value).inc()
-            await self.send(protocol.error(exc, message.ref, request_id))
-            return
-        except Exception:
-            log.exception("request failed", type=type(message).__name__)
-            await self.send(protocol.error(Refused(Code.INTERNAL), message.ref, request_id))
-            return
-        if reply is not None:
-            await self.send(reply)
+    # -- what the worker tells back -------------------------------------------------------
 
-    # -- messages -------------------------------------------------------------------------
+    def joined(self, stream: str) -> None:
+        self.streams.add(stream)
 
-    async def handle(self, m: protocol.ClientMessage) -> protocol.Reply | None:
-        relay = self.relay
-        money = relay.money
-        roles = WHO_MAY[type(m)]
-        user = "" if roles is ANYONE else self._require(roles)
-        match m:
-            case protocol.Ping():
-                return protocol.Pong(ref=m.ref)
-            case protocol.CatalogRequest():
-                return protocol.CatalogReply(ref=m.ref, gifts=relay.catalog_gifts)
-            case protocol.Join():
-                await self._join(m)
-                return None  # the fan-out wrote the reply, in the same step as joining
-            case protocol.Leave():
-                if m.stream not in self.streams:
-                    raise Refused(Code.BAD_REQUEST, f"not joined to {m.stream!r}")
-                self.streams.discard(m.stream)
-                relay.fanout.leave(self.conn, m.stream)
-                return protocol.Left(ref=m.ref, stream=m.stream)
-            case protocol.Gift():
-                if not relay.gift_buckets.take(user, time.monotonic()):
-                    raise Refused(Code.RATE_LIMITED, "too many gifts; slow down")
-                started = time.perf_counter()
-                r = await self._timed(money.gift(user, m.stream, m.gift, m.count, m.id))
-                metrics.SCRIPT_SECONDS.observe(time.perf_counter() - started)
-                (metrics.GIFTS_REPLAYED if r.replayed else metrics.GIFTS_OK).inc()
-                return protocol.GiftOk(
-                    ref=m.ref,
-                    id=r.id,
-                    stream=r.stream,
-                    offset=r.offset,
-                    coins=r.coins,
-                    balance=r.balance,
-                    combo=r.combo,
-                )
-            case protocol.BalanceRequest():
-                b = await self._timed(money.balance(user))
-                return protocol.Balance(
-                    ref=m.ref,
-                    coins=b.coins,
-                    diamonds=b.diamonds,
-                    spent_today=b.spent_today,
-                    daily_cap=b.daily_cap,
-                )
-            case protocol.SetCap():
-                cap = await self._timed(money.set_cap(user, m.daily_coins))
-                return protocol.CapOk(ref=m.ref, daily_coins=cap)
-            case protocol.Topup():
-                t = await self._timed(money.topup(m.user, m.coins, m.id))
-                return protocol.TopupOk(ref=m.ref, user=t.user, coins=t.coins)
-            case protocol.StreamOpen():
-                if self.claims is not None and self.claims.role is Role.ADMIN:
-                    if m.creator is None:
-                        raise Refused(Code.BAD_REQUEST, "an admin must name the stream's creator")
-                    creator = m.creator
-                elif m.creator not in (None, user):
-                    raise Refused(Code.FORBIDDEN, "a creator opens only their own streams")
-                else:
-                    creator = user
-                info = await self._timed(money.stream_open(m.stream, creator, m.title))
-                return protocol.StreamOk(ref=m.ref, stream=m.stream, live=info.live)
-            case protocol.StreamClose():
-                info = await self._timed(money.stream_close(m.stream, self._actor()))
-                return protocol.StreamOk(ref=m.ref, stream=m.stream, live=info.live)
-            case protocol.Payout():
-                p = await self._timed(money.payout(user, m.diamonds, m.id))
-                return protocol.PayoutOk(
-                    ref=m.ref,
-                    id=p.id,
-                    diamonds=p.diamonds,
-                    cash_cents=p.cash_cents,
-                    fee_cents=p.fee_cents,
-                    diamonds_left=p.diamonds_left,
-                )
-            case protocol.SetGoal():
-                goal = await self._timed(money.set_goal(m.stream, self._actor(), m.title, m.target))
-                state = protocol.GoalState(title=goal.title, target=goal.target, progress=0)
-                return protocol.GoalOk(ref=m.ref, stream=m.stream, goal=state)
-            case protocol.TestAlert():
-                actor = self._actor()
-                offset = await self._timed(money.test_alert(m.stream, actor, m.gift, m.count))
-                return protocol.TestOk(ref=m.ref, stream=m.stream, offset=offset)
-            case protocol.RevokeOverlays():
-                await self._timed(money.revoke_overlays(m.stream, self._actor()))
-                return protocol.RevokeOk(ref=m.ref, stream=m.stream)
-        raise Refused(Code.BAD_REQUEST, "unknown message type")  # pragma: no cover
+    def left(self, stream: str) -> None:
+        self.streams.discard(stream)
 
-    async def _join(self, m: protocol.Join) -> None:
+    # -- checks per message (pure) ---------------------------------------------------------
+
+    def _ping(self, m: protocol.ClientMessage, _user: str, _now: float) -> Step:
+        return Answer(protocol.Pong(ref=m.ref))
+
+    def _catalog(self, m: protocol.ClientMessage, _user: str, _now: float) -> Step:
+        return Answer(protocol.CatalogReply(ref=m.ref, gifts=self.catalog))
+
+    def _join(self, m: protocol.ClientMessage, user: str, _now: float) -> Step:
+        assert isinstance(m, protocol.Join)
         claims = self.claims
         if claims is not None and claims.role is Role.OVERLAY and m.stream != claims.stream:
             raise Refused(Code.FORBIDDEN, "an overlay token reads only its own stream")
-        if m.stream in self.streams:
-            self.streams.discard(m.stream)
-            self.relay.fanout.leave(self.conn, m.stream)
-        elif len(self.streams) >= self.relay.settings.max_streams_per_connection:
-            limit = self.relay.settings.max_streams_per_connection
+        if m.stream not in self.streams and len(self.streams) >= self.limits.max_streams:
+            limit = self.limits.max_streams
             raise Refused(Code.RATE_LIMITED, f"at most {limit} streams per connection")
-        overlay = claims is not None and claims.role is Role.OVERLAY
-        issued_ms = int((claims.iat or 0) * 1000) if overlay and claims is not None else None
-        join = self.relay.fanout.join(
-            self.conn,
-            m.stream,
-            m.since,
-            m.ref,
-            counted=not overlay,
-            issued_ms=issued_ms,
-            codec=self.codec,
-        )
-        await self._timed(join)
-        self.streams.add(m.stream)
-        self.messages_out += 1
+        return Perform(m, user, None)
+
+    def _leave(self, m: protocol.ClientMessage, user: str, _now: float) -> Step:
+        assert isinstance(m, protocol.Leave)
+        if m.stream not in self.streams:
+            raise Refused(Code.BAD_REQUEST, f"not joined to {m.stream!r}")
+        return Perform(m, user, None)
+
+    def _gift(self, m: protocol.ClientMessage, user: str, now: float) -> Step:
+        if not self.gift_buckets.take(user, now):
+            raise Refused(Code.RATE_LIMITED, "too many gifts; slow down")
+        return Perform(m, user, None)
+
+    def _stream_open(self, m: protocol.ClientMessage, user: str, _now: float) -> Step:
+        assert isinstance(m, protocol.StreamOpen)
+        assert self.claims is not None
+        if self.claims.role is Role.ADMIN:
+            if m.creator is None:
+                raise Refused(Code.BAD_REQUEST, "an admin must name the stream's creator")
+            return Perform(m, m.creator, None)
+        if m.creator not in (None, user):
+            raise Refused(Code.FORBIDDEN, "a creator opens only their own streams")
+        return Perform(m, user, user)
 
     def _require(self, roles: tuple[Role, ...]) -> str:
         """The user if its role may do this; ``unauthorized`` if anonymous, else ``forbidden``."""
@@ -360,13 +246,14 @@ class Session:
         assert self.claims is not None
         return None if self.claims.role is Role.ADMIN else self.claims.sub
 
-    async def _timed(self, call: Awaitable[T]) -> T:
-        """Redis gets ``request_timeout``; past it the answer is ``unavailable`` (retry is safe)."""
-        try:
-            async with asyncio.timeout(self.relay.settings.request_timeout):
-                return await call
-        except TimeoutError:
-            raise Unavailable(
-                "Redis did not answer in time; the request may or may not have taken effect:"
-                " retry with the same id"
-            ) from None
+
+_Check = Callable[[Session, protocol.ClientMessage, str, float], Step]
+_CHECKS: dict[type[protocol.ClientMessage], _Check] = {
+    protocol.Ping: Session._ping,
+    protocol.CatalogRequest: Session._catalog,
+    protocol.Join: Session._join,
+    protocol.Leave: Session._leave,
+    protocol.Gift: Session._gift,
+    protocol.StreamOpen: Session._stream_open,
+}
+"""The messages that need a check of their own before they may run (or none at all)."""
