@@ -11,6 +11,7 @@ connection breaks before the reply.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -154,6 +155,8 @@ class Money:
         self.pipe = AutoPipeline(redis)
         self.diamond_rate = settings.diamond_rate  # parsed once, not on every gift
         self._creators: dict[str, str] = {}
+        self._diamonds: dict[int, int] = {}
+        """Diamonds per coins spent: the rate is a Fraction, slow to multiply per gift."""
 
     async def start(self) -> None:
         """Load the scripts into Redis (they are loaded again by themselves if Redis forgets)."""
@@ -170,57 +173,88 @@ class Money:
         _check_ident("viewer", viewer)
         _check_ident("stream", stream)
         _check_request_id(request_id)
-        item, coins = self._priced(gift, count)
-        diamonds = rules.diamonds_for(coins, self.diamond_rate)
         for attempt in range(2):
             creator = await self._creator(stream, refresh=attempt > 0)
-            reply = await self.pipe.call(
-                Script.GIFT,
-                [
-                    keys.wallet(viewer),
-                    keys.wallet(creator),
-                    keys.gift_idem(viewer, request_id),
-                    keys.stream(stream),
-                    keys.top(stream),
-                    keys.history(stream),
-                    keys.combo(stream, viewer, gift),
-                    keys.LEDGER,
-                    keys.channel(stream),
-                ],
-                [
-                    request_id,
-                    viewer,
-                    creator,
-                    stream,
-                    gift,
-                    item.name,
-                    count,
-                    coins,
-                    diamonds,
-                    int(item.streakable),
-                    self.clock(),
-                    self.settings.combo_window_ms,
-                    self.settings.idempotency_ttl * 1000,
-                    self.settings.history_len,
-                    self.settings.max_balance,
-                ],
-                idempotent=True,  # by the viewer's request id
-            )
-            if reply[0] == "err" and reply[1] == "stale_creator":
-                continue
-            _, offset, spent, balance, combo, combo_id, credited, replayed = _ok(reply, "gift")
-            return GiftReceipt(
-                id=request_id,
-                stream=stream,
-                offset=offset,
-                coins=spent,
-                balance=balance,
-                combo=combo,
-                combo_id=combo_id,
-                diamonds=credited,
-                replayed=bool(replayed),
-            )
+            reply = await self._gift_call(viewer, stream, gift, count, request_id, creator)
+            receipt = self.gift_receipt(reply, stream, request_id)
+            if receipt is not None:
+                return receipt
         raise Refused(Code.INTERNAL, "the stream's creator keeps changing")
+
+    def gift_soon(
+        self, viewer: str, stream: str, gift: str, count: int, request_id: str
+    ) -> asyncio.Future[Any] | None:
+        """The relay's fast path: :meth:`gift`'s script call, made at once, for arguments
+        the wire already validated (``wire.protocol.Gift``); the future of the script's
+        reply, for :meth:`gift_receipt`. None while the stream's creator is not known to
+        this process yet: then use :meth:`gift`. Raises :class:`Refused` for a gift or
+        count that no script would take."""
+        creator = self._creators.get(stream)
+        if creator is None:
+            return None
+        return self._gift_call(viewer, stream, gift, count, request_id, creator)
+
+    def _gift_call(
+        self, viewer: str, stream: str, gift: str, count: int, request_id: str, creator: str
+    ) -> asyncio.Future[Any]:
+        item, coins = self._priced(gift, count)
+        diamonds = self._diamonds.get(coins)
+        if diamonds is None:
+            diamonds = self._diamonds[coins] = rules.diamonds_for(coins, self.diamond_rate)
+            if len(self._diamonds) > 4096:  # counts are few in practice; bound it anyway
+                self._diamonds.clear()
+        settings = self.settings
+        return self.pipe.submit(
+            Script.GIFT,
+            [
+                keys.wallet(viewer),
+                keys.wallet(creator),
+                keys.gift_idem(viewer, request_id),
+                keys.stream(stream),
+                keys.top(stream),
+                keys.history(stream),
+                keys.combo(stream, viewer, gift),
+                keys.LEDGER,
+                keys.channel(stream),
+            ],
+            [
+                request_id,
+                viewer,
+                creator,
+                stream,
+                gift,
+                item.name,
+                count,
+                coins,
+                diamonds,
+                int(item.streakable),
+                self.clock(),
+                settings.combo_window_ms,
+                settings.idempotency_ttl * 1000,
+                settings.history_len,
+                settings.max_balance,
+            ],
+            idempotent=True,  # by the viewer's request id
+        )
+
+    def gift_receipt(self, reply: list[Any], stream: str, request_id: str) -> GiftReceipt | None:
+        """The gift script's reply as a receipt; None when the stream's creator changed
+        under the cache (:meth:`gift` reads it again and retries); raises its refusal."""
+        if reply[0] == "err" and reply[1] == "stale_creator":
+            self._creators.pop(stream, None)
+            return None
+        _, offset, spent, balance, combo, combo_id, credited, replayed = _ok(reply, "gift")
+        return GiftReceipt(
+            id=request_id,
+            stream=stream,
+            offset=offset,
+            coins=spent,
+            balance=balance,
+            combo=combo,
+            combo_id=combo_id,
+            diamonds=credited,
+            replayed=bool(replayed),
+        )
 
     def _priced(self, gift: str, count: int) -> tuple[Gift, int]:
         """The catalog gift and the coins that ``count`` of it cost."""

@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 
 import hiredis
 import structlog
+from redis._parsers.hiredis import NOT_ENOUGH_DATA  # the reader's own sentinel
 from redis.asyncio import Redis
 from redis.exceptions import BusyLoadingError, NoScriptError, ReadOnlyError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -84,12 +85,20 @@ class AutoPipeline:
         breaks before its reply came; any other fails as ``unavailable`` (it may or may
         not have run), as it would had Redis been unreachable.
         """
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        return await self.submit(script, keys, args, idempotent=idempotent)
+
+    def submit(
+        self, script: Script, keys: list[str], args: list[str | int], *, idempotent: bool
+    ) -> asyncio.Future[Any]:
+        """:meth:`call` without a coroutine: the future of its reply, for callers that
+        would rather be called back than keep a task per call (the relay's gifts)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
         self._pending.append(_Call(script, keys, args, future, idempotent))
         if not self._scheduled:
             self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
-        return await future
+            loop.call_soon(self._flush)
+        return future
 
     def _flush(self) -> None:
         self._scheduled = False
@@ -189,11 +198,15 @@ class AutoPipeline:
         replies: list[Any] = []
         try:
             await conn.send_packed_command(packed)
-            for _ in batch:
-                try:
-                    replies.append(await conn.read_response())
-                except ResponseError as exc:  # one script's error: the others stand
-                    replies.append(exc)
+            reader = getattr(conn._parser, "_reader", None)
+            if type(reader) is hiredis.Reader:
+                await _read_all(conn, reader, len(batch), replies)
+            else:  # pragma: no cover - another parser than hiredis: one reply at a time
+                for _ in batch:
+                    try:
+                        replies.append(await conn.read_response())
+                    except ResponseError as exc:  # one script's error: the others stand
+                        replies.append(exc)
             return replies
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             await conn.disconnect()
@@ -213,6 +226,27 @@ class AutoPipeline:
                 await asyncio.gather(*list(self._tasks), return_exceptions=True)
             else:
                 await asyncio.sleep(0)
+
+
+async def _read_all(conn: Any, reader: hiredis.Reader, n: int, replies: list[Any]) -> None:
+    """Read ``n`` replies into ``replies`` within one socket time-out for them all.
+
+    redis-py reads each reply in a coroutine with a timer of its own; a batch of
+    replies is usually in one read already. This reads with the connection's own hiredis
+    reader (so an error reply arrives as its redis-py exception, kept in its slot), and
+    raises redis-py's errors when the socket times out or breaks.
+    """
+    parser = conn._parser
+    try:
+        async with asyncio.timeout(conn.socket_timeout):
+            while len(replies) < n:
+                reply = reader.gets()
+                if reply is NOT_ENOUGH_DATA:
+                    await parser.read_from_socket()
+                    continue
+                replies.append(reply)
+    except TimeoutError as exc:
+        raise RedisTimeoutError("Timeout reading from Redis") from exc
 
 
 def _resolve(calls: list[_Call], replies: list[Any]) -> None:

@@ -4,20 +4,29 @@ The session (:mod:`giftrelay.relay.session`) decides; this loop does what it say
 Gifts run concurrently (bounded per connection) so one connection can keep many in
 flight; everything else is answered in order. Every request gets ``request_timeout``
 to be answered; past it the reply is ``unavailable`` (a retry with the same id is safe).
+
+A gift is the hot path, and costs no task and no timer of its own: its script call
+joins the next pipeline at once (:meth:`Money.gift_soon`) and its future calls back;
+one timer per connection watches the oldest deadline. Replies are framed here and
+written together once per turn of the event loop, so a pipeline's worth of answers to
+one connection is one write, not one system call each.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import collections
 import time
-from typing import TYPE_CHECKING
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
 
 from giftrelay import metrics
+from giftrelay.relay.compression import MIN_BYTES
 from giftrelay.relay.requests import HANDLERS, Context
 from giftrelay.relay.session import SHUTTING_DOWN, Answer, Close, Perform, Session
 from giftrelay.wire import protocol
@@ -32,12 +41,48 @@ TIMED_OUT = Unavailable(
     "Redis did not answer in time; the request may or may not have taken effect:"
     " retry with the same id"
 )
+OPEN = State.OPEN
+
+_tasks: set[asyncio.Task[None]] = set()
+"""Gifts that went the long way, kept from the garbage collector until done."""
+
+
+def frame_header(size: int, *, binary: bool) -> bytes:
+    """An unmasked, unfragmented, uncompressed frame's header (RFC 6455 5.2)."""
+    first = 0x82 if binary else 0x81
+    if size < 126:
+        return bytes((first, size))
+    if size < 65536:
+        return bytes((first, 126)) + size.to_bytes(2, "big")
+    return bytes((first, 127)) + size.to_bytes(8, "big")
+
+
+class _Gift:
+    """A gift in flight on the fast path; answered once, by its reply or its deadline."""
+
+    __slots__ = ("answered", "deadline", "started", "step")
+
+    def __init__(self, step: Perform, started: float, deadline: float) -> None:
+        self.step = step
+        self.started = started
+        self.deadline = deadline
+        self.answered = False
 
 
 class Connection:
     """Drives one session over its socket."""
 
-    __slots__ = ("busy", "context", "idle", "inflight", "session", "slots")
+    __slots__ = (
+        "busy",
+        "context",
+        "gifts",
+        "idle",
+        "inflight",
+        "out",
+        "session",
+        "slot_free",
+        "timer",
+    )
 
     def __init__(self, relay: Relay, conn: ServerConnection, session: Session) -> None:
         self.session = session
@@ -45,9 +90,14 @@ class Connection:
         self.busy = 0
         """Requests being handled (shutdown waits for them)."""
         self.idle: asyncio.Event | None = None
+        self.out: list[bytes] = []
+        """Frames to write at the end of this turn of the loop."""
+        self.inflight = 0
+        """Gifts sent and not answered (at most ``max_inflight_per_connection``)."""
+        self.slot_free: asyncio.Future[None] | None = None
         # Made on the first gift: most connections only watch.
-        self.inflight: set[asyncio.Task[None]] | None = None
-        self.slots: asyncio.Semaphore | None = None
+        self.gifts: collections.deque[_Gift] | None = None
+        self.timer: asyncio.TimerHandle | None = None
 
     @property
     def conn(self) -> ServerConnection:
@@ -55,29 +105,38 @@ class Connection:
 
     async def run(self) -> None:
         relay, conn, session = self.context.relay, self.context.conn, self.session
-        await self.send(session.hello())
+        self.write(session.hello())
+        limit = relay.settings.max_inflight_per_connection
         try:
-            async for data in conn:
+            while True:
+                data = await conn.recv()
                 step = session.receive(data, time.monotonic(), stopping=relay.stopping)
                 if type(step) is Perform:
                     if type(step.message) is protocol.Gift:
-                        await self._gift(step)
+                        if self.inflight >= limit:
+                            await self._slot()
+                        self._gift(step)
                     else:
+                        self._flush()  # what came before goes first (a join writes its own)
                         self._working(+1)
                         try:
                             await self.perform(step)
                         finally:
                             self._working(-1)
                 elif type(step) is Answer:
-                    await self.send(step.reply)
+                    self.write(step.reply)
                 elif type(step) is Close:
                     await conn.close(step.code, step.reason)
+                if conn.paused:  # the client reads slower than it asks: stop reading
+                    await conn.drain()
         except ConnectionClosed:
             pass
         finally:
             for stream in session.streams:
                 relay.fanout.leave(conn, stream)
             session.streams.clear()
+            if self.timer is not None:
+                self.timer.cancel()
 
     async def finish(self) -> None:
         """Let every request in flight get its answer (shutdown: new ones are refused)."""
@@ -90,64 +149,170 @@ class Connection:
         if not self.busy and self.idle is not None:
             self.idle.set()
 
-    async def send(self, reply: protocol.Reply) -> None:
+    # -- replies out ------------------------------------------------------------------------
+
+    def write(self, reply: protocol.Reply) -> None:
+        """Frame ``reply`` now; it goes out with the others of this turn of the loop."""
         session = self.session
         session.messages_out += 1
         if type(reply) is protocol.Error:
             metrics.ERRORS.labels(reply.code).inc()
+        conn = self.context.conn
+        ws = conn.protocol
+        if ws.state is not OPEN:
+            return  # closing: the reply has nowhere to go
         codec = session.codec
-        with contextlib.suppress(ConnectionClosed):
-            await self.context.conn.send(codec.encode(reply), text=not codec.binary)
+        data = codec.encode(reply)
+        if ws.extensions and len(data) >= MIN_BYTES:
+            # Compressed as the connection agreed: websockets frames it, into our queue.
+            if codec.binary:
+                ws.send_binary(data)
+            else:
+                ws.send_text(data)
+            frames = ws.data_to_send()
+        else:
+            frames = [frame_header(len(data), binary=codec.binary), data]
+        if not self.out:
+            conn.loop.call_soon(self._flush)
+        self.out += frames
 
-    async def _gift(self, step: Perform) -> None:
-        """Start the gift and return: the next frame is read while it runs."""
-        if self.slots is None or self.inflight is None:
-            settings = self.context.relay.settings
-            self.slots = asyncio.Semaphore(settings.max_inflight_per_connection)
-            self.inflight = set()
+    def _flush(self) -> None:
+        out, self.out = self.out, []
+        conn = self.context.conn
+        if conn.protocol.state is not OPEN or not out:
+            return  # closing: what was not written is not wanted
+        try:
+            conn.transport.write(b"".join(out))
+        except Exception as exc:  # a transport closing under us: its connection ends anyway
+            log.debug("reply write failed", error=repr(exc))
+
+    # -- gifts --------------------------------------------------------------------------------
+
+    async def _slot(self) -> None:
+        """Wait until a gift in flight is answered (the connection has its fill)."""
+        limit = self.context.relay.settings.max_inflight_per_connection
         self._working(+1)
         try:
-            await self.slots.acquire()
-            if self.context.relay.stopping:  # began while this gift waited for a slot
-                self.slots.release()
-                await self.send(self.session.refusal(step.message, SHUTTING_DOWN))
-                return
-            task = asyncio.create_task(self._gift_task(step, self.slots))
-            self.inflight.add(task)
-            task.add_done_callback(self.inflight.discard)
-            self.busy += 1  # until the task is done
+            while self.inflight >= limit:
+                self.slot_free = asyncio.get_running_loop().create_future()
+                await self.slot_free
         finally:
             self._working(-1)
 
-    async def _gift_task(self, step: Perform, slots: asyncio.Semaphore) -> None:
+    def _gift(self, step: Perform) -> None:
+        """Send the gift's script call and return: the next frame is read while it runs."""
+        relay = self.context.relay
+        if relay.stopping:  # began while this gift waited for a slot
+            self.write(self.session.refusal(step.message, SHUTTING_DOWN))
+            return
+        m = step.message
+        assert type(m) is protocol.Gift
         try:
-            started = time.perf_counter()
-            await self.perform(step)
-            metrics.SCRIPT_SECONDS.observe(time.perf_counter() - started)
-        finally:
-            slots.release()
-            self._working(-1)
+            future = relay.money.gift_soon(step.user, m.stream, m.gift, m.count, m.id)
+        except Refused as exc:
+            self._refused(m, exc)
+            return
+        if future is None:  # the stream's creator is not known here yet: the long way
+            self._perform_soon(step)
+            return
+        now = time.monotonic()
+        gift = _Gift(step, time.perf_counter(), now + relay.settings.request_timeout)
+        self._began()
+        future.add_done_callback(partial(self._gift_done, gift))
+        gifts = self.gifts
+        if gifts is None:
+            gifts = self.gifts = collections.deque()
+        gifts.append(gift)
+        if self.timer is None:
+            self.timer = self.context.conn.loop.call_at(gift.deadline, self._expire)
+
+    def _gift_done(self, gift: _Gift, future: asyncio.Future[Any]) -> None:
+        if gift.answered:
+            return  # timed out before
+        gift.answered = True
+        gifts = self.gifts
+        while gifts and gifts[0].answered:  # the deadline watch needs only the unanswered
+            gifts.popleft()
+        m = gift.step.message
+        assert type(m) is protocol.Gift
+        try:
+            receipt = self.context.relay.money.gift_receipt(future.result(), m.stream, m.id)
+        except Refused as exc:
+            self._refused(m, exc)
+        except asyncio.CancelledError:
+            self._refused(m, TIMED_OUT)
+        except Exception:
+            log.exception("request failed", type="Gift")
+            self.write(self.session.refusal(m, Refused(Code.INTERNAL)))
+        else:
+            if receipt is None:  # the stream changed creator: the long way, which reads it
+                self._perform_soon(gift.step)
+            else:
+                (metrics.GIFTS_REPLAYED if receipt.replayed else metrics.GIFTS_OK).inc()
+                metrics.SCRIPT_SECONDS.observe(time.perf_counter() - gift.started)
+                self.write(receipt.reply(m.ref))
+        self._ended()
+
+    def _expire(self) -> None:
+        """Answer ``unavailable`` to every gift past its deadline; watch the next one."""
+        self.timer = None
+        gifts = self.gifts
+        if not gifts:
+            return
+        now = time.monotonic()
+        while gifts and (gifts[0].answered or gifts[0].deadline <= now):
+            gift = gifts.popleft()
+            if not gift.answered:
+                gift.answered = True
+                self._refused(gift.step.message, TIMED_OUT)
+                self._ended()
+        if gifts:
+            self.timer = self.context.conn.loop.call_at(gifts[0].deadline, self._expire)
+
+    def _began(self) -> None:
+        self.inflight += 1
+        self._working(+1)
+
+    def _ended(self) -> None:
+        self.inflight -= 1
+        self._working(-1)
+        waiter = self.slot_free
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _perform_soon(self, step: Perform) -> None:
+        """The gift the long way, in a task of its own (rare: a stream new to this worker)."""
+        self._began()
+        task = asyncio.create_task(self.perform(step))
+        _tasks.add(task)
+        task.add_done_callback(self._performed)
+
+    def _performed(self, task: asyncio.Task[None]) -> None:
+        _tasks.discard(task)
+        self._ended()
+
+    # -- everything else, in order ------------------------------------------------------------
 
     async def perform(self, step: Perform) -> None:
-        """Run one request and send its reply, or its error."""
+        """Run one request and write its reply, or its error."""
         message = step.message
         try:
             async with asyncio.timeout(self.context.relay.settings.request_timeout):
                 reply = await HANDLERS[type(message)](self.context, step)
         except TimeoutError:
-            await self._refused(message, TIMED_OUT)
+            self._refused(message, TIMED_OUT)
             return
         except Refused as exc:
-            await self._refused(message, exc)
+            self._refused(message, exc)
             return
         except Exception:
             log.exception("request failed", type=type(message).__name__)
-            await self.send(self.session.refusal(message, Refused(Code.INTERNAL)))
+            self.write(self.session.refusal(message, Refused(Code.INTERNAL)))
             return
         if reply is not None:
-            await self.send(reply)
+            self.write(reply)
 
-    async def _refused(self, message: protocol.ClientMessage, exc: Refused) -> None:
+    def _refused(self, message: protocol.ClientMessage, exc: Refused) -> None:
         if type(message) is protocol.Gift:
             metrics.GIFTS.labels(exc.code.value).inc()
-        await self.send(self.session.refusal(message, exc))
+        self.write(self.session.refusal(message, exc))
