@@ -143,7 +143,8 @@ def test_serve_refuses_a_bad_catalog(tmp_path: Path) -> None:
 def test_a_relay_worker_freezes_startup_objects_and_spaces_full_collections() -> None:
     """In a fresh interpreter (freezing is process-wide, so not in the test's own)."""
     code = (
-        "import gc; from giftrelay import cli; before = gc.get_threshold(); cli._tune_gc(); "
+        "import gc; from giftrelay.cli import serve; before = gc.get_threshold(); "
+        "serve._tune_gc(); "
         "print(gc.get_freeze_count(), *before, *gc.get_threshold())"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -5,35 +5,33 @@ it holds a viewer of it. Events are buffered per stream (a
 :class:`~giftrelay.relay.room.Room`) and flushed every tick as one ``events`` frame,
 encoded and framed once and written to every viewer (:mod:`giftrelay.relay.flush`). The
 tick grows when flushing gets expensive, so a busy worker sends fewer, fuller frames
-instead of queueing. Viewer counts and top gifters: :mod:`giftrelay.relay.presence`.
+instead of queueing. Viewer counts and top gifters: :mod:`giftrelay.relay.presence`;
+combo ends: :mod:`giftrelay.relay.combos`.
 
 Ordering and exactly-once rest on offsets: Redis publishes a stream's events in
 offset order, and a room drops anything at or below the last offset it has seen.
 A join reads the history and the snapshot in one MULTI that also publishes a
-marker on the stream's channel. Everything before the marker on the channel is
-covered by what the join read; everything after it is new. The viewer enters the
-room once its marker has come through, in the same synchronous step as its
-``joined`` reply, so no event falls between the reply and what follows it, and
-none arrives twice.
+marker on the stream's channel (:mod:`giftrelay.relay.reads`). Everything before
+the marker on the channel is covered by what the join read; everything after it
+is new. The viewer enters the room once its marker has come through, in the same
+synchronous step as its ``joined`` reply, so no event falls between the reply and
+what follows it, and none arrives twice.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
 import os
 import secrets
 import socket
 import time
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 import msgspec
 import structlog
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from websockets.asyncio.server import ServerConnection, broadcast
 from websockets.protocol import State
 
@@ -42,11 +40,11 @@ from giftrelay.money import keys
 from giftrelay.money.api import Money
 from giftrelay.money.catalog import Catalog
 from giftrelay.relay.channel import Channel
+from giftrelay.relay.combos import Combos
 from giftrelay.relay.flush import next_tick, write_events
 from giftrelay.relay.presence import Presence
+from giftrelay.relay.reads import read_gap, read_join, stream_exists
 from giftrelay.relay.room import (
-    ZERO,
-    Combo,
     Gap,
     Head,
     Join,
@@ -54,12 +52,9 @@ from giftrelay.relay.room import (
     as_text,
     head_decoder,
     offset_of,
-    reaches_back,
-    snapshot_of,
-    viewers_total,
     with_offset,
 )
-from giftrelay.wire import events, protocol
+from giftrelay.wire import protocol
 from giftrelay.wire.errors import Code, Refused, Unavailable
 from giftrelay.wire.offsets import parse_offset
 
@@ -89,10 +84,8 @@ class Fanout:
     ) -> None:
         self.url = url
         self.money = money
-        self.catalog = catalog
         self.tick = tick
         self.max_tick = max(max_tick, tick)
-        self.combo_window_ms = combo_window_ms
         self.write_buffer_limit = write_buffer_limit
         self.heartbeat_ttl_ms = heartbeat_ttl_ms
         self.history_limit = history_limit
@@ -101,7 +94,7 @@ class Fanout:
         self.worker = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.rooms: dict[str, Room] = {}
         self.dirty: set[Room] = set()
-        self.combo_heap: list[tuple[int, str, str]] = []
+        self.combos = Combos(catalog, combo_window_ms)
         self.channel = Channel(url, self._on_message, self._resubscribe)
         self.connected = self.channel.connected
         self.current_tick = tick
@@ -162,7 +155,7 @@ class Fanout:
         """
         room = self.rooms.get(stream)
         if room is None:
-            if not await self._exists(stream):
+            if not await stream_exists(self.money.redis, stream):
                 raise Refused(Code.UNKNOWN_STREAM, f"there is no stream {stream!r}")
             room = self.rooms.get(stream) or self.rooms.setdefault(stream, Room(stream))
         room.joining += 1
@@ -219,65 +212,13 @@ class Fanout:
         if not room.viewers and not room.joining and room.empty_since is None:
             room.empty_since = time.monotonic()
 
-    async def _exists(self, stream: str) -> bool:
-        try:
-            return bool(await self.money.redis.exists(keys.stream(stream)))
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            raise Unavailable() from exc
-
     async def _read_join(
         self, room: Room, token: str, since: str | None, ref: str | None, issued_ms: int | None
     ) -> tuple[protocol.Joined, str]:
-        """The reply (history after ``since``, snapshot) and its marker's offset.
-
-        One MULTI reads the latest offset, the history and the snapshot, and
-        publishes the marker: all at one instant of the stream.
-        """
-        stream = room.stream
-        hist = keys.history(stream)
-        marker = msgspec.json.encode({"kind": "sync", "token": token})
-        try:
-            async with self.join_reads, self.money.redis.pipeline(transaction=True) as pipe:
-                pipe.xrevrange(hist, "+", "-", count=1)
-                pipe.publish(room.channel, marker)
-                pipe.hgetall(keys.stream(stream))
-                pipe.zrevrange(keys.top(stream), 0, 9, withscores=True)
-                pipe.hgetall(keys.viewers(stream))
-                if since is not None:
-                    pipe.xrange(hist, f"({since}", "+", count=self.history_limit)
-                    pipe.xinfo_stream(hist)
-                replies = await pipe.execute(raise_on_error=False)
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            raise Unavailable() from exc
-        latest_raw, _, info_raw, top_raw, viewers_raw = replies[:5]
-        for reply in replies[:5]:
-            if isinstance(reply, Exception):
-                raise Refused(Code.INTERNAL) from reply
-        if not info_raw:
-            raise Refused(Code.UNKNOWN_STREAM, f"there is no stream {stream!r}")
-        if issued_ms is not None and issued_ms < int(info_raw.get("overlay_epoch", 0)):
-            raise Refused(Code.UNAUTHORIZED, "this overlay token was revoked")
-        latest = latest_raw[0][0] if latest_raw else "0-0"
-        info = Money.parse_stream(stream, info_raw)
-        snapshot = snapshot_of(info, top_raw, viewers_total(viewers_raw))
-        missed: list[msgspec.Raw] = []
-        recovered = True
-        if since is not None:
-            entries, xinfo = replies[5], replies[6]
-            if isinstance(entries, Exception):
-                raise Refused(Code.BAD_REQUEST, f"since: {entries}") from entries
-            recovered = reaches_back(since, latest, xinfo) and len(entries) < self.history_limit
-            if recovered:
-                missed = [with_offset(entry_id, fields) for entry_id, fields in entries]
-        reply = protocol.Joined(
-            ref=ref,
-            stream=stream,
-            offset=latest,
-            recovered=recovered,
-            missed=missed,
-            snapshot=snapshot,
-        )
-        return reply, latest
+        """The reply and its marker's offset (:func:`~giftrelay.relay.reads.read_join`)."""
+        async with self.join_reads:
+            redis = self.money.redis
+            return await read_join(redis, room, token, since, ref, issued_ms, self.history_limit)
 
     # -- reading the channel ---------------------------------------------------------------
 
@@ -339,25 +280,8 @@ class Fanout:
             log.info("stream gap filled", stream=room.stream, events=len(entries))
 
     async def _read_gap(self, room: Room) -> Gap:
-        """The history after the room's last offset, and the stream's revocation time.
-
-        Read after the resubscription was confirmed: a later revocation is published
-        to this worker, an earlier one is stored, so none falls in between.
-        """
-        hist = keys.history(room.stream)
-        async with asyncio.timeout(2.0), self.money.redis.pipeline(transaction=True) as pipe:
-            pipe.xrange(hist, f"({room.last_offset}", "+", count=self.history_limit)
-            pipe.xinfo_stream(hist)
-            pipe.hget(keys.stream(room.stream), "overlay_epoch")
-            entries, xinfo, epoch = await pipe.execute(raise_on_error=False)
-        for reply in (entries, epoch):
-            if isinstance(reply, Exception):
-                raise reply
-        revoked = int(epoch) if isinstance(epoch, str) and epoch.isdigit() else 0
-        last = as_text(xinfo["last-generated-id"]) if isinstance(xinfo, dict) else "0-0"
-        if not reaches_back(room.last_offset, last, xinfo) and room.last != ZERO:
-            return Gap(None, revoked)
-        return Gap(cast(list[tuple[str, dict[str, str]]], entries), revoked)
+        """What the room missed (:func:`~giftrelay.relay.reads.read_gap`)."""
+        return await read_gap(self.money.redis, room, self.history_limit)
 
     def _on_message(self, message: dict[str, Any]) -> None:
         if message["type"] != "message":
@@ -404,25 +328,7 @@ class Fanout:
             metrics.EVENT_LAG.observe(max(0.0, time.time() - head.ts / 1000))
             if not head.test:
                 room.top_dirty = True
-            item = self.catalog.get(head.gift)
-            if item is not None and item.streakable and head.count:
-                deadline = head.ts + self.combo_window_ms + 50
-                price = head.coins // head.count
-                room.combos[head.combo_id] = Combo(
-                    deadline=deadline,
-                    stream=room.stream,
-                    event=events.ComboEndEvent(
-                        offset="",
-                        ts=0,
-                        combo_id=head.combo_id,
-                        sender=head.sender,
-                        gift=head.gift,
-                        total=head.combo,
-                        coins=head.combo * price,
-                        test=head.test,
-                    ),
-                )
-                heapq.heappush(self.combo_heap, (deadline, room.stream, head.combo_id))
+            self.combos.extend(room, head)
 
     # -- flushing --------------------------------------------------------------------------
 
@@ -431,7 +337,7 @@ class Fanout:
         while True:
             started = loop.time()
             try:
-                self._end_combos()
+                self.combos.end_due(self.rooms, self.dirty)
                 self.flush_all()
             except Exception:
                 log.exception("fan-out flush failed")
@@ -475,21 +381,6 @@ class Fanout:
                 metrics.SLOW_CLOSES.inc()
             task = asyncio.create_task(conn.close(1013, reason))
             task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
-
-    def _end_combos(self) -> None:
-        now = time.time_ns() // 1_000_000
-        heap = self.combo_heap
-        while heap and heap[0][0] <= now:
-            deadline, stream, combo_id = heapq.heappop(heap)
-            room = self.rooms.get(stream)
-            if room is None:
-                continue
-            combo = room.combos.get(combo_id)
-            if combo is None or combo.deadline != deadline:
-                continue  # extended since: a later deadline is in the heap
-            del room.combos[combo_id]
-            room.add_live(msgspec.structs.replace(combo.event, offset=room.last_offset, ts=now))
-            self.dirty.add(room)
 
     # -- viewers, top, and lingering rooms --------------------------------------------------
 

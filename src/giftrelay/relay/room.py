@@ -3,7 +3,8 @@
 A :class:`Room` holds a stream's viewers, the events waiting for the next tick and
 the offsets that make delivery exactly-once and in order; the helpers read what
 Redis returns (history entries, stream info, viewer heartbeats) into events and
-snapshots. No I/O here: :mod:`giftrelay.relay.fanout` does it.
+snapshots. No I/O here: :mod:`giftrelay.relay.fanout` and :mod:`giftrelay.relay.reads`
+do it.
 """
 
 from __future__ import annotations

@@ -1,41 +1,5 @@
-"""A small asyncio client for the giftrelay protocol (docs/protocol.md), for apps and load tests.
-
-It keeps the two promises a client has to keep by itself, so apps need not:
-
-* **Recovery.** When the connection drops (a network blip, a relay worker going
-  away with 1001, a slow reader closed with 1013), it reconnects with backoff and
-  rejoins every stream with ``since`` = the last offset it saw, so missed events
-  arrive in order before live ones. ``on_joined`` tells the app when the history
-  no longer reached back (``recovered`` false: refresh from the snapshot).
-* **Exactly-once gifts.** :meth:`Client.gift` sends an idempotency id and, on
-  ``unavailable`` or a lost connection, retries with the *same* id until the relay
-  answers: a gift moves money once, however many times it was sent. ``unavailable``
-  does not mean the gift did not move (Redis may have run it after the relay stopped
-  waiting); the retry's reply is the gift's one outcome.
-
-Example::
-
-    import asyncio
-    from giftrelay.client import Client, GiftEvent
-
-    async def main() -> None:
-        def show(stream: str, events: list[Event]) -> None:
-            for e in events:
-                if isinstance(e, GiftEvent):
-                    print(f"{e.sender} sent {e.count} x {e.name}")
-
-        async with Client("ws://127.0.0.1:8080/ws", token, on_events=show) as client:
-            await client.join("demo")
-            ok = await client.gift("demo", "rose", count=3)
-            print("coins left:", ok.balance)
-            await asyncio.sleep(60)
-
-    asyncio.run(main())
-
-Messages are the relay's own msgspec Structs (:mod:`giftrelay.wire.protocol`,
-:mod:`giftrelay.events`); events of a kind this client does not know yet arrive
-as :class:`UnknownEvent` rather than breaking it.
-"""
+"""One connection to a relay, kept up: it reconnects with backoff, rejoins every stream
+with ``since``, and delivers each stream's events in order and once."""
 
 from __future__ import annotations
 
@@ -43,137 +7,37 @@ import asyncio
 import inspect
 import itertools
 import random
-import secrets
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from types import TracebackType
-from typing import TypeVar
+from typing import Self, TypeVar
 
 import msgspec
 import structlog
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from giftrelay.client.errors import Disconnected, RelayError
+from giftrelay.client.messages import (
+    STORED,
+    AnyReply,
+    Event,
+    EventsHandler,
+    JoinedHandler,
+    KnownEvents,
+    decode_event,
+    decode_frame,
+    offset_key,
+    reply_decoder,
+)
 from giftrelay.wire import protocol
-from giftrelay.wire.events import (
-    ComboEndEvent,
-    GiftEvent,
-    GoalEvent,
-    StreamEndedEvent,
-    TopEvent,
-    ViewersEvent,
-)
-from giftrelay.wire.offsets import parse_offset
-from giftrelay.wire.protocol import (
-    Balance,
-    Error,
-    Events,
-    GiftOk,
-    Hello,
-    Joined,
-    Reply,
-    StreamOk,
-    TopupOk,
-)
-
-__all__ = [
-    "Balance",
-    "Client",
-    "ComboEndEvent",
-    "Disconnected",
-    "Event",
-    "GiftEvent",
-    "GiftOk",
-    "GoalEvent",
-    "Hello",
-    "Joined",
-    "RelayError",
-    "StreamEndedEvent",
-    "StreamOk",
-    "TopEvent",
-    "TopupOk",
-    "UnknownEvent",
-    "ViewersEvent",
-    "offset_key",
-]
+from giftrelay.wire.protocol import Error, Events, Hello, Joined, Reply
 
 log = structlog.get_logger(__name__)
 
 R = TypeVar("R", bound=Reply)
 
-
-class UnknownEvent(msgspec.Struct, frozen=True):
-    """An event of a kind added to the protocol after this client was written."""
-
-    kind: str
-    offset: str
-    ts: int = 0
-
-
-Event = (
-    GiftEvent
-    | GoalEvent
-    | StreamEndedEvent
-    | ViewersEvent
-    | TopEvent
-    | ComboEndEvent
-    | UnknownEvent
-)
-"""Everything ``on_events`` can receive. Only gift, goal and stream_ended are stored events."""
-
-STORED = (GiftEvent, GoalEvent, StreamEndedEvent)
-
-EventsHandler = Callable[[str, list[Event]], Awaitable[None] | None]
-"""Called with each batch of a stream's events, in offset order. A coroutine result is
-awaited before the next frame is read: a slow handler slows reading (backpressure)."""
-
-JoinedHandler = Callable[[Joined], Awaitable[None] | None]
-
-
-class _AnyReply(msgspec.Struct):
-    type: str = ""
-    ref: str | None = None
-
-
-ServerMessage = (
-    protocol.Hello
-    | protocol.Joined
-    | protocol.Left
-    | protocol.GiftOk
-    | protocol.Balance
-    | protocol.Pong
-    | protocol.CatalogReply
-    | protocol.TopupOk
-    | protocol.StreamOk
-    | protocol.PayoutOk
-    | protocol.CapOk
-    | protocol.GoalOk
-    | protocol.TestOk
-    | protocol.RevokeOk
-    | protocol.Error
-    | protocol.Events
-)
-"""Every server -> client message this client knows, as the relay's own Structs."""
-_reply_decoder = msgspec.json.Decoder(ServerMessage)
-
-
-class _KnownEvents(msgspec.Struct, tag="events", tag_field="type", kw_only=True, frozen=True):
-    """An ``events`` frame whose events are all of kinds this client knows, decoded with
-    them in one call (a frame holding any other kind fails, then goes event by event)."""
-
-    stream: str
-    events: list[GiftEvent | GoalEvent | StreamEndedEvent | ViewersEvent | TopEvent | ComboEndEvent]
-
-
-_frame_decoder = msgspec.json.Decoder(_KnownEvents)
-EVENTS_HEAD = ('{"type":"events"', b'{"type":"events"')
-"""How the relay's ``events`` frames start (msgspec writes the tag first)."""
-_any_reply = msgspec.json.Decoder(_AnyReply)
-_event_decoder = msgspec.json.Decoder(
-    GiftEvent | GoalEvent | StreamEndedEvent | ViewersEvent | TopEvent | ComboEndEvent
-)
-_unknown_event = msgspec.json.Decoder(UnknownEvent)
 _encoder = msgspec.json.Encoder()
 
 
@@ -184,63 +48,9 @@ EVENTS_KEPT = 10_000
 """Events :meth:`Client.events` keeps waiting for a slow consumer."""
 
 
-class RelayError(Exception):
-    """The relay answered ``error``: ``code`` is the protocol's error code.
-
-    Every code means nothing moved except ``unavailable``: the request may or may not
-    have taken effect, and a retry with the same id returns its one outcome.
-    """
-
-    def __init__(self, code: str, message: str, id: str | None = None) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-        self.id = id
-
-
-class Disconnected(Exception):
-    """The connection dropped before a reply came; whether it was applied is unknown."""
-
-
-def offset_key(offset: str) -> tuple[int, int]:
-    """An offset as a pair that sorts like the stream: ``"17-3"`` -> (17, 3)."""
-    return parse_offset(offset)
-
-
-def decode_event(raw: msgspec.Raw | bytes) -> Event:
-    """One event, typed; a kind unknown to this client gives :class:`UnknownEvent`."""
-    try:
-        event: Event = _event_decoder.decode(raw)
-    except msgspec.ValidationError:
-        return _unknown_event.decode(raw)
-    return event
-
-
-def _decode_frame(data: str | bytes) -> _KnownEvents | Reply | _AnyReply:
-    """A server frame: an ``events`` frame of known kinds, a known reply, or the head of
-    a reply added after this client. May raise RecursionError (see ``_on_frame``)."""
-    if data[:16] in EVENTS_HEAD:  # most frames: decoded typed in one call
-        try:
-            frame: _KnownEvents = _frame_decoder.decode(data)
-        except msgspec.ValidationError:
-            pass  # it holds an event kind this client does not know: event by event
-        else:
-            return frame
-    try:
-        reply: Reply = _reply_decoder.decode(data)
-    except msgspec.ValidationError:
-        head: _AnyReply = _any_reply.decode(data)
-        return head
-    return reply
-
-
-def new_id() -> str:
-    """A fresh idempotency id (22 URL-safe characters)."""
-    return secrets.token_urlsafe(16)
-
-
-class Client:
-    """One connection to a relay that reconnects, rejoins with ``since`` and retries gifts.
+class Connection:
+    """One connection to a relay that reconnects, rejoins with ``since`` and delivers
+    events; :class:`~giftrelay.client.Client` sends its typed requests over it.
 
     ``dedupe`` (default on) drops stored events at or below the last offset already
     delivered for their stream, so a reconnect never shows an app an event twice;
@@ -314,7 +124,7 @@ class Client:
                 await asyncio.wait([task])
         self._fail_waiting(Disconnected("the client was closed"))
 
-    async def __aenter__(self) -> Client:
+    async def __aenter__(self) -> Self:
         await self.connect()
         return self
 
@@ -370,7 +180,7 @@ class Client:
             async with asyncio.timeout(self.open_timeout):
                 first = await ws.recv(decode=False)
             try:
-                hello = _reply_decoder.decode(first)
+                hello = reply_decoder.decode(first)
             except RecursionError:  # msgspec decodes recursively: a hostile or broken peer
                 raise Disconnected("the hello frame is nested too deeply to decode") from None
             if not isinstance(hello, Hello):
@@ -453,7 +263,7 @@ class Client:
             delay = self.backoff[0]
             while self.ws is ws and not self._closing:
                 try:
-                    await self.join(stream, since)
+                    await self.request(protocol.Join(stream=stream, since=since), Joined)
                     break
                 except (Disconnected, TimeoutError):
                     return  # the next reconnect rejoins
@@ -477,16 +287,16 @@ class Client:
 
     async def _on_frame(self, data: str | bytes) -> None:
         try:
-            message = _decode_frame(data)
+            message = decode_frame(data)
         except RecursionError:
             # msgspec decodes recursively: a frame nested about 1,000 deep cannot be read.
             # Dropped like any undecodable frame, and the connection stays open.
             log.warning("giftrelay client dropped a frame nested too deeply to decode")
             return
-        if isinstance(message, _KnownEvents):
+        if isinstance(message, KnownEvents):
             await self._deliver(message.stream, list(message.events))
             return
-        if isinstance(message, _AnyReply):  # a reply type added after this client
+        if isinstance(message, AnyReply):  # a reply type added after this client
             future = self._waiting.pop(message.ref, None) if message.ref else None
             if future is not None and not future.done():
                 future.set_exception(RelayError("unknown_reply", f"unexpected {message.type!r}"))
@@ -570,10 +380,6 @@ class Client:
             raise RelayError("unexpected_reply", f"expected {expect.__name__}, got {reply!r}")
         return reply
 
-    async def join(self, stream: str, since: str | None = None) -> Joined:
-        """Join a stream; events missed since ``since`` are delivered first, in order."""
-        return await self.request(protocol.Join(stream=stream, since=since), Joined)
-
     async def _joined(self, joined: Joined) -> None:
         stream = joined.stream
         previous = self.streams.get(stream)
@@ -586,69 +392,3 @@ class Client:
         if joined.missed:  # before the offset below, or they would count as seen
             await self._deliver(stream, [decode_event(raw) for raw in joined.missed])
         self._last[stream] = max(self._last.get(stream, (0, 0)), offset_key(joined.offset))
-
-    async def leave(self, stream: str) -> None:
-        self.streams.pop(stream, None)
-        self._last.pop(stream, None)
-        await self.request(protocol.Leave(stream=stream), protocol.Left)
-
-    async def gift(
-        self,
-        stream: str,
-        gift: str,
-        count: int = 1,
-        *,
-        id: str | None = None,
-        retry_for: float = 30.0,
-        on_retry: Callable[[Exception], None] | None = None,
-    ) -> GiftOk:
-        """Send a gift; on ``unavailable`` or a dropped connection, retry with the same id.
-
-        Either may leave the gift applied or not: ``unavailable`` means the relay could
-        not learn the outcome in time, not that nothing moved. Retrying is safe because
-        the relay applies an id once and answers a repeat with the first ``gift_ok``, so
-        the reply that ends the retries is the gift's one outcome. After ``retry_for``
-        seconds it gives up, raising the last ``unavailable`` or disconnection: the
-        gift's outcome is then still unknown (pass the same ``id`` to learn it later).
-        ``on_retry`` is told why before each retry (to show "reconnecting..." say).
-        """
-        message = protocol.Gift(stream=stream, gift=gift, count=count, id=id or new_id())
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + retry_for
-        delay = self.backoff[0]
-        while True:
-            try:
-                if not self._connected.is_set():
-                    await self.wait_connected(max(0.0, deadline - loop.time()))
-                return await self.request(message, GiftOk)
-            except RelayError as exc:
-                if exc.code != "unavailable" or loop.time() + delay > deadline:
-                    raise
-                reason: Exception = exc
-            except (Disconnected, TimeoutError) as exc:
-                if loop.time() + delay > deadline or self._failure is not None:
-                    raise
-                reason = exc
-            self.gift_retries += 1
-            if on_retry is not None:
-                on_retry(reason)
-            await asyncio.sleep(delay * (0.5 + random.random()))
-            delay = min(self.backoff[1], delay * 2)
-
-    async def balance(self) -> Balance:
-        return await self.request(protocol.BalanceRequest(), Balance)
-
-    async def ping(self) -> None:
-        await self.request(protocol.Ping(), protocol.Pong)
-
-    async def topup(self, user: str, coins: int, id: str) -> TopupOk:
-        """Admin: credit coins; ``id`` is the payment receipt (idempotent)."""
-        return await self.request(protocol.Topup(user=user, coins=coins, id=id), TopupOk)
-
-    async def stream_open(self, stream: str, title: str, creator: str | None = None) -> StreamOk:
-        """Creator (own stream) or admin (naming the ``creator``): open a live stream."""
-        message = protocol.StreamOpen(stream=stream, title=title, creator=creator)
-        return await self.request(message, StreamOk)
-
-    async def stream_close(self, stream: str) -> StreamOk:
-        return await self.request(protocol.StreamClose(stream=stream), StreamOk)
