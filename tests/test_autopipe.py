@@ -12,8 +12,9 @@ from redis.asyncio import Redis
 from giftrelay.config import Settings
 from giftrelay.embedded import RedisServer
 from giftrelay.money import catalog, keys
-from giftrelay.money.api import GiftReceipt, Money
+from giftrelay.money.api import Money
 from giftrelay.money.autopipe import AutoPipeline
+from giftrelay.money.receipts import GiftReceipt
 from giftrelay.redis_client import connect
 from giftrelay.wire.errors import Unavailable
 

@@ -18,7 +18,6 @@ from collections.abc import Awaitable, Callable
 from fractions import Fraction
 from typing import Any, Protocol, TypeVar, cast
 
-import msgspec
 import structlog
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -27,6 +26,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from giftrelay.money import keys, rules
 from giftrelay.money.autopipe import AutoPipeline
 from giftrelay.money.catalog import Catalog, Gift
+from giftrelay.money.receipts import GiftReceipt, PayoutReceipt, StreamInfo, TopupReceipt
 from giftrelay.money.scripts import SCRIPTS, Script
 from giftrelay.wire import protocol
 from giftrelay.wire.errors import Code, Refused, Unavailable
@@ -65,76 +65,6 @@ class MoneySettings(Protocol):
     def cent_rate(self) -> Fraction: ...
     @property
     def fee_rate(self) -> Fraction: ...
-
-
-class GiftReceipt(msgspec.Struct, frozen=True):
-    """A gift that was applied (or, with ``replayed``, had been applied before).
-
-    More than the viewer is told (:meth:`reply`): the combo and the diamonds credited
-    are for the money core's callers and tests; the viewer sees them in the event.
-    """
-
-    id: str
-    stream: str
-    offset: str
-    coins: int
-    balance: int
-    combo: int
-    combo_id: str
-    diamonds: int
-    replayed: bool = False
-
-    def reply(self, ref: str | None) -> protocol.GiftOk:
-        """What the viewer is told, the same on a replay (so a retry cannot tell)."""
-        return protocol.GiftOk(
-            ref=ref,
-            id=self.id,
-            stream=self.stream,
-            offset=self.offset,
-            coins=self.coins,
-            balance=self.balance,
-            combo=self.combo,
-        )
-
-
-class TopupReceipt(msgspec.Struct, frozen=True):
-    user: str
-    coins: int
-    """The new balance."""
-    replayed: bool = False
-
-    def reply(self, ref: str | None) -> protocol.TopupOk:
-        return protocol.TopupOk(ref=ref, user=self.user, coins=self.coins)
-
-
-class PayoutReceipt(msgspec.Struct, frozen=True):
-    id: str
-    diamonds: int
-    cash_cents: int
-    fee_cents: int
-    diamonds_left: int
-    replayed: bool = False
-
-    def reply(self, ref: str | None) -> protocol.PayoutOk:
-        return protocol.PayoutOk(
-            ref=ref,
-            id=self.id,
-            diamonds=self.diamonds,
-            cash_cents=self.cash_cents,
-            fee_cents=self.fee_cents,
-            diamonds_left=self.diamonds_left,
-        )
-
-
-class StreamInfo(msgspec.Struct, frozen=True):
-    stream: str
-    creator: str
-    title: str
-    live: bool
-    diamonds: int
-    coins: int
-    gifts: int
-    goal: protocol.GoalState | None
 
 
 class Money:

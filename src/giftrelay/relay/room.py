@@ -17,7 +17,7 @@ import msgspec
 from websockets.asyncio.server import ServerConnection
 
 from giftrelay.money import keys
-from giftrelay.money.api import StreamInfo
+from giftrelay.money.receipts import StreamInfo
 from giftrelay.wire import events, protocol
 from giftrelay.wire.offsets import parse_offset
 
