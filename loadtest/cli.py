@@ -4,6 +4,7 @@
         --viewers 1000 --gift-rate 200 --duration 20
     giftrelay-loadtest fanout --viewers 1000,5000 --rate 1000 --seconds 10
     giftrelay-loadtest bench --peers giftrelay,naive --viewers 100 --gift-rate -1
+    giftrelay-loadtest gifts --duration 10 --repeat 3
     giftrelay-loadtest soak --minutes 60 --interval 60 --csv soak.csv
 
 ``COMMAND --help`` tells each one's options; docs/loadtest.md what they measure.
@@ -22,7 +23,7 @@ from collections.abc import Callable, Sequence
 
 from giftrelay import logs
 
-from .scenarios import bench, fanout, soak
+from .scenarios import bench, fanout, gifts, soak
 from .scenarios.harness import SCENARIOS
 from .scenarios.harness import cli as harness
 
@@ -31,6 +32,7 @@ COMMANDS: dict[str, Main] = {
     **dict.fromkeys(SCENARIOS, harness.main),
     "fanout": fanout.main,
     "bench": bench.main,
+    "gifts": gifts.main,
     "soak": soak.main,
 }
 
@@ -43,7 +45,7 @@ def parser() -> argparse.ArgumentParser:
     )
     commands = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     harness.add_parser(commands)
-    for module in (fanout, bench, soak):
+    for module in (fanout, bench, gifts, soak):
         module.add_parser(commands)
     return p
 

@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import re
+import shutil
 import sys
 import tomllib
 from collections.abc import Awaitable, Callable
@@ -210,6 +211,37 @@ async def test_cli_writes_every_field_and_a_report_with_charts(
     assert_self_contained_with_charts(html_path.read_text())
 
 
+async def test_gifts_measures_the_gift_path_against_echo_and_redis_benchmark(
+    tmp_path: Path, loadtest: Loadtest
+) -> None:
+    proc = await loadtest(
+        "gifts", "--targets", "echo,giftrelay", "--processes", "1", "--connections", "4",
+        "--inflight", "4", "--relax-limits", "--duration", "1.5", "--warmup", "0.5",
+        "--reference-gifts", "2000", "--out", str(tmp_path),
+    )  # fmt: skip
+    out, _ = await proc.communicate()
+    assert proc.returncode == 0, out.decode()
+    [json_path] = files(tmp_path, "gifts-*.json")
+    raw = json.loads(json_path.read_text())
+    assert [run["target"] for run in raw["runs"]] == ["echo", "giftrelay"]
+    for run in raw["runs"]:
+        assert run["acked"] > 0, run
+        assert run["errors"] == {}, run
+        assert run["connected"] == 4
+        assert 0 < run["ack_latency_ms"]["p50"] <= run["ack_latency_ms"]["p99"]
+        assert run["relay_cpu_seconds"] > 0
+    relay = raw["runs"][1]
+    assert relay["redis"]["commands"]["evalsha"]["calls"] > relay["acked"] // 2  # one each
+    assert relay["redis_cpu_us_per_gift"] > 0
+    ratios = raw["ratios"]
+    assert ratios["relay CPU per gift ÷ echo's"]["value"] > 0
+    assert ratios["gifts/s ÷ naive's"]["value"] is None  # naive was not run
+    if shutil.which("redis-benchmark"):
+        [ref] = raw["references"]
+        assert ref["applied"] > 0.99 * ref["gifts"]  # the script's full path, not a refusal
+        assert ratios["Redis CPU per gift ÷ redis-benchmark's"]["value"] > 0
+
+
 async def test_non_loopback_targets_need_to_be_named() -> None:
     check_target("ws://127.0.0.1:8080/ws", None)
     check_target("ws://localhost:8080/ws", None)
@@ -283,6 +315,9 @@ DOCUMENTED = [
     "bench --peers giftrelay,naive --viewers 100 --gift-rate -1 --inflight 16 --duration 10 "
     "--repeat 3",
     "bench --peers giftrelay,socketio --viewers 5000 --gift-rate 10 --duration 10",
+    "gifts --duration 10 --repeat 3",
+    "gifts --targets giftrelay --rate 5000 --duration 10",
+    "gifts --targets giftrelay,naive --workers 2 --duration 10",
     "soak --minutes 60 --interval 60 --csv soak.csv",
 ]
 

@@ -271,9 +271,12 @@ def serve_env(
 async def peer_command(
     name: str, port: int, redis_url: str, secret: str
 ) -> tuple[list[str], dict[str, str]]:
-    """The command line and environment of a peer: ``naive`` or ``socketio`` (whose locked
-    packages are installed with ``npm ci`` on first use)."""
+    """The command line and environment of a peer: ``naive``, ``echo`` (a bare websockets
+    echo server, no Redis) or ``socketio`` (whose locked packages are installed with
+    ``npm ci`` on first use)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if name == "echo":
+        return [sys.executable, "-m", "loadtest.peers.echo", "--port", str(port)], env
     if name == "naive":
         argv = [sys.executable, "-m", "loadtest.peers.naive", "--port", str(port),
                 "--redis-url", redis_url, "--secret", secret]  # fmt: skip

@@ -89,6 +89,11 @@ def summarise_latency(counts: Mapping[int, int]) -> Latency:
     h = HdrHistogram(1, 600_000_000, 3)
     for bucket, n in counts.items():
         h.record_value(max(1, int(bucket * LATENCY_UNIT_MS * 1000)), n)
+    return latency_of(h)
+
+
+def latency_of(h: HdrHistogram) -> Latency:
+    """The percentiles, in ms, of an HDR histogram of µs."""
     if h.get_total_count() == 0:
         return Latency()
 

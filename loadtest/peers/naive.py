@@ -21,7 +21,7 @@ from typing import Any
 
 import jwt
 import msgspec
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from websockets.asyncio.server import ServerConnection, broadcast, serve
 
 GIFT = """
@@ -168,7 +168,10 @@ async def main() -> None:
     parser.add_argument("--redis-url", required=True)
     parser.add_argument("--secret", required=True)
     args = parser.parse_args()
-    redis = Redis.from_url(args.redis_url)
+    # redis-py's pool refuses the 101st concurrent command ("Too many connections"), which
+    # would drop the viewer's connection here: above 100 gifters, wait for a free one.
+    pool = BlockingConnectionPool.from_url(args.redis_url, max_connections=100)
+    redis = Redis(connection_pool=pool)
     relay = NaiveRelay(redis, args.secret)
     await relay.start()
     stop = asyncio.Event()
