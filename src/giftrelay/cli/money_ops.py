@@ -70,7 +70,14 @@ def wallet_show(user: str) -> None:
     """Show USER's coins, diamonds, spending today and daily cap."""
 
     async def show(core: Money) -> object:
-        return {"user": user, **msgspec.structs.asdict(await core.balance(user))}
+        b = await core.balance(user)
+        return {
+            "user": user,
+            "coins": b.coins,
+            "diamonds": b.diamonds,
+            "spent_today": b.spent_today,
+            "daily_cap": b.daily_cap,
+        }
 
     _with_money(show, writes=False)
 
