@@ -28,7 +28,7 @@ from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
 from giftrelay.config import ConfigError, Settings
-from giftrelay.embedded import RedisServer
+from giftrelay.embedded import RedisServer, free_port
 from giftrelay.ledger.sqlite import SQLiteStore
 from giftrelay.money import keys as money_keys
 from giftrelay.money.api import Money
@@ -284,6 +284,7 @@ class Receiver:
         self.changed = asyncio.Condition()
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._handlers: set[asyncio.Task[Any]] = set()
 
     @property
     def url(self) -> str:
@@ -299,6 +300,7 @@ class Receiver:
         self._server.close()
         for writer in list(self._writers):
             writer.close()
+        await asyncio.gather(*self._handlers, return_exceptions=True)
         await self._server.wait_closed()
         self._server = None
 
@@ -318,6 +320,9 @@ class Receiver:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._writers.add(writer)
+        handler = asyncio.current_task()
+        assert handler is not None
+        self._handlers.add(handler)
         try:
             while line := await reader.readline():
                 assert line.startswith(b"POST /hooks HTTP/1.1"), line
@@ -343,6 +348,7 @@ class Receiver:
             pass
         finally:
             self._writers.discard(writer)
+            self._handlers.discard(handler)
             writer.close()
 
 
@@ -512,6 +518,8 @@ async def test_every_movement_arrives_signed_and_in_order_through_failures(
     receiver.policy = flaky
     before = {o: metric("giftrelay_webhook_attempts_total", outcome=o)
               for o in ("delivered", "http_error", "timeout", "no_answer")}  # fmt: skip
+    lags = metric("giftrelay_webhook_delivery_lag_seconds_count")
+    retries = metric("giftrelay_webhook_retries_total")
     d, outcomes = deliverer(redis, receiver)
     async with running(d):
         await movements(money, "one")
@@ -530,6 +538,8 @@ async def test_every_movement_arrives_signed_and_in_order_through_failures(
     assert any(h.status is None for h in receiver.hits)  # the hung ones
     for outcome in ("delivered", "http_error", "timeout", "no_answer"):
         assert metric("giftrelay_webhook_attempts_total", outcome=outcome) > before[outcome]
+    assert metric("giftrelay_webhook_delivery_lag_seconds_count") >= lags + len(every)
+    assert metric("giftrelay_webhook_retries_total") > retries
     # Nothing left: the outbox is empty, the group has nothing pending or unread.
     status = await admin.status(redis)
     assert (status.queued, status.unread, status.dead_letters) == (0, 0, 0)
@@ -656,6 +666,32 @@ async def test_a_deliverer_killed_mid_delivery_loses_nothing(
 
 
 # -- the commands --------------------------------------------------------------------------
+
+
+async def test_serve_delivers_webhooks_when_the_url_is_set(
+    redis_server: RedisServer, redis: Redis, money: Money, receiver: Receiver, tmp_path: Path
+) -> None:
+    env = {**os.environ, "GIFTRELAY_SECRET": "s" * 32, "GIFTRELAY_VAR_DIR": str(tmp_path),
+           "GIFTRELAY_WEBHOOK_URL": receiver.url, "GIFTRELAY_WEBHOOK_SECRET": SECRET,
+           "GIFTRELAY_LOG_FORMAT": "json"}  # fmt: skip
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "giftrelay", "serve", "--port", str(free_port()),
+        "--redis-url", redis_server.url, "--no-ledger",
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    assert process.stdout is not None
+    try:
+        async with asyncio.timeout(60):  # the group exists before serve prints its URLs
+            while b"websocket:" not in await process.stdout.readline():
+                assert process.returncode is None
+        await money.topup("alice", 5, "serve-topup-1")
+        await receiver.until(lambda: receiver.delivered() == {"topup:serve-topup-1"})
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 0, output.decode()[-2000:]
+    assert b"webhook deliverer stopped" in output
+    await check(redis, receiver)
 
 
 async def giftrelay(*args: str, **env: str) -> tuple[int, str, str]:

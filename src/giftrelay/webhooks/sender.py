@@ -55,7 +55,7 @@ class Sender:
             response = await self.client.post(self.url, content=body, headers=headers)
         except httpx.TimeoutException as exc:
             return f"timeout: no answer in time ({type(exc).__name__})"
-        except httpx.HTTPError as exc:  # refused, reset, DNS, TLS: no answer
+        except (httpx.HTTPError, OSError) as exc:  # refused, reset, DNS, TLS: no answer
             return f"no answer: {type(exc).__name__}: {exc}"
         if 200 <= response.status_code < 300:
             return None
