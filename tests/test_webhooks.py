@@ -595,6 +595,25 @@ async def test_one_failing_wallet_holds_up_only_itself_then_dead_letters_and_rep
     await check(redis, receiver, dead={dead.id: dead.attempts})
 
 
+async def test_a_full_sender_waits_for_an_answer_rather_than_spinning(
+    redis: Redis, money: Money, receiver: Receiver
+) -> None:
+    """With every slot taken by an attempt that hangs, events due meanwhile wait for a
+    slot: the loop sleeps until an answer (or the time-out) rather than spinning."""
+    receiver.policy = lambda hit: "hang" if receiver.attempts(hit.event_id) == 1 else "ok"
+    d, outcomes = deliverer(redis, receiver)
+    d.concurrency = 1
+    async with running(d):
+        await money.topup("alice", 5, "spin-topup-1")
+        await receiver.until(lambda: len(receiver.hits) == 1)
+        await money.topup("bob", 5, "spin-topup-2")  # due at once, no slot for it
+        rounds = d.rounds
+        await outcomes.until(lambda: outcomes.count("retry") >= 1)  # the 0.3 s time-out
+        assert d.rounds - rounds < 60  # a read every 20 ms (block_ms) and the answers
+        await receiver.until(lambda: len(receiver.delivered()) == 2)
+    await check(redis, receiver)
+
+
 async def test_a_standby_deliverer_takes_over_when_the_sender_stops(
     redis: Redis, money: Money, receiver: Receiver
 ) -> None:

@@ -82,6 +82,8 @@ class Deliverer:
         self.leading = asyncio.Event()
         """Set while this deliverer holds the lease and sends."""
         self._wake = asyncio.Event()
+        self.rounds = 0
+        """Turns of the sending loop (each waits for something to happen): for tests."""
 
     def wake(self) -> None:
         """Look at the plan again now (after the clock was moved, in tests)."""
@@ -137,6 +139,7 @@ class Deliverer:
         renew_at = 0.0
         try:
             while not stop.is_set():
+                self.rounds += 1
                 if time.monotonic() >= renew_at:
                     renew_at = await self._renew(plan) + self.lease_ttl_ms / 3000
                 room = self.concurrency - len(in_flight)
@@ -145,8 +148,8 @@ class Deliverer:
                 if reader is None and len(plan) < self.backlog:
                     reader = asyncio.create_task(self._read())
                 timeout = max(renew_at - time.monotonic(), 0.0)
-                due = plan.next_due()
-                if due is not None:
+                due = plan.next_due() if len(in_flight) < self.concurrency else None
+                if due is not None:  # (when all slots are taken, only an answer frees one)
                     timeout = min(timeout, max(due - self.clock(), 0) / 1000)
                 waiting: set[asyncio.Future[Any]] = {stopped, woken, *in_flight}
                 if reader is not None:
