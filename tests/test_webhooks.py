@@ -529,7 +529,6 @@ async def test_every_movement_arrives_signed_and_in_order_through_failures(
         await receiver.stop()  # gone: connections refused
         await movements(money, "two", users=("alice", "dave"))
         await outcomes.until(lambda: sum("no answer" in e.error for o, e in outcomes.seen) >= 3)
-        assert not receiver.hits[-1].event_id.startswith("two")
         await receiver.start()  # back on the same port
         every = {key for _, key, _, _ in await expected(redis)}
         await receiver.until(lambda: every <= receiver.delivered())
