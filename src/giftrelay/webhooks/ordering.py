@@ -103,10 +103,6 @@ class Plan:
         self._busy.discard(event.entry)
         self._consider(event)
 
-    def release(self) -> list[Pending]:
-        """Everything queued, in ledger order (for a deliverer handing over)."""
-        return sorted(self._events.values(), key=lambda e: e.order)
-
     def oldest_ms(self) -> int | None:
         """The time of the oldest queued movement, or None."""
         return min((e.ms for e in self._events.values()), default=None)
