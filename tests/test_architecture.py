@@ -2,7 +2,8 @@
 
 ``wire`` (what clients and the relay say) imports nothing else of giftrelay;
 ``money`` (the scripts and their API) only ``wire``; ``ledger`` only ``wire``,
-``money`` and the metrics; ``relay`` anything below the command line. Every import
+``money`` and the metrics; ``relay`` anything below the command line; ``webhooks``,
+beside the relay, only ``wire``, ``money``, ``ledger``, the config and the metrics. Every import
 counts, including those inside functions.
 """
 
@@ -24,6 +25,14 @@ ALLOWED = {
         "giftrelay.money",
         "giftrelay.ledger",
         "giftrelay.metrics",
+    },
+    "giftrelay.webhooks": {
+        "giftrelay.wire",
+        "giftrelay.money",
+        "giftrelay.ledger",
+        "giftrelay.config",
+        "giftrelay.metrics",
+        "giftrelay.webhooks",
     },
 }
 """Per layer, the only parts of giftrelay its modules may import."""

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from fractions import Fraction
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import msgspec
 
@@ -105,6 +105,26 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     ledger_metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0
     """``giftrelay ledger`` serves /metrics on this port (0: not at all)."""
 
+    # Webhooks (giftrelay.webhooks): every ledger movement POSTed, signed, at least once.
+    webhook_url: str | None = None
+    """Where to POST; unset: no webhooks. http:// or https://."""
+    webhook_secret: str | None = None
+    """HMAC-SHA256 key of ``Giftrelay-Signature``; required with ``webhook_url``."""
+    webhook_timeout: Annotated[float, msgspec.Meta(gt=0, le=60)] = 10.0
+    """Seconds an attempt waits for the answer; none in time is a failure."""
+    webhook_retry_base: Annotated[float, msgspec.Meta(gt=0, le=30)] = 5.0
+    """Seconds: the first retry comes within this (full jitter), each later one doubles it."""
+    webhook_retry_cap: Annotated[float, msgspec.Meta(gt=0, le=86400)] = 3600.0
+    """Seconds: the longest wait between two attempts."""
+    webhook_dead_after_days: Annotated[float, msgspec.Meta(gt=0, le=3650)] = 3.0
+    """Days after its first failure that an event still failing becomes a dead letter."""
+    webhook_concurrency: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 16
+    """Deliveries in flight at once (each to another wallet's head)."""
+    webhook_backlog: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)] = 100_000
+    """Events held for delivery at most; beyond it new movements wait in the ledger stream."""
+    webhook_metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0
+    """``giftrelay webhooks run`` serves /metrics on this port (0: not at all)."""
+
     # Relay: fan-out, limits and time-outs.
     tick_ms: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 25
     """Fan-out tick; it grows under load up to ``max_tick_ms``. 0 flushes at once."""
@@ -147,6 +167,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
         if self.redis_url:
             check_redis_url(self.redis_url)
         _check_host(self.host)
+        if self.webhook_url is not None:
+            _check_webhook(self.webhook_url, self.webhook_secret)
         if self.fee_rate >= 1:
             raise ConfigError(
                 f"GIFTRELAY_PAYOUT_FEE_PERCENT: must be at least 0 and below 100, "
@@ -245,12 +267,17 @@ def check_redis_url(url: str) -> None:
     elif parts.scheme != "unix" and not re.fullmatch(r"/?([0-9]|1[0-5])?", parts.path):
         problem = "names no database 0-15"
     else:
-        try:
-            parts.port  # noqa: B018 - raises on a port that is not a number in range
-        except ValueError:
-            problem = "has a bad port"
+        problem = _port_problem(parts)
     if problem:
         raise ConfigError(f"GIFTRELAY_REDIS_URL: {redact(url)!r} {problem}; use {REDIS_URL_FORMS}")
+
+
+def _port_problem(parts: SplitResult) -> str:
+    try:
+        parts.port  # noqa: B018 - raises on a port that is not a number in range
+    except ValueError:
+        return "has a bad port"
+    return ""
 
 
 def _sentinel_problem(url: str) -> str:
@@ -283,3 +310,29 @@ def _check_host(host: str) -> None:
                 "addresses, such as 127.0.0.1 (this machine only) or 0.0.0.0 (all), "
                 "or pass --host"
             ) from None
+
+
+WEBHOOK_SECRET_MIN = 16
+
+
+def _check_webhook(url: str, secret: str | None) -> None:
+    """An http(s) URL with a host, and a secret to sign with."""
+    parts = urlsplit(url)
+    problem = ""
+    if parts.scheme not in ("http", "https"):
+        problem = "is not an http:// or https:// URL"
+    elif not parts.hostname:
+        problem = "names no host"
+    else:
+        problem = _port_problem(parts)
+    if problem:
+        raise ConfigError(
+            f"GIFTRELAY_WEBHOOK_URL: {redact(url)!r} {problem}; use the address the "
+            "platform's backend receives webhooks on, such as https://backend.example/hooks"
+        )
+    if not secret or len(secret) < WEBHOOK_SECRET_MIN:
+        raise ConfigError(
+            f"GIFTRELAY_WEBHOOK_SECRET: {'missing' if not secret else 'too short'}; webhooks "
+            f"to GIFTRELAY_WEBHOOK_URL are signed with it: set at least {WEBHOOK_SECRET_MIN} "
+            "characters shared with the receiver, such as the output of `openssl rand -hex 32`"
+        )

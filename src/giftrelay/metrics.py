@@ -85,3 +85,39 @@ REDIS_UP = Gauge(
     "1 while this worker's event channel is connected to Redis.",
     multiprocess_mode="min",
 )
+
+# -- webhooks ------------------------------------------------------------------------------
+
+WEBHOOK_ATTEMPTS = Counter(
+    "giftrelay_webhook_attempts_total",
+    "Webhook POSTs, by outcome.",
+    ["outcome"],  # delivered | http_error | timeout | no_answer
+)
+WEBHOOK_RETRIES = Counter(
+    "giftrelay_webhook_retries_total", "Failed webhook attempts scheduled to be sent again."
+)
+WEBHOOK_DEAD_LETTERS = Counter(
+    "giftrelay_webhook_dead_letters_total",
+    "Webhook events moved to the dead letters after failing for webhook_dead_after_days.",
+)
+WEBHOOK_REPLAYED = Counter(
+    "giftrelay_webhook_replayed_total",
+    "Dead letters sent again by `giftrelay webhooks replay`, by outcome.",
+    ["outcome"],  # delivered | failed
+)
+WEBHOOK_LAG = Histogram(
+    "giftrelay_webhook_delivery_lag_seconds",
+    "From a movement's time to its webhook's successful delivery.",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600, 86400),
+)
+WEBHOOK_QUEUED = Gauge(
+    "giftrelay_webhook_queued_events", "Webhook events queued for delivery (the outbox)."
+)
+WEBHOOK_UNREAD = Gauge(
+    "giftrelay_webhook_unread_entries",
+    "Ledger stream entries the webhooks group has not read yet.",
+)
+WEBHOOK_OLDEST = Gauge(
+    "giftrelay_webhook_oldest_queued_seconds",
+    "Age of the oldest movement whose webhook is not delivered yet (0: none).",
+)

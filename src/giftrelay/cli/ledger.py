@@ -13,7 +13,7 @@ import click
 import structlog
 
 from giftrelay.cli.errors import friendly
-from giftrelay.cli.running import load_settings, run, stop_on_signals
+from giftrelay.cli.running import load_settings, run, stderr_console, stop_on_signals
 from giftrelay.ledger import export as ledger_export
 from giftrelay.ledger.reconcile import reconcile as reconcile_ledger
 from giftrelay.ledger.recover import recover as recover_redis
@@ -101,7 +101,7 @@ def ledger_export_command(since: str | None, until: str | None, fmt: str, output
                 if output == "-"
                 else open(output, "w", encoding="utf-8", newline="")  # noqa: ASYNC230, SIM115
             )
-            progress = Progress(console=_stderr_console(), transient=True, disable=output == "-")
+            progress = Progress(console=stderr_console(), transient=True, disable=output == "-")
             with opened as out, progress:
                 task = progress.add_task("exporting", total=total)
                 rows = store.export(since_ms, until_ms)
@@ -111,12 +111,6 @@ def ledger_export_command(since: str | None, until: str | None, fmt: str, output
         log.info("ledger exported", events=total, format=fmt, output=output)
 
     run(go())
-
-
-def _stderr_console() -> Any:
-    from rich.console import Console
-
-    return Console(file=sys.stderr)
 
 
 # -- reconcile -----------------------------------------------------------------------------
@@ -169,7 +163,7 @@ def recover(force: bool) -> None:
 
         async with redis_url(settings) as url, ledger_store(settings) as store:
             redis = connect(url, timeout=max(settings.redis_timeout, 10.0))
-            progress = Progress(console=_stderr_console(), transient=True)
+            progress = Progress(console=stderr_console(), transient=True)
             tasks: dict[str, Any] = {}
 
             def tell(stage: str, done: int, total: int) -> None:

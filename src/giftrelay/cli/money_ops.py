@@ -10,14 +10,10 @@ import click
 import msgspec
 
 from giftrelay.cli.errors import USAGE, Failure, friendly
-from giftrelay.cli.running import load_settings, run
+from giftrelay.cli.running import echo_json, load_settings, run
 from giftrelay.money.api import Money
 from giftrelay.runtime import money, redis_url
 from giftrelay.wire.ids import REQUEST_ID_PATTERN
-
-
-def _echo_json(value: object) -> None:
-    click.echo(msgspec.json.format(msgspec.json.encode(value), indent=2))
 
 
 def _with_money(operation: Callable[[Money], Awaitable[object]], *, writes: bool) -> None:
@@ -27,7 +23,7 @@ def _with_money(operation: Callable[[Money], Awaitable[object]], *, writes: bool
 
     async def go() -> None:
         async with redis_url(settings, start=writes) as url, money(settings, url) as core:
-            _echo_json(await operation(core))
+            echo_json(await operation(core))
 
     run(go())
 

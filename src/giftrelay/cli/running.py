@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -54,3 +55,18 @@ def stop_on_signals(on_force: Callable[[], None] | None = None) -> asyncio.Event
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, signalled, sig)
     return stop
+
+
+def echo_json(value: object) -> None:
+    """A command's result on stdout, as indented JSON."""
+    import click
+    import msgspec
+
+    click.echo(msgspec.json.format(msgspec.json.encode(value), indent=2))
+
+
+def stderr_console() -> Any:
+    """A rich console on stderr: progress there, results on stdout."""
+    from rich.console import Console
+
+    return Console(file=sys.stderr)

@@ -12,6 +12,7 @@ import socket
 import click
 import structlog
 
+from giftrelay.cli import webhooks
 from giftrelay.cli.banner import DEMO_COINS, DEMO_CREATOR, DEMO_STREAM, DEMO_VIEWERS, print_urls
 from giftrelay.cli.errors import friendly
 from giftrelay.cli.running import load_settings, run, stop_on_signals
@@ -96,6 +97,11 @@ async def _serve(settings: Settings, secret: str, run_ledger: bool) -> None:
             writer = consumer(settings, url, store)
             stack.push_async_callback(writer.redis.aclose)
             tasks.append(asyncio.create_task(writer.run(ledger_stop)))
+        if settings.webhook_url:  # signed webhooks of every ledger movement
+            hooks = webhooks.deliverer(settings, url)
+            stack.push_async_callback(hooks.outbox.redis.aclose)
+            await hooks.outbox.ensure_group()  # before any movement of this serve
+            tasks.append(asyncio.create_task(hooks.run(ledger_stop)))
         if settings.embedded:
             await _seed_demo(core)
         relay: Relay | None = None

@@ -7,7 +7,7 @@ them after ``claim_idle_ms`` (XAUTOCLAIM) and writes them again, which the store
 turns into a no-op for what was already committed. An entry that cannot be
 written after ``max_deliveries`` goes to ``ledger:dead`` and stops blocking
 nobody: the others flow around it. The stream is trimmed only below the oldest
-entry the group has not acknowledged.
+entry a group (this one, or another such as the webhooks') has not acknowledged.
 
 Fresh entries are read and decoded ahead: the next batches are read (and so
 pending, ours) while the current ones are written, which overlaps Redis and
@@ -39,6 +39,7 @@ from giftrelay import metrics
 from giftrelay.ledger.postings import PoisonEntry, Record, record
 from giftrelay.ledger.store import Store, StoreDataError, StoreUnavailable, WriteResult
 from giftrelay.money import keys
+from giftrelay.wire.offsets import format_offset, parse_offset
 
 log = structlog.get_logger(__name__)
 
@@ -323,7 +324,7 @@ class LedgerConsumer:
                   stream=keys.LEDGER_DEAD, deliveries=deliveries)  # fmt: skip
 
     async def trim(self) -> str | None:
-        """Trim ``ledger`` below the oldest entry the group has not acknowledged."""
+        """Trim ``ledger`` below the oldest entry any group on it has not acknowledged."""
         group = await group_info(self.redis)
         if group is None:
             return None
@@ -332,11 +333,16 @@ class LedgerConsumer:
         # Everything up to last-delivered-id was delivered; of that, the oldest pending
         # entry (if any) is the first one not yet acknowledged. Entries delivered after
         # this read are newer than last-delivered-id, so they are safe too.
-        min_id = str(group["last-delivered-id"])
-        if int(group["pending"]):
-            summary = await self.redis.xpending(keys.LEDGER, keys.LEDGER_GROUP)
-            if summary["min"] is not None:  # none left pending by the time we asked
-                min_id = str(summary["min"])
+        # Every group on the stream counts, not only ours: the webhooks read it too.
+        bounds = []
+        for other in await self.redis.xinfo_groups(keys.LEDGER):
+            bound = str(other["last-delivered-id"])
+            if int(other["pending"]):
+                summary = await self.redis.xpending(keys.LEDGER, other["name"])
+                if summary["min"] is not None:  # none left pending by the time we asked
+                    bound = str(summary["min"])
+            bounds.append(parse_offset(bound))
+        min_id = format_offset(min(bounds))
         if min_id == "0-0":
             return None
         # MINID keeps min_id itself and everything after it. Exact, not '~': it runs
