@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import time
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -27,8 +28,9 @@ from websockets.protocol import State
 
 from giftrelay import metrics
 from giftrelay.relay.compression import MIN_BYTES
+from giftrelay.relay.inbox import DirectConnection
 from giftrelay.relay.requests import HANDLERS, Context
-from giftrelay.relay.session import SHUTTING_DOWN, Answer, Close, Perform, Session
+from giftrelay.relay.session import SHUTTING_DOWN, Answer, Close, Perform, Session, Step
 from giftrelay.wire import protocol
 from giftrelay.wire.errors import Code, Refused, Unavailable
 
@@ -43,8 +45,11 @@ TIMED_OUT = Unavailable(
 )
 OPEN = State.OPEN
 
+QUEUE_LIMIT = 16
+"""Steps queued for a connection's task past which its socket is not read."""
+
 _tasks: set[asyncio.Task[None]] = set()
-"""Gifts that went the long way, kept from the garbage collector until done."""
+"""Tasks of our own (gifts the long way, waits for a drain), kept from the collector."""
 
 
 def frame_header(size: int, *, binary: bool) -> bytes:
@@ -78,65 +83,132 @@ class Connection:
         "gifts",
         "idle",
         "inflight",
+        "limit",
         "out",
+        "paused_for",
+        "performing",
+        "queue",
         "session",
         "slot_free",
         "timer",
+        "wakeup",
     )
 
     def __init__(self, relay: Relay, conn: ServerConnection, session: Session) -> None:
         self.session = session
         self.context = Context(relay, conn, session)
+        self.limit = relay.settings.max_inflight_per_connection
         self.busy = 0
-        """Requests being handled (shutdown waits for them)."""
+        """Requests received and not answered yet (shutdown waits for them)."""
         self.idle: asyncio.Event | None = None
         self.out: list[bytes] = []
         """Frames to write at the end of this turn of the loop."""
+        self.queue: collections.deque[Step] = collections.deque()
+        """Steps for the connection's task, in order: requests that need it, and whatever
+        came after them (so that nothing overtakes a request still being answered)."""
+        self.performing = False
+        self.wakeup: asyncio.Future[None] | None = None
+        self.paused_for: set[str] = set()
+        """Why reading from the socket is paused now; read again when empty."""
         self.inflight = 0
         """Gifts sent and not answered (at most ``max_inflight_per_connection``)."""
         self.slot_free: asyncio.Future[None] | None = None
         # Made on the first gift: most connections only watch.
         self.gifts: collections.deque[_Gift] | None = None
         self.timer: asyncio.TimerHandle | None = None
+        if isinstance(conn, DirectConnection):
+            conn.on_message = self.on_message
 
     @property
     def conn(self) -> ServerConnection:
         return self.context.conn
 
+    def on_message(self, data: str | bytes) -> None:
+        """One message from the client, as soon as it is parsed: answered, or its gift
+        sent, at once when nothing is ahead of it; else queued for the task, in order."""
+        relay = self.context.relay
+        step = self.session.receive(data, time.monotonic(), stopping=relay.stopping)
+        if step is None:
+            return
+        if self.queue or self.performing:
+            self._enqueue(step)
+        elif type(step) is Answer:
+            self.write(step.reply)
+        elif type(step) is Perform and type(step.message) is protocol.Gift:
+            if self.inflight < self.limit:
+                self._gift(step)
+            else:
+                self._enqueue(step)  # the task waits for a slot
+        else:
+            self._enqueue(step)
+
+    def _enqueue(self, step: Step) -> None:
+        if type(step) is Perform:
+            self._working(+1)
+        self.queue.append(step)
+        if len(self.queue) >= QUEUE_LIMIT:
+            self._pause("queue")
+        wakeup = self.wakeup
+        if wakeup is not None and not wakeup.done():
+            wakeup.set_result(None)
+
     async def run(self) -> None:
         relay, conn, session = self.context.relay, self.context.conn, self.session
         self.write(session.hello())
-        limit = relay.settings.max_inflight_per_connection
+        closed = conn.connection_lost_waiter
+        closed.add_done_callback(self._closed)
         try:
-            while True:
-                data = await conn.recv()
-                step = session.receive(data, time.monotonic(), stopping=relay.stopping)
+            if not isinstance(conn, DirectConnection):  # pragma: no cover - not served so
+                raise TypeError("the relay serves DirectConnection")
+            while not closed.done():
+                if not self.queue:
+                    self.wakeup = conn.loop.create_future()
+                    await self.wakeup
+                    continue
+                step = self.queue.popleft()
+                if len(self.queue) < QUEUE_LIMIT:
+                    self._resume("queue")
                 if type(step) is Perform:
-                    if type(step.message) is protocol.Gift:
-                        if self.inflight >= limit:
-                            await self._slot()
-                        self._gift(step)
-                    else:
-                        self._flush()  # what came before goes first (a join writes its own)
-                        self._working(+1)
-                        try:
-                            await self.perform(step)
-                        finally:
-                            self._working(-1)
+                    await self._step(step)
                 elif type(step) is Answer:
                     self.write(step.reply)
                 elif type(step) is Close:
                     await conn.close(step.code, step.reason)
-                if conn.paused:  # the client reads slower than it asks: stop reading
-                    await conn.drain()
         except ConnectionClosed:
             pass
         finally:
+            closed.remove_done_callback(self._closed)
             for stream in session.streams:
                 relay.fanout.leave(conn, stream)
             session.streams.clear()
             if self.timer is not None:
                 self.timer.cancel()
+            if self.queue:  # received, never to be answered: nobody is waiting any more
+                self._working(-sum(type(s) is Perform for s in self.queue))
+                self.queue.clear()
+
+    def _closed(self, _: asyncio.Future[None]) -> None:
+        wakeup = self.wakeup
+        if wakeup is not None and not wakeup.done():
+            wakeup.set_result(None)
+
+    async def _step(self, step: Perform) -> None:
+        """A queued request: a gift waits for a slot; anything else is answered first."""
+        if type(step.message) is protocol.Gift:
+            try:
+                if self.inflight >= self.limit:
+                    await self._slot()
+            finally:
+                self._working(-1)  # _gift counts it again while it is in flight
+            self._gift(step)
+            return
+        self.performing = True
+        self._flush()  # what came before goes first (a join writes its own)
+        try:
+            await self.perform(step)
+        finally:
+            self.performing = False
+            self._working(-1)
 
     async def finish(self) -> None:
         """Let every request in flight get its answer (shutdown: new ones are refused)."""
@@ -148,6 +220,20 @@ class Connection:
         self.busy += n
         if not self.busy and self.idle is not None:
             self.idle.set()
+
+    def _pause(self, why: str) -> None:
+        """Stop reading the client's frames (it asks faster than it is answered)."""
+        if not self.paused_for:
+            self.context.conn.transport.pause_reading()
+        self.paused_for.add(why)
+
+    def _resume(self, why: str) -> None:
+        if why in self.paused_for:
+            self.paused_for.discard(why)
+            if not self.paused_for:
+                transport = self.context.conn.transport
+                if not transport.is_closing():
+                    transport.resume_reading()
 
     # -- replies out ------------------------------------------------------------------------
 
@@ -185,19 +271,26 @@ class Connection:
             conn.transport.write(b"".join(out))
         except Exception as exc:  # a transport closing under us: its connection ends anyway
             log.debug("reply write failed", error=repr(exc))
+            return
+        if conn.paused and "writes" not in self.paused_for:
+            # The client does not read its answers: stop reading its requests until it does.
+            self._pause("writes")
+            task = conn.loop.create_task(self._drained())
+            _tasks.add(task)
+            task.add_done_callback(_tasks.discard)
+
+    async def _drained(self) -> None:
+        with contextlib.suppress(ConnectionClosed, OSError):
+            await self.context.conn.drain()
+        self._resume("writes")
 
     # -- gifts --------------------------------------------------------------------------------
 
     async def _slot(self) -> None:
         """Wait until a gift in flight is answered (the connection has its fill)."""
-        limit = self.context.relay.settings.max_inflight_per_connection
-        self._working(+1)
-        try:
-            while self.inflight >= limit:
-                self.slot_free = asyncio.get_running_loop().create_future()
-                await self.slot_free
-        finally:
-            self._working(-1)
+        while self.inflight >= self.limit:
+            self.slot_free = asyncio.get_running_loop().create_future()
+            await self.slot_free
 
     def _gift(self, step: Perform) -> None:
         """Send the gift's script call and return: the next frame is read while it runs."""
@@ -223,6 +316,8 @@ class Connection:
         if gifts is None:
             gifts = self.gifts = collections.deque()
         gifts.append(gift)
+        if self.inflight >= self.limit:
+            self._pause("inflight")
         if self.timer is None:
             self.timer = self.context.conn.loop.call_at(gift.deadline, self._expire)
 
@@ -276,6 +371,8 @@ class Connection:
     def _ended(self) -> None:
         self.inflight -= 1
         self._working(-1)
+        if self.inflight < self.limit:
+            self._resume("inflight")
         waiter = self.slot_free
         if waiter is not None and not waiter.done():
             waiter.set_result(None)

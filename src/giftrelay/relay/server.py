@@ -36,6 +36,7 @@ from giftrelay.money.catalog import Catalog
 from giftrelay.relay.compression import DeflateFactory
 from giftrelay.relay.connection import Connection
 from giftrelay.relay.fanout import Fanout
+from giftrelay.relay.inbox import DirectConnection
 from giftrelay.relay.limits import Buckets
 from giftrelay.relay.session import Limits, Session
 from giftrelay.wire import protocol
@@ -121,6 +122,7 @@ class Relay:
             reuse_port=reuse_port,
             backlog=2048,
             server_header=None,
+            create_connection=DirectConnection,
         )
         sockets = list(self.server.sockets)
         bound = int(sockets[0].getsockname()[1]) if sockets else port
