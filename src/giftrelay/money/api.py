@@ -63,6 +63,10 @@ class MoneySettings(Protocol):
     def cent_rate(self) -> Fraction: ...
     @property
     def fee_rate(self) -> Fraction: ...
+    @property
+    def payout_requires_verification(self) -> bool: ...
+    @property
+    def payout_currency(self) -> str: ...
 
 
 class GiftReceipt(msgspec.Struct, frozen=True):
@@ -84,6 +88,16 @@ class TopupReceipt(msgspec.Struct, frozen=True):
     coins: int
     """The new balance."""
     replayed: bool = False
+
+
+class PackagePrice(msgspec.Struct, frozen=True):
+    """What a top-up naming a coin package was sold for (recorded in its ledger entry)."""
+
+    package: str
+    region: str
+    currency: str
+    price_minor: int
+    """In the currency's minor unit (cents for USD)."""
 
 
 class PayoutReceipt(msgspec.Struct, frozen=True):
@@ -226,7 +240,9 @@ class Money:
 
     # -- wallets ---------------------------------------------------------------------------
 
-    async def topup(self, user: str, coins: int, receipt: str) -> TopupReceipt:
+    async def topup(
+        self, user: str, coins: int, receipt: str, *, package: PackagePrice | None = None
+    ) -> TopupReceipt:
         _check_ident("user", user)
         _check_request_id(receipt)
         if not 1 <= coins <= self.settings.max_balance:
@@ -241,13 +257,29 @@ class Money:
                 self.clock(),
                 self.settings.receipt_ttl * 1000,
                 self.settings.max_balance,
+                *(
+                    ("", "", "", 0)
+                    if package is None
+                    else (package.package, package.region, package.currency, package.price_minor)
+                ),
             ],
             idempotent=True,  # by the payment receipt
         )
         _, balance, replayed = _ok(reply, "topup")
         return TopupReceipt(user=user, coins=balance, replayed=bool(replayed))
 
-    async def payout(self, creator: str, diamonds: int, request_id: str) -> PayoutReceipt:
+    async def payout(
+        self,
+        creator: str,
+        diamonds: int,
+        request_id: str,
+        *,
+        verified_only: bool | None = None,
+        retention_s: int | None = None,
+    ) -> PayoutReceipt:
+        """Cash out ``diamonds``. ``verified_only`` (default: the setting
+        ``payout_requires_verification``) refuses an unverified creator (``not_verified``);
+        ``retention_s`` keeps the id longer than ``idempotency_ttl`` (scheduled runs)."""
         _check_ident("creator", creator)
         _check_request_id(request_id)
         if not 1 <= diamonds <= self.settings.max_balance:
@@ -264,7 +296,13 @@ class Money:
                 quote.fee_cents,
                 self.settings.payout_min_diamonds,
                 self.clock(),
-                self.settings.idempotency_ttl * 1000,
+                (retention_s or self.settings.idempotency_ttl) * 1000,
+                int(
+                    self.settings.payout_requires_verification
+                    if verified_only is None
+                    else verified_only
+                ),
+                self.settings.payout_currency,
             ],
             idempotent=True,  # by the creator's request id
         )
