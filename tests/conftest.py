@@ -18,6 +18,10 @@ from giftrelay.money import catalog as catalog_module
 from giftrelay.money.api import Money
 from giftrelay.redis_client import connect
 
+# Every `giftrelay serve` a test starts would otherwise open the HTTP API on 8081, where
+# another test's (or another checkout's) serve may listen; the API's tests ask for a port.
+os.environ.setdefault("GIFTRELAY_API_PORT", "0")
+
 START_MS = 1_795_392_000_000  # 2026-11-23 00:00:00 UTC
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -2,8 +2,10 @@
 
 ``wire`` (what clients and the relay say) imports nothing else of giftrelay;
 ``money`` (the scripts and their API) only ``wire``; ``ledger`` only ``wire``,
-``money`` and the metrics; ``relay`` anything below the command line. Every import
-counts, including those inside functions.
+``money`` and the metrics; ``relay`` anything below the command line; ``api`` (the
+HTTP API for the platform's backend, beside the relay) only ``wire``, ``money``,
+``ledger``, ``auth``, ``config`` and the metrics, and nothing but the command line
+imports it. Every import counts, including those inside functions.
 """
 
 from __future__ import annotations
@@ -24,6 +26,15 @@ ALLOWED = {
         "giftrelay.money",
         "giftrelay.ledger",
         "giftrelay.metrics",
+    },
+    "giftrelay.api": {
+        "giftrelay.wire",
+        "giftrelay.money",
+        "giftrelay.ledger",
+        "giftrelay.auth",
+        "giftrelay.config",
+        "giftrelay.metrics",
+        "giftrelay.api",
     },
 }
 """Per layer, the only parts of giftrelay its modules may import."""
@@ -77,6 +88,17 @@ def test_the_relay_does_not_import_the_command_line() -> None:
         if within(module, "giftrelay.relay")
         for target in targets
         if target in ABOVE_THE_RELAY
+    }
+    assert not wrong
+
+
+def test_only_the_command_line_imports_the_api() -> None:
+    wrong = {
+        (module, target)
+        for module, targets in MODULES.items()
+        if not within(module, "giftrelay.api") and module not in ABOVE_THE_RELAY
+        for target in targets
+        if within(target, "giftrelay.api")
     }
     assert not wrong
 

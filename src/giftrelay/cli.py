@@ -24,6 +24,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from giftrelay import __version__, auth, logs
+from giftrelay.api import server as api_server
+from giftrelay.api.payouts import Runner
 from giftrelay.config import ConfigError, Settings, redact
 from giftrelay.embedded import EmbeddedRedisError, free_port, running_url
 from giftrelay.ledger import export as ledger_export
@@ -201,6 +203,7 @@ def serve(
     # First: a second serve on this var/ stops here, before it touches anything.
     lock = claim_var_dir(settings) if settings.embedded or run_ledger else None
     _check_listen(settings)
+    api_server.check_port(settings)
     catalog.load(settings.catalog)  # a bad catalog stops start-up before anything runs
     secret = secret_for(settings)
     _run(_serve(settings, secret, run_ledger), fast=True)
@@ -248,6 +251,7 @@ async def _serve(settings: Settings, secret: str, run_ledger: bool) -> None:
         if settings.workers == 1:
             relay = Relay(settings, secret, url, core, core.catalog)
             port = await _listen(relay, settings)
+            await stack.enter_async_context(api_server.serving(settings, secret, core))
             _tune_gc()
         else:
             port = settings.port or free_port()
@@ -327,7 +331,10 @@ async def _worker(settings: Settings, secret: str) -> None:
     """One of ``serve --workers N``'s processes: a relay sharing the port, nothing else."""
     stop = _stop_on_signals()
     assert settings.redis_url is not None
-    async with money(settings, settings.redis_url) as core:
+    async with (
+        money(settings, settings.redis_url) as core,
+        api_server.serving(settings, secret, core, reuse_port=True),
+    ):
         relay = Relay(settings, secret, settings.redis_url, core, core.catalog)
         await relay.start(settings.host, settings.port, reuse_port=True)
         _tune_gc()
@@ -380,6 +387,9 @@ def _print_urls(settings: Settings, secret: str, url: str, port: int) -> None:
     click.echo("Where things are:")
     click.echo(f"  websocket: {base.replace('http', 'ws', 1)}/ws")
     click.echo(f"  health:    {base}/healthz  (also /readyz, /metrics)")
+    if settings.api_port:
+        api = api_server.api_url(settings)
+        click.echo(f"  api:       {api}  (admin token; docs: {api}/openapi.json)")
     click.echo(f"  redis:     {redact(url)}" + ("  (embedded)" if settings.embedded else ""))
     click.echo(f"  ledger:    {redact(settings.ledger)}")
     if settings.embedded:
@@ -412,6 +422,33 @@ def _print_demo(secret: str, base: str) -> None:
     click.echo(f"    overlay {DEMO_STREAM}: {overlay}")
     click.echo(f"    admin   admin: {token('admin', auth.Role.ADMIN)}")
     click.echo("")
+
+
+# -- payouts -------------------------------------------------------------------------------
+
+
+@main.group()
+def payouts() -> None:
+    """Scheduled creator payouts (docs/api.md)."""
+
+
+@payouts.command("run")
+@click.option("--period", required=True, help="A month (2026-11) or quarter (2026-Q4) that ended.")
+@_friendly
+def payouts_run(period: str) -> None:
+    """Pay every verified creator above the minimum for PERIOD, once per period even if run
+    again, and write the period's batch file (GIFTRELAY_PAYOUT_BATCH_DIR); prints the run."""
+    settings = _settings()
+
+    async def go() -> object:
+        async with (
+            redis_url(settings) as url,
+            money(settings, url) as core,
+            ledger_store(settings) as store,
+        ):
+            return await Runner(core, store, settings).run(period)
+
+    _echo_json(_run(go()))
 
 
 # -- token ---------------------------------------------------------------------------------

@@ -50,6 +50,11 @@ class Platform:
             return parts[1] if len(parts) > 2 and parts[0] == "topup" else None
         return None
 
+    async def topup_remembered(self, receipt: str) -> bool:
+        """True while Redis holds the receipt's top-up record (its script dedupes alone)."""
+        _check_request_id(receipt)
+        return bool(await _guard(self.money.redis.exists(keys.topup_idem(receipt))))
+
     async def chargeback(
         self, receipt: str, reason: str, user: str, ledger_coins: int | None = None
     ) -> ChargebackReceipt:
