@@ -197,3 +197,23 @@ async def test_recover_brings_back_chargebacks_packages_and_verifications(
     report = await reconcile(redis, store, wait=5)
     assert report.lines() == []
     await money.aclose()
+
+
+async def test_the_setting_makes_socket_payouts_require_verification(
+    redis: Redis, clock: Clock
+) -> None:
+    strict = Settings.load({"GIFTRELAY_PAYOUT_REQUIRES_VERIFICATION": "true"})
+    money = Money(redis, strict, catalog.load(), clock=clock)
+    await money.start()
+    await money.stream_open("s1", "creator", "t")
+    await money.topup("alice", 2000, "receipt-0001")
+    await money.gift("alice", "s1", "rose", 1000, "gift-00000001")
+    await money.gift("alice", "s1", "rose", 1000, "gift-00000002")
+    before = await dump(redis)
+    with pytest.raises(Refused) as refused:
+        await money.payout("creator", 2000, "payout-0001")  # as the socket's payout calls it
+    assert refused.value.code is Code.NOT_VERIFIED
+    assert await dump(redis) == before
+    await Platform(money).verify("creator", True, "kyc-1")
+    assert (await money.payout("creator", 2000, "payout-0001")).diamonds_left == 0
+    await money.aclose()

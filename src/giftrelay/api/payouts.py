@@ -5,12 +5,14 @@ the payout script's idempotency makes a second run, or a run again after a crash
 half-way, pay nobody twice: a creator already paid is found first in the ledger
 store (which keeps the payout for ever) or in Redis (which keeps the run's ids for
 ``GIFTRELAY_RECEIPT_TTL``, longer than the store lags), and reported as
-``already_paid``. Every run writes the period's whole batch file again, so the file
-after the last run lists every payout of the period, once.
+``already_paid``. Every run writes the period's whole batch file again (sorted by
+creator, the same whichever run made each payout), so the file after the last run
+lists every payout of the period, once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import os
 from pathlib import Path
@@ -30,7 +32,8 @@ from giftrelay.wire.errors import Code, Refused
 log = structlog.get_logger(__name__)
 
 BATCH_COLUMNS = ("period", "creator", "payout_id", "diamonds", "gross_cents", "fee_cents",
-                 "net_cents", "currency", "status")  # fmt: skip
+                 "net_cents", "currency")  # fmt: skip
+"""One row per payout of the period: the same file whichever run made each payout."""
 
 
 class PayoutLine(msgspec.Struct, frozen=True):
@@ -94,7 +97,7 @@ class Runner:
             assert line is not None
             paid.append(line)
         batch = self.settings.payout_batches / f"{period}.csv"
-        write_batch(batch, period, paid)
+        await asyncio.to_thread(write_batch, batch, period, paid)  # fsync: not on the loop
         log.info("payout run", period=period, paid=sum(p.status == "paid" for p in paid),
                  already_paid=sum(p.status != "paid" for p in paid), skipped=len(skipped),
                  batch=str(batch))  # fmt: skip
@@ -159,7 +162,7 @@ def write_batch(path: Path, period: str, lines: list[PayoutLine]) -> None:
         writer.writerow(BATCH_COLUMNS)
         for p in lines:
             writer.writerow((period, p.creator, p.payout_id, p.diamonds, p.gross_cents,
-                             p.fee_cents, p.net_cents, p.currency, p.status))  # fmt: skip
+                             p.fee_cents, p.net_cents, p.currency))  # fmt: skip
         out.flush()
         os.fsync(out.fileno())
     os.replace(partial, path)
