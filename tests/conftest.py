@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 
 from giftrelay.config import Settings
 from giftrelay.embedded import RedisServer
+from giftrelay.ledger.store import Store
 from giftrelay.money import catalog as catalog_module
 from giftrelay.money.api import Money
 from giftrelay.redis_client import connect
@@ -82,6 +83,15 @@ def loadtest() -> Loadtest:
         )  # fmt: skip
 
     return start
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    """A ledger store of the test's own, once on SQLite and once on PostgreSQL."""
+    from .ledger_helpers import make_store
+
+    async for opened in make_store(request.param, tmp_path):
+        yield opened
 
 
 @pytest.fixture

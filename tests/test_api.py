@@ -17,13 +17,6 @@ from giftrelay.money import keys
 
 from .api_helpers import Api, running_api, token
 from .conftest import ROOT, Clock, dump, ledger_entries
-from .ledger_helpers import make_store
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    async for opened in make_store(request.param, tmp_path):
-        yield opened
 
 
 @pytest.fixture

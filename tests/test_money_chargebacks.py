@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import msgspec
 import pytest
 from redis.asyncio import Redis
@@ -19,13 +16,7 @@ from giftrelay.money.platform import ChargebackReceipt, Platform
 from giftrelay.wire.errors import Code, Refused
 
 from .conftest import Clock, dump, ledger_entries
-from .ledger_helpers import drain, make_store, quick_consumer
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    async for opened in make_store(request.param, tmp_path):
-        yield opened
+from .ledger_helpers import drain, quick_consumer
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ from giftrelay.money.packages import offer, offers
 
 from .api_helpers import Api, running_api
 from .conftest import Clock, dump, ledger_entries
-from .ledger_helpers import make_store
 from .test_catalog import GOOD
 
 PACKAGES = """
@@ -91,12 +90,6 @@ def test_the_shipped_catalog_has_packages_in_three_regions() -> None:
     assert [p.id for p in shipped.packages] == ["coins_70", "coins_350", "coins_1400"]
     regions = {o.region for o in offers(shipped.packages, None, at("2026-11-01T00:00:00"))}
     assert regions == {"US", "GB", "DE"}
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    async for opened in make_store(request.param, tmp_path):
-        yield opened
 
 
 @pytest.fixture

@@ -21,16 +21,9 @@ from giftrelay.money.platform import Platform
 
 from .api_helpers import Api, running_api
 from .conftest import Clock, dump, ledger_entries
-from .ledger_helpers import make_store
 
 DEC_2 = int(datetime(2026, 12, 2, tzinfo=UTC).timestamp() * 1000)
 BATCH_HEADER = "period,creator,payout_id,diamonds,gross_cents,fee_cents,net_cents,currency"
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    async for opened in make_store(request.param, tmp_path):
-        yield opened
 
 
 @pytest.fixture
