@@ -273,3 +273,25 @@ def test_the_committed_openapi_document_is_generated_from_the_app() -> None:
         "/api/v1/creators/{creator}/verification",
         "/api/v1/payout-runs",
     }
+
+
+async def test_the_example_client_plays_the_worked_example(api: Api) -> None:
+    """examples/backend_client.py, against the running API."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "backend_client", ROOT / "examples" / "backend_client.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    async with example.Backend(api.url, token(auth.Role.ADMIN)) as backend:
+        played = await example.worked_example(backend, "viewer1")
+        assert played["retry"] == {**played["topup"], "replayed": True}
+        assert played["chargeback"]["coins_clawed_back"] == 500
+        assert played["wallet"]["coins"] == 0
+        with pytest.raises(example.ApiError) as refused:
+            await backend.chargeback("receipt-unknown", "x")
+        assert (refused.value.status, refused.value.code) == (404, "unknown_receipt")
+    await api.agree()
