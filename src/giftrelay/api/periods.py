@@ -1,7 +1,7 @@
 """Periods and times as the API takes them: pure.
 
 A payout period is a month (``2026-11``) or a quarter (``2026-Q4``), in UTC; times
-are ISO 8601 (UTC unless an offset is given).
+are ISO 8601 (UTC unless an offset is given) or milliseconds.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 
+from giftrelay.ledger import export
 from giftrelay.wire.errors import Code, Refused
 
 PERIOD = re.compile(r"^(\d{4})-(?:(0[1-9]|1[0-2])|Q([1-4]))$")
@@ -32,15 +33,13 @@ def period_bounds(period: str) -> tuple[datetime, datetime]:
 
 
 def parse_time(name: str, text: str) -> datetime:
-    """An ISO 8601 date or time (UTC when it has no offset), or ``bad_request``."""
+    """An ISO 8601 date or time (UTC when it has no offset) or milliseconds, as ``giftrelay
+    ledger export`` reads them; or ``bad_request``."""
     try:
-        value = datetime.fromisoformat(text)
-    except ValueError:
-        raise Refused(
-            Code.BAD_REQUEST,
-            f"{name} must be an ISO 8601 date or time such as 2026-11-01T00:00:00Z",
-        ) from None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+        value = export.parse_time(text)
+    except ValueError as exc:
+        raise Refused(Code.BAD_REQUEST, f"{name}: {exc}, such as 2026-11-01T00:00:00Z") from None
+    return datetime.fromtimestamp(value / 1000, UTC)
 
 
 def iso(at: datetime) -> str:
