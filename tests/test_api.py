@@ -295,3 +295,16 @@ async def test_the_example_client_plays_the_worked_example(api: Api) -> None:
             await backend.chargeback("receipt-unknown", "x")
         assert (refused.value.status, refused.value.code) == (404, "unknown_receipt")
     await api.agree()
+
+
+async def test_requests_are_counted_by_route_and_status(api: Api) -> None:
+    from giftrelay import metrics
+
+    def count(route: str, status: str) -> float:
+        return metrics.API_REQUESTS.labels(route, status)._value.get()
+
+    before = count("/api/v1/wallets/{user}", "200"), count("/api/v1/topups", "400")
+    await api.get("/wallets/alice")
+    await api.post("/topups", {"user": "alice"})
+    after = count("/api/v1/wallets/{user}", "200"), count("/api/v1/topups", "400")
+    assert (after[0] - before[0], after[1] - before[1]) == (1, 1)

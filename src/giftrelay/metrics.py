@@ -85,3 +85,17 @@ REDIS_UP = Gauge(
     "1 while this worker's event channel is connected to Redis.",
     multiprocess_mode="min",
 )
+
+# -- the HTTP API for the platform's backend -------------------------------------------------
+
+API_REQUESTS = Counter(
+    "giftrelay_api_requests_total",
+    "HTTP API requests answered, by route and status.",
+    ["route", "status"],
+)
+API_SECONDS = Histogram(
+    "giftrelay_api_seconds",
+    "Time to answer an HTTP API request, by route.",
+    ["route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)

@@ -9,6 +9,7 @@ over the limit, a route that does not exist.
 from __future__ import annotations
 
 import http
+import time
 from typing import Any
 
 import msgspec
@@ -19,8 +20,9 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi.config import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from giftrelay import __version__
+from giftrelay import __version__, metrics
 from giftrelay.api import creators, packages, statements, topups, wallets
 from giftrelay.api.auth import admin_only
 from giftrelay.api.services import Services
@@ -148,6 +150,29 @@ async def openapi_document(request: Request[Any, Any, Any]) -> Response[bytes]:
     return Response(msgspec.json.encode(request.app.openapi_schema.to_schema()))
 
 
+def measured(app: ASGIApp) -> ASGIApp:
+    """Count each answered request and time it, by route template (metrics.API_*)."""
+
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        status = 500
+
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await app(scope, receive, sending)
+        finally:
+            route = str(scope.get("path_template", "?"))
+            metrics.API_REQUESTS.labels(route, str(status)).inc()
+            metrics.API_SECONDS.labels(route).observe(time.perf_counter() - started)
+
+    return middleware
+
+
 def build(services: Services) -> Litestar:
     """The app, serving ``services``."""
     api = Router(
@@ -174,6 +199,7 @@ def build(services: Services) -> Litestar:
             Exception: _unexpected,
         },
         request_max_body_size=MAX_BODY,
+        middleware=[measured],
         debug=False,
     )
     app.state.secret = services.secret
