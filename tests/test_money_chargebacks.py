@@ -11,7 +11,7 @@ from giftrelay.ledger.reconcile import reconcile
 from giftrelay.ledger.recover import recover
 from giftrelay.ledger.store import Store
 from giftrelay.money import catalog, keys
-from giftrelay.money.api import Balance, Money, PackagePrice
+from giftrelay.money.api import Balance, Money, PackagePrice, PayoutReceipt
 from giftrelay.money.platform import ChargebackReceipt, Platform
 from giftrelay.wire.errors import Code, Refused
 
@@ -133,17 +133,23 @@ async def test_verification_gates_payouts_when_asked_and_is_in_the_ledger(
     paid = await money.payout("creator", 2000, "payout-0001")
     assert paid.diamonds_left == 1000
     with pytest.raises(Refused) as refused:
-        await money.payout("creator", 1000, "payout-0002", verified_only=True)
+        await money.payout("creator", 1000, "run.2026-11", scheduled=True)
     assert refused.value.code is Code.BELOW_MINIMUM
     await money.gift("alice", "s1", "rose", 1000, "gift-00000004")
     with pytest.raises(Refused) as refused:
-        await money.payout("creator", 2000, "payout-0002", verified_only=True)
+        await money.payout("creator", 2000, "run.2026-11", scheduled=True)
     assert refused.value.code is Code.NOT_VERIFIED
 
     assert await platform.verify("creator", True, "kyc-42") == clock.ms
     assert await platform.verified_creators() == ["creator"]
     assert await platform.verified_since("creator") == clock.ms
-    assert (await money.payout("creator", 2000, "payout-0002", verified_only=True)).cash_cents
+    assert (await money.payout("creator", 2000, "run.2026-11", scheduled=True)).cash_cents
+    with pytest.raises(Refused) as refused:  # a creator's own id is never a run's
+        await money.payout("creator", 2000, "run.2026-11")
+    assert refused.value.code is Code.BAD_REQUEST
+    with pytest.raises(Refused) as refused:
+        await money.payout("creator", 2000, "payout-0003", scheduled=True)
+    assert refused.value.code is Code.BAD_REQUEST
     [_, entry] = await ledger_entries(redis, "payout")
     assert entry["currency"] == "USD"
     assert await platform.verify("creator", False, "withdrawn") == 0
@@ -159,7 +165,8 @@ async def test_recover_brings_back_chargebacks_packages_and_verifications(
     import time
 
     clock.ms = int(time.time() * 1000)  # recover keeps records by the real clock
-    money = Money(redis, Settings.load({}), catalog.load(), clock=clock)
+    settings = Settings.load({"GIFTRELAY_PAYOUT_MIN_DIAMONDS": "100"})
+    money = Money(redis, settings, catalog.load(), clock=clock)
     await money.start()
     platform = Platform(money)
     price = PackagePrice("coins_100", "US", "USD", 139)
@@ -167,6 +174,9 @@ async def test_recover_brings_back_chargebacks_packages_and_verifications(
     await money.topup("bob", 50, "receipt-0002")
     charged = await platform.chargeback("receipt-0002", "fraud", "bob")
     await platform.verify("creator", True, "kyc-1")
+    await money.stream_open("s1", "creator", "t")
+    await money.gift("alice", "s1", "rose", 100, "gift-00000001")
+    run = await money.payout("creator", 100, "run.2026-11", scheduled=True)
     await drain(quick_consumer(redis, store))
     expected = await dump(redis)
 
@@ -182,8 +192,14 @@ async def test_recover_brings_back_chargebacks_packages_and_verifications(
     replayed = await platform.chargeback("receipt-0002", "x", "bob")
     assert replayed == ChargebackReceipt(**{**_fields(charged), "replayed": True})
     restored = await dump(redis)
-    for key in (keys.topup_idem("receipt-0001"), keys.chargeback_idem("receipt-0002")):
+    for key in (
+        keys.topup_idem("receipt-0001"),
+        keys.chargeback_idem("receipt-0002"),
+        keys.payout_idem("creator", "run.2026-11"),
+    ):
         assert restored[key] == expected[key]
+    again_run = await money.payout("creator", 100, "run.2026-11", scheduled=True)
+    assert again_run == PayoutReceipt(**{**msgspec.structs.asdict(run), "replayed": True})
     assert restored[keys.wallet("creator")][1]["verified"] == str(clock.ms)
     report = await reconcile(redis, store, wait=5)
     assert report.lines() == []

@@ -76,14 +76,14 @@ async def test_a_period_is_paid_once_to_verified_creators_above_the_minimum(
 
     run = (await api.post("/payout-runs", {"period": "2026-11"})).json()
     # 5000 diamonds at 1/2 cent: 2500 cents gross, 10 % fee 250, 2250 net.
-    anna = {"creator": "anna", "payout_id": "run-2026-11", "diamonds": 5000, "gross_cents": 2500,
+    anna = {"creator": "anna", "payout_id": "run.2026-11", "diamonds": 5000, "gross_cents": 2500,
             "fee_cents": 250, "net_cents": 2250, "currency": "USD"}  # fmt: skip
     assert run["paid"] == [{**anna, "status": "paid"}]
     assert run["skipped"] == [{"creator": "bert", "reason": "below_minimum", "diamonds": 100}]
     assert (run["start"], run["end"]) == ("2026-11-01T00:00:00Z", "2026-12-01T00:00:00Z")
     batch = Path(run["batch_file"])
     assert batch == tmp_path / "payouts" / "2026-11.csv"
-    expected_file = f"{BATCH_HEADER}\n2026-11,anna,run-2026-11,5000,2500,250,2250,USD\n"
+    expected_file = f"{BATCH_HEADER}\n2026-11,anna,run.2026-11,5000,2500,250,2250,USD\n"
     assert read(batch) == expected_file
     assert (await api.money.balance("anna")).diamonds == 0
     assert (await api.money.balance("cleo")).diamonds == 5000
@@ -128,9 +128,7 @@ async def test_a_run_again_after_a_crash_half_way_pays_the_rest_once(
         await verify(api, creator)
     clock.ms = DEC_2
     # The first run paid anna, then crashed before dora and before its batch file.
-    await api.money.payout(
-        "anna", 4000, "run-2026-11", verified_only=True, retention_s=api.settings.receipt_ttl
-    )
+    await api.money.payout("anna", 4000, "run.2026-11", scheduled=True)
     run = (await api.post("/payout-runs", {"period": "2026-11"})).json()
     assert [(p["creator"], p["status"]) for p in run["paid"]] == [
         ("anna", "already_paid"),
@@ -138,14 +136,14 @@ async def test_a_run_again_after_a_crash_half_way_pays_the_rest_once(
     ]
     file = read(tmp_path / "payouts" / "2026-11.csv")
     assert file.splitlines()[1:] == [
-        "2026-11,anna,run-2026-11,4000,2000,200,1800,USD",
-        "2026-11,dora,run-2026-11,4000,2000,200,1800,USD",
+        "2026-11,anna,run.2026-11,4000,2000,200,1800,USD",
+        "2026-11,dora,run.2026-11,4000,2000,200,1800,USD",
     ]
     await api.agree()
 
     # Long after, Redis has forgotten the run's ids: the ledger store remembers them.
     for creator in ("anna", "dora"):
-        await api.redis.delete(keys.payout_idem(creator, "run-2026-11"))
+        await api.redis.delete(keys.payout_idem(creator, "run.2026-11"))
         await earn(api, creator, 2500, 2)
     late = (await api.post("/payout-runs", {"period": "2026-11"})).json()
     assert [(p["creator"], p["status"]) for p in late["paid"]] == [

@@ -1,6 +1,7 @@
 """Scheduled payout runs: every verified creator above the minimum, paid once per period.
 
-Each creator's payout of a period has the id ``run-<period>`` (``run-2026-11``), so
+Each creator's payout of a period has the id ``run.<period>`` (``run.2026-11``; no
+request id has a dot, so a creator's own payout can never take it), so
 the payout script's idempotency makes a second run, or a run again after a crash
 half-way, pay nobody twice: a creator already paid is found first in the ledger
 store (which keeps the payout for ever) or in Redis (which keeps the run's ids for
@@ -65,8 +66,8 @@ class PayoutRun(msgspec.Struct, frozen=True):
 
 
 def payout_id(period: str) -> str:
-    """The id of every creator's payout of ``period`` (8-64 characters, as ids must be)."""
-    return f"run-{period}"
+    """The id of every creator's payout of ``period`` (money.api.SCHEDULED_ID)."""
+    return f"run.{period}"
 
 
 class Runner:
@@ -140,9 +141,7 @@ class Runner:
         ), None  # fmt: skip
 
     async def _payout(self, creator: str, diamonds: int, pid: str) -> PayoutReceipt:
-        return await self.money.payout(
-            creator, diamonds, pid, verified_only=True, retention_s=self.settings.receipt_ttl
-        )
+        return await self.money.payout(creator, diamonds, pid, scheduled=True)
 
     async def _remembered(self, creator: str, pid: str) -> int | None:
         """The diamonds of the period's payout Redis remembers (``payout|<diamonds>``)."""

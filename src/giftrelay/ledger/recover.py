@@ -113,7 +113,7 @@ class Rebuild:
         self.now_ms = now_ms
         self.retention_ms = retention_ms
         self.receipt_retention_ms = receipt_retention_ms or retention_ms
-        """Top-ups and chargebacks are remembered by receipt for longer (``receipt_ttl``)."""
+        """Top-ups, chargebacks and payout runs' ids are kept longer (``receipt_ttl``)."""
         self.wallets: dict[str, Wallet] = {}
         self.streams: dict[str, StreamTotals] = {}
         self.idempotency: dict[str, tuple[str, int]] = {}
@@ -156,6 +156,8 @@ class Rebuild:
         elif isinstance(entry, VerificationEntry):
             self.wallet(entry.user).verified = entry.ts if entry.verified else None
         elif isinstance(entry, PayoutEntry):
+            if entry.id.startswith("run."):  # a payout run's: kept as long as receipts
+                left = entry.ts + self.receipt_retention_ms - self.now_ms
             if left > 0:
                 key = keys.payout_idem(entry.user, entry.id)
                 self.idempotency[key] = (_payout_record(entry), left)

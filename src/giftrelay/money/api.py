@@ -11,6 +11,7 @@ connection breaks before the reply.
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -33,6 +34,9 @@ from giftrelay.wire.ids import is_ident, is_request_id
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
+
+SCHEDULED_ID = re.compile(r"^run\.[0-9]{4}-(0[1-9]|1[0-2]|Q[1-4])$")
+"""The id of a payout run's payout: ``run.2026-11``, ``run.2026-Q4``."""
 
 
 def now_ms() -> int:
@@ -274,14 +278,18 @@ class Money:
         diamonds: int,
         request_id: str,
         *,
-        verified_only: bool | None = None,
-        retention_s: int | None = None,
+        scheduled: bool = False,
     ) -> PayoutReceipt:
-        """Cash out ``diamonds``. ``verified_only`` (default: the setting
-        ``payout_requires_verification``) refuses an unverified creator (``not_verified``);
-        ``retention_s`` keeps the id longer than ``idempotency_ttl`` (scheduled runs)."""
+        """Cash out ``diamonds``. The creator's own request (the socket's ``payout``) needs
+        the creator's verification when the setting ``payout_requires_verification`` says
+        so. A ``scheduled`` payout (a payout run) always needs it; its id, ``run.<period>``,
+        can be no request id (they have no dot), and is kept ``receipt_ttl``, not an hour."""
         _check_ident("creator", creator)
-        _check_request_id(request_id)
+        if scheduled:
+            if not SCHEDULED_ID.match(request_id):
+                raise Refused(Code.BAD_REQUEST, "a scheduled payout's id is run.<period>")
+        else:
+            _check_request_id(request_id)
         if not 1 <= diamonds <= self.settings.max_balance:
             raise Refused(Code.BAD_REQUEST, f"diamonds must be 1 to {self.settings.max_balance}")
         quote = rules.payout_quote(diamonds, self.settings.cent_rate, self.settings.fee_rate)
@@ -296,12 +304,8 @@ class Money:
                 quote.fee_cents,
                 self.settings.payout_min_diamonds,
                 self.clock(),
-                (retention_s or self.settings.idempotency_ttl) * 1000,
-                int(
-                    self.settings.payout_requires_verification
-                    if verified_only is None
-                    else verified_only
-                ),
+                (self.settings.receipt_ttl if scheduled else self.settings.idempotency_ttl) * 1000,
+                int(scheduled or self.settings.payout_requires_verification),
                 self.settings.payout_currency,
             ],
             idempotent=True,  # by the creator's request id
