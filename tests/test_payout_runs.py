@@ -203,6 +203,12 @@ async def test_giftrelay_payouts_run_from_the_command_line(
     status, out, _ = await run("--period", "2026-11")
     assert status == 0
     assert json.loads(out)["paid"][0]["status"] == "already_paid"
-    status, _, err = await run("--period", "2026-14")
+    status, _, err = await run("--period", "2026-14")  # a usage error: exit 2, one line
+    assert status == 2
+    assert "Invalid value for '--period': period '2026-14' is neither a month" in err
+    status, _, err = await run("--period", "2099-01")  # a refusal: exit 1
     assert status == 1
-    assert "bad_request: period '2026-14' is neither a month" in err
+    assert (
+        err.strip()
+        == "Error: bad_request: period 2099-01 has not ended yet: run it after 2099-02-01T00:00:00Z"
+    )

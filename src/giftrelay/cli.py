@@ -26,6 +26,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from giftrelay import __version__, auth, logs
 from giftrelay.api import server as api_server
 from giftrelay.api.payouts import Runner
+from giftrelay.api.periods import period_bounds
 from giftrelay.config import ConfigError, Settings, redact
 from giftrelay.embedded import EmbeddedRedisError, free_port, running_url
 from giftrelay.ledger import export as ledger_export
@@ -432,8 +433,21 @@ def payouts() -> None:
     """Scheduled creator payouts (docs/api.md)."""
 
 
+def _period(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    try:
+        period_bounds(value)
+    except Refused as exc:
+        raise click.BadParameter(exc.message) from None
+    return value
+
+
 @payouts.command("run")
-@click.option("--period", required=True, help="A month (2026-11) or quarter (2026-Q4) that ended.")
+@click.option(
+    "--period",
+    required=True,
+    callback=_period,
+    help="A month (2026-11) or quarter (2026-Q4), in UTC, that has ended.",
+)
 @_friendly
 def payouts_run(period: str) -> None:
     """Pay every verified creator above the minimum for PERIOD, once per period even if run
