@@ -25,6 +25,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from giftrelay import __version__, metrics
 from giftrelay.api import creators, packages, statements, topups, wallets
 from giftrelay.api.auth import admin_only
+from giftrelay.api.errors import ErrorBody, ErrorDetail
 from giftrelay.api.services import Services
 from giftrelay.ledger.store import StoreUnavailable
 from giftrelay.wire.errors import Code, Refused
@@ -34,17 +35,6 @@ log = structlog.get_logger(__name__)
 PREFIX = "/api/v1"
 MAX_BODY = 64 * 1024
 """Bodies over this are refused (413) from their Content-Length, before being read."""
-
-
-class ErrorDetail(msgspec.Struct, frozen=True):
-    code: str
-    message: str
-
-
-class ErrorBody(msgspec.Struct, frozen=True):
-    """Every error's body."""
-
-    error: ErrorDetail
 
 
 STATUS: dict[Code, int] = {

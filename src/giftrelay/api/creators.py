@@ -10,6 +10,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 
 from giftrelay.api.bodies import strict
+from giftrelay.api.errors import RESPONSES
 from giftrelay.api.payouts import PayoutRun, Runner
 from giftrelay.api.periods import from_ms
 from giftrelay.api.services import Services
@@ -35,7 +36,7 @@ class PayoutRunRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """A month (2026-11) or a quarter (2026-Q4) that has ended, in UTC."""
 
 
-@post("/creators/{creator:str}/verification", status_code=200)
+@post("/creators/{creator:str}/verification", status_code=200, responses=RESPONSES)
 async def record_verification(
     request: Request[Any, Any, Any],
     creator: FromPath[str],
@@ -48,7 +49,7 @@ async def record_verification(
     return VerificationReply(creator, data.verified, from_ms(since) if since else None)
 
 
-@get("/creators/{creator:str}/verification")
+@get("/creators/{creator:str}/verification", responses=RESPONSES)
 async def show_verification(
     creator: FromPath[str], api: NamedDependency[Services]
 ) -> VerificationReply:
@@ -57,7 +58,7 @@ async def show_verification(
     return VerificationReply(creator, since is not None, from_ms(since) if since else None)
 
 
-@post("/payout-runs", status_code=200)
+@post("/payout-runs", status_code=200, responses=RESPONSES)
 async def run_payouts(
     request: Request[Any, Any, Any],
     data: JSONBody[PayoutRunRequest],

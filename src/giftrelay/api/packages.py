@@ -9,6 +9,7 @@ from litestar import get
 from litestar.di import NamedDependency
 from litestar.params import QueryParameter
 
+from giftrelay.api.errors import RESPONSES
 from giftrelay.api.services import Services
 from giftrelay.money.packages import Offer, offers
 
@@ -18,7 +19,7 @@ class PackagesReply(msgspec.Struct, frozen=True):
     packages: list[Offer]
 
 
-@get("/coin-packages")
+@get("/coin-packages", responses=RESPONSES)
 async def list_packages(
     api: NamedDependency[Services],
     region: Annotated[str | None, QueryParameter(pattern=r"^[A-Z]{2}$", required=False)] = None,

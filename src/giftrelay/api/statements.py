@@ -14,6 +14,7 @@ from litestar import Request, Response, get
 from litestar.di import NamedDependency
 from litestar.params import FromPath, QueryParameter
 
+from giftrelay.api.errors import RESPONSES
 from giftrelay.api.periods import from_ms, iso, ms, parse_time, period_bounds
 from giftrelay.api.services import Services
 from giftrelay.ledger.entries import GiftEntry, PayoutEntry, ledger_decoder
@@ -117,7 +118,7 @@ def to_csv(lines: list[dict[str, Any]]) -> str:
     return out.getvalue()
 
 
-@get("/creators/{creator:str}/statement", media_type="application/json")
+@get("/creators/{creator:str}/statement", media_type="application/json", responses=RESPONSES)
 async def show_statement(
     request: Request[Any, Any, Any],
     creator: FromPath[str],

@@ -16,6 +16,7 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody
 
 from giftrelay.api.bodies import strict
+from giftrelay.api.errors import RESPONSES
 from giftrelay.api.services import Services
 from giftrelay.ledger.entries import ChargebackEntry, TopupEntry, ledger_decoder
 from giftrelay.money.api import PackagePrice
@@ -49,7 +50,7 @@ class ChargebackRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True)
     reason: Annotated[str, msgspec.Meta(max_length=MAX_REASON)]
 
 
-@post("/topups", status_code=200)
+@post("/topups", status_code=200, responses=RESPONSES)
 async def create_topup(
     request: Request[Any, Any, Any], data: JSONBody[TopupRequest], api: NamedDependency[Services]
 ) -> TopupReply:
@@ -100,7 +101,7 @@ async def _stored_topup(api: Services, data: TopupRequest) -> TopupReply | None:
     return TopupReply(entry.user, entry.coins_after, entry.id, replayed=True)
 
 
-@post("/chargebacks", status_code=200)
+@post("/chargebacks", status_code=200, responses=RESPONSES)
 async def create_chargeback(
     request: Request[Any, Any, Any],
     data: JSONBody[ChargebackRequest],

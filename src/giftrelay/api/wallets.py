@@ -7,6 +7,7 @@ from litestar import get
 from litestar.di import NamedDependency
 from litestar.params import FromPath
 
+from giftrelay.api.errors import RESPONSES
 from giftrelay.api.services import Services
 
 
@@ -19,7 +20,7 @@ class WalletReply(msgspec.Struct, frozen=True):
     daily_cap: int | None
 
 
-@get("/wallets/{user:str}")
+@get("/wallets/{user:str}", responses=RESPONSES)
 async def show_wallet(user: FromPath[str], api: NamedDependency[Services]) -> WalletReply:
     """A user's wallet; a wallet never used reads as zeros."""
     b = await api.money.balance(user)
