@@ -100,6 +100,14 @@ async def test_bad_input_gets_a_clear_4xx_and_moves_nothing(api: Api, redis: Red
                  {"receipt": "receipt-0001", "reason": "x" * 201}):  # fmt: skip
         assert error(await api.post("/chargebacks", body)) == (400, "bad_request"), body
     assert error(await api.get("/wallets/al%20ice")) == (400, "bad_request")
+    for path, body in (
+        ("/creators/bad%20id/verification", {}),
+        ("/creators/ok/verification", {"verified": "yes"}),
+        ("/creators/ok/verification", {"reference": "x" * 201}),
+        ("/payout-runs", {"period": 202611}),
+        ("/payout-runs", {"period": "2026-11", "dry_run": True}),
+    ):
+        assert error(await api.post(path, body)) == (400, "bad_request"), (path, body)
     assert error(await api.get("/nowhere")) == (404, "bad_request")
     assert await dump(redis) == before
 
