@@ -96,7 +96,8 @@ async def _stored_topup(api: Services, data: TopupRequest) -> TopupReply | None:
         return None
     entry = ledger_decoder.decode(row.body)
     assert isinstance(entry, TopupEntry)
-    if (entry.user, entry.coins, entry.package or None) != (data.user, data.coins, data.package):
+    stored = (entry.user, entry.coins, entry.package or None, entry.region or None)
+    if stored != (data.user, data.coins, data.package, data.region):
         raise Refused(Code.IDEMPOTENCY_CONFLICT)
     return TopupReply(entry.user, entry.coins_after, entry.id, replayed=True)
 
