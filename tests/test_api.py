@@ -316,3 +316,11 @@ async def test_requests_are_counted_by_route_and_status(api: Api) -> None:
     await api.post("/topups", {"user": "alice"})
     after = count("/api/v1/wallets/{user}", "200"), count("/api/v1/topups", "400")
     assert (after[0] - before[0], after[1] - before[1]) == (1, 1)
+
+
+def test_the_api_cannot_share_the_relays_port() -> None:
+    from giftrelay.config import ConfigError, Settings
+
+    with pytest.raises(ConfigError, match="GIFTRELAY_API_PORT: 8080 is the relay's own port"):
+        Settings.load({"GIFTRELAY_API_PORT": "8080"})
+    assert Settings.load({"GIFTRELAY_API_PORT": "0", "GIFTRELAY_PORT": "0"}).api_port == 0

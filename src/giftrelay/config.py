@@ -156,6 +156,11 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
         if self.redis_url:
             check_redis_url(self.redis_url)
         _check_host(self.host)
+        if self.api_port and self.api_port == self.port:
+            raise ConfigError(
+                f"GIFTRELAY_API_PORT: {self.api_port} is the relay's own port (GIFTRELAY_PORT): "
+                "give the API another port, or 0 to turn it off"
+            )
         if self.fee_rate >= 1:
             raise ConfigError(
                 f"GIFTRELAY_PAYOUT_FEE_PERCENT: must be at least 0 and below 100, "
