@@ -14,9 +14,14 @@ from redis.asyncio import Redis
 
 from giftrelay.config import Settings
 from giftrelay.embedded import RedisServer
+from giftrelay.ledger.store import Store
 from giftrelay.money import catalog as catalog_module
 from giftrelay.money.api import Money
 from giftrelay.redis_client import connect
+
+# Every `giftrelay serve` a test starts would otherwise open the HTTP API on 8081, where
+# another test's (or another checkout's) serve may listen; the API's tests ask for a port.
+os.environ.setdefault("GIFTRELAY_API_PORT", "0")
 
 START_MS = 1_795_392_000_000  # 2026-11-23 00:00:00 UTC
 ROOT = Path(__file__).resolve().parent.parent
@@ -78,6 +83,15 @@ def loadtest() -> Loadtest:
         )  # fmt: skip
 
     return start
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    """A ledger store of the test's own, once on SQLite and once on PostgreSQL."""
+    from .ledger_helpers import make_store
+
+    async for opened in make_store(request.param, tmp_path):
+        yield opened
 
 
 @pytest.fixture

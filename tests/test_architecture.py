@@ -2,9 +2,11 @@
 
 ``wire`` (what clients and the relay say) imports nothing else of giftrelay;
 ``money`` (the scripts and their API) only ``wire``; ``ledger`` only ``wire``,
-``money`` and the metrics; ``relay`` anything below the command line; ``webhooks``,
-beside the relay, only ``wire``, ``money``, ``ledger``, the config and the metrics. Every import
-counts, including those inside functions.
+``money`` and the metrics; ``relay`` anything below the command line; ``webhooks``
+and ``api`` (the HTTP API for the platform's backend), beside the relay: ``webhooks``
+only ``wire``, ``money``, ``ledger``, the config and the metrics; ``api`` those and
+``auth``, and nothing but the command line imports it. Every import counts,
+including those inside functions.
 """
 
 from __future__ import annotations
@@ -33,6 +35,15 @@ ALLOWED = {
         "giftrelay.config",
         "giftrelay.metrics",
         "giftrelay.webhooks",
+    },
+    "giftrelay.api": {
+        "giftrelay.wire",
+        "giftrelay.money",
+        "giftrelay.ledger",
+        "giftrelay.auth",
+        "giftrelay.config",
+        "giftrelay.metrics",
+        "giftrelay.api",
     },
 }
 """Per layer, the only parts of giftrelay its modules may import."""
@@ -87,6 +98,18 @@ def test_the_relay_does_not_import_the_command_line() -> None:
         if within(module, "giftrelay.relay")
         for target in targets
         if any(within(target, top) for top in ABOVE_THE_RELAY)
+    }
+    assert not wrong
+
+
+def test_only_the_command_line_imports_the_api() -> None:
+    wrong = {
+        (module, target)
+        for module, targets in MODULES.items()
+        if not within(module, "giftrelay.api")
+        and not any(within(module, top) for top in ABOVE_THE_RELAY)
+        for target in targets
+        if within(target, "giftrelay.api")
     }
     assert not wrong
 

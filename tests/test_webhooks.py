@@ -175,12 +175,16 @@ def test_a_gift_is_an_event_keyed_by_its_business_id_for_both_wallets() -> None:
 
 
 def test_kinds_are_handled_generically() -> None:
-    """A kind this code does not know (a chargeback, say) still goes out, by its kind,
-    ordered by its wallet, keyed by its stream entry until the ledger gives it a key."""
+    """A kind added after this code (a chargeback) goes out by its kind, ordered by its
+    wallet, keyed by its business id from the ledger; one with none (a cap) by its entry."""
     chargeback = {"kind": "chargeback", "v": 1, "ts": 5_000, "id": "r-00000001",
                   "user": "alice", "coins": 10, "coins_after": -3}  # fmt: skip
     event = from_entry("5000-3", entry(chargeback))
-    assert (event.id, event.type, event.wallets) == ("ledger:5000-3", "chargeback", ("alice",))
+    assert (event.id, event.type, event.wallets) == (
+        "chargeback:r-00000001",
+        "chargeback",
+        ("alice",),
+    )
     assert msgspec.json.decode(event.body)["data"] == chargeback
     cap = from_entry("6-0", entry({"kind": "cap", "v": 1, "ts": 6, "user": "bob",
                                    "daily_coins": None}))  # fmt: skip

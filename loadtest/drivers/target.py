@@ -262,6 +262,9 @@ def serve_env(
         "GIFTRELAY_SECRET": secret,
         "GIFTRELAY_LOG_LEVEL": log_level,
         "GIFTRELAY_LOG_FORMAT": "json",
+        # The backend's HTTP API is no part of what a load test measures, and its port
+        # (8081) may be taken by another relay on this machine.
+        "GIFTRELAY_API_PORT": "0",
     }
     if var is not None:
         env["GIFTRELAY_VAR_DIR"] = str(var)

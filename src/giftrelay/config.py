@@ -77,6 +77,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     var_dir: str = "var"
     host: str = "127.0.0.1"
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8080
+    api_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8081
+    """The HTTP API for the platform's backend (docs/api.md); 0 turns it off."""
     workers: Positive = 1
 
     # Money rules.
@@ -87,6 +89,13 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     cents_per_diamond: str = "1/2"
     """Times ``max_balance`` below 10^14: the largest payout's gross is exact."""
     payout_fee_percent: str = "0"
+    payout_requires_verification: bool = False
+    """Socket ``payout`` requests too need the creator's verification on record (scheduled
+    payout runs always do). Off by default: protocol v1 pays any creator."""
+    payout_currency: Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}$")] = "USD"
+    """The ISO 4217 currency of ``cents_per_diamond``: payouts' cents are in it."""
+    payout_batch_dir: str | None = None
+    """Where payout runs write their batch files. Default: ``<var_dir>/payouts``."""
     max_gift_count: Annotated[int, msgspec.Meta(ge=1, le=MAX_GIFT_COUNT)] = 1000
     """At most 10^6: with prices of at most 10^7 coins, one gift costs at most 10^13."""
     max_balance: Annotated[int, msgspec.Meta(ge=1, le=MAX_BALANCE)] = 10**12
@@ -169,6 +178,11 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
         _check_host(self.host)
         if self.webhook_url is not None:
             _check_webhook(self.webhook_url, self.webhook_secret)
+        if self.api_port and self.api_port == self.port:
+            raise ConfigError(
+                f"GIFTRELAY_API_PORT: {self.api_port} is the relay's own port (GIFTRELAY_PORT): "
+                "give the API another port, or 0 to turn it off"
+            )
         if self.fee_rate >= 1:
             raise ConfigError(
                 f"GIFTRELAY_PAYOUT_FEE_PERCENT: must be at least 0 and below 100, "
@@ -210,6 +224,11 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     def ledger(self) -> str:
         """The ledger store's URL."""
         return self.ledger_url or f"sqlite:///{self.var_dir}/ledger.sqlite3"
+
+    @property
+    def payout_batches(self) -> Path:
+        """Where payout runs write their batch files."""
+        return Path(self.payout_batch_dir or Path(self.var_dir) / "payouts")
 
     @property
     def var_path(self) -> Path:

@@ -121,3 +121,18 @@ WEBHOOK_OLDEST = Gauge(
     "giftrelay_webhook_oldest_queued_seconds",
     "Age of the oldest movement whose webhook is not delivered yet (0: none).",
 )
+
+
+# -- the HTTP API for the platform's backend -------------------------------------------------
+
+API_REQUESTS = Counter(
+    "giftrelay_api_requests_total",
+    "HTTP API requests answered, by route and status.",
+    ["route", "status"],
+)
+API_SECONDS = Histogram(
+    "giftrelay_api_seconds",
+    "Time to answer an HTTP API request, by route.",
+    ["route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import click
 
 from giftrelay import __version__
-from giftrelay.cli import ledger, money_ops, serve, tokens, webhooks
+from giftrelay.cli import ledger, money_ops, payouts, serve, tokens, webhooks
 from giftrelay.cli.errors import EXIT_CODES
 
 
@@ -30,6 +30,7 @@ COMMANDS = (
     ledger.reconcile,
     ledger.recover,
     webhooks.webhooks_group,
+    payouts.payouts,
 )
 for command in COMMANDS:
     main.add_command(command)

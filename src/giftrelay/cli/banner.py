@@ -6,6 +6,7 @@ from __future__ import annotations
 import click
 
 from giftrelay import __version__, auth
+from giftrelay.api import server as api_server
 from giftrelay.config import Settings, redact
 
 DEMO_STREAM = "demo"
@@ -38,6 +39,9 @@ def print_urls(settings: Settings, secret: str, url: str, port: int) -> None:
     click.echo("Where things are:")
     click.echo(f"  websocket: {base.replace('http', 'ws', 1)}/ws")
     click.echo(f"  health:    {base}/healthz  (also /readyz, /metrics)")
+    if settings.api_port:
+        api = api_server.api_url(settings)
+        click.echo(f"  api:       {api}  (admin token; docs: {api}/openapi.json)")
     click.echo(f"  redis:     {redact(url)}" + ("  (embedded)" if settings.embedded else ""))
     click.echo(f"  ledger:    {redact(settings.ledger)}")
     if settings.embedded:

@@ -177,6 +177,7 @@ def recover(force: bool) -> None:
                         redis,
                         store,
                         retention_ms=settings.idempotency_ttl * 1000,
+                        receipt_retention_ms=settings.receipt_ttl * 1000,
                         force=force,
                         progress=tell,
                     )

@@ -12,6 +12,7 @@ import socket
 import click
 import structlog
 
+from giftrelay.api import server as api_server
 from giftrelay.cli import webhooks
 from giftrelay.cli.banner import DEMO_COINS, DEMO_CREATOR, DEMO_STREAM, DEMO_VIEWERS, print_urls
 from giftrelay.cli.errors import friendly
@@ -75,6 +76,7 @@ def serve(
     # First: a second serve on this var/ stops here, before it touches anything.
     lock = claim_var_dir(settings) if settings.embedded or run_ledger else None
     _check_listen(settings)
+    api_server.check_port(settings)
     catalog.load(settings.catalog)  # a bad catalog stops start-up before anything runs
     secret = secret_for(settings)
     run(_serve(settings, secret, run_ledger), fast=True)
@@ -108,6 +110,7 @@ async def _serve(settings: Settings, secret: str, run_ledger: bool) -> None:
         if settings.workers == 1:
             relay = Relay(settings, secret, url, core, core.catalog)
             port = await _listen(relay, settings)
+            await stack.enter_async_context(api_server.serving(settings, secret, core))
             _tune_gc()
         else:
             port = settings.port or free_port()
@@ -187,7 +190,10 @@ async def _worker(settings: Settings, secret: str) -> None:
     """One of ``serve --workers N``'s processes: a relay sharing the port, nothing else."""
     stop = stop_on_signals()
     assert settings.redis_url is not None
-    async with money(settings, settings.redis_url) as core:
+    async with (
+        money(settings, settings.redis_url) as core,
+        api_server.serving(settings, secret, core, reuse_port=True),
+    ):
         relay = Relay(settings, secret, settings.redis_url, core, core.catalog)
         await relay.start(settings.host, settings.port, reuse_port=True)
         _tune_gc()

@@ -42,6 +42,31 @@ class TopupEntry(LedgerEntry, tag="topup", frozen=True):
     user: str
     coins: int
     coins_after: int
+    package: str = ""
+    """The coin package sold, when the top-up named one (then region, currency, price)."""
+    region: str = ""
+    currency: str = ""
+    price_minor: int = 0
+
+
+class ChargebackEntry(LedgerEntry, tag="chargeback", frozen=True):
+    """The payment behind a top-up was reversed: its coins were taken back."""
+
+    id: str
+    """The top-up's payment receipt."""
+    user: str
+    coins: int
+    coins_after: int
+    """May be below zero: a debt that blocks gifts until top-ups cover it."""
+    reason: str = ""
+
+
+class VerificationEntry(LedgerEntry, tag="verification", frozen=True):
+    """A creator's verification recorded (or withdrawn): payout runs need it."""
+
+    user: str
+    verified: bool
+    reference: str = ""
 
 
 class PayoutEntry(LedgerEntry, tag="payout", frozen=True):
@@ -51,6 +76,8 @@ class PayoutEntry(LedgerEntry, tag="payout", frozen=True):
     cash_cents: int
     fee_cents: int
     diamonds_after: int
+    currency: str = ""
+    """The currency of the cents ("" in entries written before it was kept)."""
 
 
 class CapEntry(LedgerEntry, tag="cap", frozen=True):
@@ -58,6 +85,8 @@ class CapEntry(LedgerEntry, tag="cap", frozen=True):
     daily_coins: int | None
 
 
-AnyLedgerEntry = GiftEntry | TopupEntry | PayoutEntry | CapEntry
+AnyLedgerEntry = (
+    GiftEntry | TopupEntry | PayoutEntry | CapEntry | ChargebackEntry | VerificationEntry
+)
 
 ledger_decoder = msgspec.json.Decoder(AnyLedgerEntry)

@@ -152,31 +152,55 @@ class PostgresStore:
         ]  # fmt: skip
 
     async def export(
-        self, since_ms: int | None, until_ms: int | None, *, after: Position | None = None
+        self,
+        since_ms: int | None,
+        until_ms: int | None,
+        *,
+        after: Position | None = None,
+        account: str | None = None,
     ) -> AsyncIterator[ExportRow]:
         after = after or (-1, -1)
         while True:
             with _translated():
-                page = await self._page(after, since_ms, until_ms)
+                page = await self._page(after, since_ms, until_ms, account)
             for row in page:
                 yield row
             if len(page) < EXPORT_PAGE:
                 return
             after = parse_offset(page[-1].event_id)
 
+    async def movement(self, business_key: str) -> ExportRow | None:
+        with _translated():
+            found = await self._pool_or_fail().fetchrow(
+                "SELECT ms, seq FROM events WHERE business_key = $1", business_key
+            )
+            if found is None:
+                return None
+            ms, seq = int(found["ms"]), int(found["seq"])
+            page = await self._page((ms, seq - 1) if seq else (ms - 1, 2**62), None, None, limit=1)
+        return page[0] if page else None
+
     async def _page(
-        self, after: Position, since_ms: int | None, until_ms: int | None
+        self,
+        after: Position,
+        since_ms: int | None,
+        until_ms: int | None,
+        account: str | None = None,
+        limit: int = EXPORT_PAGE,
     ) -> list[ExportRow]:
         pool = self._pool_or_fail()
         rows = await pool.fetch(
-            "SELECT ms, seq, ts, kind, request_id, actor, body FROM events"
+            "SELECT ms, seq, ts, kind, request_id, actor, body FROM events e"
             " WHERE (ms, seq) > ($1, $2) AND ts >= $3 AND ts < $4"
+            " AND ($6::text IS NULL OR EXISTS (SELECT 1 FROM postings p"
+            "  WHERE p.ms = e.ms AND p.seq = e.seq AND p.account = $6))"
             " ORDER BY ms, seq LIMIT $5",
             after[0],
             after[1],
             since_ms or 0,
             until_ms or 2**62,
-            EXPORT_PAGE,
+            limit,
+            account,
         )
         if not rows:
             return []

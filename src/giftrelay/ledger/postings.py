@@ -13,7 +13,9 @@ gift          diamonds              ``to`` +d, ``system:diamonds_issued`` -d
 payout        diamonds              ``user`` -D, ``system:payouts`` +D
 payout        cents                 ``system:payouts`` -(cash+fee), ``user`` +cash,
                                     ``system:fees`` +fee
+chargeback    coins                 ``user`` -c, ``system:chargebacks`` +c
 cap           (none)                a setting, kept for audits
+verification  (none)                a creator's verification, kept for audits
 ============  ====================  ==============================================
 
 A user's coins and diamonds are the sums of their postings, which is what
@@ -21,7 +23,8 @@ A user's coins and diamonds are the sums of their postings, which is what
 to them, settled by the payment backend.
 
 Every movement also has a **business key**, the id its request was idempotent by
-(a top-up's receipt, a gift's sender and id, a payout's creator and id), and a
+(a top-up's receipt, a gift's sender and id, a payout's creator and id, a
+chargeback's receipt), and a
 **fingerprint** of what it moved. The store keeps one movement per business key:
 the same key again with the same fingerprint is a replay (Redis ran the request a
 second time after losing its idempotency record) and is not counted again; with
@@ -39,9 +42,11 @@ import msgspec
 from giftrelay.ledger.entries import (
     AnyLedgerEntry,
     CapEntry,
+    ChargebackEntry,
     GiftEntry,
     PayoutEntry,
     TopupEntry,
+    VerificationEntry,
     ledger_decoder,
 )
 from giftrelay.wire.offsets import parse_offset
@@ -58,6 +63,7 @@ GIFTS = "system:gifts"
 DIAMONDS_ISSUED = "system:diamonds_issued"
 PAYOUTS = "system:payouts"
 FEES = "system:fees"
+CHARGEBACKS = "system:chargebacks"
 
 
 USER = "user:"
@@ -146,6 +152,14 @@ def _cap_identity(e: CapEntry) -> Identity:
     return None, "" if e.daily_coins is None else str(e.daily_coins)
 
 
+def _chargeback_identity(e: ChargebackEntry) -> Identity:
+    return f"chargeback:{e.id}", f"{e.user}|{e.coins}"
+
+
+def _verification_identity(e: VerificationEntry) -> Identity:
+    return None, str(int(e.verified))
+
+
 def _topup(e: TopupEntry) -> tuple[Posting, ...]:
     c = e.coins
     return (Posting(USER + e.user, COINS, c), Posting(COINS_SOLD, COINS, -c)) if c else ()
@@ -174,8 +188,13 @@ def _payout(e: PayoutEntry) -> tuple[Posting, ...]:
     return tuple(p for p in moves if p.amount)
 
 
-def _cap(e: CapEntry) -> tuple[Posting, ...]:
+def _cap(e: CapEntry | VerificationEntry) -> tuple[Posting, ...]:
     return ()
+
+
+def _chargeback(e: ChargebackEntry) -> tuple[Posting, ...]:
+    c = e.coins
+    return (Posting(USER + e.user, COINS, -c), Posting(CHARGEBACKS, COINS, c)) if c else ()
 
 
 # Per event type: its kind, its postings and its identity. A table, not a match: this
@@ -187,6 +206,8 @@ _KINDS: dict[
     GiftEntry: ("gift", _gift, _gift_identity),
     PayoutEntry: ("payout", _payout, _payout_identity),
     CapEntry: ("cap", _cap, _cap_identity),
+    ChargebackEntry: ("chargeback", _chargeback, _chargeback_identity),
+    VerificationEntry: ("verification", _cap, _verification_identity),
 }
 
 

@@ -7,9 +7,10 @@ records that make a retried request a replay. ``recover`` rebuilds, from the
 store alone:
 
 - every wallet: coins and diamonds (the sums of its postings), the day's spending
-  that the daily cap counts, and the cap itself (the latest cap entry);
-- the idempotency record of every gift, top-up and payout still within the
-  retention, holding its first reply, so a retry is answered as a replay;
+  that the daily cap counts, the cap itself (the latest cap entry) and a creator's
+  verification (the latest verification entry, with the set payout runs list);
+- the idempotency record of every gift, top-up, payout and chargeback still within
+  its retention, holding its first reply, so a retry is answered as a replay;
 - the totals, combo counter and top gifters of every stream Redis still knows;
 - the ledger stream's last id, moved past everything stored.
 
@@ -32,7 +33,15 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from giftrelay.ledger.consumer import group_info
-from giftrelay.ledger.entries import CapEntry, GiftEntry, PayoutEntry, TopupEntry, ledger_decoder
+from giftrelay.ledger.entries import (
+    CapEntry,
+    ChargebackEntry,
+    GiftEntry,
+    PayoutEntry,
+    TopupEntry,
+    VerificationEntry,
+    ledger_decoder,
+)
 from giftrelay.ledger.postings import USER, PoisonEntry, Record, record
 from giftrelay.ledger.store import ExportRow, Store
 from giftrelay.money import keys
@@ -57,6 +66,8 @@ class Wallet:
     spent_day: int = 0
     spent: int = 0
     cap: int | None = None
+    verified: int | None = None
+    """Since when (ms) the creator's verification is on record."""
 
 
 @dataclass
@@ -69,14 +80,19 @@ class StreamTotals:
 
 
 # The idempotency records as the scripts write them: '<fingerprint>\n<first reply>'.
-# Keep in step with lua/gift.lua, topup.lua and payout.lua.
+# Keep in step with lua/gift.lua, topup.lua, payout.lua and chargeback.lua.
 def _gift_record(e: GiftEntry) -> str:
     reply = ["ok", e.offset, e.coins, e.coins_after, e.combo or e.count, e.combo_id, e.diamonds]
     return f"gift|{e.stream}|{e.gift}|{e.count}\n{_json(reply)}"
 
 
 def _topup_record(e: TopupEntry) -> str:
-    return f"topup|{e.user}|{e.coins}\n{_json(['ok', e.coins_after])}"
+    package = f"|{e.package}|{e.region}" if e.package else ""
+    return f"topup|{e.user}|{e.coins}{package}\n{_json(['ok', e.coins_after])}"
+
+
+def _chargeback_record(e: ChargebackEntry) -> str:
+    return f"chargeback|{e.id}\n{_json(['ok', e.user, e.coins, e.coins_after])}"
 
 
 def _payout_record(e: PayoutEntry) -> str:
@@ -91,9 +107,13 @@ def _json(value: object) -> str:
 class Rebuild:
     """Redis's money state, rebuilt from the ledger's events in ledger order (pure)."""
 
-    def __init__(self, now_ms: int, retention_ms: int) -> None:
+    def __init__(
+        self, now_ms: int, retention_ms: int, receipt_retention_ms: int | None = None
+    ) -> None:
         self.now_ms = now_ms
         self.retention_ms = retention_ms
+        self.receipt_retention_ms = receipt_retention_ms or retention_ms
+        """Top-ups, chargebacks and payout runs' ids are kept longer (``receipt_ttl``)."""
         self.wallets: dict[str, Wallet] = {}
         self.streams: dict[str, StreamTotals] = {}
         self.idempotency: dict[str, tuple[str, int]] = {}
@@ -125,9 +145,19 @@ class Rebuild:
                     left,
                 )
         elif isinstance(entry, TopupEntry):
+            left = entry.ts + self.receipt_retention_ms - self.now_ms
             if left > 0:
                 self.idempotency[keys.topup_idem(entry.id)] = (_topup_record(entry), left)
+        elif isinstance(entry, ChargebackEntry):
+            left = entry.ts + self.receipt_retention_ms - self.now_ms
+            if left > 0:
+                key = keys.chargeback_idem(entry.id)
+                self.idempotency[key] = (_chargeback_record(entry), left)
+        elif isinstance(entry, VerificationEntry):
+            self.wallet(entry.user).verified = entry.ts if entry.verified else None
         elif isinstance(entry, PayoutEntry):
+            if entry.id.startswith("run."):  # a payout run's: kept as long as receipts
+                left = entry.ts + self.receipt_retention_ms - self.now_ms
             if left > 0:
                 key = keys.payout_idem(entry.user, entry.id)
                 self.idempotency[key] = (_payout_record(entry), left)
@@ -174,16 +204,18 @@ async def recover(
     store: Store,
     *,
     retention_ms: int,
+    receipt_retention_ms: int | None = None,
     force: bool = False,
     progress: Progress | None = None,
 ) -> Outcome:
-    """Rebuild Redis's money state from the store; see the module's doc."""
+    """Rebuild Redis's money state from the store; see the module's doc.
+    ``receipt_retention_ms`` (default ``retention_ms``): how long receipts are kept."""
     tell = progress or (lambda stage, done, total: None)
     if not force:
         await _check_quiet(redis)
     outcome = Outcome()
     outcome.drained, outcome.poison = await _drain(redis, store, tell)
-    rebuild = Rebuild(int(time.time() * 1000), retention_ms)
+    rebuild = Rebuild(int(time.time() * 1000), retention_ms, receipt_retention_ms)
     total = await store.count()
     async for row in store.export(None, None):
         rebuild.add(row)
@@ -255,9 +287,17 @@ async def _write(redis: Redis, rebuild: Rebuild, outcome: Outcome, tell: Progres
                 pipe.hdel(key, "cap")
             else:
                 pipe.hset(key, "cap", w.cap)
+            if w.verified is None:
+                pipe.hdel(key, "verified")
+            else:
+                pipe.hset(key, "verified", w.verified)
             if n % PAGE == 0:
                 await pipe.execute()
                 tell("writing wallets", n, len(users))
+        pipe.delete(keys.VERIFIED)
+        verified = [u for u in users if u in rebuild.wallets and rebuild.wallets[u].verified]
+        if verified:
+            pipe.sadd(keys.VERIFIED, *verified)
         await pipe.execute()
         outcome.wallets = len(users)
         tell("writing wallets", len(users), len(users))

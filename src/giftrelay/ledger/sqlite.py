@@ -119,18 +119,38 @@ class SQLiteStore:
         return await self._run(query)
 
     async def export(
-        self, since_ms: int | None, until_ms: int | None, *, after: Position | None = None
+        self,
+        since_ms: int | None,
+        until_ms: int | None,
+        *,
+        after: Position | None = None,
+        account: str | None = None,
     ) -> AsyncIterator[ExportRow]:
         after = after or (-1, -1)
         while True:
             page = await self._run(
-                functools.partial(_export_page, after=after, since_ms=since_ms, until_ms=until_ms)
+                functools.partial(
+                    _export_page, after=after, since_ms=since_ms, until_ms=until_ms, account=account
+                )
             )
             for row in page:
                 yield row
             if len(page) < EXPORT_PAGE:
                 return
             after = parse_offset(page[-1].event_id)
+
+    async def movement(self, business_key: str) -> ExportRow | None:
+        def query(db: sqlite3.Connection) -> ExportRow | None:
+            found = db.execute(
+                "SELECT ms, seq FROM events WHERE business_key = ?", (business_key,)
+            ).fetchone()
+            if found is None:
+                return None
+            before = (found[0], found[1] - 1) if found[1] else (found[0] - 1, 2**62)
+            page = _export_page(db, after=before, since_ms=None, until_ms=None, limit=1)
+            return page[0] if page else None
+
+        return await self._run(query)
 
     async def close(self) -> None:
         async with self._lock:
@@ -258,13 +278,21 @@ def _classify(db: sqlite3.Connection, r: Record) -> int:
 
 
 def _export_page(
-    db: sqlite3.Connection, *, after: Position, since_ms: int | None, until_ms: int | None
+    db: sqlite3.Connection,
+    *,
+    after: Position,
+    since_ms: int | None,
+    until_ms: int | None,
+    account: str | None = None,
+    limit: int = EXPORT_PAGE,
 ) -> list[ExportRow]:
     rows = db.execute(
-        "SELECT ms, seq, ts, kind, request_id, actor, body FROM events"
+        "SELECT ms, seq, ts, kind, request_id, actor, body FROM events e"
         " WHERE (ms > ? OR (ms = ? AND seq > ?)) AND ts >= ? AND ts < ?"
+        " AND (? IS NULL OR EXISTS (SELECT 1 FROM postings p"
+        "  WHERE p.ms = e.ms AND p.seq = e.seq AND p.account = ?))"
         " ORDER BY ms, seq LIMIT ?",
-        (after[0], after[0], after[1], since_ms or 0, until_ms or 2**62, EXPORT_PAGE),
+        (after[0], after[0], after[1], since_ms or 0, until_ms or 2**62, account, account, limit),
     ).fetchall()
     if not rows:
         return []

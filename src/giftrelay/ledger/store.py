@@ -93,10 +93,19 @@ class Store(Protocol):
         """Every movement kept aside because its business key was held by another."""
 
     def export(
-        self, since_ms: int | None, until_ms: int | None, *, after: Position | None = None
+        self,
+        since_ms: int | None,
+        until_ms: int | None,
+        *,
+        after: Position | None = None,
+        account: str | None = None,
     ) -> AsyncIterator[ExportRow]:
-        """Events with ``since_ms <= ts < until_ms`` (and ids after ``after``), in ledger
-        order, with their postings."""
+        """Events with ``since_ms <= ts < until_ms`` (and ids after ``after``; with
+        ``account``, only those posting to it), in ledger order, with their postings."""
+
+    async def movement(self, business_key: str) -> ExportRow | None:
+        """The stored movement holding ``business_key`` (e.g. ``topup:<receipt>``), if any:
+        the store remembers every receipt after Redis's idempotency records expire."""
 
     async def close(self) -> None: ...
 

@@ -12,6 +12,7 @@ connection breaks before the reply.
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -26,7 +27,13 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from giftrelay.money import keys, rules
 from giftrelay.money.autopipe import AutoPipeline
 from giftrelay.money.catalog import Catalog, Gift
-from giftrelay.money.receipts import GiftReceipt, PayoutReceipt, StreamInfo, TopupReceipt
+from giftrelay.money.receipts import (
+    GiftReceipt,
+    PackagePrice,
+    PayoutReceipt,
+    StreamInfo,
+    TopupReceipt,
+)
 from giftrelay.money.scripts import SCRIPTS, Script
 from giftrelay.wire import protocol
 from giftrelay.wire.errors import Code, Refused, Unavailable
@@ -35,6 +42,9 @@ from giftrelay.wire.ids import is_ident, is_request_id
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
+
+SCHEDULED_ID = re.compile(r"^run\.[0-9]{4}-(0[1-9]|1[0-2]|Q[1-4])$")
+"""The id of a payout run's payout: ``run.2026-11``, ``run.2026-Q4``."""
 
 
 def now_ms() -> int:
@@ -65,6 +75,10 @@ class MoneySettings(Protocol):
     def cent_rate(self) -> Fraction: ...
     @property
     def fee_rate(self) -> Fraction: ...
+    @property
+    def payout_requires_verification(self) -> bool: ...
+    @property
+    def payout_currency(self) -> str: ...
 
 
 class Money:
@@ -207,7 +221,9 @@ class Money:
 
     # -- wallets ---------------------------------------------------------------------------
 
-    async def topup(self, user: str, coins: int, receipt: str) -> TopupReceipt:
+    async def topup(
+        self, user: str, coins: int, receipt: str, *, package: PackagePrice | None = None
+    ) -> TopupReceipt:
         _check_ident("user", user)
         _check_request_id(receipt)
         if not 1 <= coins <= self.settings.max_balance:
@@ -222,15 +238,35 @@ class Money:
                 self.clock(),
                 self.settings.receipt_ttl * 1000,
                 self.settings.max_balance,
+                *(
+                    ("", "", "", 0)
+                    if package is None
+                    else (package.package, package.region, package.currency, package.price_minor)
+                ),
             ],
             idempotent=True,  # by the payment receipt
         )
         _, balance, replayed = _ok(reply, "topup")
         return TopupReceipt(user=user, coins=balance, replayed=bool(replayed))
 
-    async def payout(self, creator: str, diamonds: int, request_id: str) -> PayoutReceipt:
+    async def payout(
+        self,
+        creator: str,
+        diamonds: int,
+        request_id: str,
+        *,
+        scheduled: bool = False,
+    ) -> PayoutReceipt:
+        """Cash out ``diamonds``. The creator's own request (the socket's ``payout``) needs
+        the creator's verification when the setting ``payout_requires_verification`` says
+        so. A ``scheduled`` payout (a payout run) always needs it; its id, ``run.<period>``,
+        can be no request id (they have no dot), and is kept ``receipt_ttl``, not an hour."""
         _check_ident("creator", creator)
-        _check_request_id(request_id)
+        if scheduled:
+            if not SCHEDULED_ID.match(request_id):
+                raise Refused(Code.BAD_REQUEST, "a scheduled payout's id is run.<period>")
+        else:
+            _check_request_id(request_id)
         if not 1 <= diamonds <= self.settings.max_balance:
             raise Refused(Code.BAD_REQUEST, f"diamonds must be 1 to {self.settings.max_balance}")
         quote = rules.payout_quote(diamonds, self.settings.cent_rate, self.settings.fee_rate)
@@ -245,7 +281,9 @@ class Money:
                 quote.fee_cents,
                 self.settings.payout_min_diamonds,
                 self.clock(),
-                self.settings.idempotency_ttl * 1000,
+                (self.settings.receipt_ttl if scheduled else self.settings.idempotency_ttl) * 1000,
+                int(scheduled or self.settings.payout_requires_verification),
+                self.settings.payout_currency,
             ],
             idempotent=True,  # by the creator's request id
         )

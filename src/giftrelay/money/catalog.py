@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from giftrelay.money.packages import Package, check_package
 from giftrelay.money.rules import MAX_PRICE
 from giftrelay.wire.ids import Ident
 
@@ -72,18 +73,32 @@ class Overlay(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class _File(msgspec.Struct, forbid_unknown_fields=True):
     gift: Annotated[list[Gift], msgspec.Meta(min_length=1, max_length=1000)]
     overlay: Overlay = msgspec.field(default_factory=Overlay)
+    package: Annotated[list[Package], msgspec.Meta(max_length=1000)] = msgspec.field(
+        default_factory=list
+    )
 
 
 class Catalog:
     """Gifts by id, and the list cheapest first."""
 
-    def __init__(self, gifts: list[Gift], overlay: Overlay | None = None) -> None:
+    def __init__(
+        self,
+        gifts: list[Gift],
+        overlay: Overlay | None = None,
+        packages: list[Package] | None = None,
+    ) -> None:
         self.gifts: tuple[Gift, ...] = tuple(sorted(gifts, key=lambda g: (g.coins, g.id)))
         self._by_id = {g.id: g for g in self.gifts}
         self.overlay = overlay or Overlay()
         self.tiers: tuple[Tier, ...] = tuple(sorted(self.overlay.tier, key=lambda t: t.coins))
         overlay_json = {"tiers": self.tiers}
         self.json: bytes = msgspec.json.encode({"gifts": self.gifts, "overlay": overlay_json})
+        self.packages: tuple[Package, ...] = tuple(packages or ())
+        """Coin packages, in the file's order (the ``[[package]]`` entries)."""
+        self._packages = {p.id: p for p in self.packages}
+
+    def package(self, package_id: str) -> Package | None:
+        return self._packages.get(package_id)
 
     def get(self, gift_id: str) -> Gift | None:
         return self._by_id.get(gift_id)
@@ -130,23 +145,34 @@ def parse(text: str, name: str = "catalog") -> Catalog:
                 f"is already used by gift #{seen[gift.id] + 1}"
             )
         seen[gift.id] = index
-    return Catalog(gifts, parsed.overlay)
+    ids: set[str] = set()
+    for index, package in enumerate(parsed.package):
+        problem = check_package(package)
+        if package.id in ids:
+            problem = f"id {package.id!r} is already used by another package"
+        if problem:
+            line = _gift_line(text, index, "[[package]]")
+            raise CatalogError(f"catalog {name}: package #{index + 1} (line {line}): {problem}")
+        ids.add(package.id)
+    return Catalog(gifts, parsed.overlay, parsed.package)
 
 
 def _locate(message: str, text: str) -> str:
-    """Add the gift number and the line of its ``[[gift]]`` header to msgspec's path."""
-    marker = "`$.gift["
-    start = message.find(marker)
-    if start < 0:
-        return message
-    index = int(message[start + len(marker) : message.index("]", start)])
-    return f"gift #{index + 1} (line {_gift_line(text, index)}): {message}"
+    """Add the gift's (or package's) number and the line of its header to msgspec's path."""
+    for table in ("gift", "package"):
+        marker = f"`$.{table}["
+        start = message.find(marker)
+        if start >= 0:
+            index = int(message[start + len(marker) : message.index("]", start)])
+            line = _gift_line(text, index, f"[[{table}]]")
+            return f"{table} #{index + 1} (line {line}): {message}"
+    return message
 
 
-def _gift_line(text: str, index: int) -> int:
+def _gift_line(text: str, index: int, header: str = "[[gift]]") -> int:
     found = -1
     for number, line in enumerate(text.splitlines(), start=1):
-        if line.strip().startswith("[[gift]]"):
+        if line.strip().startswith(header):
             found += 1
             if found == index:
                 return number

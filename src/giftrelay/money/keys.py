@@ -19,7 +19,7 @@ LEDGER_DEAD = "ledger:dead"
 
 
 def wallet(user: str) -> str:
-    """Hash: coins, diamonds, spent_day, spent, cap."""
+    """Hash: coins, diamonds, spent_day, spent, cap, verified (ms, when a creator was verified)."""
     return f"w:{{{user}}}"
 
 
@@ -45,6 +45,15 @@ def payout_idem(creator: str, request_id: str) -> str:
 def topup_idem(receipt: str) -> str:
     """String: a payment receipt already credited (receipts are global)."""
     return f"idem:topup:{{{receipt}}}"
+
+
+def chargeback_idem(receipt: str) -> str:
+    """String: a receipt's chargeback, once applied (shares the receipt's slot)."""
+    return f"idem:chargeback:{{{receipt}}}"
+
+
+VERIFIED = "creators:verified"
+"""Set: the creators whose verification is on record (their wallets' ``verified`` field)."""
 
 
 def stream(stream_id: str) -> str:

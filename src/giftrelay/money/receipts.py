@@ -51,6 +51,16 @@ class TopupReceipt(msgspec.Struct, frozen=True):
         return protocol.TopupOk(ref=ref, user=self.user, coins=self.coins)
 
 
+class PackagePrice(msgspec.Struct, frozen=True):
+    """What a top-up naming a coin package was sold for (recorded in its ledger entry)."""
+
+    package: str
+    region: str
+    currency: str
+    price_minor: int
+    """In the currency's minor unit (cents for USD)."""
+
+
 class PayoutReceipt(msgspec.Struct, frozen=True):
     id: str
     diamonds: int

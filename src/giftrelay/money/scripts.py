@@ -17,6 +17,8 @@ class Script(enum.Enum):
     GIFT = "gift"
     TOPUP = "topup"
     PAYOUT = "payout"
+    CHARGEBACK = "chargeback"
+    VERIFY = "verify"
     SET_CAP = "set_cap"
     STREAM_OPEN = "stream_open"
     STREAM_CLOSE = "stream_close"

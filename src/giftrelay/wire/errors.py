@@ -24,6 +24,11 @@ class Code(enum.StrEnum):
     RATE_LIMITED = "rate_limited"
     UNAVAILABLE = "unavailable"
     INTERNAL = "internal"
+    # v1.1: the HTTP API for the platform's backend (docs/api.md), and payouts that
+    # require verification.
+    UNKNOWN_RECEIPT = "unknown_receipt"
+    UNKNOWN_USER = "unknown_user"
+    NOT_VERIFIED = "not_verified"
 
 
 _MESSAGES: dict[Code, str] = {
@@ -41,6 +46,9 @@ _MESSAGES: dict[Code, str] = {
         "retry with the same id to get its one outcome"
     ),
     Code.FORBIDDEN: "not allowed",
+    Code.UNKNOWN_RECEIPT: "no top-up was ever made with this receipt",
+    Code.UNKNOWN_USER: "there is no such user",
+    Code.NOT_VERIFIED: "the creator's verification is not on record: payouts need it",
     Code.INTERNAL: "internal error",
 }
 

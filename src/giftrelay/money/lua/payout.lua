@@ -5,6 +5,8 @@
 -- KEYS[3] ledger                    ledger (stream)
 -- ARGV[1] request id   ARGV[2] creator   ARGV[3] diamonds   ARGV[4] cash (cents)
 -- ARGV[5] fee (cents)  ARGV[6] minimum diamonds   ARGV[7] now (ms)   ARGV[8] retention (ms)
+-- ARGV[9] '1' when the creator must be verified (wallet field verified), else '0'
+-- ARGV[10] the currency of the cents (ISO 4217), recorded in the ledger
 -- Returns {'ok', diamonds, cash_cents, fee_cents, diamonds_left, replayed}
 --      or {'err', code, detail}.
 
@@ -24,11 +26,13 @@ if diamonds < int(ARGV[6]) then return refuse('below_minimum', 'the minimum is '
 if cash < 0 or fee < 0 or cash + fee > MAX_EXACT then
   return refuse('internal', 'cash ' .. ARGV[4] .. ' + fee ' .. ARGV[5] .. ' cents is out of range')
 end
-local w, problem = read_ints(KEYS[1], {'diamonds'})
+local w, problem = read_ints(KEYS[1], {'diamonds', 'verified'}, {verified = true})
 if problem then return refuse('internal', problem) end
+if ARGV[9] == '1' and not w.verified then return refuse('not_verified') end
 if w.diamonds < diamonds then return refuse('insufficient_diamonds') end
 
 local left = redis.call('HINCRBY', KEYS[1], 'diamonds', -diamonds)
 ledger(KEYS[3], {kind = 'payout', id = id, ts = now, user = creator, diamonds = diamonds,
-                 cash_cents = cash, fee_cents = fee, diamonds_after = left})
+                 cash_cents = cash, fee_cents = fee, diamonds_after = left,
+                 currency = ARGV[10]})
 return remember(KEYS[2], fingerprint, {'ok', diamonds, cash, fee, left}, int(ARGV[8]))
