@@ -92,6 +92,10 @@ def add_parser(commands: Any) -> None:
     p.add_argument("--repeat", type=int, default=1, help="rounds over all targets [%(default)s]")
     p.add_argument("--out", default="loadtest-results", help="[%(default)s]")
     p.add_argument("--profile", action="store_true", help="record giftrelay with py-spy into --out")
+    p.add_argument(
+        "--cprofile", metavar="FILE", default="",
+        help="run giftrelay under cProfile, its statistics written to FILE (pstats)",
+    )  # fmt: skip
 
 
 # -- results ----------------------------------------------------------------------------------
@@ -200,9 +204,11 @@ async def target(
             svg = out / f"gifts-profile-{int(time.time())}.svg"
             wrapper = [spy, "record", "--idle", "-r", "100", "-o", str(svg), "--"]
             profiling = True
+        python = ["-m", "cProfile", "-o", args.cprofile] if args.cprofile else []
         argv = serve_command(
-            port, redis_url=redis_url, ledger=False, workers=args.workers, wrapper=wrapper
-        )
+            port, redis_url=redis_url, ledger=False, workers=args.workers, wrapper=wrapper,
+            python=python,
+        )  # fmt: skip
         env = serve_env(SECRET, settings)
     elif name in TARGETS:
         argv, env = await peer_command(name, port, redis_url, SECRET)
