@@ -196,10 +196,12 @@ class Connection:
     async def _step(self, step: Perform) -> None:
         """A queued request: a gift waits for a slot; anything else is answered first."""
         if type(step.message) is protocol.Gift:
+            self.performing = True  # what comes next waits behind it, as behind any request
             try:
                 if self.inflight >= self.limit:
                     await self._slot()
             finally:
+                self.performing = False
                 self._working(-1)  # _gift counts it again while it is in flight
             self._gift(step)
             return
