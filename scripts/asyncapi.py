@@ -51,6 +51,9 @@ REPLIES: dict[str, tuple[str, ...]] = {
     "test_alert": ("test_ok",),
     "revoke_overlays": ("revoke_ok",),
     "set_cap": ("cap_ok",),
+    "set_confirm": ("confirm_ok",),
+    "set_cooldown": ("cooldown_ok",),
+    "spending": ("spending",),
 }
 """Each request's reply; any request may instead be answered with ``error``."""
 
@@ -73,6 +76,15 @@ SUMMARIES: dict[str, str] = {
     "TestAlert": "Creator (own stream) or admin: show a test gift; no money moves.",
     "RevokeOverlays": "Creator (own stream) or admin: end every overlay token issued before.",
     "SetCap": "Set (or with null remove) your daily spending cap in coins.",
+    "SetConfirm": (
+        "Set (or with null remove) your confirmation threshold: a gift of more coins is"
+        " refused with `confirm_required` until sent again with `confirm: true` and the same `id`."
+    ),
+    "SetCooldown": (
+        "Set (or with null `coins` remove) your cool-down: once your gifts within `minutes`"
+        " reach `coins`, gifts are refused with `cooling_down` until the window allows."
+    ),
+    "SpendingRequest": "Ask what you spent: today, over 7 and 30 days, per creator.",
     # server -> client
     "Hello": "Sent once, first, on every connection.",
     "Joined": "You joined: latest offset, what you missed, and a snapshot of the stream.",
@@ -85,6 +97,12 @@ SUMMARIES: dict[str, str] = {
     "StreamOk": "The stream was opened or closed.",
     "PayoutOk": "The payout went through; a ledger event is written for settlement.",
     "CapOk": "The daily cap now in force.",
+    "ConfirmOk": "The confirmation threshold now in force.",
+    "CooldownOk": "The cool-down now in force.",
+    "Spending": (
+        "Coins you spent by UTC day (today, the last 7 and 30 days, today included), per"
+        " creator over the 30 days (highest first, at most 100), and your settings."
+    ),
     "GoalOk": "The goal now in force.",
     "TestOk": "The test alert was sent to the stream's viewers.",
     "RevokeOk": "Overlay tokens issued before now stop working.",

@@ -324,3 +324,29 @@ def test_the_api_cannot_share_the_relays_port() -> None:
     with pytest.raises(ConfigError, match="GIFTRELAY_API_PORT: 8080 is the relay's own port"):
         Settings.load({"GIFTRELAY_API_PORT": "8080"})
     assert Settings.load({"GIFTRELAY_API_PORT": "0", "GIFTRELAY_PORT": "0"}).api_port == 0
+
+
+async def test_spending_per_day_and_creator_and_the_settings(api: Api) -> None:
+    money = api.money
+    await money.stream_open("s1", "bob", "t")
+    await money.stream_open("s2", "carol", "t")
+    await api.post("/topups", {"user": "alice", "coins": 1000, "receipt": "receipt-0001"})
+    await money.set_confirm("alice", 50)
+    await money.gift("alice", "s1", "rose", 60, "gift-00000001", confirm=True)
+    await money.gift("alice", "s2", "heart", 2, "gift-00000002")
+    response = await api.get("/wallets/alice/spending")
+    assert response.status_code == 200
+    assert response.json() == {
+        "user": "alice", "today": 70, "last_7_days": 70, "last_30_days": 70,
+        "per_creator": [{"creator": "bob", "coins": 60}, {"creator": "carol", "coins": 10}],
+        "confirm_coins": 50, "cooldown": None,
+    }  # fmt: skip
+    nobody = (await api.get("/wallets/nobody/spending")).json()
+    assert (nobody["last_30_days"], nobody["per_creator"]) == (0, [])
+    assert error(await api.get("/wallets/al%20ice/spending")) == (400, "bad_request")
+    async with httpx.AsyncClient() as anonymous:
+        assert error(await anonymous.get(api.url + "/wallets/alice/spending")) == (
+            401,
+            "unauthorized",
+        )
+    await api.agree()

@@ -267,3 +267,35 @@ async def test_a_frame_with_an_event_kind_added_later_still_delivers_every_event
         "GiftEvent", "GiftEvent", "GiftEvent", "UnknownEvent", "GiftEvent",
     ]  # fmt: skip
     assert [e.offset for e in received] == ["1-0", "2-0", "3-0", "3-0", "4-0"]
+
+
+async def test_mindful_spending_with_the_typed_client(relay: RelayHandle, redis: Redis) -> None:
+    admin = await setup_stream(relay, "alice")
+    async with Client(relay.ws, token("alice")) as alice:
+        assert await alice.set_confirm(20) == 20
+        with pytest.raises(RelayError) as asked:
+            await alice.gift("s1", "heart", count=5)  # 25 coins: above 20
+        assert asked.value.code == "confirm_required"
+        assert asked.value.id is not None
+        ok = await alice.gift("s1", "heart", count=5, id=asked.value.id, confirm=True)
+        assert (ok.id, ok.coins, ok.balance) == (asked.value.id, 25, 975)
+        cooldown = await alice.set_cooldown(25, 5)
+        assert (cooldown.coins, cooldown.minutes) == (25, 5)
+        await alice.gift("s1", "rose")  # the cool-down counts from now: 1 coin
+        await alice.gift("s1", "heart", count=5, confirm=True)  # 26 coins: past 25
+        with pytest.raises(RelayError) as cooling:
+            await alice.gift("s1", "rose")
+        assert cooling.value.code == "cooling_down"
+        assert cooling.value.resume_at is not None
+        spending = await alice.spending()
+        assert (spending.today, spending.last_30_days) == (51, 51)
+        assert [(c.creator, c.coins) for c in spending.per_creator] == [("cre", 51)]
+        assert spending.cooldown is not None
+        assert (spending.cooldown.spent, spending.cooldown.resume_at) == (
+            26,
+            cooling.value.resume_at,
+        )
+        assert spending.confirm_coins == 20
+        assert (await alice.set_cooldown(None)).coins is None
+    assert len(await ledger_entries(redis, "gift")) == 3
+    await admin.close()

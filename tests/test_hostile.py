@@ -37,14 +37,16 @@ from .relay_helpers import SECRET, Client, RelayHandle, running_relay, token
 TYPES = [
     "join", "leave", "gift", "balance", "ping", "catalog", "topup", "stream_open",
     "stream_close", "payout", "set_goal", "test_alert", "revoke_overlays", "set_cap",
+    "set_confirm", "set_cooldown", "spending",
 ]  # fmt: skip
 FIELDS = [
     "ref", "stream", "since", "gift", "count", "id", "user", "coins", "title", "creator",
-    "diamonds", "target", "daily_coins",
+    "diamonds", "target", "daily_coins", "confirm", "minutes",
 ]  # fmt: skip
 REPLY_TYPES = {
     "joined", "left", "gift_ok", "balance", "pong", "catalog", "topup_ok", "stream_ok",
     "payout_ok", "cap_ok", "goal_ok", "test_ok", "revoke_ok", "error", "events",
+    "confirm_ok", "cooldown_ok", "spending",
 }  # fmt: skip
 ERROR_CODES = {c.value for c in Code}
 
@@ -168,8 +170,10 @@ def money_state(r: sync_redis.Redis) -> dict[str, Any]:
         if int(coins or 0) or int(diamonds or 0):
             wallets[k] = (coins, diamonds)
     kinds = [json.loads(f["e"])["kind"] for _, f in r.xrange(keys.LEDGER)]
-    # Cap changes are ledger events too, but move nothing (no postings).
-    return {"wallets": wallets, "movements": [k for k in kinds if k != "cap"]}
+    # Settings (a cap, a confirmation threshold, a cool-down) are ledger events too, but
+    # move nothing (no postings).
+    settings = ("cap", "confirm", "cooldown")
+    return {"wallets": wallets, "movements": [k for k in kinds if k not in settings]}
 
 
 @pytest.fixture(scope="module")
@@ -298,6 +302,10 @@ async def test_fuzz_thousands_of_frames_against_a_live_relay(
         {"type": "test_alert", "stream": "s1", "gift": "rose"},
         {"type": "stream_close", "stream": "s2"},
         {"type": "set_cap", "daily_coins": 5},
+        {"type": "set_confirm", "coins": 5},
+        {"type": "set_cooldown", "coins": 5, "minutes": 1},
+        {"type": "spending"},
+        {"type": "gift", "stream": "s1", "gift": "rose", "id": "fuzz-0003", "confirm": True},
     ]
     async with running_relay(redis_server.url, **FAST) as h:
         await h.money.stream_open("s1", "cre", "fuzz")

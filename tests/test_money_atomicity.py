@@ -20,6 +20,8 @@ from giftrelay.wire.errors import Code, Refused
 from .conftest import Clock, dump
 
 Plant = Callable[[Redis], Awaitable[object]]
+TODAY = Clock().ms // 86_400_000
+"""The UTC day of the fixture clock's gifts: their spending key's."""
 
 PLANTS: dict[str, Plant] = {
     "top is a string": lambda r: r.set(keys.top("s1"), "x"),
@@ -41,6 +43,12 @@ PLANTS: dict[str, Plant] = {
     "stream totals not a number": lambda r: r.hset(keys.stream("s1"), "diamonds", "x"),
     "combo is a hash": lambda r: r.hset(keys.combo("s1", "alice", "rose"), "a", "b"),
     "idempotency record is a set": lambda r: r.sadd(keys.gift_idem("alice", "gift-000001"), "x"),
+    # The spending key is written without a read (HINCRBY), as the script's first write.
+    "spending is a string": lambda r: r.set(keys.spending("alice", TODAY), "x"),
+    "spending not a number": lambda r: r.hset(keys.spending("alice", TODAY), "bob", "x"),
+    "viewer cool_log malformed": lambda r: r.hset(
+        keys.wallet("alice"), mapping={"cool_coins": 5, "cool_minutes": 1, "cool_log": "1:x,"}
+    ),
 }
 
 

@@ -858,6 +858,22 @@ async def test_real_traffic_matches_the_asyncapi_schemas(
         assert (await ask(viewer, type="balance"))["type"] == "balance"
         assert (await ask(viewer, type="set_cap", daily_coins=1000))["type"] == "cap_ok"
         assert (await ask(viewer, type="set_cap", daily_coins=None))["type"] == "cap_ok"
+        assert (await ask(viewer, type="set_confirm", coins=1))["type"] == "confirm_ok"
+        asked = dict(type="gift", stream="s1", gift="rose", count=2, id="gift-id-conf")
+        assert (await ask(viewer, **asked))["code"] == "confirm_required"
+        assert (await ask(viewer, **asked, confirm=True))["type"] == "gift_ok"
+        assert (await ask(viewer, type="set_confirm", coins=None))["type"] == "confirm_ok"
+        cooldown = await ask(viewer, type="set_cooldown", coins=1, minutes=1)
+        assert cooldown["type"] == "cooldown_ok"
+        assert (await ask(viewer, type="gift", stream="s1", gift="rose", id="gift-id-cool"))[
+            "type"
+        ] == "gift_ok"
+        cooling = await ask(viewer, type="gift", stream="s1", gift="rose", id="gift-id-wait")
+        assert cooling["code"] == "cooling_down"
+        assert cooling["resume_at"]
+        spending = await ask(viewer, type="spending")
+        assert spending["cooldown"]["resume_at"] == cooling["resume_at"]
+        assert (await ask(viewer, type="set_cooldown", coins=None))["type"] == "cooldown_ok"
         assert (await ask(viewer, type="catalog"))["type"] == "catalog"
         assert (await ask(viewer, type="ping"))["type"] == "pong"
         assert (await ask(creator, type="test_alert", stream="s1", gift="rose", count=1))[

@@ -26,7 +26,7 @@ def test_every_client_message_decodes() -> None:
     messages = {
         "join": {"stream": "s1", "since": "1700000000000-3"},
         "leave": {"stream": "s1"},
-        "gift": {"stream": "s1", "gift": "rose", "count": 3, "id": "abcdefgh"},
+        "gift": {"stream": "s1", "gift": "rose", "count": 3, "id": "abcdefgh", "confirm": True},
         "balance": {},
         "ping": {},
         "catalog": {},
@@ -38,6 +38,9 @@ def test_every_client_message_decodes() -> None:
         "test_alert": {"stream": "s1", "gift": "rose", "count": 2},
         "revoke_overlays": {"stream": "s1"},
         "set_cap": {"daily_coins": None},
+        "set_confirm": {"coins": 0},
+        "set_cooldown": {"coins": 500, "minutes": 10},
+        "spending": {},
     }
     for kind, fields in messages.items():
         message = decode({"type": kind, "ref": "r-1", **fields})
@@ -51,6 +54,9 @@ def test_gift_count_defaults_to_one() -> None:
     gift = decode({"type": "gift", "stream": "s", "gift": "rose", "id": "abcdefgh"})
     assert isinstance(gift, protocol.Gift)
     assert gift.count == 1
+    assert gift.confirm is msgspec.UNSET  # v1 clients never send it: read as false
+    encoded = protocol.Gift(stream="s", gift="rose", id="abcdefgh")
+    assert b"confirm" not in msgspec.json.encode(encoded)  # nor are v1 frames changed
 
 
 @pytest.mark.parametrize(
@@ -68,6 +74,14 @@ def test_gift_count_defaults_to_one() -> None:
         ({"type": "join"}, "`stream`"),
         ({"type": "topup", "user": "u", "coins": -1, "id": "receipt-1"}, "`coins`"),
         ({"type": "set_cap"}, "`daily_coins`"),
+        ({"type": "set_confirm"}, "`coins`"),
+        ({"type": "set_confirm", "coins": -1}, "`coins`"),
+        ({"type": "set_confirm", "coins": 10**13 + 1}, "`coins`"),
+        ({"type": "set_cooldown", "coins": 0, "minutes": 5}, "`coins`"),
+        ({"type": "set_cooldown", "coins": 5, "minutes": 1441}, "`minutes`"),
+        ({"type": "set_cooldown", "coins": 5}, "minutes go together"),
+        ({"type": "set_cooldown", "coins": None, "minutes": 5}, "minutes go together"),
+        ({"type": "gift", "stream": "s", "gift": "r", "id": "abcdefgh", "confirm": 1}, "`confirm`"),
         ({"type": "set_goal", "stream": "s", "title": "", "target": 5}, "`title`"),
         ({"type": "ping", "ref": "r" * 65}, "`ref`"),
         ({"type": "ping", "ref": 7}, "`ref`"),

@@ -21,6 +21,7 @@ from giftrelay.auth import Role
 from giftrelay.embedded import RedisServer
 from giftrelay.money import keys
 
+from .conftest import ledger_entries
 from .relay_helpers import Client, RelayHandle, offsets, running_relay, slow_closes, token
 
 FAST = {"gift_rate": 100_000.0, "gift_burst": 100_000, "message_rate": 100_000.0}
@@ -692,3 +693,52 @@ async def test_token_check_tells_pages_what_the_handshake_would(relay: RelayHand
 def referrer_policy(url: str) -> str | None:
     with urllib.request.urlopen(url, timeout=5) as r:
         return r.headers["Referrer-Policy"]
+
+
+async def test_mindful_spending_over_the_socket(relay: RelayHandle, redis: Redis) -> None:
+    await open_stream(relay)
+    await fund(relay, "alice", 1000)
+    alice = await Client.open(relay.ws, token("alice"))
+    ok = await alice.request(type="set_confirm", coins=10)
+    assert ok == {"type": "confirm_ok", "ref": ok["ref"], "coins": 10}
+    gift = {"type": "gift", "stream": "s1", "gift": "rose", "count": 11, "id": "gift-big-01"}
+    refused = await alice.request(**gift)
+    assert (refused["type"], refused["code"], refused["id"]) == (
+        "error",
+        "confirm_required",
+        "gift-big-01",
+    )
+    assert "resume_at" not in refused
+    assert (await alice.request(type="balance"))["coins"] == 1000  # nothing moved
+    confirmed = await alice.request(**gift, confirm=True)
+    assert (confirmed["type"], confirmed["coins"], confirmed["balance"]) == ("gift_ok", 11, 989)
+    again = await alice.request(**gift, confirm=True)
+    assert again | {"ref": ""} == confirmed | {"ref": ""}  # the same id: the first reply
+    assert (await alice.request(type="balance"))["coins"] == 989
+
+    cooldown = await alice.request(type="set_cooldown", coins=5, minutes=60)
+    assert cooldown == {"type": "cooldown_ok", "ref": cooldown["ref"], "coins": 5, "minutes": 60}
+    sent = await alice.request(type="gift", stream="s1", gift="heart", id="gift-cool-01")
+    assert sent["type"] == "gift_ok"
+    cooling = await alice.request(type="gift", stream="s1", gift="rose", id="gift-cool-02")
+    assert cooling["code"] == "cooling_down"
+    assert cooling["resume_at"] > time.time() * 1000 + 59 * 60_000
+    spending = await alice.request(type="spending")
+    assert spending == {
+        "type": "spending",
+        "ref": spending["ref"],
+        "today": 16,
+        "last_7_days": 16,
+        "last_30_days": 16,
+        "per_creator": [{"creator": "cre", "coins": 16}],
+        "confirm_coins": 10,
+        "cooldown": {"coins": 5, "minutes": 60, "spent": 5, "resume_at": cooling["resume_at"]},
+    }
+    removed = await alice.request(type="set_cooldown", coins=None)
+    assert (removed["coins"], removed["minutes"]) == (None, None)
+    bad = await alice.request(type="set_cooldown", coins=5)
+    assert (bad["code"], "minutes" in bad["message"]) == ("bad_request", True)
+    anon = await Client.open(relay.ws)
+    assert (await anon.request(type="spending"))["code"] == "unauthorized"
+    kinds = [e["kind"] for e in await ledger_entries(redis)]
+    assert (kinds.count("confirm"), kinds.count("cooldown")) == (1, 2)

@@ -32,7 +32,14 @@ def test_every_client_message_is_in_the_role_table() -> None:
 
 
 def test_money_moves_only_for_signed_in_roles() -> None:
-    for message in (protocol.Gift, protocol.SetCap, protocol.BalanceRequest):
+    for message in (
+        protocol.Gift,
+        protocol.SetCap,
+        protocol.BalanceRequest,
+        protocol.SetConfirm,
+        protocol.SetCooldown,
+        protocol.SpendingRequest,
+    ):
         assert WHO_MAY[message] == SPENDERS
     assert WHO_MAY[protocol.Topup] == (Role.ADMIN,)
     assert WHO_MAY[protocol.Payout] == (Role.CREATOR,)

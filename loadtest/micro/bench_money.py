@@ -102,16 +102,17 @@ def redis_benchmark(port: int, gifts: int, clients: int, *, max_balance: int) ->
     if binary is None:
         console.print("[yellow]redis-benchmark not found (apt-get install redis-tools)[/]")
         return None
-    viewer, rnd = RB_VIEWER, "__rand_int__"
+    viewer, rnd, now = RB_VIEWER, "__rand_int__", int(time.time() * 1000)
     cmd = [
         binary, "-p", str(port), "-n", str(gifts), "-c", str(clients), "-P", "16",
         "-r", "100000000000", "-q",
-        "EVALSHA", SCRIPTS.sha[Script.GIFT], "9",
+        "EVALSHA", SCRIPTS.sha[Script.GIFT], "10",
         keys.wallet(viewer), keys.wallet(CREATOR), f"idem:{{{viewer}}}:g:{rnd}",
         keys.stream(STREAM), keys.top(STREAM), keys.history(STREAM),
         keys.combo(STREAM, viewer, "rose"), keys.LEDGER, keys.channel(STREAM),
+        keys.spending(viewer, now // 86_400_000),
         f"rb-{rnd}", viewer, CREATOR, STREAM, "rose", "Rose", "1", "1", "1", "1",
-        str(int(time.time() * 1000)), "3000", "3600000", "1000", str(max_balance),
+        str(now), "3000", "3600000", "1000", str(max_balance), "0",
     ]  # fmt: skip
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     match = re.search(r"([\d.]+) requests per second", out)

@@ -44,6 +44,8 @@ import random
 import secrets
 from collections.abc import Callable
 
+import msgspec
+
 from giftrelay.client.connection import Connection
 from giftrelay.client.errors import Disconnected, RelayError
 from giftrelay.client.messages import Event, UnknownEvent, offset_key
@@ -62,7 +64,7 @@ from giftrelay.wire.events import (
     TopEvent,
     ViewersEvent,
 )
-from giftrelay.wire.protocol import Balance, GiftOk, Hello, Joined, StreamOk, TopupOk
+from giftrelay.wire.protocol import Balance, GiftOk, Hello, Joined, Spending, StreamOk, TopupOk
 
 __all__ = [
     "Balance",
@@ -76,6 +78,7 @@ __all__ = [
     "Hello",
     "Joined",
     "RelayError",
+    "Spending",
     "StreamEndedEvent",
     "StreamOk",
     "TopEvent",
@@ -114,6 +117,7 @@ class Client(Connection):
         count: int = 1,
         *,
         id: str | None = None,
+        confirm: bool = False,
         retry_for: float = 30.0,
         on_retry: Callable[[Exception], None] | None = None,
     ) -> GiftOk:
@@ -126,8 +130,18 @@ class Client(Connection):
         seconds it gives up, raising the last ``unavailable`` or disconnection: the
         gift's outcome is then still unknown (pass the same ``id`` to learn it later).
         ``on_retry`` is told why before each retry (to show "reconnecting..." say).
+
+        A gift above the viewer's confirmation threshold raises ``confirm_required``
+        (nothing moved): ask the person, then send it again with ``confirm=True`` and the
+        error's ``id``. ``cooling_down`` carries ``resume_at``.
         """
-        message = protocol.Gift(stream=stream, gift=gift, count=count, id=id or new_id())
+        message = protocol.Gift(
+            stream=stream,
+            gift=gift,
+            count=count,
+            id=id or new_id(),
+            confirm=True if confirm else msgspec.UNSET,
+        )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + retry_for
         delay = self.backoff[0]
@@ -152,6 +166,22 @@ class Client(Connection):
 
     async def balance(self) -> Balance:
         return await self.request(protocol.BalanceRequest(), Balance)
+
+    async def set_confirm(self, coins: int | None) -> int | None:
+        """Gifts of more than ``coins`` will need ``confirm=True``; None removes it."""
+        reply = await self.request(protocol.SetConfirm(coins=coins), protocol.ConfirmOk)
+        return reply.coins
+
+    async def set_cooldown(
+        self, coins: int | None, minutes: int | None = None
+    ) -> protocol.CooldownOk:
+        """Once ``coins`` are spent within ``minutes``, gifts wait; None coins removes it."""
+        message = protocol.SetCooldown(coins=coins, minutes=minutes)
+        return await self.request(message, protocol.CooldownOk)
+
+    async def spending(self) -> Spending:
+        """Coins spent today, over 7 and 30 days and per creator, and the settings."""
+        return await self.request(protocol.SpendingRequest(), Spending)
 
     async def ping(self) -> None:
         await self.request(protocol.Ping(), protocol.Pong)

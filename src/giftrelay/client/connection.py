@@ -375,7 +375,7 @@ class Connection:
         finally:
             self._waiting.pop(ref, None)
         if isinstance(reply, Error):
-            raise RelayError(reply.code, reply.message, reply.id)
+            raise RelayError(reply.code, reply.message, reply.id, reply.resume_at)
         if not isinstance(reply, expect):
             raise RelayError("unexpected_reply", f"expected {expect.__name__}, got {reply!r}")
         return reply

@@ -10,11 +10,15 @@ class RelayError(Exception):
     have taken effect, and a retry with the same id returns its one outcome.
     """
 
-    def __init__(self, code: str, message: str, id: str | None = None) -> None:
+    def __init__(
+        self, code: str, message: str, id: str | None = None, resume_at: int | None = None
+    ) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
         self.id = id
+        self.resume_at = resume_at
+        """With ``cooling_down``: when gifts may resume (ms since the epoch)."""
 
 
 class Disconnected(Exception):

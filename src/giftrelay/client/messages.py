@@ -60,6 +60,9 @@ ServerMessage = (
     | protocol.StreamOk
     | protocol.PayoutOk
     | protocol.CapOk
+    | protocol.ConfirmOk
+    | protocol.CooldownOk
+    | protocol.Spending
     | protocol.GoalOk
     | protocol.TestOk
     | protocol.RevokeOk

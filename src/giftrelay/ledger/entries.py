@@ -34,6 +34,8 @@ class GiftEntry(LedgerEntry, tag="gift", frozen=True):
     combo: int = 0
     """The combo's running count after the gift (0 in entries written before it was kept)."""
     combo_id: str = ""
+    confirmed: bool = False
+    """The gift was above the sender's confirmation threshold and they confirmed it."""
 
 
 class TopupEntry(LedgerEntry, tag="topup", frozen=True):
@@ -85,8 +87,30 @@ class CapEntry(LedgerEntry, tag="cap", frozen=True):
     daily_coins: int | None
 
 
+class ConfirmEntry(LedgerEntry, tag="confirm", frozen=True):
+    """A viewer's confirmation threshold set (or removed, null): a setting, no money."""
+
+    user: str
+    coins: int | None
+
+
+class CooldownEntry(LedgerEntry, tag="cooldown", frozen=True):
+    """A viewer's cool-down set (or removed, both null): a setting, no money."""
+
+    user: str
+    coins: int | None
+    minutes: int | None
+
+
 AnyLedgerEntry = (
-    GiftEntry | TopupEntry | PayoutEntry | CapEntry | ChargebackEntry | VerificationEntry
+    GiftEntry
+    | TopupEntry
+    | PayoutEntry
+    | CapEntry
+    | ChargebackEntry
+    | VerificationEntry
+    | ConfirmEntry
+    | CooldownEntry
 )
 
 ledger_decoder = msgspec.json.Decoder(AnyLedgerEntry)

@@ -15,6 +15,8 @@ payout        cents                 ``system:payouts`` -(cash+fee), ``user`` +ca
                                     ``system:fees`` +fee
 chargeback    coins                 ``user`` -c, ``system:chargebacks`` +c
 cap           (none)                a setting, kept for audits
+confirm       (none)                a viewer's confirmation threshold, kept for audits
+cooldown      (none)                a viewer's cool-down, kept for audits
 verification  (none)                a creator's verification, kept for audits
 ============  ====================  ==============================================
 
@@ -43,6 +45,8 @@ from giftrelay.ledger.entries import (
     AnyLedgerEntry,
     CapEntry,
     ChargebackEntry,
+    ConfirmEntry,
+    CooldownEntry,
     GiftEntry,
     PayoutEntry,
     TopupEntry,
@@ -152,6 +156,14 @@ def _cap_identity(e: CapEntry) -> Identity:
     return None, "" if e.daily_coins is None else str(e.daily_coins)
 
 
+def _confirm_identity(e: ConfirmEntry) -> Identity:
+    return None, "" if e.coins is None else str(e.coins)
+
+
+def _cooldown_identity(e: CooldownEntry) -> Identity:
+    return None, "" if e.coins is None else f"{e.coins}|{e.minutes}"
+
+
 def _chargeback_identity(e: ChargebackEntry) -> Identity:
     return f"chargeback:{e.id}", f"{e.user}|{e.coins}"
 
@@ -188,8 +200,10 @@ def _payout(e: PayoutEntry) -> tuple[Posting, ...]:
     return tuple(p for p in moves if p.amount)
 
 
-def _cap(e: CapEntry | VerificationEntry) -> tuple[Posting, ...]:
-    return ()
+def _setting(
+    e: CapEntry | VerificationEntry | ConfirmEntry | CooldownEntry,
+) -> tuple[Posting, ...]:
+    return ()  # a setting: no money moves
 
 
 def _chargeback(e: ChargebackEntry) -> tuple[Posting, ...]:
@@ -205,9 +219,11 @@ _KINDS: dict[
     TopupEntry: ("topup", _topup, _topup_identity),
     GiftEntry: ("gift", _gift, _gift_identity),
     PayoutEntry: ("payout", _payout, _payout_identity),
-    CapEntry: ("cap", _cap, _cap_identity),
+    CapEntry: ("cap", _setting, _cap_identity),
     ChargebackEntry: ("chargeback", _chargeback, _chargeback_identity),
-    VerificationEntry: ("verification", _cap, _verification_identity),
+    VerificationEntry: ("verification", _setting, _verification_identity),
+    ConfirmEntry: ("confirm", _setting, _confirm_identity),
+    CooldownEntry: ("cooldown", _setting, _cooldown_identity),
 }
 
 

@@ -9,6 +9,8 @@ store alone:
 - every wallet: coins and diamonds (the sums of its postings), the day's spending
   that the daily cap counts, the cap itself (the latest cap entry) and a creator's
   verification (the latest verification entry, with the set payout runs list);
+- a viewer's mindful-spending settings (the latest confirm and cooldown entries), the
+  cool-down's log of recent gifts, and the per-creator spending of the last 30 days;
 - the idempotency record of every gift, top-up, payout and chargeback still within
   its retention, holding its first reply, so a retry is answered as a replay;
 - the totals, combo counter and top gifters of every stream Redis still knows;
@@ -30,12 +32,15 @@ from dataclasses import dataclass, field
 import msgspec
 import structlog
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import ResponseError
 
 from giftrelay.ledger.consumer import group_info
 from giftrelay.ledger.entries import (
     CapEntry,
     ChargebackEntry,
+    ConfirmEntry,
+    CooldownEntry,
     GiftEntry,
     PayoutEntry,
     TopupEntry,
@@ -44,7 +49,7 @@ from giftrelay.ledger.entries import (
 )
 from giftrelay.ledger.postings import USER, PoisonEntry, Record, record
 from giftrelay.ledger.store import ExportRow, Store
-from giftrelay.money import keys
+from giftrelay.money import keys, rules
 from giftrelay.wire.offsets import parse_offset
 
 log = structlog.get_logger(__name__)
@@ -68,6 +73,11 @@ class Wallet:
     cap: int | None = None
     verified: int | None = None
     """Since when (ms) the creator's verification is on record."""
+    confirm: int | None = None
+    cool_coins: int | None = None
+    cool_minutes: int | None = None
+    cool_log: rules.CoolLog = field(default_factory=list)
+    """As gift.lua keeps it: the gifts since the cool-down was set, within its window."""
 
 
 @dataclass
@@ -118,6 +128,10 @@ class Rebuild:
         self.streams: dict[str, StreamTotals] = {}
         self.idempotency: dict[str, tuple[str, int]] = {}
         """key -> (record, milliseconds left to keep it)."""
+        self.first_day = now_ms // DAY_MS - rules.SPENDING_DAYS
+        """Spending of this UTC day and later is kept (a day more than ``spending`` reads)."""
+        self.spending: dict[tuple[str, int], dict[str, int]] = {}
+        """(viewer, UTC day) -> coins per creator, as gift.lua keeps them."""
         self.events = 0
 
     def wallet(self, user: str) -> Wallet:
@@ -163,6 +177,13 @@ class Rebuild:
                 self.idempotency[key] = (_payout_record(entry), left)
         elif isinstance(entry, CapEntry):
             self.wallet(entry.user).cap = entry.daily_coins
+        elif isinstance(entry, ConfirmEntry):
+            self.wallet(entry.user).confirm = entry.coins
+        elif isinstance(entry, CooldownEntry):
+            w = self.wallet(entry.user)
+            w.cool_coins, w.cool_minutes = entry.coins, entry.minutes
+            if entry.coins is None:
+                w.cool_log = []
 
     def _gift(self, e: GiftEntry) -> None:
         # The day the cap counts, as gift.lua keeps it: the latest UTC day spent on.
@@ -170,6 +191,11 @@ class Rebuild:
         day = max(e.ts // DAY_MS, sender.spent_day)
         sender.spent = (sender.spent if sender.spent_day == day else 0) + e.coins
         sender.spent_day = day
+        if sender.cool_coins is not None and sender.cool_minutes is not None:
+            sender.cool_log = rules.cool_add(sender.cool_log, e.ts, e.coins, sender.cool_minutes)
+        if e.ts // DAY_MS >= self.first_day:
+            spent = self.spending.setdefault((e.sender, e.ts // DAY_MS), {})
+            spent[e.to] = spent.get(e.to, 0) + e.coins
         totals = self.streams.get(e.stream)
         if totals is None:
             totals = self.streams[e.stream] = StreamTotals()
@@ -291,6 +317,7 @@ async def _write(redis: Redis, rebuild: Rebuild, outcome: Outcome, tell: Progres
                 pipe.hdel(key, "verified")
             else:
                 pipe.hset(key, "verified", w.verified)
+            _write_settings(pipe, key, w)
             if n % PAGE == 0:
                 await pipe.execute()
                 tell("writing wallets", n, len(users))
@@ -301,6 +328,14 @@ async def _write(redis: Redis, rebuild: Rebuild, outcome: Outcome, tell: Progres
         await pipe.execute()
         outcome.wallets = len(users)
         tell("writing wallets", len(users), len(users))
+
+        async for stale in redis.scan_iter(match=keys.SPENDING, count=1000):
+            pipe.delete(stale)
+        for (viewer, day), per_creator in rebuild.spending.items():
+            key = keys.spending(viewer, day)
+            pipe.hset(key, mapping=per_creator)  # type: ignore[arg-type]
+            pipe.pexpireat(key, (day + 31) * DAY_MS)
+        await pipe.execute()
 
         for n, (key, (value, ttl_ms)) in enumerate(rebuild.idempotency.items(), 1):
             pipe.set(key, value, px=ttl_ms)
@@ -322,6 +357,23 @@ async def _write(redis: Redis, rebuild: Rebuild, outcome: Outcome, tell: Progres
                 pipe.zadd(keys.top(stream), totals.top)
             outcome.streams += 1
         await pipe.execute()
+
+
+def _write_settings(pipe: Pipeline, key: str, w: Wallet) -> None:
+    """The mindful-spending fields, as set_confirm.lua, set_cooldown.lua and gift.lua
+    write them."""
+    if w.confirm is None:
+        pipe.hdel(key, "confirm")
+    else:
+        pipe.hset(key, "confirm", w.confirm)
+    if w.cool_coins is None or w.cool_minutes is None:
+        pipe.hdel(key, "cool_coins", "cool_minutes", "cool_log")
+        return
+    pipe.hset(key, mapping={"cool_coins": w.cool_coins, "cool_minutes": w.cool_minutes})
+    if w.cool_log:
+        pipe.hset(key, "cool_log", rules.format_cool_log(w.cool_log))
+    else:
+        pipe.hdel(key, "cool_log")
 
 
 async def _advance_ledger(redis: Redis, stored_last: str) -> str:

@@ -112,21 +112,35 @@ class Money:
     # -- gifts -----------------------------------------------------------------------------
 
     async def gift(
-        self, viewer: str, stream: str, gift: str, count: int, request_id: str
+        self,
+        viewer: str,
+        stream: str,
+        gift: str,
+        count: int,
+        request_id: str,
+        *,
+        confirm: bool = False,
     ) -> GiftReceipt:
+        """Send a gift; ``confirm``: the viewer confirms a gift above their threshold."""
         _check_ident("viewer", viewer)
         _check_ident("stream", stream)
         _check_request_id(request_id)
         for attempt in range(2):
             creator = await self._creator(stream, refresh=attempt > 0)
-            reply = await self._gift_call(viewer, stream, gift, count, request_id, creator)
+            reply = await self._gift_call(viewer, stream, gift, count, request_id, creator, confirm)
             receipt = self.gift_receipt(reply, stream, request_id)
             if receipt is not None:
                 return receipt
         raise Refused(Code.INTERNAL, "the stream's creator keeps changing")
 
     def gift_soon(
-        self, viewer: str, stream: str, gift: str, count: int, request_id: str
+        self,
+        viewer: str,
+        stream: str,
+        gift: str,
+        count: int,
+        request_id: str,
+        confirm: bool = False,
     ) -> asyncio.Future[Any] | None:
         """The relay's fast path: :meth:`gift`'s script call, made at once, for arguments
         the wire already validated (``wire.protocol.Gift``); the future of the script's
@@ -136,10 +150,17 @@ class Money:
         creator = self._creators.get(stream)
         if creator is None:
             return None
-        return self._gift_call(viewer, stream, gift, count, request_id, creator)
+        return self._gift_call(viewer, stream, gift, count, request_id, creator, confirm)
 
     def _gift_call(
-        self, viewer: str, stream: str, gift: str, count: int, request_id: str, creator: str
+        self,
+        viewer: str,
+        stream: str,
+        gift: str,
+        count: int,
+        request_id: str,
+        creator: str,
+        confirm: bool,
     ) -> asyncio.Future[Any]:
         item, coins = self._priced(gift, count)
         diamonds = self._diamonds.get(coins)
@@ -148,6 +169,7 @@ class Money:
             if len(self._diamonds) > 4096:  # counts are few in practice; bound it anyway
                 self._diamonds.clear()
         settings = self.settings
+        now = self.clock()
         return self.pipe.submit(
             Script.GIFT,
             [
@@ -160,6 +182,7 @@ class Money:
                 keys.combo(stream, viewer, gift),
                 keys.LEDGER,
                 keys.channel(stream),
+                keys.spending(viewer, now // rules.DAY_MS),
             ],
             [
                 request_id,
@@ -172,11 +195,12 @@ class Money:
                 coins,
                 diamonds,
                 int(item.streakable),
-                self.clock(),
+                now,
                 settings.combo_window_ms,
                 settings.idempotency_ttl * 1000,
                 settings.history_len,
                 settings.max_balance,
+                int(confirm),
             ],
             idempotent=True,  # by the viewer's request id
         )
@@ -311,6 +335,86 @@ class Money:
         )
         _ok(reply, "set_cap")
         return daily_coins
+
+    async def set_confirm(self, user: str, coins: int | None) -> int | None:
+        """Set (or with None remove) the user's confirmation threshold: a gift of more
+        coins needs ``confirm``."""
+        _check_ident("user", user)
+        if coins is not None and not 0 <= coins <= self.settings.max_balance:
+            raise Refused(Code.BAD_REQUEST, f"coins must be 0 to {self.settings.max_balance}")
+        reply = await self.pipe.call(
+            Script.SET_CONFIRM,
+            [keys.wallet(user), keys.LEDGER],
+            [user, "" if coins is None else coins, self.clock()],
+            idempotent=False,  # no id: each run appends a confirm entry to the ledger
+        )
+        _ok(reply, "set_confirm")
+        return coins
+
+    async def set_cooldown(
+        self, user: str, coins: int | None, minutes: int | None
+    ) -> tuple[int | None, int | None]:
+        """Set (or with None coins remove) the user's cool-down: once ``coins`` are spent
+        within ``minutes``, gifts wait until the window allows."""
+        _check_ident("user", user)
+        if coins is None:
+            minutes = None
+        elif not 1 <= coins <= self.settings.max_balance:
+            raise Refused(Code.BAD_REQUEST, f"coins must be 1 to {self.settings.max_balance}")
+        elif minutes is None or not 1 <= minutes <= rules.MAX_COOLDOWN_MINUTES:
+            raise Refused(Code.BAD_REQUEST, f"minutes must be 1 to {rules.MAX_COOLDOWN_MINUTES}")
+        reply = await self.pipe.call(
+            Script.SET_COOLDOWN,
+            [keys.wallet(user), keys.LEDGER],
+            [user, "" if coins is None else coins, minutes or "", self.clock()],
+            idempotent=False,  # no id: each run appends a cooldown entry to the ledger
+        )
+        _ok(reply, "set_cooldown")
+        return coins, minutes
+
+    async def spending(self, user: str) -> protocol.Spending:
+        """Coins spent today, over 7 and 30 UTC days and per creator, with the settings
+        (the wire's reply itself, ``ref`` unset). One round trip, all on the user's slot."""
+        _check_ident("user", user)
+        now = self.clock()
+        today = now // rules.DAY_MS
+        days = range(today, today - rules.SPENDING_DAYS, -1)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hmget(keys.wallet(user), ["confirm", "cool_coins", "cool_minutes", "cool_log"])
+            for day in days:
+                pipe.hgetall(keys.spending(user, day))
+            replies = await _guard(pipe.execute())
+        confirm, cool_coins, cool_minutes, cool_log = replies[0]
+        totals: list[int] = []
+        per_creator: dict[str, int] = {}
+        for raw in replies[1:]:
+            day_total = 0
+            for creator, coins in cast(dict[str, str], raw).items():
+                day_total += int(coins)
+                per_creator[creator] = per_creator.get(creator, 0) + int(coins)
+            totals.append(day_total)
+        cooldown = None
+        if cool_coins is not None and cool_minutes is not None:
+            limit, minutes = int(cool_coins), int(cool_minutes)
+            log = rules.cool_live(rules.parse_cool_log(cool_log), now, minutes)
+            cooldown = protocol.CooldownState(
+                coins=limit,
+                minutes=minutes,
+                spent=sum(n for _, n in log),
+                resume_at=rules.cool_resume(log, now, limit, minutes),
+            )
+        top = sorted(per_creator.items(), key=lambda item: (-item[1], item[0]))
+        return protocol.Spending(
+            today=totals[0],
+            last_7_days=sum(totals[:7]),
+            last_30_days=sum(totals),
+            per_creator=[
+                protocol.CreatorSpending(creator, coins)
+                for creator, coins in top[: rules.SPENDING_CREATORS]
+            ],
+            confirm_coins=None if confirm is None else int(confirm),
+            cooldown=cooldown,
+        )
 
     async def balance(self, user: str) -> protocol.Balance:
         """The wallet as its owner sees it: the wire's reply itself (``ref`` unset)."""
@@ -478,6 +582,17 @@ def _ok(reply: list[Any], script: str) -> list[Any]:
     if code == Code.INTERNAL:
         log.error("money script refused on bad data", script=script, detail=detail)
         raise Refused(Code.INTERNAL)
+    if code == Code.COOLING_DOWN:
+        resume_at = int(detail)
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(-(-resume_at // 1000)))
+        message = f"you are cooling down (your own setting): gifts resume at {when}"
+        raise Refused(Code.COOLING_DOWN, message, resume_at=resume_at)
+    if code == Code.CONFIRM_REQUIRED:
+        message = (
+            f"this gift is above your confirmation threshold of {detail} coins: "
+            "send it again with confirm true and the same id"
+        )
+        raise Refused(Code.CONFIRM_REQUIRED, message)
     raise Refused(Code(code), detail or None)
 
 

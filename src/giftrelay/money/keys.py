@@ -19,7 +19,8 @@ LEDGER_DEAD = "ledger:dead"
 
 
 def wallet(user: str) -> str:
-    """Hash: coins, diamonds, spent_day, spent, cap, verified (ms, when a creator was verified)."""
+    """Hash: coins, diamonds, spent_day, spent, cap, verified (ms, when a creator was verified),
+    and the mindful-spending settings: confirm, cool_coins, cool_minutes, cool_log."""
     return f"w:{{{user}}}"
 
 
@@ -30,6 +31,16 @@ WALLETS = "w:{*}"
 def wallet_user(key: str) -> str:
     """The user whose wallet is ``key`` (the inverse of :func:`wallet`)."""
     return key[len("w:{") : -1]
+
+
+def spending(user: str, day: int) -> str:
+    """Hash: the user's coins spent per creator on UTC day ``day`` (days since the epoch);
+    expires 31 days after the day began. Shares the wallet's slot."""
+    return f"sp:{{{user}}}:{day}"
+
+
+SPENDING = "sp:{*}:*"
+"""A SCAN pattern matching every day's spending of every user."""
 
 
 def gift_idem(viewer: str, request_id: str) -> str:

@@ -62,3 +62,65 @@ def payout_quote(diamonds: int, cents_per_diamond: Fraction, fee_rate: Fraction)
 def utc_day(ms: int) -> int:
     """The UTC day number of a timestamp in milliseconds: caps reset at 00:00 UTC."""
     return ms // DAY_MS
+
+
+# -- mindful spending: the cool-down log, as gift.lua keeps it -------------------------------
+#
+# gift.lua is the rule; these mirror it for the readers (``spending``) and for ``recover``,
+# which rebuilds the log from the ledger. A test checks them against the script.
+
+SPENDING_DAYS = 30
+"""``spending`` covers today and the 29 days before; each day's hash lives 31 days."""
+
+CoolLog = list[tuple[int, int]]
+"""(ms, coins) of the gifts that count in the cool-down window, oldest first."""
+
+
+def parse_cool_log(text: str | None) -> CoolLog:
+    """The wallet's ``cool_log`` field, ``'<ms>:<coins>,'`` repeated."""
+    return [
+        (int(t), int(n))
+        for t, n in (entry.split(":") for entry in (text or "").split(",") if entry)
+    ]
+
+
+def format_cool_log(log: CoolLog) -> str:
+    return "".join(f"{t}:{n}," for t, n in log)
+
+
+def cool_live(log: CoolLog, now: int, minutes: int) -> CoolLog:
+    """The entries still counting at ``now``."""
+    window = minutes * 60_000
+    return [(t, n) for t, n in log if t + window > now]
+
+
+def cool_resume(log: CoolLog, now: int, coins: int, minutes: int) -> int | None:
+    """While cooling down (the window holds ``coins`` or more), when gifts may resume."""
+    live = cool_live(log, now, minutes)
+    left = sum(n for _, n in live)
+    for t, n in live:
+        if left < coins:
+            break
+        left -= n
+        if left < coins:
+            return t + minutes * 60_000
+    return None
+
+
+def cool_add(log: CoolLog, now: int, coins: int, minutes: int) -> CoolLog:
+    """The log after a gift of ``coins`` at ``now``: gifts in the same 60th of the window
+    share an entry (with the latest time), so the log stays short."""
+    live = cool_live(log, now, minutes)
+    slice_ms = minutes * 1000  # a 60th of the window
+    if live and now // slice_ms <= live[-1][0] // slice_ms:
+        t, n = live[-1]
+        live[-1] = (max(t, now), min(n + coins, EXACT_LIMIT - 1))  # prints as an integer
+    else:
+        live.append((now, coins))
+    return live
+
+
+SPENDING_CREATORS = 100
+"""``spending`` lists at most this many creators, highest first."""
+MAX_COOLDOWN_MINUTES = 1440
+"""A cool-down window is 1 minute to a day (the daily cap covers days)."""

@@ -20,6 +20,8 @@ class Script(enum.Enum):
     CHARGEBACK = "chargeback"
     VERIFY = "verify"
     SET_CAP = "set_cap"
+    SET_CONFIRM = "set_confirm"
+    SET_COOLDOWN = "set_cooldown"
     STREAM_OPEN = "stream_open"
     STREAM_CLOSE = "stream_close"
     SET_GOAL = "set_goal"

@@ -308,7 +308,9 @@ class Connection:
         m = step.message
         assert type(m) is protocol.Gift
         try:
-            future = relay.money.gift_soon(step.user, m.stream, m.gift, m.count, m.id)
+            future = relay.money.gift_soon(
+                step.user, m.stream, m.gift, m.count, m.id, m.confirm is True
+            )
         except Refused as exc:
             self._refused(m, exc)
             return

@@ -55,7 +55,9 @@ Handler = Callable[[Context, Any], Awaitable[protocol.Reply | None]]
 async def _gift(c: Context, w: Perform) -> protocol.Reply:
     m = w.message
     assert isinstance(m, protocol.Gift)
-    receipt = await c.relay.money.gift(w.user, m.stream, m.gift, m.count, m.id)
+    receipt = await c.relay.money.gift(
+        w.user, m.stream, m.gift, m.count, m.id, confirm=m.confirm is True
+    )
     (metrics.GIFTS_REPLAYED if receipt.replayed else metrics.GIFTS_OK).inc()
     return receipt.reply(m.ref)
 
@@ -70,6 +72,25 @@ async def _set_cap(c: Context, w: Perform) -> protocol.Reply:
     assert isinstance(m, protocol.SetCap)
     cap = await c.relay.money.set_cap(w.user, m.daily_coins)
     return protocol.CapOk(ref=m.ref, daily_coins=cap)
+
+
+async def _set_confirm(c: Context, w: Perform) -> protocol.Reply:
+    m = w.message
+    assert isinstance(m, protocol.SetConfirm)
+    coins = await c.relay.money.set_confirm(w.user, m.coins)
+    return protocol.ConfirmOk(ref=m.ref, coins=coins)
+
+
+async def _set_cooldown(c: Context, w: Perform) -> protocol.Reply:
+    m = w.message
+    assert isinstance(m, protocol.SetCooldown)
+    coins, minutes = await c.relay.money.set_cooldown(w.user, m.coins, m.minutes)
+    return protocol.CooldownOk(ref=m.ref, coins=coins, minutes=minutes)
+
+
+async def _spending(c: Context, w: Perform) -> protocol.Reply:
+    spending = await c.relay.money.spending(w.user)
+    return msgspec.structs.replace(spending, ref=w.message.ref)
 
 
 async def _topup(c: Context, w: Perform) -> protocol.Reply:
@@ -156,6 +177,9 @@ HANDLERS: dict[type[protocol.ClientMessage], Handler] = {
     protocol.Gift: _gift,
     protocol.BalanceRequest: _balance,
     protocol.SetCap: _set_cap,
+    protocol.SetConfirm: _set_confirm,
+    protocol.SetCooldown: _set_cooldown,
+    protocol.SpendingRequest: _spending,
     protocol.Topup: _topup,
     protocol.Payout: _payout,
     protocol.StreamOpen: _stream_open,

@@ -36,6 +36,9 @@ WHO_MAY: dict[type[protocol.ClientMessage], tuple[Role, ...] | None] = {
     protocol.Gift: SPENDERS,
     protocol.BalanceRequest: SPENDERS,
     protocol.SetCap: SPENDERS,
+    protocol.SetConfirm: SPENDERS,
+    protocol.SetCooldown: SPENDERS,
+    protocol.SpendingRequest: SPENDERS,
     protocol.Topup: (Role.ADMIN,),
     protocol.Payout: (Role.CREATOR,),
     protocol.StreamOpen: MANAGERS,  # a creator only their own streams: checked below

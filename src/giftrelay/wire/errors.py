@@ -29,6 +29,9 @@ class Code(enum.StrEnum):
     UNKNOWN_RECEIPT = "unknown_receipt"
     UNKNOWN_USER = "unknown_user"
     NOT_VERIFIED = "not_verified"
+    # Mindful spending (issue 19): a viewer's own confirmation threshold and cool-down.
+    CONFIRM_REQUIRED = "confirm_required"
+    COOLING_DOWN = "cooling_down"
 
 
 _MESSAGES: dict[Code, str] = {
@@ -49,6 +52,11 @@ _MESSAGES: dict[Code, str] = {
     Code.UNKNOWN_RECEIPT: "no top-up was ever made with this receipt",
     Code.UNKNOWN_USER: "there is no such user",
     Code.NOT_VERIFIED: "the creator's verification is not on record: payouts need it",
+    Code.CONFIRM_REQUIRED: (
+        "this gift is above your confirmation threshold: send it again with confirm true "
+        "and the same id"
+    ),
+    Code.COOLING_DOWN: "you are cooling down: gifts resume at resume_at",
     Code.INTERNAL: "internal error",
 }
 
@@ -57,9 +65,13 @@ class Refused(Exception):
     """A request was refused; nothing moved (except perhaps for :class:`Unavailable`).
     ``code`` is the protocol error code."""
 
-    def __init__(self, code: Code, message: str | None = None) -> None:
+    def __init__(
+        self, code: Code, message: str | None = None, *, resume_at: int | None = None
+    ) -> None:
         self.code = code
         self.message = message or _MESSAGES.get(code, code.value.replace("_", " "))
+        self.resume_at = resume_at
+        """For ``cooling_down``: when gifts may resume (ms since the epoch)."""
         super().__init__(f"{code}: {self.message}")
 
 

@@ -26,6 +26,8 @@ Ref = Annotated[str, msgspec.Meta(max_length=64)]
 Title = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 Amount = Annotated[int, msgspec.Meta(ge=1, le=10**13)]
 Count = Annotated[int, msgspec.Meta(ge=1, le=1_000_000)]
+Coins = Annotated[int, msgspec.Meta(ge=0, le=10**13)]
+Minutes = Annotated[int, msgspec.Meta(ge=1, le=1440)]
 
 # -- client -> server -------------------------------------------------------------------------
 
@@ -52,6 +54,9 @@ class Gift(Request, tag="gift", frozen=True):
     gift: Ident
     id: RequestId
     count: Count = 1
+    confirm: bool | msgspec.UnsetType = msgspec.UNSET
+    """The viewer confirms a gift above their confirmation threshold (``set_confirm``).
+    Absent means false; unset, it is not encoded, so a v1 gift's frame is unchanged."""
 
 
 class BalanceRequest(Request, tag="balance", frozen=True):
@@ -104,7 +109,28 @@ class RevokeOverlays(Request, tag="revoke_overlays", frozen=True):
 
 
 class SetCap(Request, tag="set_cap", frozen=True):
-    daily_coins: Annotated[int, msgspec.Meta(ge=0, le=10**13)] | None
+    daily_coins: Coins | None
+
+
+class SetConfirm(Request, tag="set_confirm", frozen=True):
+    """Gifts of more than ``coins`` need ``confirm: true``; null removes the threshold."""
+
+    coins: Coins | None
+
+
+class SetCooldown(Request, tag="set_cooldown", frozen=True):
+    """Once ``coins`` are spent within ``minutes``, gifts wait; null coins removes it."""
+
+    coins: Annotated[int, msgspec.Meta(ge=1, le=10**13)] | None
+    minutes: Minutes | None = None
+
+    def __post_init__(self) -> None:
+        if (self.coins is None) != (self.minutes is None):
+            raise ValueError("coins and minutes go together: both set, or coins null to remove")
+
+
+class SpendingRequest(Request, tag="spending", frozen=True):
+    pass
 
 
 ClientMessage = (
@@ -122,6 +148,9 @@ ClientMessage = (
     | TestAlert
     | RevokeOverlays
     | SetCap
+    | SetConfirm
+    | SetCooldown
+    | SpendingRequest
 )
 
 # -- server -> client -------------------------------------------------------------------------
@@ -212,6 +241,41 @@ class CapOk(Reply, tag="cap_ok", frozen=True):
     daily_coins: int | None
 
 
+class ConfirmOk(Reply, tag="confirm_ok", frozen=True):
+    coins: int | None
+
+
+class CooldownOk(Reply, tag="cooldown_ok", frozen=True):
+    coins: int | None
+    minutes: int | None
+
+
+class CreatorSpending(msgspec.Struct, frozen=True):
+    creator: str
+    coins: int
+
+
+class CooldownState(msgspec.Struct, frozen=True):
+    coins: int
+    minutes: int
+    spent: int
+    """Coins of the gifts that count in the window now."""
+    resume_at: int | None
+    """While cooling down, when gifts may resume (ms since the epoch); else null."""
+
+
+class Spending(Reply, tag="spending", frozen=True):
+    """Coins spent by UTC day (today, the last 7 and the last 30 days, today included),
+    per creator over the 30 days (highest first, at most 100), and the settings."""
+
+    today: int
+    last_7_days: int
+    last_30_days: int
+    per_creator: list[CreatorSpending]
+    confirm_coins: int | None
+    cooldown: CooldownState | None
+
+
 class GoalOk(Reply, tag="goal_ok", frozen=True):
     stream: str
     goal: GoalState
@@ -230,6 +294,8 @@ class Error(Reply, tag="error", frozen=True):
     code: str
     message: str
     id: str | None = None
+    resume_at: int | None = None
+    """With ``cooling_down``: when gifts may resume (ms since the epoch)."""
 
 
 class Events(Reply, tag="events", frozen=True):
@@ -394,4 +460,4 @@ def encode_event(event: LiveEvent) -> msgspec.Raw:
 
 
 def error(exc: Refused, ref: str | None = None, id: str | None = None) -> Error:
-    return Error(code=exc.code.value, message=exc.message, ref=ref, id=id)
+    return Error(code=exc.code.value, message=exc.message, ref=ref, id=id, resume_at=exc.resume_at)

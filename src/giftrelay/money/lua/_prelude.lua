@@ -44,13 +44,16 @@ local function as_int(v)
 end
 
 -- Reads integer fields of a hash; returns (values, nil) or (nil, problem).
--- Missing fields read as 0, or as nil for those listed in `optional`.
-local function read_ints(key, fields, optional)
+-- Missing fields read as 0, or as nil for those listed in `optional`; fields
+-- listed in `texts` are returned as they are (nil when missing), in the same HMGET.
+local function read_ints(key, fields, optional, texts)
   local raw = redis.call('HMGET', key, unpack(fields))
   local out = {}
   for i, field in ipairs(fields) do
     local v = raw[i]
-    if v then
+    if v and texts and texts[field] then
+      out[field] = v
+    elseif v then
       local n = as_int(v)
       if n == nil then
         return nil, key .. ' field ' .. field .. ' is not an integer: ' .. tostring(v)
