@@ -13,31 +13,33 @@ from __future__ import annotations
 
 import asyncio
 import re
-import secrets
-import time
-from collections.abc import Awaitable, Callable
-from fractions import Fraction
-from typing import Any, Protocol, TypeVar, cast
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
 
 import structlog
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from giftrelay.money import keys, rules
 from giftrelay.money.autopipe import AutoPipeline
 from giftrelay.money.catalog import Catalog, Gift
+from giftrelay.money.common import (
+    MoneySettings,
+    check_ident,
+    check_request_id,
+    guard,
+    now_ms,
+    ok,
+)
 from giftrelay.money.receipts import (
     GiftReceipt,
     PackagePrice,
     PayoutReceipt,
-    StreamInfo,
     TopupReceipt,
 )
 from giftrelay.money.scripts import SCRIPTS, Script
+from giftrelay.money.streams import Streams
 from giftrelay.wire import protocol
-from giftrelay.wire.errors import Code, Refused, Unavailable
-from giftrelay.wire.ids import is_ident, is_request_id
+from giftrelay.wire.errors import Code, Refused
 
 log = structlog.get_logger(__name__)
 
@@ -47,41 +49,7 @@ SCHEDULED_ID = re.compile(r"^run\.[0-9]{4}-(0[1-9]|1[0-2]|Q[1-4])$")
 """The id of a payout run's payout: ``run.2026-11``, ``run.2026-Q4``."""
 
 
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-class MoneySettings(Protocol):
-    """What the money core reads of the configuration (``giftrelay.config.Settings``
-    has it all); a protocol, so that the money core depends on no layer above it."""
-
-    @property
-    def max_balance(self) -> int: ...
-    @property
-    def max_gift_count(self) -> int: ...
-    @property
-    def payout_min_diamonds(self) -> int: ...
-    @property
-    def idempotency_ttl(self) -> int: ...
-    @property
-    def receipt_ttl(self) -> int: ...
-    @property
-    def combo_window_ms(self) -> int: ...
-    @property
-    def history_len(self) -> int: ...
-    @property
-    def diamond_rate(self) -> Fraction: ...
-    @property
-    def cent_rate(self) -> Fraction: ...
-    @property
-    def fee_rate(self) -> Fraction: ...
-    @property
-    def payout_requires_verification(self) -> bool: ...
-    @property
-    def payout_currency(self) -> str: ...
-
-
-class Money:
+class Money(Streams):
     """Wallets, streams and gifts. One per process; safe for any number of tasks."""
 
     def __init__(
@@ -104,7 +72,7 @@ class Money:
 
     async def start(self) -> None:
         """Load the scripts into Redis (they are loaded again by themselves if Redis forgets)."""
-        await _guard(SCRIPTS.load(self.redis))
+        await guard(SCRIPTS.load(self.redis))
 
     async def aclose(self) -> None:
         await self.pipe.aclose()
@@ -122,9 +90,9 @@ class Money:
         confirm: bool = False,
     ) -> GiftReceipt:
         """Send a gift; ``confirm``: the viewer confirms a gift above their threshold."""
-        _check_ident("viewer", viewer)
-        _check_ident("stream", stream)
-        _check_request_id(request_id)
+        check_ident("viewer", viewer)
+        check_ident("stream", stream)
+        check_request_id(request_id)
         for attempt in range(2):
             creator = await self._creator(stream, refresh=attempt > 0)
             reply = await self._gift_call(viewer, stream, gift, count, request_id, creator, confirm)
@@ -211,7 +179,7 @@ class Money:
         if reply[0] == "err" and reply[1] == "stale_creator":
             self._creators.pop(stream, None)
             return None
-        _, offset, spent, balance, combo, combo_id, credited, replayed = _ok(reply, "gift")
+        _, offset, spent, balance, combo, combo_id, credited, replayed = ok(reply, "gift")
         return GiftReceipt(
             id=request_id,
             stream=stream,
@@ -237,7 +205,7 @@ class Money:
         """Streams never change creator, so the gift path reads it once per process."""
         creator = None if refresh else self._creators.get(stream)
         if creator is None:
-            found = await _guard(self.redis.hget(keys.stream(stream), "creator"))
+            found = await guard(self.redis.hget(keys.stream(stream), "creator"))
             if found is None:
                 raise Refused(Code.UNKNOWN_STREAM, f"there is no stream {stream!r}")
             creator = self._creators[stream] = str(found)
@@ -248,8 +216,8 @@ class Money:
     async def topup(
         self, user: str, coins: int, receipt: str, *, package: PackagePrice | None = None
     ) -> TopupReceipt:
-        _check_ident("user", user)
-        _check_request_id(receipt)
+        check_ident("user", user)
+        check_request_id(receipt)
         if not 1 <= coins <= self.settings.max_balance:
             raise Refused(Code.BAD_REQUEST, f"coins must be 1 to {self.settings.max_balance}")
         reply = await self.pipe.call(
@@ -270,7 +238,7 @@ class Money:
             ],
             idempotent=True,  # by the payment receipt
         )
-        _, balance, replayed = _ok(reply, "topup")
+        _, balance, replayed = ok(reply, "topup")
         return TopupReceipt(user=user, coins=balance, replayed=bool(replayed))
 
     async def payout(
@@ -285,12 +253,12 @@ class Money:
         the creator's verification when the setting ``payout_requires_verification`` says
         so. A ``scheduled`` payout (a payout run) always needs it; its id, ``run.<period>``,
         can be no request id (they have no dot), and is kept ``receipt_ttl``, not an hour."""
-        _check_ident("creator", creator)
+        check_ident("creator", creator)
         if scheduled:
             if not SCHEDULED_ID.match(request_id):
                 raise Refused(Code.BAD_REQUEST, "a scheduled payout's id is run.<period>")
         else:
-            _check_request_id(request_id)
+            check_request_id(request_id)
         if not 1 <= diamonds <= self.settings.max_balance:
             raise Refused(Code.BAD_REQUEST, f"diamonds must be 1 to {self.settings.max_balance}")
         quote = rules.payout_quote(diamonds, self.settings.cent_rate, self.settings.fee_rate)
@@ -311,7 +279,7 @@ class Money:
             ],
             idempotent=True,  # by the creator's request id
         )
-        _, paid, cash, fee, left, replayed = _ok(reply, "payout")
+        _, paid, cash, fee, left, replayed = ok(reply, "payout")
         return PayoutReceipt(
             id=request_id,
             diamonds=paid,
@@ -323,7 +291,7 @@ class Money:
 
     async def set_cap(self, user: str, daily_coins: int | None) -> int | None:
         """Set (or with None remove) the user's daily coin limit, in UTC days."""
-        _check_ident("user", user)
+        check_ident("user", user)
         if daily_coins is not None and not 0 <= daily_coins <= self.settings.max_balance:
             raise Refused(Code.BAD_REQUEST, f"daily_coins must be 0 to {self.settings.max_balance}")
         cap = "" if daily_coins is None else daily_coins
@@ -333,13 +301,13 @@ class Money:
             [user, cap, self.clock()],
             idempotent=False,  # no id: each run appends a cap entry to the ledger
         )
-        _ok(reply, "set_cap")
+        ok(reply, "set_cap")
         return daily_coins
 
     async def set_confirm(self, user: str, coins: int | None) -> int | None:
         """Set (or with None remove) the user's confirmation threshold: a gift of more
         coins needs ``confirm``."""
-        _check_ident("user", user)
+        check_ident("user", user)
         if coins is not None and not 0 <= coins <= self.settings.max_balance:
             raise Refused(Code.BAD_REQUEST, f"coins must be 0 to {self.settings.max_balance}")
         reply = await self.pipe.call(
@@ -348,7 +316,7 @@ class Money:
             [user, "" if coins is None else coins, self.clock()],
             idempotent=False,  # no id: each run appends a confirm entry to the ledger
         )
-        _ok(reply, "set_confirm")
+        ok(reply, "set_confirm")
         return coins
 
     async def set_cooldown(
@@ -356,7 +324,7 @@ class Money:
     ) -> tuple[int | None, int | None]:
         """Set (or with None coins remove) the user's cool-down: once ``coins`` are spent
         within ``minutes``, gifts wait until the window allows."""
-        _check_ident("user", user)
+        check_ident("user", user)
         if coins is None:
             minutes = None
         elif not 1 <= coins <= self.settings.max_balance:
@@ -369,13 +337,13 @@ class Money:
             [user, "" if coins is None else coins, minutes or "", self.clock()],
             idempotent=False,  # no id: each run appends a cooldown entry to the ledger
         )
-        _ok(reply, "set_cooldown")
+        ok(reply, "set_cooldown")
         return coins, minutes
 
     async def spending(self, user: str) -> protocol.Spending:
         """Coins spent today, over 7 and 30 UTC days and per creator, with the settings
         (the wire's reply itself, ``ref`` unset). One round trip, all on the user's slot."""
-        _check_ident("user", user)
+        check_ident("user", user)
         now = self.clock()
         today = now // rules.DAY_MS
         days = range(today, today - rules.SPENDING_DAYS, -1)
@@ -383,7 +351,7 @@ class Money:
             pipe.hmget(keys.wallet(user), ["confirm", "cool_coins", "cool_minutes", "cool_log"])
             for day in days:
                 pipe.hgetall(keys.spending(user, day))
-            replies = await _guard(pipe.execute())
+            replies = await guard(pipe.execute())
         confirm, cool_coins, cool_minutes, cool_log = replies[0]
         totals: list[int] = []
         per_creator: dict[str, int] = {}
@@ -418,8 +386,8 @@ class Money:
 
     async def balance(self, user: str) -> protocol.Balance:
         """The wallet as its owner sees it: the wire's reply itself (``ref`` unset)."""
-        _check_ident("user", user)
-        raw = await _guard(
+        check_ident("user", user)
+        raw = await guard(
             self.redis.hmget(keys.wallet(user), ["coins", "diamonds", "spent_day", "spent", "cap"])
         )
         coins, diamonds, spent_day, spent, cap = raw
@@ -430,190 +398,3 @@ class Money:
             spent_today=int(spent or 0) if int(spent_day or -1) >= today else 0,
             daily_cap=None if cap is None else int(cap),
         )
-
-    # -- streams ---------------------------------------------------------------------------
-
-    async def stream_open(self, stream: str, creator: str, title: str) -> StreamInfo:
-        _check_ident("stream", stream)
-        _check_ident("creator", creator)
-        _check_title(title)
-        reply = await self.pipe.call(
-            Script.STREAM_OPEN,
-            [keys.stream(stream)],
-            [creator, title, self.clock()],
-            idempotent=False,  # no id: run again after a close, it would reopen the stream
-        )
-        _ok(reply, "stream_open")
-        self._creators[stream] = creator
-        return await self.stream_info(stream)
-
-    async def stream_close(self, stream: str, actor: str | None = None) -> StreamInfo:
-        """Close a stream. ``actor`` is the creator acting, or None for an admin."""
-        _check_ident("stream", stream)
-        reply = await self.pipe.call(
-            Script.STREAM_CLOSE,
-            [keys.stream(stream), keys.history(stream), keys.channel(stream)],
-            [actor or "", self.clock(), self.settings.history_len],
-            idempotent=False,  # no id: run again after a reopen, it would close the stream
-        )
-        _ok(reply, "stream_close")
-        return await self.stream_info(stream)
-
-    async def set_goal(
-        self, stream: str, actor: str | None, title: str, target: int
-    ) -> protocol.GoalState:
-        """Set the stream's goal; progress counts diamonds received from now on."""
-        _check_ident("stream", stream)
-        _check_title(title)
-        if not 1 <= target <= self.settings.max_balance:
-            raise Refused(Code.BAD_REQUEST, f"target must be 1 to {self.settings.max_balance}")
-        reply = await self.pipe.call(
-            Script.SET_GOAL,
-            [keys.stream(stream), keys.history(stream), keys.channel(stream)],
-            [actor or "", title, target, self.clock(), self.settings.history_len],
-            idempotent=False,  # no id: each run appends a goal event to the history
-        )
-        _ok(reply, "set_goal")
-        return protocol.GoalState(title=title, target=target, progress=0)
-
-    async def test_alert(self, stream: str, actor: str | None, gift: str, count: int) -> str:
-        """Show a gift marked ``test`` on the stream's overlays; returns its offset.
-
-        Nothing but the stream's history and channel is written: no wallet, no total,
-        no leaderboard, no ledger entry.
-        """
-        _check_ident("stream", stream)
-        item, coins = self._priced(gift, count)
-        if coins > self.settings.max_balance:
-            # No wallet can pay for it, so no real gift could show it; and its amounts,
-            # like every amount a script writes, stay below 10^14 (rules.EXACT_LIMIT).
-            raise Refused(
-                Code.BAD_REQUEST,
-                f"{count} x {gift} costs {coins} coins, more than a wallet can hold "
-                f"({self.settings.max_balance})",
-            )
-        now = self.clock()
-        reply = await self.pipe.call(
-            Script.TEST_ALERT,
-            [keys.stream(stream), keys.history(stream), keys.channel(stream)],
-            [
-                actor or "",
-                f"test-{now}-{secrets.token_hex(4)}",
-                gift,
-                item.name,
-                count,
-                coins,
-                rules.diamonds_for(coins, self.diamond_rate),
-                now,
-                self.settings.history_len,
-            ],
-            idempotent=False,  # no id: each run shows another alert
-        )
-        return str(_ok(reply, "test_alert")[1])
-
-    async def revoke_overlays(self, stream: str, actor: str | None) -> int:
-        """Overlay tokens of the stream issued before now stop working; returns now (ms)."""
-        _check_ident("stream", stream)
-        now = self.clock()
-        reply = await self.pipe.call(
-            Script.REVOKE_OVERLAYS,
-            [keys.stream(stream), keys.channel(stream)],
-            [actor or "", now],
-            idempotent=False,  # no id: run again after a later revoke, it would undo it
-        )
-        _ok(reply, "revoke_overlays")
-        return now
-
-    async def overlay_epoch(self, stream: str) -> int | None:
-        """Overlay tokens of the stream issued before this moment (ms) are revoked."""
-        raw = await _guard(self.redis.hget(keys.stream(stream), "overlay_epoch"))
-        return None if raw is None else int(raw)
-
-    async def viewers_heartbeat(self, stream: str, worker: str, count: int, ttl_ms: int) -> int:
-        """Report this worker's viewers of the stream; returns the total over live workers."""
-        reply = await self.pipe.call(
-            Script.VIEWERS,
-            [keys.viewers(stream)],
-            [worker, count, self.clock(), ttl_ms],
-            idempotent=True,  # sets this worker's count, which only this worker's beats change
-        )
-        return int(_ok(reply, "viewers")[1])
-
-    async def top(self, stream: str, n: int = 10) -> list[tuple[str, int]]:
-        """The stream's top gifters by coins spent, highest first."""
-        raw = await _guard(self.redis.zrevrange(keys.top(stream), 0, n - 1, withscores=True))
-        return [(str(user), int(score)) for user, score in cast(list[tuple[str, float]], raw)]
-
-    async def stream_info(self, stream: str) -> StreamInfo:
-        _check_ident("stream", stream)
-        raw = cast(dict[str, str], await _guard(self.redis.hgetall(keys.stream(stream))))
-        if not raw:
-            raise Refused(Code.UNKNOWN_STREAM, f"there is no stream {stream!r}")
-        return self.parse_stream(stream, raw)
-
-    @staticmethod
-    def parse_stream(stream: str, raw: dict[str, str]) -> StreamInfo:
-        """A stream's hash (``st:{stream}``) as a :class:`StreamInfo`."""
-        diamonds = int(raw.get("diamonds", 0))
-        goal = None
-        if "goal_target" in raw:
-            goal = protocol.GoalState(
-                title=raw["goal_title"],
-                target=int(raw["goal_target"]),
-                progress=diamonds - int(raw["goal_base"]),
-            )
-        return StreamInfo(
-            stream=stream,
-            creator=raw["creator"],
-            title=raw.get("title", ""),
-            live=raw.get("status") == "live",
-            diamonds=diamonds,
-            coins=int(raw.get("coins", 0)),
-            gifts=int(raw.get("gifts", 0)),
-            goal=goal,
-        )
-
-
-def _ok(reply: list[Any], script: str) -> list[Any]:
-    """The reply of a script that succeeded, or the refusal it carries, raised."""
-    if reply[0] == "ok":
-        return reply
-    code, detail = reply[1], reply[2]
-    if code == Code.INTERNAL:
-        log.error("money script refused on bad data", script=script, detail=detail)
-        raise Refused(Code.INTERNAL)
-    if code == Code.COOLING_DOWN:
-        resume_at = int(detail)
-        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(-(-resume_at // 1000)))
-        message = f"you are cooling down (your own setting): gifts resume at {when}"
-        raise Refused(Code.COOLING_DOWN, message, resume_at=resume_at)
-    if code == Code.CONFIRM_REQUIRED:
-        message = (
-            f"this gift is above your confirmation threshold of {detail} coins: "
-            "send it again with confirm true and the same id"
-        )
-        raise Refused(Code.CONFIRM_REQUIRED, message)
-    raise Refused(Code(code), detail or None)
-
-
-async def _guard(awaitable: Awaitable[T]) -> T:
-    """Redis being down is ``unavailable``, never an exception of the client library."""
-    try:
-        return await awaitable
-    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-        raise Unavailable() from exc
-
-
-def _check_ident(what: str, value: str) -> None:
-    if not is_ident(value):
-        raise Refused(Code.BAD_REQUEST, f"{what} must be 1-64 characters of A-Z a-z 0-9 _ . -")
-
-
-def _check_request_id(value: str) -> None:
-    if not is_request_id(value):
-        raise Refused(Code.BAD_REQUEST, "id must be 8-64 characters of A-Z a-z 0-9 _ -")
-
-
-def _check_title(title: str) -> None:
-    if not 0 < len(title) <= 200:
-        raise Refused(Code.BAD_REQUEST, "title must be 1-200 characters")

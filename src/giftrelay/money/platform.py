@@ -11,7 +11,8 @@ from __future__ import annotations
 import msgspec
 
 from giftrelay.money import keys
-from giftrelay.money.api import Money, _check_ident, _check_request_id, _guard, _ok
+from giftrelay.money.api import Money
+from giftrelay.money.common import check_ident, check_request_id, guard, ok
 from giftrelay.money.scripts import Script
 from giftrelay.wire.errors import Code, Refused
 
@@ -37,9 +38,9 @@ class Platform:
     async def receipt_holder(self, receipt: str) -> str | None:
         """The user a receipt credited, while Redis remembers it (``receipt_ttl`` after the
         top-up or its chargeback); None when it does not, and the ledger store must say."""
-        _check_request_id(receipt)
+        check_request_id(receipt)
         redis = self.money.redis
-        charged, topped = await _guard(
+        charged, topped = await guard(
             redis.mget([keys.chargeback_idem(receipt), keys.topup_idem(receipt)])
         )
         if charged:
@@ -52,8 +53,8 @@ class Platform:
 
     async def topup_remembered(self, receipt: str) -> bool:
         """True while Redis holds the receipt's top-up record (its script dedupes alone)."""
-        _check_request_id(receipt)
-        return bool(await _guard(self.money.redis.exists(keys.topup_idem(receipt))))
+        check_request_id(receipt)
+        return bool(await guard(self.money.redis.exists(keys.topup_idem(receipt))))
 
     async def chargeback(
         self, receipt: str, reason: str, user: str, ledger_coins: int | None = None
@@ -63,8 +64,8 @@ class Platform:
         ``ledger_coins``: what the ledger store says the receipt credited, for a receipt
         Redis no longer remembers (None: Redis must know it, or ``unknown_receipt``).
         """
-        _check_request_id(receipt)
-        _check_ident("user", user)
+        check_request_id(receipt)
+        check_ident("user", user)
         if len(reason) > MAX_REASON:
             raise Refused(Code.BAD_REQUEST, f"reason must be at most {MAX_REASON} characters")
         settings = self.money.settings
@@ -88,7 +89,7 @@ class Platform:
         )
         if reply[0] == "err" and reply[1] == "stale_user":
             raise Refused(Code.INTERNAL, f"receipt {receipt} credited {reply[2]}, not {user}")
-        _, holder, coins, balance, replayed = _ok(reply, "chargeback")
+        _, holder, coins, balance, replayed = ok(reply, "chargeback")
         return ChargebackReceipt(
             user=holder,
             receipt=receipt,
@@ -99,7 +100,7 @@ class Platform:
 
     async def verify(self, creator: str, verified: bool, reference: str) -> int:
         """Record (or withdraw) a creator's verification; returns since when (ms), or 0."""
-        _check_ident("creator", creator)
+        check_ident("creator", creator)
         if len(reference) > MAX_REASON:
             raise Refused(Code.BAD_REQUEST, f"reference must be at most {MAX_REASON} characters")
         reply = await self.money.pipe.call(
@@ -108,20 +109,20 @@ class Platform:
             [creator, int(verified), reference, self.money.clock()],
             idempotent=False,  # no id: each run records a change in the ledger
         )
-        return int(_ok(reply, "verify")[1])
+        return int(ok(reply, "verify")[1])
 
     async def verified_since(self, creator: str) -> int | None:
         """When the creator's verification was recorded (ms), or None."""
-        _check_ident("creator", creator)
-        raw = await _guard(self.money.redis.hget(keys.wallet(creator), "verified"))
+        check_ident("creator", creator)
+        raw = await guard(self.money.redis.hget(keys.wallet(creator), "verified"))
         return None if raw is None else int(raw)
 
     async def verified_creators(self) -> list[str]:
         """Every creator whose verification is on record, sorted."""
-        members = await _guard(self.money.redis.smembers(keys.VERIFIED))
+        members = await guard(self.money.redis.smembers(keys.VERIFIED))
         return sorted(str(m) for m in members)
 
     async def known_user(self, user: str) -> bool:
         """True when the user has a wallet (anyone ever topped up, gifted or paid)."""
-        _check_ident("user", user)
-        return bool(await _guard(self.money.redis.exists(keys.wallet(user))))
+        check_ident("user", user)
+        return bool(await guard(self.money.redis.exists(keys.wallet(user))))
