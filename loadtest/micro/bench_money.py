@@ -34,7 +34,7 @@ from rich.table import Table
 
 from giftrelay import logs
 from giftrelay.config import Settings
-from giftrelay.embedded import RedisServer
+from giftrelay.embedded import RedisServer, free_port
 from giftrelay.money import catalog, keys
 from giftrelay.money.api import Money
 from giftrelay.money.autopipe import AutoPipeline
@@ -138,11 +138,30 @@ async def idempotency_bytes(redis: Redis, sample: int = 20_000) -> tuple[int, fl
     return one, (after - before) / sample
 
 
-async def run(gifts: int, callers: int) -> None:
+def start_replica(primary: RedisServer, directory: Path) -> subprocess.Popen[bytes]:
+    """A replica of ``primary`` (for ``--replica``: the cost of GIFTRELAY_ACK_REPLICAS)."""
+    binary = shutil.which("redis-server")
+    assert binary is not None
+    directory.mkdir()
+    return subprocess.Popen(
+        [binary, "--port", str(free_port()), "--bind", "127.0.0.1", "--dir", str(directory),
+         "--save", "", "--appendonly", "no", "--replicaof", "127.0.0.1", str(primary.port)],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+async def synced(redis: Redis) -> None:
+    async with asyncio.timeout(30):
+        while await redis.wait(0, 0) < 1:  # noqa: ASYNC110 - until the replica is in sync
+            await asyncio.sleep(0.05)
+
+
+async def run(gifts: int, callers: int, *, replica: bool = False) -> None:
     logs.configure("console", "warning")
     directory = Path(tempfile.mkdtemp(prefix="giftrelay-bench-"))
     server = RedisServer(directory, appendonly=True, appendfsync="everysec")
     server.start()
+    follower = start_replica(server, directory / "replica") if replica else None
     settings = Settings.load({})
     redis = connect(server.url)
     money = Money(redis, settings, catalog.load())
@@ -166,6 +185,13 @@ async def run(gifts: int, callers: int) -> None:
             await concurrent(unbatched, gifts, callers, f"{callers} callers, unbatched", "u")
         )
 
+        if follower is not None:
+            await synced(redis)
+            await _setup(money, callers)
+            acked = Money(redis, Settings.load({"GIFTRELAY_ACK_REPLICAS": "1"}), catalog.load())
+            name = f"{callers} callers, giftrelay, ACK_REPLICAS=1 (WAIT)"
+            results.append(await concurrent(acked, gifts, callers, name, "a"))
+
         await _setup(money, callers)
         results.append(
             await concurrent(money, gifts, callers, f"{callers} callers, giftrelay", "g")
@@ -180,6 +206,9 @@ async def run(gifts: int, callers: int) -> None:
     finally:
         await money.aclose()
         await redis.aclose()
+        if follower is not None:
+            follower.terminate()
+            follower.wait(10)
         server.stop()
         shutil.rmtree(directory, ignore_errors=True)
 
@@ -207,8 +236,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gifts", type=int, default=20_000, help="gifts per concurrent run")
     parser.add_argument("--callers", type=int, default=64, help="concurrent callers")
+    parser.add_argument(
+        "--replica", action="store_true",
+        help="also run with a replica and GIFTRELAY_ACK_REPLICAS=1: what durable acks cost",
+    )  # fmt: skip
     args = parser.parse_args(argv)
-    asyncio.run(run(args.gifts, args.callers))
+    asyncio.run(run(args.gifts, args.callers, replica=args.replica))
 
 
 if __name__ == "__main__":

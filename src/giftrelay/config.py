@@ -166,6 +166,10 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
 
     # Redis client behaviour.
     redis_timeout: Annotated[float, msgspec.Meta(gt=0)] = 2.0
+    ack_replicas: Annotated[int, msgspec.Meta(ge=0, le=16)] = 0
+    """Replicas that must hold a money movement before gift_ok/topup_ok/payout_ok (WAIT)."""
+    ack_timeout: Annotated[float, msgspec.Meta(gt=0, le=10)] = 1.0
+    """Longest a money reply waits for those replicas before answering ``unavailable``."""
 
     # Logging.
     log_format: Literal["auto", "json", "console"] = "auto"
@@ -178,6 +182,11 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
         _check_host(self.host)
         if self.webhook_url is not None:
             _check_webhook(self.webhook_url, self.webhook_secret)
+        if self.ack_replicas and self.ack_timeout >= self.request_timeout:
+            raise ConfigError(
+                f"GIFTRELAY_ACK_TIMEOUT: {self.ack_timeout} s leaves no time within "
+                f"GIFTRELAY_REQUEST_TIMEOUT ({self.request_timeout} s) to answer: make it shorter"
+            )
         if self.api_port and self.api_port == self.port:
             raise ConfigError(
                 f"GIFTRELAY_API_PORT: {self.api_port} is the relay's own port (GIFTRELAY_PORT): "

@@ -64,7 +64,11 @@ class Money(Streams):
         self.settings = settings
         self.catalog = catalog
         self.clock = clock
-        self.pipe = AutoPipeline(redis)
+        self.pipe = AutoPipeline(
+            redis,
+            ack_replicas=settings.ack_replicas,
+            ack_timeout_ms=round(settings.ack_timeout * 1000),
+        )
         self.diamond_rate = settings.diamond_rate  # parsed once, not on every gift
         self._creators: dict[str, str] = {}
         self._diamonds: dict[int, int] = {}

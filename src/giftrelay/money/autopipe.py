@@ -65,10 +65,21 @@ class _Lost(Exception):
 class AutoPipeline:
     """Batches EVALSHA calls into pipelines, at most ``max_inflight`` on the wire at once."""
 
-    def __init__(self, redis: Redis, *, max_batch: int = 256, max_inflight: int = 4) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        max_batch: int = 256,
+        max_inflight: int = 4,
+        ack_replicas: int = 0,
+        ack_timeout_ms: int = 1000,
+    ) -> None:
         self.redis = redis
         self.max_batch = max_batch
         self.max_inflight = max_inflight
+        self.ack_replicas = ack_replicas
+        """Replicas that must hold a money movement before its reply is given (``WAIT``)."""
+        self.ack_timeout_ms = ack_timeout_ms
         self._pending: list[_Call] = []
         self._inflight = 0
         self._scheduled = False
@@ -190,6 +201,9 @@ class AutoPipeline:
             hiredis.pack_command(("EVALSHA", SCRIPTS.sha[c.script], len(c.keys), *c.keys, *c.args))  # type: ignore[arg-type]
             for c in batch
         )
+        durable = self.ack_replicas > 0 and any(c.script in DURABLE for c in batch)
+        if durable:  # one WAIT a pipeline, not one a movement
+            packed += hiredis.pack_command(("WAIT", self.ack_replicas, self.ack_timeout_ms))  # type: ignore[arg-type]
         pool = self.redis.connection_pool
         try:
             conn = await pool.get_connection()  # type: ignore[no-untyped-call]
@@ -199,17 +213,24 @@ class AutoPipeline:
         try:
             await conn.send_packed_command(packed)
             reader = getattr(conn._parser, "_reader", None)
+            expected = len(batch) + durable
             if type(reader) is hiredis.Reader:
-                await _read_all(conn, reader, len(batch), replies)
+                await _read_all(conn, reader, expected, replies)
             else:  # pragma: no cover - another parser than hiredis: one reply at a time
-                for _ in batch:
+                for _ in range(expected):
                     try:
                         replies.append(await conn.read_response())
                     except ResponseError as exc:  # one script's error: the others stand
                         replies.append(exc)
+            if durable:
+                held_by = replies.pop()
+                if not isinstance(held_by, int) or held_by < self.ack_replicas:
+                    _not_held(batch, replies, held_by, self.ack_replicas)
             return replies
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             await conn.disconnect()
+            if durable:  # no WAIT answer: no movement read so far is known to be held
+                _not_held(batch, replies, None, self.ack_replicas)
             raise _Broken(replies, exc, sent=True) from exc
         except BaseException:
             await conn.disconnect()
@@ -249,6 +270,22 @@ async def _read_all(conn: Any, reader: hiredis.Reader, n: int, replies: list[Any
         raise RedisTimeoutError("Timeout reading from Redis") from exc
 
 
+DURABLE = frozenset({Script.GIFT, Script.TOPUP, Script.PAYOUT, Script.CHARGEBACK})
+"""The scripts whose replies wait for ``ack_replicas`` (GIFTRELAY_ACK_REPLICAS)."""
+
+
+class _NotHeld(Exception):
+    """In a reply slot: the movement ran, but too few replicas confirmed it in time."""
+
+
+def _not_held(batch: list[_Call], replies: list[Any], held_by: object, wanted: int) -> None:
+    """Turn the replies of the batch's movements into :class:`_NotHeld`: the primary may
+    lose them in a failover, so they are not acknowledged (refusals moved nothing)."""
+    for i, (call, reply) in enumerate(zip(batch, replies, strict=False)):
+        if call.script in DURABLE and isinstance(reply, list) and reply and reply[0] == "ok":
+            replies[i] = _NotHeld(f"{held_by} of {wanted} replicas confirmed it")
+
+
 def _resolve(calls: list[_Call], replies: list[Any]) -> None:
     lost = [(call, r) for call, r in zip(calls, replies, strict=True) if isinstance(r, _Lost)]
     if lost:
@@ -256,7 +293,10 @@ def _resolve(calls: list[_Call], replies: list[Any]) -> None:
     for (script, _, _, future, _), reply in zip(calls, replies, strict=True):
         if future.done():
             continue
-        if isinstance(reply, BusyLoadingError | ReadOnlyError) or _refused_for_now(reply):
+        if isinstance(reply, _NotHeld):
+            log.warning("movement not confirmed by the replicas", detail=str(reply))
+            future.set_exception(Unavailable(_NOT_HELD))
+        elif isinstance(reply, BusyLoadingError | ReadOnlyError) or _refused_for_now(reply):
             # Loading its AOF after a restart, a replica after a failover, or a primary
             # short of replicas (min-replicas-to-write): nothing ran.
             future.set_exception(Unavailable())
@@ -286,4 +326,8 @@ def _fail(calls: list[_Call], exc: BaseException) -> None:
 
 
 _IDEMPOTENT = "Redis is unavailable; retry with the same id to learn the outcome"
+_NOT_HELD = (
+    "the movement was not confirmed by enough replicas in time (GIFTRELAY_ACK_REPLICAS);"
+    " it may or may not survive a failover: retry with the same id"
+)
 _MAYBE = "Redis is unavailable; this may or may not have taken effect: check, then retry"
