@@ -21,7 +21,7 @@ from redis.asyncio import Redis
 
 from giftrelay.money import keys, rules
 from giftrelay.money.autopipe import AutoPipeline
-from giftrelay.money.catalog import Catalog, Gift
+from giftrelay.money.catalog import Catalog
 from giftrelay.money.common import (
     MoneySettings,
     check_ident,
@@ -29,6 +29,7 @@ from giftrelay.money.common import (
     guard,
     now_ms,
     ok,
+    priced,
 )
 from giftrelay.money.receipts import (
     GiftReceipt,
@@ -134,7 +135,7 @@ class Money(Streams):
         creator: str,
         confirm: bool,
     ) -> asyncio.Future[Any]:
-        item, coins = self._priced(gift, count)
+        item, coins = priced(self.catalog, self.settings.max_gift_count, gift, count)
         diamonds = self._diamonds.get(coins)
         if diamonds is None:
             diamonds = self._diamonds[coins] = rules.diamonds_for(coins, self.diamond_rate)
@@ -195,15 +196,6 @@ class Money(Streams):
             diamonds=credited,
             replayed=bool(replayed),
         )
-
-    def _priced(self, gift: str, count: int) -> tuple[Gift, int]:
-        """The catalog gift and the coins that ``count`` of it cost."""
-        if not 1 <= count <= self.settings.max_gift_count:
-            raise Refused(Code.BAD_REQUEST, f"count must be 1 to {self.settings.max_gift_count}")
-        item = self.catalog.get(gift)
-        if item is None:
-            raise Refused(Code.UNKNOWN_GIFT, f"there is no gift {gift!r} in the catalog")
-        return item, item.coins * count
 
     async def _creator(self, stream: str, *, refresh: bool) -> str:
         """Streams never change creator, so the gift path reads it once per process."""

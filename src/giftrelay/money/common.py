@@ -12,6 +12,7 @@ import structlog
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from giftrelay.money.catalog import Catalog, Gift
 from giftrelay.wire.errors import Code, Refused, Unavailable
 from giftrelay.wire.ids import is_ident, is_request_id
 
@@ -101,3 +102,13 @@ def check_request_id(value: str) -> None:
 def check_title(title: str) -> None:
     if not 0 < len(title) <= 200:
         raise Refused(Code.BAD_REQUEST, "title must be 1-200 characters")
+
+
+def priced(catalog: Catalog, max_count: int, gift: str, count: int) -> tuple[Gift, int]:
+    """The catalog gift and the coins that ``count`` of it cost (a gift and a test alert)."""
+    if not 1 <= count <= max_count:
+        raise Refused(Code.BAD_REQUEST, f"count must be 1 to {max_count}")
+    item = catalog.get(gift)
+    if item is None:
+        raise Refused(Code.UNKNOWN_GIFT, f"there is no gift {gift!r} in the catalog")
+    return item, item.coins * count

@@ -13,8 +13,15 @@ from redis.asyncio import Redis
 
 from giftrelay.money import keys, rules
 from giftrelay.money.autopipe import AutoPipeline
-from giftrelay.money.catalog import Gift
-from giftrelay.money.common import MoneySettings, check_ident, check_title, guard, ok
+from giftrelay.money.catalog import Catalog
+from giftrelay.money.common import (
+    MoneySettings,
+    check_ident,
+    check_title,
+    guard,
+    ok,
+    priced,
+)
 from giftrelay.money.receipts import StreamInfo
 from giftrelay.money.scripts import Script
 from giftrelay.wire import protocol
@@ -30,9 +37,7 @@ class Streams:
     clock: Callable[[], int]
     diamond_rate: Fraction
     _creators: dict[str, str]
-
-    def _priced(self, gift: str, count: int) -> tuple[Gift, int]:
-        raise NotImplementedError  # Money's
+    catalog: Catalog
 
     async def stream_open(self, stream: str, creator: str, title: str) -> StreamInfo:
         check_ident("stream", stream)
@@ -84,7 +89,7 @@ class Streams:
         no leaderboard, no ledger entry.
         """
         check_ident("stream", stream)
-        item, coins = self._priced(gift, count)
+        item, coins = priced(self.catalog, self.settings.max_gift_count, gift, count)
         if coins > self.settings.max_balance:
             # No wallet can pay for it, so no real gift could show it; and its amounts,
             # like every amount a script writes, stay below 10^14 (rules.EXACT_LIMIT).

@@ -22,7 +22,6 @@ if TYPE_CHECKING:
     from giftrelay.config import Settings
     from giftrelay.money.api import Money
     from giftrelay.relay.fanout import Fanout
-    from giftrelay.relay.limits import Buckets
     from giftrelay.relay.session import Perform, Session
 
 
@@ -33,8 +32,6 @@ class Relay(Protocol):
     settings: Settings
     money: Money
     fanout: Fanout
-    catalog_gifts: msgspec.Raw
-    gift_buckets: Buckets
     stopping: bool
 
 
