@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
 import subprocess
 from collections.abc import AsyncIterator, Iterator
@@ -20,11 +19,12 @@ import pytest
 from redis.asyncio import Redis
 
 from giftrelay.config import ConfigError, Settings
-from giftrelay.embedded import RedisServer, free_port
+from giftrelay.embedded import RedisServer
 from giftrelay.money import catalog, keys
 from giftrelay.money.api import Money
 from giftrelay.redis_client import connect
 from giftrelay.wire.errors import Unavailable
+from loadtest.micro.bench_money import start_replica, synced
 
 
 @pytest.fixture
@@ -37,30 +37,13 @@ def primary(tmp_path: Path) -> Iterator[RedisServer]:
 
 @pytest.fixture
 def replica(primary: RedisServer, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """A replica of ``primary``, synced before the test starts."""
-    port = free_port()
-    directory = tmp_path / "replica"
-    directory.mkdir()
-    binary = shutil.which("redis-server")
-    assert binary is not None
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory),
-         "--save", "", "--appendonly", "no", "--replicaof", "127.0.0.1", str(primary.port)],
-        stdout=subprocess.DEVNULL,
-    )  # fmt: skip
-    proc.port = port  # type: ignore[attr-defined]
+    """A replica of ``primary`` (the benchmark's own, so both measure the same setup)."""
+    proc = start_replica(primary, tmp_path / "replica")
     yield proc
     if proc.poll() is None:
         os.kill(proc.pid, signal.SIGCONT)
         proc.terminate()
         proc.wait(10)
-
-
-async def synced(primary: Redis, replicas: int) -> None:
-    """Wait until ``replicas`` replicas are connected and in sync (WAIT answers with them)."""
-    async with asyncio.timeout(20):
-        while await primary.execute_command("WAIT", 0, 0) < replicas:  # noqa: ASYNC110
-            await asyncio.sleep(0.05)
 
 
 @pytest.fixture
@@ -79,12 +62,12 @@ async def money(primary: RedisServer) -> AsyncIterator[Money]:
 async def test_a_gift_is_acknowledged_once_the_replica_holds_it(
     money: Money, replica: subprocess.Popen[bytes]
 ) -> None:
-    await synced(money.redis, 1)
+    await synced(money.redis)
     await money.stream_open("s1", "cre", "t")
     await money.topup("alice", 100, "grant-alice-1")
     receipt = await money.gift("alice", "s1", "rose", 1, "gift-000001")
     assert receipt.balance == 99
-    copy = Redis(port=replica.port, decode_responses=True)  # type: ignore[attr-defined]
+    copy = Redis(port=replica_port(replica), decode_responses=True)
     try:
         # Acknowledged means held: the replica has it already, no waiting here.
         assert await copy.hget(keys.wallet("alice"), "coins") == "99"
@@ -97,7 +80,7 @@ async def test_a_gift_is_acknowledged_once_the_replica_holds_it(
 async def test_a_gift_no_replica_confirms_is_unavailable_and_its_retry_is_the_one_outcome(
     money: Money, replica: subprocess.Popen[bytes]
 ) -> None:
-    await synced(money.redis, 1)
+    await synced(money.redis)
     await money.stream_open("s1", "cre", "t")
     await money.topup("alice", 100, "grant-alice-1")
     os.kill(replica.pid, signal.SIGSTOP)  # the replica stops acknowledging
@@ -109,7 +92,7 @@ async def test_a_gift_no_replica_confirms_is_unavailable_and_its_retry_is_the_on
         assert loop.time() - started < 1.0  # within the ack time-out (0.3 s), not a hang
     finally:
         os.kill(replica.pid, signal.SIGCONT)
-    await synced(money.redis, 1)
+    await synced(money.redis)
     retried = await money.gift("alice", "s1", "rose", 1, "gift-000002")
     assert (retried.replayed, retried.balance) == (True, 99)  # it ran once, the first time
     assert (await money.balance("alice")).coins == 99
@@ -132,3 +115,8 @@ async def test_without_the_setting_no_wait_is_sent(primary: RedisServer) -> None
 def test_an_ack_timeout_past_the_request_timeout_is_refused_naming_both() -> None:
     with pytest.raises(ConfigError, match=r"GIFTRELAY_ACK_TIMEOUT.*GIFTRELAY_REQUEST_TIMEOUT"):
         Settings.load({"GIFTRELAY_ACK_REPLICAS": "1", "GIFTRELAY_ACK_TIMEOUT": "2"})
+
+
+def replica_port(proc: subprocess.Popen[bytes]) -> int:
+    argv = [str(a) for a in proc.args]  # type: ignore[union-attr]
+    return int(argv[argv.index("--port") + 1])
