@@ -15,6 +15,7 @@ from giftrelay.money import catalog, keys
 from giftrelay.money.api import Money
 from giftrelay.money.autopipe import AutoPipeline
 from giftrelay.money.receipts import GiftReceipt
+from giftrelay.money.shards import Router
 from giftrelay.redis_client import connect
 from giftrelay.wire.errors import Unavailable
 
@@ -36,7 +37,8 @@ class CountingPipeline(AutoPipeline):
 async def test_concurrent_calls_share_round_trips(money: Money, redis: Redis) -> None:
     await money.stream_open("s1", "bob", "t")
     await money.topup("alice", 10_000, "receipt-alice-1")
-    money.pipe = counting = CountingPipeline(redis)
+    counting = CountingPipeline(redis)
+    money.pipe = Router(counting)
     await asyncio.gather(
         *(money.gift("alice", "s1", "rose", 1, f"gift-{i:06d}") for i in range(500))
     )
@@ -46,7 +48,8 @@ async def test_concurrent_calls_share_round_trips(money: Money, redis: Redis) ->
 
 
 async def test_a_lone_call_is_sent_alone(money: Money, redis: Redis) -> None:
-    money.pipe = counting = CountingPipeline(redis)
+    counting = CountingPipeline(redis)
+    money.pipe = Router(counting)
     await money.topup("alice", 5, "receipt-alice-1")
     await money.topup("alice", 5, "receipt-alice-2")
     assert counting.sizes == [1, 1]
@@ -154,7 +157,8 @@ async def test_a_broken_connection_resends_the_gift_but_never_the_cap(
         await money.stream_open("s1", "bob", "t")
         await money.topup("alice", 100, "receipt-alice-1")
         await money.gift("alice", "s1", "rose", 1, "gift-warm-0001")  # caches s1's creator
-        money.pipe = counting = CountingPipeline(via_proxy)
+        counting = CountingPipeline(via_proxy)
+        money.pipe = Router(counting)
         ledger_before = await redis.xlen(keys.LEDGER)
 
         cutter.armed = True

@@ -122,7 +122,7 @@ async def test_no_leak_after_many_connect_disconnect_cycles(
         fanout = h.relay.fanout
 
         async def counts() -> dict[str, int]:
-            numsub = (await redis.pubsub_numsub(keys.channel("cyc")))[0][1]
+            numsub = (await redis.pubsub_shardnumsub(keys.channel("cyc")))[0][1]
             return {
                 "tasks": len(asyncio.all_tasks()),
                 "sessions": len(h.relay.sessions),

@@ -245,8 +245,9 @@ async def test_the_payout_script_refuses_cash_the_ledger_cannot_hold(
     await redis.hset(keys.wallet("cre"), "diamonds", 5000)
     before = await dump(redis)
     args: list[Any] = ["payout-direct-1", "cre", 5000, rules.EXACT_LIMIT, 0, 2000, 1, 60_000]
+    args += [0, "EUR", keys.LEDGER]  # not verified, the currency, the ledger (a shard key)
     reply = await redis.evalsha(
-        SCRIPTS.sha[Script.PAYOUT], 3, keys.wallet("cre"), "idem:{cre}:p:x", keys.LEDGER, *args
+        SCRIPTS.sha[Script.PAYOUT], 2, keys.wallet("cre"), "idem:{cre}:p:x", *args
     )
     assert reply[:2] == ["err", "internal"]
     assert "out of range" in reply[2]

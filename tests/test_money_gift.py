@@ -52,7 +52,7 @@ async def test_gift_debits_credits_and_records_everywhere(
 ) -> None:
     await live.topup("alice", 1000, "receipt-alice-1")
     pubsub = redis.pubsub()
-    await pubsub.subscribe(keys.channel("s1"))
+    await pubsub.ssubscribe(keys.channel("s1"))
     await pubsub.get_message(timeout=1)  # the subscribe confirmation
 
     receipt = await live.gift("alice", "s1", "heart", 3, "gift-abcdef01")

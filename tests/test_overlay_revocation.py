@@ -41,7 +41,7 @@ async def test_a_revocation_missed_while_the_channel_was_down_closes_the_overlay
         revoked_at = time.time_ns() // 1_000_000
         async with redis.pipeline(transaction=True) as tx:
             tx.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
-            tx.pubsub_numsub(keys.channel("s1"))
+            tx.pubsub_shardnumsub(keys.channel("s1"))
             tx.evalsha(
                 SCRIPTS.sha[Script.REVOKE_OVERLAYS],
                 2,

@@ -194,7 +194,7 @@ async def test_recover_first_writes_what_only_redis_holds(redis: Redis, store: S
 
 async def test_recover_refuses_while_a_relay_is_subscribed(redis: Redis, store: Store) -> None:
     pubsub = redis.pubsub()
-    await pubsub.subscribe(keys.channel("s1"))
+    await pubsub.ssubscribe(keys.channel("s1"))
     try:
         with pytest.raises(RecoverRefused, match="relay"):
             await recover(redis, store, retention_ms=RETENTION_MS)
@@ -222,7 +222,7 @@ async def test_the_recover_command_refuses_in_one_line_then_recovers(
     await money.stream_open("s1", "creator", "t")
     await money.topup("carol", 40, "receipt-0004")
     pubsub = redis.pubsub()
-    await pubsub.subscribe(keys.channel("s1"))  # a relay still running
+    await pubsub.ssubscribe(keys.channel("s1"))  # a relay still running
     try:
         refused = await asyncio.to_thread(_giftrelay, "recover", url=redis_server.url, store=store)
     finally:

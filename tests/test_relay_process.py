@@ -69,7 +69,7 @@ async def test_two_workers_fan_out_to_every_viewer(
             assert (await v.join("s1"))["type"] == "joined"
         # A join is answered once its worker is subscribed; the kernel spread the viewers
         # over both workers, so the channel has exactly 2 subscribers, one per worker.
-        assert (await redis.pubsub_numsub("ev:{s1}"))[0][1] == 2
+        assert (await redis.pubsub_shardnumsub("ev:{s1}"))[0][1] == 2
         alice = await Client.open(url, token("alice"))
         replies = await asyncio.gather(
             *(

@@ -168,7 +168,7 @@ async def test_a_slow_reader_closed_leaves_no_room_behind(
         async with asyncio.timeout(10):
             while "s1" in h.relay.fanout.rooms:  # noqa: ASYNC110 - the beat drops idle rooms
                 await asyncio.sleep(0.05)
-        assert (await redis.pubsub_numsub("ev:{s1}"))[0][1] == 0
+        assert (await redis.pubsub_shardnumsub("ev:{s1}"))[0][1] == 0
 
 
 async def test_shutdown_answers_inline_requests_and_gifts_waiting_for_a_slot(

@@ -39,6 +39,7 @@ from giftrelay.money import catalog, keys
 from giftrelay.money.api import Money
 from giftrelay.money.autopipe import AutoPipeline
 from giftrelay.money.scripts import SCRIPTS, Script
+from giftrelay.money.shards import Router
 from giftrelay.redis_client import connect
 
 console = Console()
@@ -180,7 +181,7 @@ async def run(gifts: int, callers: int, *, replica: bool = False) -> None:
 
         await _setup(money, callers)
         unbatched = Money(redis, settings, catalog.load())
-        unbatched.pipe = AutoPipeline(redis, max_batch=1, max_inflight=callers)
+        unbatched.pipe = Router(AutoPipeline(redis, max_batch=1, max_inflight=callers))
         results.append(
             await concurrent(unbatched, gifts, callers, f"{callers} callers, unbatched", "u")
         )

@@ -276,7 +276,8 @@ def _explain(message: str) -> str:
 
 REDIS_URL_FORMS = (
     "redis://[:password@]host[:port][/db], rediss://... (TLS), unix:///path/to/redis.sock "
-    "or redis+sentinel://host:26379[,host2:26379]/service[/db], db 0-15"
+    "or redis+sentinel://host:26379[,host2:26379]/service[/db], db 0-15, "
+    "or redis+cluster://host:port[,host2:port]"
 )
 
 
@@ -286,6 +287,8 @@ def check_redis_url(url: str) -> None:
     problem = ""
     if parts.scheme == "redis+sentinel":
         problem = _sentinel_problem(url)
+    elif parts.scheme == "redis+cluster":
+        problem = _cluster_problem(url)
     elif parts.scheme not in ("redis", "rediss", "unix"):
         problem = "is not a Redis URL"
     elif parts.scheme != "unix" and not parts.hostname:
@@ -315,6 +318,16 @@ def _sentinel_problem(url: str) -> str:
         SentinelURL(url)
     except ValueError as exc:
         return f"is not a Sentinel URL ({str(exc).partition(':')[0]})"
+    return ""
+
+
+def _cluster_problem(url: str) -> str:
+    from giftrelay.redis_client import ClusterURL
+
+    try:
+        ClusterURL(url)
+    except ValueError as exc:
+        return f"is not a cluster URL ({str(exc).partition(':')[0]})"
     return ""
 
 

@@ -2,21 +2,25 @@
 
 ``GIFTRELAY_REDIS_URL`` is ``redis://[:password@]host:port/db``, or, through Sentinel,
 ``redis+sentinel://[:password@]host:26379,host2:26379/service/db``: the client asks
-the Sentinels for the service's primary and asks again after a failover.
+the Sentinels for the service's primary and asks again after a failover. On a Redis
+Cluster it is ``redis+cluster://[:password@]host:port[,host:port...]`` (any nodes: the
+client learns the rest and follows slots as they move).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 SENTINEL_SCHEME = "redis+sentinel"
+CLUSTER_SCHEME = "redis+cluster"
 MAX_CONNECTIONS = 256
 """Connections one client keeps to Redis at most (gifts share a few; reads take one each)."""
 
@@ -42,6 +46,30 @@ class SentinelURL:
             raise ValueError(f"name the Sentinel service: {SENTINEL_SCHEME}://host:26379/mymaster")
         self.service = path[0]
         self.db = int(path[1]) if len(path) > 1 else 0
+
+
+class ClusterURL:
+    """A parsed ``redis+cluster://`` URL: the nodes to start from, and a password."""
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        if parts.scheme != CLUSTER_SCHEME:
+            raise ValueError(f"not a {CLUSTER_SCHEME}:// URL: {url!r}")
+        userinfo, _, hosts = parts.netloc.rpartition("@")
+        self.password = unquote(userinfo.partition(":")[2]) or None
+        self.nodes: list[tuple[str, int]] = []
+        for item in hosts.split(","):
+            host, _, port = item.rpartition(":") if ":" in item else (item, "", "6379")
+            if not host:
+                raise ValueError(f"a cluster node needs a host: {item!r} in {url!r}")
+            self.nodes.append((host, int(port or 6379)))
+        if parts.path not in ("", "/", "/0"):
+            raise ValueError(f"a cluster has database 0 only: {url!r}")
+
+
+def is_cluster(redis: Redis) -> bool:
+    """Whether ``redis`` is a Redis Cluster client (see :func:`connect`)."""
+    return isinstance(redis, RedisCluster)
 
 
 def connect(
@@ -70,6 +98,20 @@ def connect(
     }
     if timeout is not None:
         options["health_check_interval"] = 30
+    if url.startswith(CLUSTER_SCHEME + "://"):
+        nodes = ClusterURL(url)
+        options.pop("retry")  # the cluster client retries on another node by itself
+        cluster = RedisCluster(
+            startup_nodes=[ClusterNode(host, port) for host, port in nodes.nodes],
+            password=nodes.password,
+            max_connections=MAX_CONNECTIONS,
+            cluster_error_retry_attempts=3,
+            **options,
+        )
+        # The commands giftrelay sends take the same arguments on both clients; where
+        # a cluster needs another way (scripts, pub/sub, scans), the caller asks
+        # is_cluster() and goes per node.
+        return cast(Redis, cluster)
     if url.startswith(SENTINEL_SCHEME + "://"):
         options["max_connections"] = MAX_CONNECTIONS
         target = SentinelURL(url)

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
 import structlog
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from giftrelay.money import keys, rules
 from giftrelay.money.autopipe import AutoPipeline
@@ -37,8 +39,10 @@ from giftrelay.money.receipts import (
     PayoutReceipt,
     TopupReceipt,
 )
-from giftrelay.money.scripts import SCRIPTS, Script
+from giftrelay.money.scripts import Script
+from giftrelay.money.shards import ClusterRouter, Router
 from giftrelay.money.streams import Streams
+from giftrelay.money.transfers import Steps
 from giftrelay.wire import protocol
 from giftrelay.wire.errors import Code, Refused
 
@@ -65,11 +69,21 @@ class Money(Streams):
         self.settings = settings
         self.catalog = catalog
         self.clock = clock
-        self.pipe = AutoPipeline(
-            redis,
-            ack_replicas=settings.ack_replicas,
-            ack_timeout_ms=round(settings.ack_timeout * 1000),
-        )
+        replicas, timeout_ms = settings.ack_replicas, round(settings.ack_timeout * 1000)
+        self.steps: Steps | None = None
+        """On a Redis Cluster, the gift's second and third steps (see money.transfers)."""
+        if isinstance(redis, RedisCluster):
+            self.pipe: Router = ClusterRouter(
+                redis, ack_replicas=replicas, ack_timeout_ms=timeout_ms
+            )
+            self.steps = Steps(self.pipe, redis, settings)
+        else:
+            self.pipe = Router(
+                AutoPipeline(redis, ack_replicas=replicas, ack_timeout_ms=timeout_ms)
+            )
+        self._live_until: dict[str, float] = {}
+        """On a cluster, streams found live, until when (monotonic): the viewer's step of
+        a gift cannot see the stream's slot, so the caller looks first (at most each second)."""
         self.diamond_rate = settings.diamond_rate  # parsed once, not on every gift
         self._creators: dict[str, str] = {}
         self._diamonds: dict[int, int] = {}
@@ -77,10 +91,12 @@ class Money(Streams):
 
     async def start(self) -> None:
         """Load the scripts into Redis (they are loaded again by themselves if Redis forgets)."""
-        await guard(SCRIPTS.load(self.redis))
+        await guard(self.pipe.start())
 
     async def aclose(self) -> None:
         await self.pipe.aclose()
+        if self.steps is not None:
+            await self.steps.aclose()
 
     # -- gifts -----------------------------------------------------------------------------
 
@@ -98,6 +114,14 @@ class Money(Streams):
         check_ident("viewer", viewer)
         check_ident("stream", stream)
         check_request_id(request_id)
+        if self.steps is not None:
+            creator, state = await self._stream_state(stream)
+            reply = await self._cluster_gift(
+                viewer, stream, gift, count, request_id, creator, confirm, state
+            )
+            receipt = self.gift_receipt(reply, stream, request_id)
+            assert receipt is not None  # the cluster's steps never ask to re-read the creator
+            return receipt
         for attempt in range(2):
             creator = await self._creator(stream, refresh=attempt > 0)
             reply = await self._gift_call(viewer, stream, gift, count, request_id, creator, confirm)
@@ -123,6 +147,10 @@ class Money(Streams):
         creator = self._creators.get(stream)
         if creator is None:
             return None
+        if self.steps is not None:
+            if self._live_until.get(stream, 0.0) < time.monotonic():
+                return None
+            return self._cluster_gift(viewer, stream, gift, count, request_id, creator, confirm)
         return self._gift_call(viewer, stream, gift, count, request_id, creator, confirm)
 
     def _gift_call(
@@ -178,6 +206,65 @@ class Money(Streams):
             idempotent=True,  # by the viewer's request id
         )
 
+    def _cluster_gift(
+        self,
+        viewer: str,
+        stream: str,
+        gift: str,
+        count: int,
+        request_id: str,
+        creator: str,
+        confirm: bool,
+        state: str = "",
+    ) -> asyncio.Future[Any]:
+        """On a cluster, the gift's three steps (money.transfers); the future of a reply
+        shaped as gift.lua's. ``state``: '' for a live stream, else the refusal a gift
+        that is no retry gets ('stream_not_live', 'unknown_stream')."""
+        assert self.steps is not None
+        item, coins = priced(self.catalog, self.settings.max_gift_count, gift, count)
+        diamonds = rules.diamonds_for(coins, self.diamond_rate)
+        now = self.clock()
+        debit = self.pipe.submit(
+            Script.GIFT_DEBIT,
+            [
+                keys.wallet(viewer),
+                keys.gift_idem(viewer, request_id),
+                keys.spending(viewer, now // rules.DAY_MS),
+            ],
+            [
+                request_id,
+                viewer,
+                creator,
+                stream,
+                gift,
+                item.name,
+                count,
+                coins,
+                diamonds,
+                int(item.streakable),
+                now,
+                self.settings.idempotency_ttl * 1000,
+                int(confirm),
+                state,
+            ],
+            idempotent=True,  # by the viewer's request id
+            shard=(keys.outbox,),
+        )
+        return self.steps.after_debit(debit)
+
+    async def _stream_state(self, stream: str) -> tuple[str, str]:
+        """On a cluster: the stream's creator ('' if none), and '' if it is live, else the
+        refusal a new gift gets. A live stream is remembered for a second."""
+        creator, status = await guard(self.redis.hmget(keys.stream(stream), ["creator", "status"]))
+        if creator is None:
+            return "", Code.UNKNOWN_STREAM
+        self._creators[stream] = str(creator)
+        if status != "live":
+            self._live_until.pop(stream, None)
+            return str(creator), Code.STREAM_NOT_LIVE
+        self._live_until[stream] = time.monotonic() + 1.0
+        return str(creator), ""
+
     def gift_receipt(self, reply: list[Any], stream: str, request_id: str) -> GiftReceipt | None:
         """The gift script's reply as a receipt; None when the stream's creator changed
         under the cache (:meth:`gift` reads it again and retries); raises its refusal."""
@@ -216,9 +303,25 @@ class Money(Streams):
         check_request_id(receipt)
         if not 1 <= coins <= self.settings.max_balance:
             raise Refused(Code.BAD_REQUEST, f"coins must be 1 to {self.settings.max_balance}")
+        record = keys.topup_idem(receipt)
+        if self.pipe.cluster:  # the receipt's slot is another: claim it there first
+            claim = await self.pipe.call(
+                Script.TOPUP_CLAIM,
+                [record],
+                [
+                    user,
+                    coins,
+                    "" if package is None else package.package,
+                    "" if package is None else package.region,
+                    self.settings.receipt_ttl * 1000,
+                ],
+                idempotent=True,  # claims the receipt for this top-up, or finds it claimed
+            )
+            ok(claim, "topup")
+            record = keys.topup_credit(user, receipt)
         reply = await self.pipe.call(
             Script.TOPUP,
-            [keys.wallet(user), keys.topup_idem(receipt), keys.LEDGER],
+            [keys.wallet(user), record],
             [
                 receipt,
                 user,
@@ -233,6 +336,7 @@ class Money(Streams):
                 ),
             ],
             idempotent=True,  # by the payment receipt
+            shard=(keys.ledger,),
         )
         _, balance, replayed = ok(reply, "topup")
         return TopupReceipt(user=user, coins=balance, replayed=bool(replayed))
@@ -260,7 +364,7 @@ class Money(Streams):
         quote = rules.payout_quote(diamonds, self.settings.cent_rate, self.settings.fee_rate)
         reply = await self.pipe.call(
             Script.PAYOUT,
-            [keys.wallet(creator), keys.payout_idem(creator, request_id), keys.LEDGER],
+            [keys.wallet(creator), keys.payout_idem(creator, request_id)],
             [
                 request_id,
                 creator,
@@ -274,6 +378,7 @@ class Money(Streams):
                 self.settings.payout_currency,
             ],
             idempotent=True,  # by the creator's request id
+            shard=(keys.ledger,),
         )
         _, paid, cash, fee, left, replayed = ok(reply, "payout")
         return PayoutReceipt(
@@ -293,9 +398,10 @@ class Money(Streams):
         cap = "" if daily_coins is None else daily_coins
         reply = await self.pipe.call(
             Script.SET_CAP,
-            [keys.wallet(user), keys.LEDGER],
+            [keys.wallet(user)],
             [user, cap, self.clock()],
             idempotent=False,  # no id: each run appends a cap entry to the ledger
+            shard=(keys.ledger,),
         )
         ok(reply, "set_cap")
         return daily_coins
@@ -308,9 +414,10 @@ class Money(Streams):
             raise Refused(Code.BAD_REQUEST, f"coins must be 0 to {self.settings.max_balance}")
         reply = await self.pipe.call(
             Script.SET_CONFIRM,
-            [keys.wallet(user), keys.LEDGER],
+            [keys.wallet(user)],
             [user, "" if coins is None else coins, self.clock()],
             idempotent=False,  # no id: each run appends a confirm entry to the ledger
+            shard=(keys.ledger,),
         )
         ok(reply, "set_confirm")
         return coins
@@ -329,9 +436,10 @@ class Money(Streams):
             raise Refused(Code.BAD_REQUEST, f"minutes must be 1 to {rules.MAX_COOLDOWN_MINUTES}")
         reply = await self.pipe.call(
             Script.SET_COOLDOWN,
-            [keys.wallet(user), keys.LEDGER],
+            [keys.wallet(user)],
             [user, "" if coins is None else coins, minutes or "", self.clock()],
             idempotent=False,  # no id: each run appends a cooldown entry to the ledger
+            shard=(keys.ledger,),
         )
         ok(reply, "set_cooldown")
         return coins, minutes

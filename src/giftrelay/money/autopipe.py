@@ -21,7 +21,16 @@ import hiredis
 import structlog
 from redis._parsers.hiredis import NOT_ENOUGH_DATA  # the reader's own sentinel
 from redis.asyncio import Redis
-from redis.exceptions import BusyLoadingError, NoScriptError, ReadOnlyError, ResponseError
+from redis.exceptions import (
+    AskError,
+    BusyLoadingError,
+    ClusterDownError,
+    MovedError,
+    NoScriptError,
+    ReadOnlyError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -38,6 +47,8 @@ class _Call(NamedTuple):
     future: asyncio.Future[Any]
     idempotent: bool
     """Safe to send again when it may already have run (see :meth:`AutoPipeline.call`)."""
+    asking: bool = False
+    """Preceded by ``ASKING``: on a Redis Cluster, for a slot this node is importing."""
 
 
 class _Broken(Exception):
@@ -99,13 +110,20 @@ class AutoPipeline:
         return await self.submit(script, keys, args, idempotent=idempotent)
 
     def submit(
-        self, script: Script, keys: list[str], args: list[str | int], *, idempotent: bool
+        self,
+        script: Script,
+        keys: list[str],
+        args: list[str | int],
+        *,
+        idempotent: bool,
+        asking: bool = False,
     ) -> asyncio.Future[Any]:
         """:meth:`call` without a coroutine: the future of its reply, for callers that
-        would rather be called back than keep a task per call (the relay's gifts)."""
+        would rather be called back than keep a task per call (the relay's gifts).
+        ``asking``: send ``ASKING`` first (a cluster slot this node is importing)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._pending.append(_Call(script, keys, args, future, idempotent))
+        self._pending.append(_Call(script, keys, args, future, idempotent, asking))
         if not self._scheduled:
             self._scheduled = True
             loop.call_soon(self._flush)
@@ -196,11 +214,8 @@ class AutoPipeline:
 
     async def _round(self, batch: list[_Call]) -> list[Any]:
         """Send the calls, read one reply each; :class:`_Broken` when the connection fails."""
-        packed = b"".join(
-            # hiredis's stub types the tuple as one item; it takes any number.
-            hiredis.pack_command(("EVALSHA", SCRIPTS.sha[c.script], len(c.keys), *c.keys, *c.args))  # type: ignore[arg-type]
-            for c in batch
-        )
+        packed = b"".join((_ASKING if c.asking else b"") + _evalsha(c) for c in batch)
+        asked = sum(c.asking for c in batch)
         durable = self.ack_replicas > 0 and any(c.script in DURABLE for c in batch)
         if durable:  # one WAIT a pipeline, not one a movement
             packed += hiredis.pack_command(("WAIT", self.ack_replicas, self.ack_timeout_ms))  # type: ignore[arg-type]
@@ -213,7 +228,7 @@ class AutoPipeline:
         try:
             await conn.send_packed_command(packed)
             reader = getattr(conn._parser, "_reader", None)
-            expected = len(batch) + durable
+            expected = len(batch) + durable + asked
             if type(reader) is hiredis.Reader:
                 await _read_all(conn, reader, expected, replies)
             else:  # pragma: no cover - another parser than hiredis: one reply at a time
@@ -222,6 +237,8 @@ class AutoPipeline:
                         replies.append(await conn.read_response())
                     except ResponseError as exc:  # one script's error: the others stand
                         replies.append(exc)
+            if asked:
+                replies = _without_asking(batch, replies)
             if durable:
                 held_by = replies.pop()
                 if not isinstance(held_by, int) or held_by < self.ack_replicas:
@@ -249,6 +266,28 @@ class AutoPipeline:
                 await asyncio.sleep(0)
 
 
+def _evalsha(c: _Call) -> bytes:
+    # hiredis's stub types the tuple as one item; it takes any number.
+    command = ("EVALSHA", SCRIPTS.sha[c.script], len(c.keys), *c.keys, *c.args)
+    packed: bytes = hiredis.pack_command(command)  # type: ignore[arg-type]
+    return packed
+
+
+_ASKING: bytes = hiredis.pack_command(("ASKING",))
+
+
+def _without_asking(batch: list[_Call], replies: list[Any]) -> list[Any]:
+    """The replies with those of the ``ASKING`` commands taken out."""
+    out: list[Any] = []
+    it = iter(replies)
+    for call in batch:
+        if call.asking:
+            next(it, None)
+        out.append(next(it))
+    out.extend(it)  # the WAIT's, if any
+    return out
+
+
 async def _read_all(conn: Any, reader: hiredis.Reader, n: int, replies: list[Any]) -> None:
     """Read ``n`` replies into ``replies`` within one socket time-out for them all.
 
@@ -270,7 +309,17 @@ async def _read_all(conn: Any, reader: hiredis.Reader, n: int, replies: list[Any
         raise RedisTimeoutError("Timeout reading from Redis") from exc
 
 
-DURABLE = frozenset({Script.GIFT, Script.TOPUP, Script.PAYOUT, Script.CHARGEBACK})
+DURABLE = frozenset(
+    {
+        Script.GIFT,
+        Script.GIFT_DEBIT,
+        Script.GIFT_APPLY,
+        Script.GIFT_CREDIT,
+        Script.TOPUP,
+        Script.PAYOUT,
+        Script.CHARGEBACK,
+    }
+)
 """The scripts whose replies wait for ``ack_replicas`` (GIFTRELAY_ACK_REPLICAS)."""
 
 
@@ -290,10 +339,13 @@ def _resolve(calls: list[_Call], replies: list[Any]) -> None:
     lost = [(call, r) for call, r in zip(calls, replies, strict=True) if isinstance(r, _Lost)]
     if lost:
         _fail([call for call, _ in lost], lost[0][1].cause)
-    for (script, _, _, future, _), reply in zip(calls, replies, strict=True):
+    for call, reply in zip(calls, replies, strict=True):
+        script, future = call.script, call.future
         if future.done():
             continue
-        if isinstance(reply, _NotHeld):
+        if isinstance(reply, _REDIRECTS) or _non_local(reply):
+            future.set_exception(Misrouted(reply))  # nothing ran: the cluster router resends
+        elif isinstance(reply, _NotHeld):
             log.warning("movement not confirmed by the replicas", detail=str(reply))
             future.set_exception(Unavailable(_NOT_HELD))
         elif isinstance(reply, BusyLoadingError | ReadOnlyError) or _refused_for_now(reply):
@@ -305,6 +357,25 @@ def _resolve(calls: list[_Call], replies: list[Any]) -> None:
             future.set_exception(Refused(Code.INTERNAL))
         else:
             future.set_result(reply)
+
+
+class Misrouted(Exception):
+    """On a Redis Cluster: the call reached a node that does not hold its slot (``MOVED``,
+    ``ASK``), or a slot in migration or a cluster without quorum refused it for now
+    (``TRYAGAIN``, ``CLUSTERDOWN``), or its shard key is no longer this node's. Nothing
+    ran; the router (:mod:`giftrelay.money.shards`) sends it again where it belongs."""
+
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+_REDIRECTS = (MovedError, AskError, TryAgainError, ClusterDownError)
+
+
+def _non_local(reply: Any) -> bool:
+    """A script touched a shard key its node does not hold (before any write)."""
+    return isinstance(reply, ResponseError) and "non local key" in str(reply)
 
 
 def _refused_for_now(reply: Any) -> bool:

@@ -17,6 +17,44 @@ LEDGER_GROUP = "ledger-writers"
 LEDGER_DEAD = "ledger:dead"
 """Stream of ledger entries that failed too often, with the reason, for a person to look at."""
 
+BUCKETS = 64
+"""On a Redis Cluster the ledger stream and the outbox come in this many copies, the
+*buckets*. A script may touch one slot's keys only, plus keys of other slots its node
+owns: it writes the ledger and the outbox of a bucket its own node holds. Bucket ``b``'s
+tag hashes to slot ``256 * b``, so any node owning 256 contiguous slots owns a bucket."""
+
+BUCKET_TAGS = (
+    "b00.96", "b01.hhp", "b02.cmg", "b03.bib", "b04.euy", "b05.d5t", "b06.otk", "b07.fyv",
+    "b08.b86", "b09.zs3", "b10.z22", "b11.by7", "b12.aqx", "b13.h8m", "b14.vo6", "b15.wk3",
+    "b16.a8k", "b17.h5v", "b18.h8s", "b19.aqf", "b20.7kl", "b21.ce9", "b22.5cf", "b23.6s",
+    "b24.j05", "b25.kp8", "b26.q37", "b27.ix2", "b28.axo", "b29.hur", "b30.h4s", "b31.a9n",
+    "b32.lcx", "b33.ene", "b34.b26", "b35.c63", "b36.hsl", "b37.iwi", "b38.ast", "b39.qua",
+    "b40.byb", "b41.c9o", "b42.hxp", "b43.aum", "b44.fiv", "b45.gms", "b46.lhd", "b47.eey",
+    "b48.aq3", "b49.are5", "b50.5zo", "b51.a02", "b52.jum", "b53.cxp", "b54.ol", "b55.mm6",
+    "b56.jit", "b57.cdi", "b58.cil", "b59.bmi", "b60.x23", "b61.hl", "b62.cu9", "b63.b54",
+)  # fmt: skip
+"""Tag ``b`` hashes to slot ``256 * b`` (found by search; tests/test_keys.py checks them)."""
+
+BUCKET_SLOT_SPAN = 16384 // BUCKETS
+
+
+def ledger(bucket: int | None) -> str:
+    """The ledger stream a script writes: ``ledger`` on one Redis, a bucket's on a cluster."""
+    return LEDGER if bucket is None else f"ledger:{{{BUCKET_TAGS[bucket]}}}"
+
+
+def outbox(bucket: int | None) -> str:
+    """Stream: on a cluster, gifts whose coins moved and whose other half (the stream's
+    totals and event, the creator's diamonds) is still to apply; entry ``t`` the transfer."""
+    return f"out:{{{BUCKET_TAGS[bucket or 0]}}}"
+
+
+LEDGERS = tuple(ledger(b) for b in range(BUCKETS))
+"""Every bucket's ledger stream, on a cluster."""
+
+OUTBOXES = tuple(outbox(b) for b in range(BUCKETS))
+"""Every bucket's outbox, on a cluster."""
+
 
 def wallet(user: str) -> str:
     """Hash: coins, diamonds, spent_day, spent, cap, verified (ms, when a creator was verified),
@@ -46,6 +84,27 @@ SPENDING = "sp:{*}:*"
 def gift_idem(viewer: str, request_id: str) -> str:
     """String: the fingerprint and first reply of a gift request."""
     return f"idem:{{{viewer}}}:g:{request_id}"
+
+
+def applied(stream_id: str, viewer: str, request_id: str) -> str:
+    """String: on a cluster, a gift applied to its stream (offset, combo); the stream's slot."""
+    return f"xf:{{{stream_id}}}:a:{viewer}:{request_id}"
+
+
+def credited(creator: str, viewer: str, request_id: str) -> str:
+    """String: on a cluster, a gift credited to its creator (diamonds after); the creator's slot."""
+    return f"xf:{{{creator}}}:c:{viewer}:{request_id}"
+
+
+def topup_credit(user: str, receipt: str) -> str:
+    """String: on a cluster, a receipt credited to the user's wallet (the user's slot; the
+    receipt's own record, :func:`topup_idem`, claims it for one user and amount)."""
+    return f"idem:{{{user}}}:t:{receipt}"
+
+
+def chargeback_record(user: str, receipt: str) -> str:
+    """String: on a cluster, a receipt's chargeback, once applied (the user's slot)."""
+    return f"idem:{{{user}}}:cb:{receipt}"
 
 
 def payout_idem(creator: str, request_id: str) -> str:

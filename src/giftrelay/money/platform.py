@@ -69,14 +69,16 @@ class Platform:
         if len(reason) > MAX_REASON:
             raise Refused(Code.BAD_REQUEST, f"reason must be at most {MAX_REASON} characters")
         settings = self.money.settings
+        records = (
+            # On a cluster, the records on the user's slot (the top-up's credit, and the
+            # chargeback's own): a receipt credits one user only (its claim says which).
+            (keys.topup_credit(user, receipt), keys.chargeback_record(user, receipt))
+            if self.money.pipe.cluster
+            else (keys.topup_idem(receipt), keys.chargeback_idem(receipt))
+        )
         reply = await self.money.pipe.call(
             Script.CHARGEBACK,
-            [
-                keys.wallet(user),
-                keys.topup_idem(receipt),
-                keys.chargeback_idem(receipt),
-                keys.LEDGER,
-            ],
+            [keys.wallet(user), *records],
             [
                 receipt,
                 user,
@@ -86,6 +88,7 @@ class Platform:
                 settings.receipt_ttl * 1000,
             ],
             idempotent=True,  # by the receipt
+            shard=(keys.ledger,),
         )
         if reply[0] == "err" and reply[1] == "stale_user":
             raise Refused(Code.INTERNAL, f"receipt {receipt} credited {reply[2]}, not {user}")
@@ -103,13 +106,25 @@ class Platform:
         check_ident("creator", creator)
         if len(reference) > MAX_REASON:
             raise Refused(Code.BAD_REQUEST, f"reference must be at most {MAX_REASON} characters")
+        cluster = self.money.pipe.cluster
         reply = await self.money.pipe.call(
             Script.VERIFY,
-            [keys.wallet(creator), keys.VERIFIED, keys.LEDGER],
+            # On a cluster the set is on another slot: updated after (an index of the
+            # wallets' field, which is the record).
+            [keys.wallet(creator)] if cluster else [keys.wallet(creator), keys.VERIFIED],
             [creator, int(verified), reference, self.money.clock()],
             idempotent=False,  # no id: each run records a change in the ledger
+            shard=(keys.ledger,),
         )
-        return int(ok(reply, "verify")[1])
+        since = int(ok(reply, "verify")[1])
+        if cluster:
+            redis = self.money.redis
+            await guard(
+                redis.sadd(keys.VERIFIED, creator)
+                if verified
+                else redis.srem(keys.VERIFIED, creator)
+            )
+        return since
 
     async def verified_since(self, creator: str) -> int | None:
         """When the creator's verification was recorded (ms), or None."""

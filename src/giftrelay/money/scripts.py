@@ -15,6 +15,10 @@ from redis.asyncio import Redis
 
 class Script(enum.Enum):
     GIFT = "gift"
+    GIFT_DEBIT = "gift_debit"
+    GIFT_APPLY = "gift_apply"
+    GIFT_CREDIT = "gift_credit"
+    TOPUP_CLAIM = "topup_claim"
     TOPUP = "topup"
     PAYOUT = "payout"
     CHARGEBACK = "chargeback"

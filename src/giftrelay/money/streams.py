@@ -12,7 +12,6 @@ from typing import cast
 from redis.asyncio import Redis
 
 from giftrelay.money import keys, rules
-from giftrelay.money.autopipe import AutoPipeline
 from giftrelay.money.catalog import Catalog
 from giftrelay.money.common import (
     MoneySettings,
@@ -24,6 +23,7 @@ from giftrelay.money.common import (
 )
 from giftrelay.money.receipts import StreamInfo
 from giftrelay.money.scripts import Script
+from giftrelay.money.shards import Router
 from giftrelay.wire import protocol
 from giftrelay.wire.errors import Code, Refused
 
@@ -33,7 +33,7 @@ class Streams:
 
     redis: Redis
     settings: MoneySettings
-    pipe: AutoPipeline
+    pipe: Router
     clock: Callable[[], int]
     diamond_rate: Fraction
     _creators: dict[str, str]

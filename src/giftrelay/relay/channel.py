@@ -82,7 +82,7 @@ class Channel:
         for channel in channels:
             self.confirms.setdefault(channel, deque()).append(loop.create_future())
         try:
-            await pubsub.subscribe(*channels)
+            await pubsub.ssubscribe(*channels)
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             raise Unavailable("Redis is unavailable") from exc
 
@@ -108,7 +108,7 @@ class Channel:
         for channel in channels:
             self.confirms.pop(channel, None)
         if self.pubsub is not None and self.connected.is_set():
-            await self.pubsub.unsubscribe(*channels)
+            await self.pubsub.sunsubscribe(*channels)
 
     async def _connect(self) -> None:
         """A fresh pub/sub connection; the fan-out resubscribes its rooms on it."""
@@ -131,7 +131,7 @@ class Channel:
             now = time.monotonic()
             if message is not None:
                 heard = now
-                if message["type"] == "subscribe":
+                if message["type"] == "ssubscribe":
                     self._confirm(as_text(message["channel"]))
                 else:
                     self.on_message(message)

@@ -284,7 +284,7 @@ class Fanout:
         return await read_gap(self.money.redis, room, self.history_limit)
 
     def _on_message(self, message: dict[str, Any]) -> None:
-        if message["type"] != "message":
+        if message["type"] != "smessage":
             return
         room = self.rooms.get(keys.channel_stream(as_text(message["channel"])))
         if room is None:

@@ -55,7 +55,7 @@ async def read_join(
     try:
         async with redis.pipeline(transaction=True) as pipe:
             pipe.xrevrange(hist, "+", "-", count=1)
-            pipe.publish(room.channel, marker)
+            pipe.spublish(room.channel, marker)
             pipe.hgetall(keys.stream(stream))
             pipe.zrevrange(keys.top(stream), 0, 9, withscores=True)
             pipe.hgetall(keys.viewers(stream))

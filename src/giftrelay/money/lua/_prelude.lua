@@ -1,5 +1,12 @@
 -- Helpers shared by every money-core script; prepended to each when loaded.
 --
+-- Shard keys: a script writes the ledger stream (and on a cluster the outbox) through a
+-- key name in ARGV, not KEYS. On one Redis it is `ledger`. On a Redis Cluster a script
+-- may touch one slot's keys only, listed in KEYS; it may also reach keys of other slots
+-- that its own node holds, which the caller picks among the buckets (money/keys.py).
+-- Each script reads (TYPE) its shard keys before any write: a key its node no longer
+-- holds ends the script there, having written nothing, and the caller picks again.
+--
 -- Redis does not roll a script back when it fails half-way, so every script
 -- reads and checks everything first (key types, numbers, rules) and only then
 -- writes, with commands that cannot fail on the values already checked.
@@ -98,6 +105,13 @@ local function remember(key, fingerprint, reply, ttl_ms)
   return reply
 end
 
+-- What a top-up's record holds to tell a retry from another top-up under its receipt.
+local function topup_fingerprint(user, coins, package, region)
+  local fingerprint = 'topup|' .. user .. '|' .. coins
+  if package ~= '' then fingerprint = fingerprint .. '|' .. package .. '|' .. region end
+  return fingerprint
+end
+
 local function int(s)
   return math.floor(tonumber(s))
 end
@@ -114,6 +128,153 @@ end
 local function announce(hist_key, channel, maxlen, event)
   local offset = redis.call('XADD', hist_key, 'MAXLEN', '~', maxlen, '*', 'e', cjson.encode(event))
   event.offset = offset
-  redis.call('PUBLISH', channel, cjson.encode(event))
+  redis.call('SPUBLISH', channel, cjson.encode(event))
   return offset
+end
+
+-- A gift's viewer side ------------------------------------------------------------------
+
+-- The viewer's wallet as a gift reads it: the mindful-spending settings are wallet
+-- fields, read by the HMGET a gift makes anyway. Returns (values, nil) or (nil, problem).
+local function payer(key)
+  return read_ints(key,
+    {'coins', 'spent_day', 'spent', 'cap', 'confirm', 'cool_coins', 'cool_minutes', 'cool_log'},
+    {cap = true, confirm = true, cool_coins = true, cool_minutes = true, cool_log = true},
+    {cool_log = true})
+end
+
+-- The viewer's limits on a gift of `coins` at `now`: the daily cap, the cool-down, then
+-- the confirmation threshold. Returns (charge, nil), charge = {day, spent, cool_log,
+-- confirmed}, or (nil, refusal).
+local function limits(key, w, coins, now, confirmed)
+  -- The UTC day of the gift. Workers' clocks differ a little: a gift stamped
+  -- before the day already recorded counts in that day, so a clock behind at
+  -- midnight cannot reset the spending that the cap counts.
+  local day = math.floor(now / 86400000)
+  if w.spent_day > day then day = w.spent_day end
+  local spent = 0
+  if w.spent_day == day then spent = w.spent end
+  if w.cap and spent + coins > w.cap then return nil, refuse('spend_limit') end
+
+  -- Cool-down: once the coins of the last `cool_minutes` reach `cool_coins`, gifts wait
+  -- until enough of them are older than that. `cool_log` ('<ms>:<coins>,' oldest first)
+  -- holds the window's gifts, one entry per 60th of the window (gifts in the same 60th
+  -- share the entry, with the latest one's time): at most 61 entries, and a gift counts
+  -- at most a 60th of the window too long, never too short.
+  local cool_log
+  if w.cool_coins and w.cool_minutes then
+    local window = w.cool_minutes * 60000
+    local log, total = {}, 0
+    if string.gsub(w.cool_log or '', '%d+:%d+,', '') ~= '' then
+      return nil, refuse('internal', key .. ' field cool_log is malformed')
+    end
+    for t, n in string.gmatch(w.cool_log or '', '(%d+):(%d+),') do
+      t, n = as_int(t), as_int(n)
+      if t == nil or n == nil then
+        return nil, refuse('internal', key .. ' field cool_log is malformed')
+      end
+      if t + window > now then
+        log[#log + 1] = {t, n}
+        total = total + n
+      end
+    end
+    local left = total
+    for _, entry in ipairs(log) do
+      if left < w.cool_coins then break end
+      left = left - entry[2]
+      if left < w.cool_coins then return nil, refuse('cooling_down', tostring(entry[1] + window)) end
+    end
+    -- An entry's coins stop at MAX_EXACT, which passes any cool-down and still prints
+    -- as an integer.
+    local newest, slice = log[#log], w.cool_minutes * 1000
+    if newest and math.floor(now / slice) <= math.floor(newest[1] / slice) then
+      newest[1], newest[2] = math.max(newest[1], now), math.min(newest[2] + coins, MAX_EXACT)
+    else
+      log[#log + 1] = {now, coins}
+    end
+    local parts = {}
+    for i, entry in ipairs(log) do parts[i] = entry[1] .. ':' .. entry[2] .. ',' end
+    cool_log = table.concat(parts)
+  end
+
+  -- Confirmation: a gift above the viewer's threshold needs `confirm`. Checked last, so
+  -- that a gift refused for any other reason does not ask to be confirmed first.
+  local over = w.confirm and coins > w.confirm
+  if over and not confirmed then
+    return nil, refuse('confirm_required', tostring(w.confirm))
+  end
+  return {day = day, spent = spent, cool_log = cool_log, confirmed = over or nil}, nil
+end
+
+-- Writes the viewer's side of a checked gift; returns the balance left. The first
+-- write may fail alone (a wrong type planted at the spending key): then nothing else
+-- was written. The spending day is the gift's own (the ledger's `ts`).
+local function pay(wallet_key, spending_key, w, charge, creator, coins, now)
+  local spending_day = math.floor(now / 86400000)
+  if redis.call('HINCRBY', spending_key, creator, coins) == coins then
+    -- The creator's first gift from this viewer that day (or the day's first): 31 days on.
+    redis.call('PEXPIREAT', spending_key, (spending_day + 31) * 86400000)
+  end
+  local balance = w.coins - coins
+  -- Each hash is written once, with the values read above (the script runs alone,
+  -- so they are current): one HSET a hash instead of an HINCRBY a field.
+  if charge.cool_log then
+    redis.call('HSET', wallet_key, 'coins', balance, 'spent_day', charge.day,
+      'spent', charge.spent + coins, 'cool_log', charge.cool_log)
+  else
+    redis.call('HSET', wallet_key, 'coins', balance, 'spent_day', charge.day,
+      'spent', charge.spent + coins)
+  end
+  return balance
+end
+
+-- A gift's stream side --------------------------------------------------------------------
+
+-- The stream's totals a gift adds to; (totals, nil) or (nil, problem) when one is no
+-- integer or would overflow.
+local function stream_totals(key, coins, diamonds, count)
+  local totals, problem = read_ints(key, {'diamonds', 'coins', 'gifts', 'combos'})
+  if problem then return nil, problem end
+  problem = overflows(totals, 'diamonds', diamonds, MAX_INT)
+    or overflows(totals, 'coins', coins, MAX_INT)
+    or overflows(totals, 'gifts', count, MAX_INT)
+  return totals, problem
+end
+
+-- A combo continues while the same viewer sends the same streakable gift within the
+-- window of the last one: '<combo_id>|<gifts>|<last ms>' at `key`. Returns the running
+-- count, the combo's id, and whether it starts here.
+local function combo_of(key, streakable, count, now, window, totals)
+  local combo, combo_id, fresh = count, nil, true
+  if streakable then
+    local state = redis.call('GET', key)
+    if state then
+      local cid, n, last = string.match(state, '^([^|]+)|(%d+)|(%d+)$')
+      -- A combo that would pass what the ledger can print exactly starts afresh.
+      if cid and now - int(last) <= window and int(n) + count <= MAX_EXACT then
+        combo_id, combo, fresh = cid, int(n) + count, false
+      end
+    end
+  end
+  if fresh then combo_id = 'c' .. (totals.combos + 1) end
+  return combo, combo_id, fresh
+end
+
+-- Writes a checked gift's stream side: totals, top gifters, the combo, the history and
+-- the event. `g` holds the gift (viewer, id, gift, name, count, coins, diamonds, ts).
+-- Returns the event's offset.
+local function show(k, g, totals, combo, combo_id, fresh, streakable, window, maxlen)
+  local combos = totals.combos
+  if fresh then combos = combos + 1 end
+  redis.call('HSET', k.stream, 'diamonds', totals.diamonds + g.diamonds,
+    'coins', totals.coins + g.coins, 'gifts', totals.gifts + g.count, 'combos', combos)
+  redis.call('ZINCRBY', k.top, g.coins, g.from)
+  if streakable then
+    redis.call('SET', k.combo, combo_id .. '|' .. combo .. '|' .. g.ts, 'PX', window * 2)
+  end
+  return announce(k.history, k.channel, maxlen, {
+    kind = 'gift', ts = g.ts, id = g.id, from = g.from, gift = g.gift, name = g.name,
+    count = g.count, coins = g.coins, diamonds = g.diamonds, combo = combo,
+    combo_id = combo_id,
+  })
 end

@@ -5,16 +5,16 @@
 -- KEYS[1] w:{user}                   the wallet the receipt credited (hash)
 -- KEYS[2] idem:topup:{receipt}       the top-up's record (string), while Redis keeps it
 -- KEYS[3] idem:chargeback:{receipt}  this chargeback's record (string)
--- KEYS[4] ledger                     ledger (stream)
 -- ARGV[1] receipt   ARGV[2] user   ARGV[3] coins the ledger store says the receipt
 -- credited, or '' when the caller found it in Redis   ARGV[4] reason   ARGV[5] now (ms)
 -- ARGV[6] retention (ms)
+-- ARGV[7] the ledger stream, a shard key (see _prelude.lua)
 -- Returns {'ok', user, coins taken back, balance, replayed} or {'err', code, detail}.
 
 local receipt, user, reason, now = ARGV[1], ARGV[2], ARGV[4], int(ARGV[5])
 
 local bad = wrong_type({[KEYS[1]] = 'hash', [KEYS[2]] = 'string', [KEYS[3]] = 'string',
-                        [KEYS[4]] = 'stream'})
+                        [ARGV[7]] = 'stream'})
 if bad then return refuse('internal', bad) end
 
 local fingerprint = 'chargeback|' .. receipt
@@ -43,6 +43,6 @@ if w.coins - coins < -MAX_EXACT then
 end
 
 local balance = redis.call('HINCRBY', KEYS[1], 'coins', -coins)
-ledger(KEYS[4], {kind = 'chargeback', id = receipt, ts = now, user = user, coins = coins,
+ledger(ARGV[7], {kind = 'chargeback', id = receipt, ts = now, user = user, coins = coins,
                  coins_after = balance, reason = reason})
 return remember(KEYS[3], fingerprint, {'ok', user, coins, balance}, int(ARGV[6]))

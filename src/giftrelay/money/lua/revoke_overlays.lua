@@ -16,5 +16,5 @@ if not owner then return refuse('unknown_stream') end
 if ARGV[1] ~= '' and ARGV[1] ~= owner then return refuse('forbidden', 'not your stream') end
 
 redis.call('HSET', KEYS[1], 'overlay_epoch', ARGV[2])
-redis.call('PUBLISH', KEYS[2], cjson.encode({kind = 'revoke_overlays', before = int(ARGV[2])}))
+redis.call('SPUBLISH', KEYS[2], cjson.encode({kind = 'revoke_overlays', before = int(ARGV[2])}))
 return {'ok'}
