@@ -17,6 +17,7 @@ from giftrelay.cli.running import load_settings, run, stderr_console, stop_on_si
 from giftrelay.ledger import export as ledger_export
 from giftrelay.ledger.reconcile import reconcile as reconcile_ledger
 from giftrelay.ledger.recover import recover as recover_redis
+from giftrelay.money import keys
 from giftrelay.redis_client import connect
 from giftrelay.runtime import consumer, ledger_store, redis_url
 
@@ -132,7 +133,16 @@ def reconcile(wait: float) -> None:
             finally:
                 await redis.aclose()
         where = report.position or "(empty)"
-        click.echo(f"reconcile: {report.wallets} wallets against the ledger up to {where}")
+        if report.shards:  # a Redis Cluster: each node as of its own instant
+            click.echo(
+                f"reconcile: {report.wallets} wallets on {len(report.shards)} shards against"
+                f" the ledger of {len(keys.LEDGERS)} bucket streams (newest id {where}),"
+                f" {report.in_flight} gift(s) in flight"
+            )
+            for shard in report.shards:
+                click.echo(str(shard))
+        else:
+            click.echo(f"reconcile: {report.wallets} wallets against the ledger up to {where}")
         for line in report.lines():
             click.echo(line)
         if report.ok:

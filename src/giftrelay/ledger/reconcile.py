@@ -14,6 +14,10 @@ restored from an older copy, lost its AOF tail, or failed over to a replica that
 was behind. Those are reported per wallet; ``giftrelay recover`` brings Redis back
 to the store. (Read the store's newest id first: events written after the snapshot
 are newer than it, and are not mistaken for lost ones.)
+
+On a Redis Cluster there is no one snapshot: :mod:`giftrelay.ledger.cluster` compares each
+node's wallets with the ledger as of that node's own instant, counting the gifts still in
+its outboxes as in flight, and looks for lost data per bucket stream.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from giftrelay.ledger.consumer import group_info
+from giftrelay.ledger.buckets import dead_count, group_info, is_cluster
 from giftrelay.ledger.postings import USER, Asset
 from giftrelay.ledger.store import Conflict, Position, Store
 from giftrelay.money import keys
@@ -62,9 +66,32 @@ class Unreadable(msgspec.Struct, frozen=True):
         )
 
 
+class Shard(msgspec.Struct):
+    """On a Redis Cluster, what one primary holds and how it compared."""
+
+    node: str
+    buckets: list[int]
+    """The ledger buckets it holds (its streams and outboxes)."""
+    wallets: int = 0
+    differences: int = 0
+    in_flight: int = 0
+    """Gifts debited on it whose transfer waits in its outboxes, not yet in the ledger."""
+    lost: int = 0
+    """Stored movements of its buckets that its ledger streams never generated."""
+
+    def __str__(self) -> str:
+        counts = ((self.differences, "difference(s)"), (self.lost, "lost movement(s)"))
+        problems = [f"{n} {what}" for n, what in counts if n]
+        return (
+            f"shard {self.node} (buckets {_spans(self.buckets)}): {self.wallets} wallets,"
+            f" {self.in_flight} transfer(s) in flight: {', '.join(problems) or 'OK'}"
+        )
+
+
 class Report(msgspec.Struct):
     position: str | None
-    """The ledger stream's last generated id at the snapshot: everything up to it was compared."""
+    """The ledger stream's last generated id at the snapshot: everything up to it was compared
+    (on a cluster, the newest of the bucket streams')."""
     caught_up: bool
     wallets: int = 0
     differences: list[Difference] = msgspec.field(default_factory=list)
@@ -76,6 +103,14 @@ class Report(msgspec.Struct):
     conflicts: list[Conflict] = msgspec.field(default_factory=list)
     unreadable: list[Unreadable] = msgspec.field(default_factory=list)
     waiting: str = ""
+    shards: list[Shard] = msgspec.field(default_factory=list)
+    """On a Redis Cluster, per primary (empty on one Redis)."""
+    in_flight: int = 0
+    """On a Redis Cluster, gifts debited whose ledger entry is not written yet (counted as
+    debited: the wallets hold them, the ledger will)."""
+    lost_buckets: dict[str, int] = msgspec.field(default_factory=dict)
+    """On a Redis Cluster, per bucket stream that lost data: the stored movements above
+    what the stream generated."""
 
     @property
     def ok(self) -> bool:
@@ -92,6 +127,10 @@ class Report(msgspec.Struct):
         if not self.caught_up:
             return [f"not caught up: {self.waiting}"]
         out = [
+            f"lost: stream={k}: the ledger store holds {n} movement(s) above its last id"
+            for k, n in sorted(self.lost_buckets.items())
+        ]
+        out += [
             f"lost: wallet={w}: the ledger store holds {n} movement(s) that Redis does not"
             for w, n in sorted(self.lost.items())
         ]
@@ -106,7 +145,8 @@ class Report(msgspec.Struct):
             f"unbalanced: asset={a} postings sum to {s}, not 0" for a, s in self.unbalanced.items()
         ]
         if self.dead_letters:
-            dead = f"{self.dead_letters} entries in {keys.LEDGER_DEAD}"
+            where = f"{keys.LEDGER_DEAD}:{{…}}" if self.shards else keys.LEDGER_DEAD
+            dead = f"{self.dead_letters} entries in {where}"
             out.append(f"dead letters: {dead} are not in the ledger")
         out += [
             f"conflict: {c.business_key} at {c.event_id} differs from the stored {c.stored_id}"
@@ -124,6 +164,10 @@ class Snapshot(msgspec.Struct):
 
 async def reconcile(redis: Redis, store: Store, *, wait: float = 30.0) -> Report:
     """Compare every wallet with the ledger; see :class:`Report`."""
+    if is_cluster(redis):
+        from giftrelay.ledger.cluster import reconcile_cluster
+
+        return await reconcile_cluster(redis, store, wait=wait)
     stored_last = await store.last_position()  # before the snapshot: see the module's doc
     wallet_keys = [k async for k in redis.scan_iter(match=keys.WALLETS, count=1000)]
     for _ in range(3):
@@ -158,7 +202,7 @@ async def reconcile(redis: Redis, store: Store, *, wait: float = 30.0) -> Report
         total = sum(v for (_, a), v in balances.items() if a == asset)
         if total:
             report.unbalanced[asset] = total
-    report.dead_letters = int(await redis.xlen(keys.LEDGER_DEAD))
+    report.dead_letters = await dead_count(redis)
     if stored_last is not None and stored_last > upto:
         report.lost = await _lost(store, after=upto, upto=stored_last)
     report.conflicts = await store.conflicts()
@@ -212,13 +256,16 @@ async def _snapshot(redis: Redis, wallet_keys: list[str]) -> Snapshot:
     return snap
 
 
-async def _wait_until_written(redis: Redis, position: str | None, wait: float) -> str:
-    """'' once the group has written every entry up to ``position``, else why not."""
+async def _wait_until_written(
+    redis: Redis, position: str | None, wait: float, stream: str = keys.LEDGER
+) -> str:
+    """'' once the group has written every entry of ``stream`` up to ``position``, else why
+    not."""
     if position is None:
         return ""
     deadline = time.monotonic() + wait
     while True:
-        reason = await _unwritten(redis, position)
+        reason = await _unwritten(redis, position, stream)
         if not reason:
             return ""
         if time.monotonic() >= deadline:
@@ -226,10 +273,10 @@ async def _wait_until_written(redis: Redis, position: str | None, wait: float) -
         await asyncio.sleep(0.1)
 
 
-async def _unwritten(redis: Redis, position: str) -> str:
-    group = await group_info(redis)
+async def _unwritten(redis: Redis, position: str, stream: str = keys.LEDGER) -> str:
+    group = await group_info(redis, stream)
     if group is None:
-        if not await redis.xlen(keys.LEDGER):
+        if not await redis.xlen(stream):
             return ""  # nothing left to write (e.g. after recover)
         return (
             f"no ledger consumer group {keys.LEDGER_GROUP!r}: start one with `giftrelay ledger`"
@@ -238,11 +285,23 @@ async def _unwritten(redis: Redis, position: str) -> str:
     delivered = str(group["last-delivered-id"])
     # An entry the group has not read yet, up to the position? (Ids between may never
     # have been used: after recover the last generated id jumps ahead.)
-    if await redis.xrange(keys.LEDGER, min=f"({delivered}", max=position, count=1):
+    where = "" if stream == keys.LEDGER else f" of {stream}"
+    if await redis.xrange(stream, min=f"({delivered}", max=position, count=1):
         return (
-            f"the consumer has not yet read up to {position}: is a ledger consumer running"
-            " (`giftrelay ledger`)?"
+            f"the consumer has not yet read up to {position}{where}: is a ledger consumer"
+            " running (`giftrelay ledger`)?"
         )
-    if await redis.xpending_range(keys.LEDGER, keys.LEDGER_GROUP, min="-", max=position, count=1):
-        return f"entries up to {position} are read but not yet written"
+    if await redis.xpending_range(stream, keys.LEDGER_GROUP, min="-", max=position, count=1):
+        return f"entries up to {position}{where} are read but not yet written"
     return ""
+
+
+def _spans(buckets: list[int]) -> str:
+    """``[0, 1, 2, 5]`` as ``0-2, 5``."""
+    spans: list[list[int]] = []
+    for b in sorted(buckets):
+        if spans and spans[-1][1] == b - 1:
+            spans[-1][1] = b
+        else:
+            spans.append([b, b])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans) or "none"
