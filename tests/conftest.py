@@ -19,6 +19,8 @@ from giftrelay.money import catalog as catalog_module
 from giftrelay.money.api import Money
 from giftrelay.redis_client import connect
 
+from .cluster_helpers import own_cluster, redis_cluster  # noqa: F401 - fixtures for every test
+
 # Every `giftrelay serve` a test starts would otherwise open the HTTP API on 8081, where
 # another test's (or another checkout's) serve may listen; the API's tests ask for a port.
 os.environ.setdefault("GIFTRELAY_API_PORT", "0")
