@@ -115,7 +115,9 @@ class Money(Streams):
         check_ident("stream", stream)
         check_request_id(request_id)
         if self.steps is not None:
-            creator, state = await self._stream_state(stream)
+            creator, state = self._creators.get(stream, ""), ""
+            if not creator or self._live_until.get(stream, 0.0) < time.monotonic():
+                creator, state = await self._stream_state(stream)
             reply = await self._cluster_gift(
                 viewer, stream, gift, count, request_id, creator, confirm, state
             )
