@@ -229,8 +229,7 @@ class Steps:
                 age = now - int(str(entry).partition("-")[0])
                 result.oldest_ms = max(result.oldest_ms, age)
                 result.moved += await self._move(outbox, str(entry), fields)
-        if self._cleaning is not None:  # out of the outboxes before the next look
-            await self._cleaning
+        await self.settle()  # out of the outboxes before the next look
         return result
 
     async def _move(self, outbox: str, entry: str, fields: dict[str, Any]) -> int:
@@ -253,10 +252,14 @@ class Steps:
             return 0
         return 1
 
-    async def aclose(self) -> None:
+    async def settle(self) -> None:
+        """Wait until the finished transfers are out of their outboxes."""
         if self._cleaning is not None:
             with contextlib.suppress(Exception):
-                await self._cleaning
+                await asyncio.shield(self._cleaning)
+
+    async def aclose(self) -> None:
+        await self.settle()
 
 
 def _failed(step: asyncio.Future[Any], result: asyncio.Future[Any]) -> bool:
