@@ -307,7 +307,7 @@ class Money(Streams):
         if not 1 <= coins <= self.settings.max_balance:
             raise Refused(Code.BAD_REQUEST, f"coins must be 1 to {self.settings.max_balance}")
         record = keys.topup_idem(receipt)
-        claim = [
+        claim: list[str | int] = [
             user,
             coins,
             "" if package is None else package.package,
