@@ -20,7 +20,7 @@ import structlog
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
-from redis.exceptions import AskError, MovedError, RedisError
+from redis.exceptions import AskError, RedisError
 
 from giftrelay.money import keys
 from giftrelay.money.autopipe import AutoPipeline, Misrouted
@@ -126,7 +126,7 @@ class ClusterRouter(Router):
         if own in usable:
             return own
         if not usable:
-            raise Unavailable(
+            raise NoBucket(
                 f"Redis Cluster node {node.name} holds none of giftrelay's {keys.BUCKETS} bucket"
                 f" slots (multiples of {keys.BUCKET_SLOT_SPAN}); give it one of them"
             )
@@ -175,6 +175,7 @@ class ClusterRouter(Router):
             await self.redis.nodes_manager.initialize()
         except (RedisError, OSError) as exc:
             log.warning("could not read the cluster's slot map", error=str(exc))
+        self._slots_seen = None  # the buckets follow the map
 
     async def aclose(self) -> None:
         for pipe in list(self._pipes.values()):
@@ -196,6 +197,12 @@ _NODE_OPTIONS = frozenset(
         "retry",
     }
 )
+
+
+class NoBucket(Unavailable):
+    """The node holds none of the bucket slots, as far as the slot map says: read the
+    map again (after a failover or a MOVED it may be stale); if it stays so, this is the
+    answer: the operator gives the node a bucket slot."""
 
 
 class _Attempt:
@@ -234,8 +241,8 @@ class _Attempt:
                 else router.primary(slot)
             )
             bucket = router.bucket(node, slot) if self.shard else None
-        except Unavailable as exc:
-            self.outer.set_exception(exc)
+        except NoBucket as exc:
+            self._later(exc)
             return
         except (RedisError, OSError) as exc:  # no slot map (every node was down)
             router.refresh()
@@ -263,23 +270,26 @@ class _Attempt:
                 self.router.refresh()  # a node gone: the retry should find its successor
             outer.set_exception(exc)
             return
+        cause = exc.cause
+        if isinstance(cause, AskError) and self.tries < MAX_REDIRECTS:
+            self.tries += 1
+            self.send(cause)  # the slot is moving: this key is already on the importing node
+            return
+        if "non local key" in str(cause) and bucket is not None:
+            self.router.avoid(node, bucket)
+        self._later(exc)  # MOVED (a failover moves a shard's every slot), TRYAGAIN, ...
+
+    def _later(self, exc: Exception) -> None:
+        """Read the slot map again, then send again; ``unavailable`` after too many."""
         self.tries += 1
         if self.tries > MAX_REDIRECTS:
             log.warning("cluster turned a call away", script=self.script.value, error=str(exc))
-            outer.set_exception(Unavailable(f"Redis Cluster: {exc.cause}"))
+            cause = exc.cause if isinstance(exc, Misrouted) else exc
+            self.outer.set_exception(Unavailable(f"Redis Cluster: {cause}"))
             return
-        cause = exc.cause
-        if isinstance(cause, AskError):
-            self.send(cause)  # the slot is moving: this key is already on the importing node
-        elif isinstance(cause, MovedError):
-            task = asyncio.ensure_future(self.router.redis.nodes_manager.move_slot(cause))
-            task.add_done_callback(lambda _: self._again())
-        else:  # TRYAGAIN, CLUSTERDOWN, or a bucket that left the node
-            if "non local key" in str(cause) and bucket is not None:
-                self.router.avoid(node, bucket)
-            task = self.router.refresh()
-            loop = asyncio.get_running_loop()
-            task.add_done_callback(lambda _: loop.call_later(0.02 * self.tries, self._again))
+        task = self.router.refresh()
+        loop = asyncio.get_running_loop()
+        task.add_done_callback(lambda _: loop.call_later(0.02 * self.tries, self._again))
 
     def _again(self) -> None:
         if not self.outer.done():
