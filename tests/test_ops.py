@@ -504,7 +504,7 @@ def service_env(service: dict[str, Any], env: dict[str, str]) -> dict[str, str]:
     return {k: interpolate(str(v), env) for k, v in raw.items()}
 
 
-GIFTRELAY_SERVICES = ("relay-1", "relay-2", "ledger")
+GIFTRELAY_SERVICES = ("relay-1", "relay-2", "ledger", "giftrelay-cluster")
 
 
 def test_compose_services_and_wiring() -> None:
