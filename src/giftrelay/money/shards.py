@@ -121,8 +121,11 @@ class ClusterRouter(Router):
         node holds their bucket, else one of the node's, spread by slot."""
         owned = self.buckets(node)
         own = slot // keys.BUCKET_SLOT_SPAN
+        if not self._avoid and own in owned:  # the common case, on every gift
+            return own
         now = time.monotonic()
-        usable = [b for b in owned if self._avoid.get((node.name, b), 0.0) < now]
+        self._avoid = {k: until for k, until in self._avoid.items() if until > now}
+        usable = [b for b in owned if (node.name, b) not in self._avoid]
         if own in usable:
             return own
         if not usable:
@@ -145,10 +148,6 @@ class ClusterRouter(Router):
 
     def avoid(self, node: ClusterNode, bucket: int) -> None:
         self._avoid[(node.name, bucket)] = time.monotonic() + AVOID_SECONDS
-
-    def pipe_for(self, host: str, port: int) -> AutoPipeline:
-        node = self.redis.get_node(host=host, port=port) or ClusterNode(host, port)
-        return self._pipe(node)
 
     def _pipe(self, node: ClusterNode) -> AutoPipeline:
         pipe = self._pipes.get(node.name)
