@@ -88,6 +88,16 @@ def decode(entries: list[Entry], source: Source = ONE) -> Batch:
     return Batch(records, poison, gone, len(entries))
 
 
+DEAD_LETTER = """
+-- KEYS[1] a ledger stream, KEYS[2] its dead letters (on a cluster, the same slot)
+-- ARGV[1] group, ARGV[2] entry id, then the dead letter's fields and values.
+-- Acknowledges the entry and, only if it was still pending, records it: once, however
+-- many consumers had claimed it.
+if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
+redis.call('XADD', KEYS[2], '*', unpack(ARGV, 3))
+return 1
+"""
+
 Found = list[tuple[Source, list[Entry]]]
 """Entries read, per stream."""
 
@@ -423,12 +433,14 @@ class LedgerConsumer:
             log.warning("ledger entry failed; it will be retried", entry=entry_id, reason=reason,
                         deliveries=deliveries, stream=source.key)  # fmt: skip
             return
-        # One transaction: the dead-letter stream shares the ledger stream's slot.
-        async with self.redis.pipeline(transaction=True) as pipe:
-            dead: dict[Any, Any] = {**fields, "entry": entry_id, "reason": reason}
-            pipe.xadd(source.dead, {**dead, "consumer": self.name, "deliveries": deliveries})
-            pipe.xack(source.key, keys.LEDGER_GROUP, entry_id)
-            await pipe.execute()
+        dead = {**fields, "entry": entry_id, "reason": reason, "consumer": self.name,
+                "deliveries": str(deliveries)}  # fmt: skip
+        moved = await self.redis.eval(
+            DEAD_LETTER, 2, source.key, source.dead, keys.LEDGER_GROUP, entry_id,
+            *(part for item in dead.items() for part in item),
+        )  # fmt: skip
+        if not moved:  # another consumer, which had claimed it too, moved it first
+            return
         self.stats.dead_letters += 1
         metrics.LEDGER_EVENTS.labels("dead_letter").inc()
         log.error("ledger entry moved to the dead-letter stream", entry=entry_id, reason=reason,
