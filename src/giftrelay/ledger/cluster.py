@@ -57,13 +57,13 @@ from giftrelay.ledger.buckets import (
 )
 from giftrelay.ledger.entries import GiftEntry, ledger_decoder
 from giftrelay.ledger.postings import SINGLE, USER
-from giftrelay.ledger.reconcile import (
+from giftrelay.ledger.report import (
     WALLET_ASSETS,
     Difference,
     Report,
     Shard,
     Unreadable,
-    _wait_until_written,
+    wait_until_written,
 )
 from giftrelay.ledger.store import ExportRow, Position, Store
 from giftrelay.money import keys
@@ -132,7 +132,7 @@ class SlotsMoved(Exception):
 
 
 async def reconcile_cluster(redis: Redis, store: Store, *, wait: float = 30.0) -> Report:
-    """:func:`giftrelay.ledger.reconcile.reconcile` on a Redis Cluster; see the module's doc."""
+    """``giftrelay.ledger.reconcile.reconcile`` on a Redis Cluster; see the module's doc."""
     heads = await store.heads()  # before anything else: see the lost-data rule
     extra: list[str] = []
     for attempt in range(ATTEMPTS):
@@ -253,7 +253,7 @@ async def _wait(redis: Redis, after: list[Position], wait: float) -> str:
     """'' once the group has written every bucket stream up to ``after``, else why not."""
     waited = await asyncio.gather(
         *(
-            _wait_until_written(redis, format_offset(at), wait, keys.ledger(b))
+            wait_until_written(redis, format_offset(at), wait, keys.ledger(b))
             for b, at in enumerate(after)
             if at > (0, 0)
         )
