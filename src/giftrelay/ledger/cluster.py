@@ -177,8 +177,8 @@ async def _see(redis: Redis, extra: list[str]) -> Seen:
     looks: list[Look] = []
     async with node_clients(redis) as nodes:
         wallets: dict[str, list[str]] = {name: [] for name in nodes}
-        for name, (_, client) in nodes.items():
-            wallets[name] = [key async for key in scan(client, keys.WALLETS)]
+        for name, (_, client) in nodes.items():  # (SCAN may return a key twice)
+            wallets[name] = list(dict.fromkeys([key async for key in scan(client, keys.WALLETS)]))
         known = {key for found in wallets.values() for key in found}
         for key in extra:
             if key not in known:

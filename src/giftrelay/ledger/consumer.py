@@ -361,8 +361,11 @@ class LedgerConsumer:
         if self.after_commit is not None:
             await self.after_commit([r.event_id for r in written])
         done: dict[Source, list[str]] = {}
-        for r in written:
-            done.setdefault(self._by_bucket[r.bucket], []).append(r.event_id)
+        if self.cluster:
+            for r in written:
+                done.setdefault(self._by_bucket[r.bucket], []).append(r.event_id)
+        elif written:
+            done[ONE] = [r.event_id for r in written]
         for source, entry_id in batch.gone:
             done.setdefault(source, []).append(entry_id)
         if done:
