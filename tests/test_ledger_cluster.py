@@ -38,6 +38,7 @@ from giftrelay.money.platform import Platform
 from giftrelay.money.scripts import Script
 from giftrelay.money.transfers import Steps
 from giftrelay.redis_client import connect
+from giftrelay.wire.errors import Unavailable
 
 from .cluster_helpers import flush_cluster
 from .ledger_helpers import drop_postgres_database, postgres_database, quick_consumer
@@ -376,6 +377,68 @@ async def test_the_commands_on_a_cluster(
     )
     assert sum(line.startswith("shard 127.0.0.1:") and line.endswith(": OK") for line in lines) == 3
     assert lines[-1].startswith("OK")
+
+
+async def test_the_consumer_follows_a_bucket_that_moves_and_a_failover(
+    own_cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """Its reads go to each bucket's node by the slot map; a bucket that moved (MOVED) is
+    followed, and a primary that died is replaced by its promoted replica."""
+    redis = connect(own_cluster.url, timeout=2.0)
+    core = Money(redis, Settings.load({}), catalog.load())
+    await core.start()
+    store = SQLiteStore(f"sqlite:///{tmp_path}/ledger.sqlite3")
+    await store.open()
+    stop = asyncio.Event()
+    consumer = quick_consumer(redis, store)
+    running = asyncio.create_task(consumer.run(stop))
+    try:
+        await open_streams(core)
+        await asyncio.gather(*(core.topup(v, 100, f"grant-{v}") for v in VIEWERS))
+        await asyncio.gather(*(core.gift(v, "stream2", "rose", 1, f"gift-a-{v}") for v in VIEWERS))
+        await asyncio.wait_for(_until(lambda: written(redis)), 20)
+        # The bucket of viewer0's slot moves, with its ledger stream, group and outbox.
+        bucket = key_slot(keys.wallet("viewer0").encode()) // keys.BUCKET_SLOT_SPAN
+        source = own_cluster.owner_of_slot(256 * bucket)
+        target = next(p for p in own_cluster.primary_ports() if p != source)
+        await asyncio.to_thread(own_cluster.migrate_slot, 256 * bucket, target)
+        await asyncio.gather(*(core.gift(v, "stream3", "rose", 1, f"gift-b-{v}") for v in VIEWERS))
+        await asyncio.wait_for(_until(lambda: written(redis)), 20)
+        assert await store.count() == 36
+        # A primary dies (what it acknowledged had reached its replica); its replica serves.
+        victim = own_cluster.owner_of_slot(key_slot(keys.wallet("viewer1").encode()))
+        async with Redis(port=victim) as primary:
+            assert await primary.wait(1, 2000) == 1
+        own_cluster.kill(victim)
+        await asyncio.to_thread(own_cluster.wait_failover, victim)
+        await asyncio.gather(*(_retried(core, v, "stream4", f"gift-c-{v}") for v in VIEWERS))
+        await asyncio.wait_for(_until(lambda: written(redis)), 30)
+        assert await store.count() == 48  # every movement once
+        assert consumer.failures > 0  # it waited for the failover, and went on
+        report = await reconcile(redis, store, wait=5)
+        assert report.ok, report.lines()
+    finally:
+        stop.set()
+        await running
+        await store.close()
+        await core.aclose()
+        await redis.aclose()
+
+
+async def _retried(core: Money, viewer: str, stream: str, request_id: str) -> None:
+    """A gift as a client sends it: again with the same id while the answer is unavailable."""
+    for _ in range(100):
+        try:
+            await core.gift(viewer, stream, "rose", 1, request_id)
+            return
+        except Unavailable:
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"{request_id} still unavailable")
+
+
+async def _until(condition: Any) -> None:
+    while not await condition():  # noqa: ASYNC110 - polls state in Redis
+        await asyncio.sleep(0.05)
 
 
 # -- the store: events keyed by (bucket, id) -----------------------------------------------

@@ -16,13 +16,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any, cast
 
 import msgspec
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.exceptions import ResponseError
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    MovedError,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from giftrelay.ledger.postings import SINGLE
 from giftrelay.money import keys
@@ -149,6 +158,104 @@ _NODE_OPTIONS = frozenset(
     {"username", "password", "socket_timeout", "socket_connect_timeout", "decode_responses",
      "client_name", "health_check_interval"}
 )  # fmt: skip
+
+
+def _node_client(redis: RedisCluster, node: ClusterNode) -> Redis:
+    options = {k: v for k, v in redis.nodes_manager.connection_kwargs.items() if k in _NODE_OPTIONS}
+    return Redis(host=node.host, port=int(node.port), **options)
+
+
+Call = tuple[str, Callable[[Any], Any]]
+"""A command on one key: the key (it picks the node), and a function that issues the
+command on a pipeline or a client, e.g. ``lambda r: r.xack(key, group, *ids)``."""
+
+
+def command(key: str, name: str, *args: Any, **kwargs: Any) -> Call:
+    """The call of the client method ``name`` with these arguments, on ``key``'s node."""
+    return key, lambda client: getattr(client, name)(*args, **kwargs)
+
+
+REDIRECTED = (MovedError, AskError, TryAgainError, ClusterDownError)
+"""Replies of a node that did not run the command: the key is (or is being) served
+elsewhere, or the cluster is not serving it right now."""
+
+
+class Fanout:
+    """Commands on many keys (the ledger's buckets) sent as one plain pipeline per primary,
+    all at once. redis-py's cluster pipeline does the same but costs about four times as
+    much per command here (a round of 64 reads: 10.5 ms against 2.7 ms), which a consumer
+    pays on every round. Each command goes to the primary the slot map names; one the node
+    turned away without running it (``MOVED``, ``ASK``, ``TRYAGAIN``, ``CLUSTERDOWN``) is
+    sent again through the cluster client, which follows redirections, after the map is
+    read again. On one Redis: one pipeline."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self.cluster = is_cluster(redis)
+        self._clients: dict[str, Redis] = {}
+
+    async def run(self, calls: Sequence[Call]) -> list[Any]:
+        """Each call's reply, or its error as an exception object, in order. A node that
+        does not answer raises (after which the slot map is read again)."""
+        if not calls:
+            return []
+        if not self.cluster:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for _, issue in calls:
+                    issue(pipe)
+                return list(await pipe.execute(raise_on_error=False))
+        cluster = cast(RedisCluster, self.redis)
+        await cluster.initialize()
+        nodes: dict[str, ClusterNode] = {}
+        groups: dict[str, list[int]] = {}
+        for i, (key, _) in enumerate(calls):
+            node = cluster.nodes_manager.get_node_from_slot(cluster.keyslot(key))
+            nodes[node.name] = node
+            groups.setdefault(node.name, []).append(i)
+        replies: list[Any] = [None] * len(calls)
+
+        async def send(name: str, indexes: list[int]) -> None:
+            client = self._clients.get(name)
+            if client is None:
+                client = self._clients[name] = _node_client(cluster, nodes[name])
+            async with client.pipeline(transaction=False) as pipe:
+                for i in indexes:
+                    calls[i][1](pipe)
+                answered = await pipe.execute(raise_on_error=False)
+            for i, reply in zip(indexes, answered, strict=True):
+                replies[i] = reply
+
+        try:
+            await asyncio.gather(*(send(name, indexes) for name, indexes in groups.items()))
+        except (RedisConnectionError, RedisTimeoutError, OSError):
+            await self._reread_map()  # a node gone: the retry should find its successor
+            raise
+        redirected = [i for i, reply in enumerate(replies) if isinstance(reply, REDIRECTED)]
+        if redirected:
+            await self._reread_map()
+            for i in redirected:
+                try:
+                    replies[i] = await calls[i][1](cluster)
+                except ResponseError as exc:
+                    replies[i] = exc
+        return replies
+
+    async def _reread_map(self) -> None:
+        clients, self._clients = self._clients, {}
+        await asyncio.gather(*(c.aclose() for c in clients.values()), return_exceptions=True)
+        with contextlib.suppress(RedisError, OSError):
+            await cast(RedisCluster, self.redis).nodes_manager.initialize()
+
+    async def aclose(self) -> None:
+        clients, self._clients = self._clients, {}
+        await asyncio.gather(*(c.aclose() for c in clients.values()), return_exceptions=True)
+
+
+def raise_first(replies: Iterable[Any], tolerate: str = "") -> None:
+    """Raise the first error among ``replies`` (but those whose text holds ``tolerate``)."""
+    for reply in replies:
+        if isinstance(reply, Exception) and not (tolerate and tolerate in str(reply)):
+            raise reply
 
 
 @contextlib.asynccontextmanager

@@ -43,7 +43,17 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from giftrelay import metrics
-from giftrelay.ledger.buckets import ONE, Source, group_info, is_cluster, sources, text
+from giftrelay.ledger.buckets import (
+    ONE,
+    Fanout,
+    Source,
+    command,
+    group_info,
+    is_cluster,
+    raise_first,
+    sources,
+    text,
+)
 from giftrelay.ledger.buckets import consuming as consuming
 from giftrelay.ledger.postings import PoisonEntry, Record, record
 from giftrelay.ledger.store import Store, StoreDataError, StoreUnavailable, WriteResult
@@ -51,6 +61,8 @@ from giftrelay.money import keys
 from giftrelay.wire.offsets import format_offset, parse_offset
 
 log = structlog.get_logger(__name__)
+
+G = keys.LEDGER_GROUP
 
 __all__ = ["Batch", "LedgerConsumer", "consuming", "decode", "group_info"]
 
@@ -143,6 +155,8 @@ class LedgerConsumer:
         self.sources = sources(redis)
         """The streams read: ``ledger``, or on a Redis Cluster every bucket's."""
         self._by_bucket = {s.bucket: s for s in self.sources}
+        self._fanout = Fanout(redis)
+        """One pipeline per node for commands on every bucket stream."""
         self.stats = Stats()
         self.failures = 0
         """Rounds that failed because Redis or the store was unavailable."""
@@ -153,6 +167,8 @@ class LedgerConsumer:
         self._next_trim = 0.0
         self._idle = 0.0
         """On a cluster, how long an empty round waits before the next (grows while idle)."""
+        self._busy = len(self.sources)
+        """On a cluster, how many streams had new entries in the last round."""
         self._reread_own = True  # at start, and after a failure: our own pending entries first
         self._ahead: list[Batch] = []
         """Fresh entries read (so pending, ours) and decoded while the last ones were written."""
@@ -163,13 +179,9 @@ class LedgerConsumer:
         if not self.cluster:
             await _create_group(self.redis, keys.LEDGER)
             return
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for source in self.sources:
-                pipe.xgroup_create(source.key, keys.LEDGER_GROUP, id="0", mkstream=True)
-            replies = await pipe.execute(raise_on_error=False)
-        for reply in replies:
-            if isinstance(reply, Exception) and "BUSYGROUP" not in str(reply):
-                raise reply
+        calls = [command(s.key, "xgroup_create", s.key, G, id="0", mkstream=True)
+                 for s in self.sources]  # fmt: skip
+        raise_first(await self._fanout.run(calls), tolerate="BUSYGROUP")
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set, riding out Redis and store outages."""
@@ -199,6 +211,7 @@ class LedgerConsumer:
                 self._ahead = []
                 self._reread_own = True
         await self._finish()
+        await self._fanout.aclose()
         log.info(
             "ledger consumer stopped", consumer=self.name, **msgspec.structs.asdict(self.stats)
         )
@@ -248,8 +261,12 @@ class LedgerConsumer:
         """Up to ``writers`` batches of new entries, decoded; waits ``block`` ms for the first
         (on a cluster: one round over every bucket, then a pause if it found nothing)."""
         if self.cluster:
-            found, _ = await self._read(">")
-            if any(entries for _, entries in found):
+            # About `writers` batches a round, shared by the streams that had entries last
+            # time: a round's reads then overlap the last round's writes, as on one Redis.
+            count = -(-self.batch * self.writers // max(self._busy, 1))
+            found, _ = await self._read(">", count=min(count, self.batch))
+            self._busy = len(found) or len(self.sources)
+            if found:
                 self._idle = 0.0
             elif block is not None:
                 self._idle = min(max(self._idle * 2, 0.005), block / 1000)
@@ -281,22 +298,25 @@ class LedgerConsumer:
         )
         return list(reply[0][1]) if reply else []
 
-    async def _read(self, start: str) -> tuple[Found, bool]:
-        """Entries from ``start`` ('0': our own pending, '>': new) of every stream, without
-        waiting; and whether a stream had as many as asked (more may wait there)."""
+    async def _read(self, start: str, count: int | None = None) -> tuple[Found, bool]:
+        """Up to ``count`` (default ``batch``) entries from ``start`` ('0': our own pending,
+        '>': new) of every stream, without waiting; and whether a stream had as many as
+        asked (more may wait there)."""
+        count = count or self.batch
         if not self.cluster:
             entries = await self._read_one(start)
             return [(ONE, entries)], len(entries) == self.batch
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for source in self.sources:
-                pipe.xreadgroup(keys.LEDGER_GROUP, self.name, {source.key: start}, count=self.batch)
-            replies: list[Any] = await pipe.execute()
+        replies = await self._fanout.run(
+            [command(s.key, "xreadgroup", G, self.name, {s.key: start}, count=count)
+             for s in self.sources]
+        )  # fmt: skip
+        raise_first(replies)
         found: Found = []
         for source, reply in zip(self.sources, replies, strict=True):
             entries = _entries(reply)
             if entries:
                 found.append((source, entries))
-        return found, any(len(entries) == self.batch for _, entries in found)
+        return found, any(len(entries) == count for _, entries in found)
 
     def _batches(self, found: Found) -> list[Batch]:
         """Entries of several streams decoded into batches of at most ``batch`` entries."""
@@ -325,17 +345,12 @@ class LedgerConsumer:
 
     async def _claim(self) -> tuple[Found, bool]:
         """Entries idle for ``claim_idle_ms`` in any member's pending list, now ours."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for source in self.sources:
-                pipe.xautoclaim(
-                    source.key,
-                    keys.LEDGER_GROUP,
-                    self.name,
-                    self.claim_idle_ms,
-                    start_id=self._claim_cursors[source.key],
-                    count=self.batch,
-                )
-            replies: list[Any] = await pipe.execute()
+        replies = await self._fanout.run(
+            [command(s.key, "xautoclaim", s.key, G, self.name, self.claim_idle_ms,
+                     start_id=self._claim_cursors[s.key], count=self.batch)
+             for s in self.sources]
+        )  # fmt: skip
+        raise_first(replies)
         found: Found = []
         deleted: dict[Source, list[str]] = {}
         for source, reply in zip(self.sources, replies, strict=True):
@@ -377,14 +392,12 @@ class LedgerConsumer:
         return batch.size
 
     async def _ack(self, done: dict[Source, list[str]]) -> None:
-        if len(done) == 1:
+        if not self.cluster:
             [(source, ids)] = done.items()
             await self.redis.xack(source.key, keys.LEDGER_GROUP, *ids)
             return
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for source, ids in done.items():
-                pipe.xack(source.key, keys.LEDGER_GROUP, *ids)
-            await pipe.execute()
+        calls = [command(s.key, "xack", s.key, G, *ids) for s, ids in done.items()]
+        raise_first(await self._fanout.run(calls))
 
     async def _write(self, records: list[Record], poison: list[Poison]) -> list[Record]:
         """Write in one transaction; if the store rejects the data, find the culprits."""
@@ -453,10 +466,9 @@ class LedgerConsumer:
         """Trim each ledger stream below the oldest entry any group on it has not
         acknowledged (never one on which our group does not exist); returns, per stream
         trimmed, the first id kept."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for source in self.sources:
-                pipe.xinfo_groups(source.key)
-            infos: list[Any] = await pipe.execute(raise_on_error=False)
+        infos = await self._fanout.run(
+            [command(s.key, "xinfo_groups", s.key) for s in self.sources]
+        )
         lag = 0
         groups: dict[Source, list[dict[str, Any]]] = {}
         for source, info in zip(self.sources, infos, strict=True):
@@ -476,10 +488,10 @@ class LedgerConsumer:
         # this read are newer than last-delivered-id, so they are safe too.
         # Every group on the stream counts, not only ours: the webhooks read it too.
         asked = [(s, g) for s, info in groups.items() for g in info if int(g["pending"])]
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for source, group in asked:
-                pipe.xpending(source.key, group["name"])
-            summaries: list[Any] = await pipe.execute() if asked else []
+        summaries = await self._fanout.run(
+            [command(s.key, "xpending", s.key, g["name"]) for s, g in asked]
+        )
+        raise_first(summaries)
         oldest = {(s.key, text(g["name"])): summary["min"]
                   for (s, g), summary in zip(asked, summaries, strict=True)}  # fmt: skip
         trimmed: dict[str, str] = {}
@@ -495,10 +507,9 @@ class LedgerConsumer:
         if trimmed:
             # MINID keeps min_id itself and everything after it. Exact, not '~': it runs
             # once per trim interval, and an exact bound is one a test can check.
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for key, min_id in trimmed.items():
-                    pipe.xtrim(key, minid=min_id, approximate=False)
-                await pipe.execute()
+            calls = [command(key, "xtrim", key, minid=min_id, approximate=False)
+                     for key, min_id in trimmed.items()]  # fmt: skip
+            raise_first(await self._fanout.run(calls))
         return trimmed
 
 
