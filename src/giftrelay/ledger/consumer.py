@@ -39,12 +39,13 @@ import msgspec
 import structlog
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisClusterException, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from giftrelay import metrics
 from giftrelay.ledger.buckets import (
     ONE,
+    REDIRECTED,
     Fanout,
     Source,
     command,
@@ -196,7 +197,9 @@ class LedgerConsumer:
                     if delay:
                         log.info("ledger consumer recovered", consumer=self.name)
                         delay = 0.0
-            except (StoreUnavailable, RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            except (StoreUnavailable, RedisConnectionError, RedisTimeoutError, OSError,
+                    RedisClusterException, *REDIRECTED) as exc:  # fmt: skip
+                # The last two: a cluster between slot maps (a failover, a resharding).
                 metrics.LEDGER_STORE_UP.set(0 if isinstance(exc, StoreUnavailable) else 1)
                 self.failures += 1
                 if not delay:
