@@ -15,7 +15,8 @@ marker on the stream's channel (:mod:`giftrelay.relay.reads`). Everything before
 the marker on the channel is covered by what the join read; everything after it
 is new. The viewer enters the room once its marker has come through, in the same
 synchronous step as its ``joined`` reply, so no event falls between the reply and
-what follows it, and none arrives twice.
+what follows it, and none arrives twice. A gift the cluster's mover applied again after
+a failover (a new offset, the same sender and id) is delivered once as well.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from giftrelay.relay.room import (
     Join,
     Room,
     as_text,
+    gift_key,
     head_decoder,
     offset_of,
     with_offset,
@@ -318,12 +320,12 @@ class Fanout:
         self._accept(room, head.offset, data, head)
 
     def _accept(self, room: Room, offset: str, data: bytes, head: Head | None) -> None:
-        if not room.accept(offset, msgspec.Raw(data)):
+        if head is None:
+            head = head_decoder.decode(data)
+        if not room.accept(offset, msgspec.Raw(data), gift_key(head)):
             return
         self.dirty.add(room)
         self.wake.set()
-        if head is None:
-            head = head_decoder.decode(data)
         if head.kind == "gift":
             metrics.EVENT_LAG.observe(max(0.0, time.time() - head.ts / 1000))
             if not head.test:
