@@ -19,6 +19,12 @@ from giftrelay.money import catalog as catalog_module
 from giftrelay.money.api import Money
 from giftrelay.redis_client import connect
 
+from .cluster_helpers import (  # noqa: F401 - fixtures for every test
+    flush_cluster,
+    own_cluster,
+    redis_cluster,
+)
+
 # Every `giftrelay serve` a test starts would otherwise open the HTTP API on 8081, where
 # another test's (or another checkout's) serve may listen; the API's tests ask for a port.
 os.environ.setdefault("GIFTRELAY_API_PORT", "0")
@@ -58,10 +64,35 @@ def own_redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server.stop()
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "both_redis: run the test on one Redis and again on a Redis Cluster"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test marked ``both_redis`` runs twice: its ``redis`` (and the money core over
+    it) on one redis-server, then on the session's Redis Cluster."""
+    if "redis_kind" in metafunc.fixturenames and metafunc.definition.get_closest_marker(
+        "both_redis"
+    ):
+        metafunc.parametrize("redis_kind", ["single", "cluster"])
+
+
 @pytest.fixture
-async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
-    client = connect(redis_server.url)
-    await client.flushall()
+def redis_kind() -> str:
+    return "single"
+
+
+@pytest.fixture
+async def redis(redis_kind: str, request: pytest.FixtureRequest) -> AsyncIterator[Redis]:
+    if redis_kind == "cluster":
+        cluster = request.getfixturevalue("redis_cluster")
+        await flush_cluster(cluster)
+        client = connect(cluster.url)
+    else:
+        client = connect(request.getfixturevalue("redis_server").url)
+        await client.flushall()
     yield client
     await client.aclose()
 
@@ -135,8 +166,37 @@ async def dump(redis: Redis) -> dict[str, Any]:
     return out
 
 
-async def ledger_entries(redis: Redis, kind: str | None = None) -> list[dict[str, Any]]:
+async def ledger_raw(redis: Redis) -> list[str]:
+    """The ledger stream's entries as written; on a cluster every bucket's, by time."""
     import msgspec
 
-    entries = [msgspec.json.decode(f["e"]) for _, f in await redis.xrange("ledger")]
+    from giftrelay.money import keys
+    from giftrelay.redis_client import is_cluster
+
+    streams = keys.LEDGERS if is_cluster(redis) else (keys.LEDGER,)
+    raw = [str(f["e"]) for s in streams for _, f in await redis.xrange(s)]
+    raw.sort(key=lambda e: int(msgspec.json.decode(e).get("ts", 0)))  # stable, per bucket
+    return raw
+
+
+async def ledger_entries(redis: Redis, kind: str | None = None) -> list[dict[str, Any]]:
+    """The ledger's entries (of ``kind``), decoded."""
+    import msgspec
+
+    entries = [msgspec.json.decode(e) for e in await ledger_raw(redis)]
     return [e for e in entries if kind is None or e["kind"] == kind]
+
+
+async def event_pubsub(redis: Redis, channel: str) -> Any:
+    """A confirmed sharded subscription to ``channel``; on a cluster, on the node that
+    publishes it (a stream's events go out on the shard holding its slot)."""
+    from giftrelay.redis_client import is_cluster
+
+    client = redis
+    if is_cluster(redis):
+        node = redis.get_node_from_key(channel)  # type: ignore[attr-defined]
+        client = Redis(host=node.host, port=node.port, decode_responses=True)
+    pubsub = client.pubsub()
+    await pubsub.ssubscribe(channel)
+    assert (await pubsub.get_message(timeout=2))["type"] == "ssubscribe"
+    return pubsub

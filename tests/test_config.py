@@ -63,6 +63,8 @@ def test_a_bad_value_names_its_variable(env: dict[str, str], message: str) -> No
         "rediss://cache:6380/15",
         "unix:///run/redis.sock",
         "redis+sentinel://:pw@s1:26379,s2:26379/mymaster/0",
+        "redis+cluster://10.0.0.1:7000,10.0.0.2:7000",
+        "redis+cluster://:pw@node:6379",
     ],
 )
 def test_the_accepted_redis_url_forms_load(url: str) -> None:
@@ -71,11 +73,31 @@ def test_the_accepted_redis_url_forms_load(url: str) -> None:
 
 @pytest.mark.parametrize(
     "url",
-    ["notaurl", "http://h:6379", "redis://h/99", "redis:///0", "redis+sentinel://h:26379"],
+    [
+        "notaurl",
+        "http://h:6379",
+        "redis://h/99",
+        "redis:///0",
+        "redis+sentinel://h:26379",
+        "redis+cluster://:7000",
+        "redis+cluster://h:7000/3",
+        "redis+cluster://h:port",
+    ],
 )
 def test_a_bad_redis_url_names_the_setting_and_the_forms(url: str) -> None:
     with pytest.raises(ConfigError, match=r"GIFTRELAY_REDIS_URL.*redis://.*unix://"):
         Settings.load({"GIFTRELAY_REDIS_URL": url})
+
+
+def test_webhooks_on_a_cluster_are_refused_naming_the_setting() -> None:
+    with pytest.raises(ConfigError, match=r"^GIFTRELAY_WEBHOOK_URL: .* Redis Cluster"):
+        Settings.load(
+            {
+                "GIFTRELAY_REDIS_URL": "redis+cluster://h:7000",
+                "GIFTRELAY_WEBHOOK_URL": "https://backend.example/hooks",
+                "GIFTRELAY_WEBHOOK_SECRET": "x" * 32,
+            }
+        )
 
 
 def test_a_password_never_appears_in_a_redis_url_error() -> None:

@@ -8,6 +8,8 @@ from giftrelay.money.api import Money
 
 from .conftest import Clock
 
+pytestmark = pytest.mark.both_redis  # one Redis, then a Redis Cluster
+
 
 @pytest.fixture
 async def live(money: Money) -> Money:

@@ -15,7 +15,9 @@ from giftrelay.money.api import Money
 from giftrelay.wire.errors import Code, Refused
 from giftrelay.wire.events import GiftEvent, stored_event_decoder
 
-from .conftest import Clock, dump, ledger_entries
+from .conftest import Clock, dump, event_pubsub, ledger_entries, ledger_raw
+
+pytestmark = pytest.mark.both_redis  # one Redis, then a Redis Cluster
 
 
 @pytest.fixture
@@ -51,9 +53,7 @@ async def test_gift_debits_credits_and_records_everywhere(
     live: Money, redis: Redis, clock: Clock
 ) -> None:
     await live.topup("alice", 1000, "receipt-alice-1")
-    pubsub = redis.pubsub()
-    await pubsub.ssubscribe(keys.channel("s1"))
-    await pubsub.get_message(timeout=1)  # the subscribe confirmation
+    pubsub = await event_pubsub(redis, keys.channel("s1"))
 
     receipt = await live.gift("alice", "s1", "heart", 3, "gift-abcdef01")
 
@@ -91,8 +91,8 @@ async def test_gift_debits_credits_and_records_everywhere(
     )
     await pubsub.aclose()
 
-    [(_, entry_fields)] = [e for e in await redis.xrange(keys.LEDGER) if "gift" in e[1]["e"]]
-    entry = ledger_decoder.decode(entry_fields["e"])
+    [raw] = [e for e in await ledger_raw(redis) if "gift" in e]
+    entry = ledger_decoder.decode(raw)
     assert entry == GiftEntry(
         v=1,
         ts=clock.ms,

@@ -19,6 +19,8 @@ from giftrelay.wire.errors import Code, Refused, Unavailable
 
 from .conftest import Clock, dump, ledger_entries
 
+pytestmark = pytest.mark.both_redis  # one Redis, then a Redis Cluster
+
 
 @pytest.fixture
 async def live(money: Money) -> Money:

@@ -13,6 +13,8 @@ from giftrelay.wire.protocol import GoalState as Goal
 
 from .conftest import dump
 
+pytestmark = pytest.mark.both_redis  # one Redis, then a Redis Cluster
+
 
 async def test_a_stream_belongs_to_its_first_creator(money: Money, redis: Redis) -> None:
     await money.stream_open("s1", "bob", "first")

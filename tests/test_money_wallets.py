@@ -12,6 +12,8 @@ from giftrelay.wire.errors import Code, Refused
 
 from .conftest import START_MS, Clock, dump, ledger_entries
 
+pytestmark = pytest.mark.both_redis  # one Redis, then a Redis Cluster
+
 
 @pytest.fixture
 async def live(money: Money) -> Money:

@@ -182,6 +182,12 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
         _check_host(self.host)
         if self.webhook_url is not None:
             _check_webhook(self.webhook_url, self.webhook_secret)
+            if (self.redis_url or "").startswith("redis+cluster://"):
+                raise ConfigError(
+                    "GIFTRELAY_WEBHOOK_URL: webhooks do not run on a Redis Cluster yet "
+                    "(GIFTRELAY_REDIS_URL is redis+cluster://): unset GIFTRELAY_WEBHOOK_URL, "
+                    "or use one Redis (with Sentinel for failover)"
+                )
         if self.ack_replicas and self.ack_timeout >= self.request_timeout:
             raise ConfigError(
                 f"GIFTRELAY_ACK_TIMEOUT: {self.ack_timeout} s leaves no time within "

@@ -86,6 +86,31 @@ REDIS_UP = Gauge(
     multiprocess_mode="min",
 )
 
+# -- Redis Cluster: the gift's steps and the mover ---------------------------------------
+
+TRANSFERS = Counter(
+    "giftrelay_transfers_total",
+    "Gift transfers credited to their creator on a Redis Cluster, by outcome: applied "
+    "(this process made the credit) or replayed (found made, e.g. a retry or the mover).",
+    ["outcome"],
+)
+TRANSFERS_MOVED = Counter(
+    "giftrelay_transfers_moved_total",
+    "Transfers the mover took out of an outbox, left behind by a relay (died, or a shard "
+    "failed over between the steps).",
+)
+OUTBOX_LENGTH = Gauge(
+    "giftrelay_outbox_waiting",
+    "Transfers past the grace period in each outbox bucket at the mover's last look.",
+    ["outbox"],
+    multiprocess_mode="max",
+)
+MOVER_LAG = Gauge(
+    "giftrelay_mover_lag_seconds",
+    "Age of the oldest transfer the mover found waiting at its last look (0: none).",
+    multiprocess_mode="max",
+)
+
 # -- webhooks ------------------------------------------------------------------------------
 
 WEBHOOK_ATTEMPTS = Counter(

@@ -100,12 +100,11 @@ def connect(
         options["health_check_interval"] = 30
     if url.startswith(CLUSTER_SCHEME + "://"):
         nodes = ClusterURL(url)
-        options.pop("retry")  # the cluster client retries on another node by itself
         cluster = RedisCluster(
             startup_nodes=[ClusterNode(host, port) for host, port in nodes.nodes],
             password=nodes.password,
-            max_connections=MAX_CONNECTIONS,
-            cluster_error_retry_attempts=3,
+            # Per node; the cluster client fails a command past it rather than waiting.
+            max_connections=4 * MAX_CONNECTIONS,
             **options,
         )
         # The commands giftrelay sends take the same arguments on both clients; where

@@ -19,7 +19,7 @@ import structlog
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from giftrelay import auth
+from giftrelay import auth, mover
 from giftrelay.config import ConfigError, Settings, redact
 from giftrelay.embedded import RedisServer, running_url
 from giftrelay.ledger import open_store
@@ -204,6 +204,8 @@ async def money(settings: Settings, url: str) -> AsyncIterator[Money]:
     """A started :class:`Money` over a fresh client, closed on exit."""
     redis = connect(url, timeout=settings.redis_timeout)
     core = Money(redis, settings, catalog.load(settings.catalog))
+    if core.steps is not None:
+        core.steps.observe = mover.count_transfer
     try:
         await core.start()
         yield core

@@ -115,12 +115,15 @@ class Money(Streams):
         check_ident("stream", stream)
         check_request_id(request_id)
         if self.steps is not None:
-            creator, state = await self._stream_state(stream)
+            creator, state = self._creators.get(stream, ""), ""
+            if not creator or self._live_until.get(stream, 0.0) < time.monotonic():
+                creator, state = await self._stream_state(stream)
             reply = await self._cluster_gift(
                 viewer, stream, gift, count, request_id, creator, confirm, state
             )
             receipt = self.gift_receipt(reply, stream, request_id)
             assert receipt is not None  # the cluster's steps never ask to re-read the creator
+            await self.steps.settle()  # its transfer out of the outbox: the gift is whole
             return receipt
         for attempt in range(2):
             creator = await self._creator(stream, refresh=attempt > 0)
@@ -304,20 +307,21 @@ class Money(Streams):
         if not 1 <= coins <= self.settings.max_balance:
             raise Refused(Code.BAD_REQUEST, f"coins must be 1 to {self.settings.max_balance}")
         record = keys.topup_idem(receipt)
+        claim: list[str | int] = [
+            user,
+            coins,
+            "" if package is None else package.package,
+            "" if package is None else package.region,
+            self.settings.receipt_ttl * 1000,
+        ]
         if self.pipe.cluster:  # the receipt's slot is another: claim it there first
-            claim = await self.pipe.call(
+            claimed = await self.pipe.call(
                 Script.TOPUP_CLAIM,
                 [record],
-                [
-                    user,
-                    coins,
-                    "" if package is None else package.package,
-                    "" if package is None else package.region,
-                    self.settings.receipt_ttl * 1000,
-                ],
+                [*claim, "0"],
                 idempotent=True,  # claims the receipt for this top-up, or finds it claimed
             )
-            ok(claim, "topup")
+            ok(claimed, "topup")
             record = keys.topup_credit(user, receipt)
         reply = await self.pipe.call(
             Script.TOPUP,
@@ -338,6 +342,10 @@ class Money(Streams):
             idempotent=True,  # by the payment receipt
             shard=(keys.ledger,),
         )
+        if self.pipe.cluster and reply[0] == "err":  # refused: the receipt is free again
+            await self.pipe.call(
+                Script.TOPUP_CLAIM, [keys.topup_idem(receipt)], [*claim, "1"], idempotent=True
+            )
         _, balance, replayed = ok(reply, "topup")
         return TopupReceipt(user=user, coins=balance, replayed=bool(replayed))
 

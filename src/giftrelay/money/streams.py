@@ -37,6 +37,7 @@ class Streams:
     clock: Callable[[], int]
     diamond_rate: Fraction
     _creators: dict[str, str]
+    _live_until: dict[str, float]
     catalog: Catalog
 
     async def stream_open(self, stream: str, creator: str, title: str) -> StreamInfo:
@@ -63,6 +64,7 @@ class Streams:
             idempotent=False,  # no id: run again after a reopen, it would close the stream
         )
         ok(reply, "stream_close")
+        self._live_until.pop(stream, None)  # on a cluster, gifts look at the stream again
         return await self.stream_info(stream)
 
     async def set_goal(

@@ -93,6 +93,8 @@ class Steps:
         """Transfers whose credit this process made (steps 2 and 3, by the relay or mover)."""
         self.replayed = 0
         """Transfers found credited already (a retried gift, a mover after the relay)."""
+        self.observe: Callable[[bool], None] | None = None
+        """Told of each credit, with whether it was a replay (the process's metrics)."""
         self._done: dict[str, list[str]] = {}
         self._cleaning: asyncio.Task[None] | None = None
 
@@ -189,6 +191,8 @@ class Steps:
                     self.replayed += 1
                 else:
                     self.applied += 1
+                if self.observe is not None:
+                    self.observe(bool(reply[2]))
             result.set_result((apply_reply, reply))
 
         applied.add_done_callback(credit)
@@ -225,6 +229,7 @@ class Steps:
                 age = now - int(str(entry).partition("-")[0])
                 result.oldest_ms = max(result.oldest_ms, age)
                 result.moved += await self._move(outbox, str(entry), fields)
+        await self.settle()  # out of the outboxes before the next look
         return result
 
     async def _move(self, outbox: str, entry: str, fields: dict[str, Any]) -> int:
@@ -247,10 +252,14 @@ class Steps:
             return 0
         return 1
 
-    async def aclose(self) -> None:
+    async def settle(self) -> None:
+        """Wait until the finished transfers are out of their outboxes."""
         if self._cleaning is not None:
             with contextlib.suppress(Exception):
-                await self._cleaning
+                await asyncio.shield(self._cleaning)
+
+    async def aclose(self) -> None:
+        await self.settle()
 
 
 def _failed(step: asyncio.Future[Any], result: asyncio.Future[Any]) -> bool:

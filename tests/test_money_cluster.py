@@ -1,0 +1,377 @@
+"""The money core on a real Redis Cluster (3 primaries, a replica each): a gift's three
+steps on three slots, exactly once, through retries, a mover that finishes what a relay
+left, a primary killed under load, and a slot that moves while gifts flow."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections import Counter
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+from redis.crc import key_slot
+
+from giftrelay.config import Settings
+from giftrelay.embedded import LocalCluster
+from giftrelay.money import catalog, keys, rules
+from giftrelay.money.api import Money
+from giftrelay.money.platform import Platform
+from giftrelay.money.scripts import Script
+from giftrelay.money.transfers import Steps
+from giftrelay.redis_client import connect
+from giftrelay.wire.errors import Refused, Unavailable
+
+from .cluster_helpers import flush_cluster
+
+VIEWERS = [f"viewer{i}" for i in range(12)]
+STREAMS = [f"stream{i}" for i in range(6)]
+
+
+async def money_on(cluster: LocalCluster, **env: str) -> tuple[Money, Redis]:
+    redis = connect(cluster.url, timeout=2.0)
+    settings = Settings.load({f"GIFTRELAY_{k.upper()}": v for k, v in env.items()})
+    core = Money(redis, settings, catalog.load())
+    await core.start()
+    return core, redis
+
+
+@pytest.fixture
+async def money(redis_cluster: LocalCluster) -> AsyncIterator[Money]:
+    await flush_cluster(redis_cluster)
+    core, redis = await money_on(redis_cluster, payout_min_diamonds="1")
+    yield core
+    await core.aclose()
+    await redis.aclose()
+
+
+def rose_price(core: Money) -> int:
+    rose = core.catalog.get("rose")
+    assert rose is not None
+    return rose.coins
+
+
+def steps_of(core: Money) -> Steps:
+    assert core.steps is not None
+    return core.steps
+
+
+async def ledger_entries(redis: Redis) -> list[dict[str, Any]]:
+    """Every entry of every bucket's ledger stream."""
+    out = []
+    for stream in keys.LEDGERS:
+        out += [json.loads(fields["e"]) for _, fields in await redis.xrange(stream)]
+    return out
+
+
+async def outbox_length(redis: Redis) -> int:
+    return sum([int(await redis.xlen(outbox)) for outbox in keys.OUTBOXES])
+
+
+async def open_streams(core: Money) -> None:
+    for i, stream in enumerate(STREAMS):
+        await core.stream_open(stream, f"creator{i % 3}", f"stream {i}")
+
+
+def test_the_keys_of_a_gift_lie_on_every_shard(redis_cluster: LocalCluster) -> None:
+    """The tests below mean something only if viewers, streams and creators are spread."""
+    owners = {redis_cluster.owner_of_slot(key_slot(keys.wallet(v).encode())) for v in VIEWERS}
+    streams = {redis_cluster.owner_of_slot(key_slot(keys.stream(s).encode())) for s in STREAMS}
+    assert len(owners) == 3
+    assert len(streams) == 3
+    assert all(key_slot(name.encode()) == 256 * b for b, name in enumerate(keys.LEDGERS))
+    assert all(key_slot(name.encode()) == 256 * b for b, name in enumerate(keys.OUTBOXES))
+
+
+async def test_concurrent_gifts_with_retries_move_exactly_once(money: Money) -> None:
+    await open_streams(money)
+    for v in VIEWERS:
+        await money.topup(v, 500, f"grant-{v}")
+    rng = random.Random(7)
+    plan = [(rng.choice(VIEWERS), rng.choice(STREAMS), f"gift-{i:05d}") for i in range(600)]
+
+    async def send(viewer: str, stream: str, request_id: str) -> Any:
+        try:
+            return await money.gift(viewer, stream, "rose", 1, request_id)
+        except Refused as refused:
+            return refused.code
+
+    first = await asyncio.gather(*(send(*p) for p in plan))
+    again = await asyncio.gather(*(send(*p) for p in plan))  # every request retried
+    acked = [(p, r) for p, r in zip(plan, first, strict=True) if not isinstance(r, str)]
+    assert [r for r in first if isinstance(r, str)] == []  # 500 coins cover 50 roses each
+    for (_, receipt), retry in zip(acked, again, strict=True):
+        assert retry.replayed
+        assert (retry.offset, retry.combo) == (receipt.offset, receipt.combo)
+
+    price = rose_price(money)
+    diamonds = rules.diamonds_for(price, money.diamond_rate)
+    spent = Counter(v for (v, _, _), _ in acked)
+    for v in VIEWERS:
+        assert (await money.balance(v)).coins == 500 - spent[v] * price
+    per_stream = Counter(s for (_, s, _), _ in acked)
+    for _i, s in enumerate(STREAMS):
+        info = await money.stream_info(s)
+        assert (info.gifts, info.coins) == (per_stream[s], per_stream[s] * price)
+    earned = Counter(f"creator{STREAMS.index(s) % 3}" for (_, s, _), _ in acked)
+    for creator, n in earned.items():
+        assert (await money.balance(creator)).diamonds == n * diamonds
+
+    entries = [e for e in await ledger_entries(money.redis) if e["kind"] == "gift"]
+    assert sorted(e["id"] for e in entries) == sorted(rid for (_, _, rid), _ in acked)
+    assert sum(e["coins"] for e in entries) == len(acked) * price  # coins debited
+    assert sum(e["diamonds"] for e in entries) == len(acked) * diamonds  # = diamonds credited
+    assert await outbox_length(money.redis) == 0  # every transfer finished and taken out
+    # Each stream's offsets: one event per gift, in the order the stream's shard gave them.
+    for s in STREAMS:
+        history = await money.redis.xrange(keys.history(s))
+        ids = [json.loads(f["e"])["id"] for _, f in history if "gift" in f["e"]]
+        assert len(ids) == len(set(ids)) == per_stream[s]
+
+
+async def test_every_money_call_works_on_a_cluster(money: Money) -> None:
+    platform = Platform(money)
+    await open_streams(money)
+    assert (await money.topup("viewer1", 100, "receipt-00001")).coins == 100
+    assert (await money.topup("viewer1", 100, "receipt-00001")).replayed
+    with pytest.raises(Refused) as conflict:
+        await money.topup("viewer2", 100, "receipt-00001")  # the receipt credited viewer1
+    assert conflict.value.code == "idempotency_conflict"
+    assert (await money.balance("viewer2")).coins == 0
+
+    await money.set_cap("viewer1", 10)
+    with pytest.raises(Refused) as capped:
+        await money.gift("viewer1", "stream0", "heart", 3, "gift-capped-1")  # 15 coins
+    assert capped.value.code == "spend_limit"
+    await money.set_cap("viewer1", None)
+    await money.set_confirm("viewer1", 20)
+    with pytest.raises(Refused) as confirm:
+        await money.gift("viewer1", "stream0", "heart", 5, "gift-confirm-1")
+    assert confirm.value.code == "confirm_required"
+    receipt = await money.gift("viewer1", "stream0", "heart", 5, "gift-confirm-1", confirm=True)
+    assert (receipt.coins, receipt.balance) == (25, 75)
+    await money.stream_close("stream1")
+    with pytest.raises(Refused) as closed:
+        await money.gift("viewer1", "stream1", "heart", 1, "gift-closed-1")
+    assert closed.value.code == "stream_not_live"
+    # A retry of a gift made while live still gets its first reply after the close.
+    await money.stream_close("stream0")
+    assert (await money.gift("viewer1", "stream0", "heart", 5, "gift-confirm-1")).replayed
+
+    assert await platform.verify("creator0", True, "case-1") > 0
+    assert await platform.verified_creators() == ["creator0"]
+    paid = await money.payout("creator0", 25, "payout-00001")
+    assert paid.diamonds_left == 0
+    assert (await money.payout("creator0", 25, "payout-00001")).replayed
+    back = await platform.chargeback("receipt-00001", "fraud", "viewer1")
+    assert (back.coins_clawed_back, back.coins) == (100, -25)
+    assert (await platform.chargeback("receipt-00001", "fraud", "viewer1")).replayed
+
+    kinds = Counter(e["kind"] for e in await ledger_entries(money.redis))
+    assert kinds == Counter(
+        topup=1, cap=2, confirm=1, gift=1, verification=1, payout=1, chargeback=1
+    )
+
+
+async def test_a_transfer_a_relay_left_is_applied_once_by_the_mover(
+    money: Money, redis_cluster: LocalCluster
+) -> None:
+    """The relay died after the debit (step 1), or after the stream's step (2): the
+    mover finishes the gift, the event is published once, the credit made once."""
+    await open_streams(money)
+    await money.topup("viewer3", 100, "grant-viewer3")
+    steps = steps_of(money)
+    channel = keys.channel("stream2")  # published on the shard holding the stream
+    shard = Redis(port=redis_cluster.owner_of_slot(key_slot(channel.encode())))
+    pubsub = shard.pubsub()
+    await pubsub.ssubscribe(channel)
+
+    async def debit_only(request_id: str) -> list[Any]:
+        now = money.clock()
+        return list(
+            await money.pipe.call(
+                Script.GIFT_DEBIT,
+                [
+                    keys.wallet("viewer3"),
+                    keys.gift_idem("viewer3", request_id),
+                    keys.spending("viewer3", now // rules.DAY_MS),
+                ],
+                [
+                    request_id,
+                    "viewer3",
+                    "creator2",
+                    "stream2",
+                    "rose",
+                    "Rose",
+                    1,
+                    1,
+                    1,
+                    1,
+                    now,
+                    3600000,
+                    0,
+                    "",
+                ],
+                idempotent=True,
+                shard=(keys.outbox,),
+            )
+        )
+
+    await debit_only("gift-left-001")  # the relay died after step 1
+    half = await debit_only("gift-half-001")  # ... and this one after step 2
+    applied = await money.pipe.call(
+        Script.GIFT_APPLY,
+        [
+            keys.stream("stream2"),
+            keys.top("stream2"),
+            keys.history("stream2"),
+            keys.combo("stream2", "viewer3", "rose"),
+            keys.channel("stream2"),
+            keys.applied("stream2", "viewer3", "gift-half-001"),
+        ],
+        [half[1], 10_000, 3_600_000, 1000],
+        idempotent=True,
+    )
+    assert applied[0] == "ok"
+    assert await outbox_length(money.redis) == 2
+    assert (await money.balance("viewer3")).coins == 98  # the coins moved at step 1
+    assert (await money.balance("creator2")).diamonds == 0
+
+    sweep = await steps.sweep(grace_ms=0)
+    assert sweep.moved == 2
+    assert (await steps.sweep(grace_ms=0)).moved == 0  # nothing left, nothing twice
+    assert await outbox_length(money.redis) == 0
+    assert (await money.balance("creator2")).diamonds == 2
+    assert (await money.stream_info("stream2")).gifts == 2
+    gifts = [e for e in await ledger_entries(money.redis) if e["kind"] == "gift"]
+    assert sorted(e["id"] for e in gifts) == ["gift-half-001", "gift-left-001"]
+    # The half-applied gift kept its offset: the stream's step ran once.
+    assert next(e for e in gifts if e["id"] == "gift-half-001")["offset"] == applied[1]
+
+    heard = []
+    while len(heard) < 3:  # the subscribe confirmation and two events
+        message = await pubsub.get_message(timeout=2.0)
+        assert message is not None, "an event did not come"
+        heard.append(message)
+    events = [json.loads(m["data"]) for m in heard if m["type"] == "smessage"]
+    assert sorted(e["id"] for e in events) == ["gift-half-001", "gift-left-001"]
+    assert await pubsub.get_message(timeout=0.3) is None  # and no event twice
+    await pubsub.aclose()
+    await shard.aclose()
+
+    # The client's retry of the first gift gets its one outcome.
+    retried = await money.gift("viewer3", "stream2", "rose", 1, "gift-left-001")
+    assert retried.replayed
+    assert retried.balance == 99
+    assert len([e for e in await ledger_entries(money.redis) if e["kind"] == "gift"]) == 2
+
+
+async def gift_until_acknowledged(
+    core: Money, viewer: str, stream: str, request_id: str, deadline: float
+) -> Any:
+    """A client's loop: retry with the same id while Redis is unavailable."""
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            return await core.gift(viewer, stream, "rose", 1, request_id)
+        except Unavailable:
+            if loop.time() > deadline:
+                raise
+            await asyncio.sleep(0.05)
+
+
+async def test_a_primary_killed_under_load_loses_no_acknowledged_gift(
+    own_cluster: LocalCluster,
+) -> None:
+    """With GIFTRELAY_ACK_REPLICAS=1, kill -9 the primary of viewers, streams and a
+    creator while gifts flow: after the failover every acknowledged gift is in the
+    ledger exactly once and every balance is what the replies said."""
+    core, redis = await money_on(own_cluster, ack_replicas="1", ack_timeout="1")
+    try:
+        await open_streams(core)
+        for v in VIEWERS:
+            await core.topup(v, 1000, f"grant-{v}")
+        victim = own_cluster.owner_of_slot(key_slot(keys.wallet(VIEWERS[0]).encode()))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        plan = [(VIEWERS[i % len(VIEWERS)], STREAMS[i % len(STREAMS)]) for i in range(400)]
+        started = asyncio.Event()
+        acknowledged = 0
+
+        async def gifter(i: int, viewer: str, stream: str) -> Any:
+            nonlocal acknowledged
+            await asyncio.sleep(i * 0.002)  # a flow, not one burst: ~500 gifts/s
+            receipt = await gift_until_acknowledged(core, viewer, stream, f"load-{i:05d}", deadline)
+            acknowledged += 1
+            if acknowledged == 100:
+                started.set()
+            return receipt
+
+        sends = asyncio.gather(*(gifter(i, v, s) for i, (v, s) in enumerate(plan)))
+        await started.wait()
+        own_cluster.kill(victim)
+        await asyncio.to_thread(own_cluster.wait_failover, victim)
+        # The promoted replica has no replica of its own: it acknowledges nothing (WAIT 1)
+        # until the old primary comes back as its replica, as an operator would see to.
+        await asyncio.to_thread(own_cluster.restart, victim)
+        receipts = await sends
+        await steps_of(core).sweep(grace_ms=0)  # anything a failed step left behind
+
+        price = rose_price(core)
+        assert await outbox_length(redis) == 0
+        gifts = [e for e in await ledger_entries(redis) if e["kind"] == "gift"]
+        assert sorted(e["id"] for e in gifts) == sorted(r.id for r in receipts)  # once each
+        spent = Counter(v for v, _ in plan)
+        for v in VIEWERS:
+            assert (await core.balance(v)).coins == 1000 - spent[v] * price
+        total = sum([(await core.stream_info(s)).gifts for s in STREAMS])
+        assert total == len(plan)
+    finally:
+        await core.aclose()
+        await redis.aclose()
+
+
+async def test_gifts_flow_while_a_slot_migrates(own_cluster: LocalCluster) -> None:
+    """The slot of a viewer's wallet and of a stream move to another primary, in small
+    batches, while gifts are sent: every gift is applied once, balances exact."""
+    core, redis = await money_on(own_cluster)
+    try:
+        await open_streams(core)
+        viewer, stream = VIEWERS[0], STREAMS[0]
+        await core.topup(viewer, 1000, "grant-migrating")
+        loop = asyncio.get_running_loop()
+        slots = [key_slot(keys.wallet(viewer).encode()), key_slot(keys.stream(stream).encode())]
+        for i in range(20):  # keys enough in the slots to move in several batches
+            await core.gift(viewer, stream, "rose", 1, f"before-{i:04d}")
+        stop = asyncio.Event()
+        sent: list[str] = []
+
+        async def gifts() -> None:
+            i = 0
+            while not stop.is_set():
+                request_id = f"during-{i:05d}"
+                await gift_until_acknowledged(core, viewer, stream, request_id, loop.time() + 20)
+                sent.append(request_id)
+                i += 1
+
+        sender = asyncio.create_task(gifts())
+        for slot in slots:
+            source = own_cluster.owner_of_slot(slot)
+            target = next(p for p in own_cluster.primary_ports() if p != source)
+            await asyncio.to_thread(own_cluster.migrate_slot, slot, target, batch=3)
+        stop.set()
+        await sender
+        assert len(sent) > 0
+        price = rose_price(core)
+        assert (await core.balance(viewer)).coins == 1000 - (20 + len(sent)) * price
+        info = await core.stream_info(stream)
+        assert info.gifts == 20 + len(sent)
+        gifts_ = [e for e in await ledger_entries(redis) if e["kind"] == "gift"]
+        assert len(gifts_) == len({e["id"] for e in gifts_}) == 20 + len(sent)
+        assert await outbox_length(redis) == 0
+    finally:
+        await core.aclose()
+        await redis.aclose()
