@@ -51,6 +51,7 @@ class Channel:
         self.confirms: dict[str, deque[asyncio.Future[None]]] = {}
         """Per channel, the subscriptions sent and not yet confirmed by Redis."""
         self.connected = asyncio.Event()
+        self.log = log
 
     async def run(self) -> None:
         """Read the pub/sub connection; on a failure, reconnect (and resubscribe)."""
@@ -175,7 +176,7 @@ class Channel:
 
     def _lost(self, exc: BaseException) -> None:
         if self.connected.is_set():
-            log.warning("event channel lost; reconnecting", error=str(exc))
+            self.log.warning("event channel lost; reconnecting", error=str(exc))
         self.connected.clear()
         metrics.REDIS_UP.set(0)
         for waiters in self.confirms.values():

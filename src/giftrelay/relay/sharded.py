@@ -3,31 +3,34 @@
 A stream's channel ``ev:{s}`` is in the slot of ``{s}``, with the stream's keys, so its
 events are ``SPUBLISH``\\ ed by the primary that owns that slot and reach only the
 subscribers of that shard. :class:`ShardedChannel` keeps one connection (a
-:class:`ShardLink`, which is a :class:`~giftrelay.relay.channel.Channel` to one node: the
-same confirmations, liveness PINGs and reconnecting with back-off) per primary that owns
-a room's slot, subscribes each channel on its owner, and offers the fan-out the calls of
-:class:`~giftrelay.relay.channel.Channel`.
+:class:`ShardLink`, a :class:`~giftrelay.relay.channel.Channel` to one node: the same
+confirmations, liveness PINGs and reconnecting with back-off) per primary that owns a
+room's slot, subscribes each channel on its slot's owner, and offers the fan-out the
+calls of :class:`~giftrelay.relay.channel.Channel`.
 
-A channel leaves its shard in three ways, and each ends the same way:
+A channel leaves its node in four ways, and each ends the same way:
 
 - Redis pushes ``sunsubscribe`` (the slot was migrated away, or the node turned replica);
 - Redis answers a subscription with ``MOVED`` (this worker's slot map was behind);
-- the node's connection is lost (a crash; its replica is promoted a second or two later).
+- the node's connection is lost (a crash: its replica is promoted a second or two later);
+- the slot map, read every few seconds, names another owner (a change nobody announced
+  to this worker, e.g. a failover on the far side of a network partition).
 
 The slot map is read again (``MOVED`` names the owner itself), the channel is routed to
 its owner and, once that owner's connection is up, handed to the fan-out
 (``on_connected(channels)``), which subscribes it there and fills the room's gap from the
 history, as after any reconnect. A lost node is retried with back-off, the slot map read
 again before each try, until its channels have another owner; then its connection is
-closed. All that while the rooms' viewers keep their sockets: their events come late,
+closed. All the while the rooms' viewers keep their sockets: their events come late,
 never twice, never out of order.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Coroutine
 from typing import Any, cast
 from urllib.parse import quote
 
@@ -43,11 +46,16 @@ from giftrelay.wire.errors import Unavailable
 
 log = structlog.get_logger(__name__)
 
+MAP_CHECK = 5.0
+"""Seconds between two looks at the slot map for channels whose slot moved unannounced."""
+
 MAP_REFRESH_GAP = 0.1
 """Seconds between two readings of the slot map (a storm of losses reads it once)."""
 
 NEW_LINK_WAIT = 2.0
-"""How long a join waits for a shard's first connection."""
+"""How long a join waits for the first connection to a shard."""
+
+MOVED_WHY = "the stream's slot moved to another Redis node; retry"
 
 
 def slot_of(channel: str) -> int:
@@ -62,8 +70,12 @@ class ShardLink(Channel):
         self.owner = owner
         self.node = node
         """The node's name, ``host:port`` (as redis-py's ``ClusterNode.name``)."""
+        self.was_up = False
+        """Connected once: from then on, not connected means reconnecting."""
+        self.log = log.bind(node=node)
 
     async def _up(self) -> None:
+        self.was_up = True
         await self.owner._link_up(self)
 
     def _refused(self, exc: ResponseError) -> None:
@@ -125,7 +137,8 @@ class ShardedChannel:
     # -- what the fan-out calls (as on Channel) -------------------------------------------
 
     async def run(self) -> None:
-        """Read the slot map (until the cluster answers); the links then run by themselves."""
+        """Read the slot map (until the cluster answers), then look at it every MAP_CHECK
+        seconds; the links run by themselves."""
         delay = 0.1
         while not self._mapped:
             try:
@@ -138,7 +151,9 @@ class ShardedChannel:
         self._map_read_at = time.monotonic()
         self._state()
         log.info("event channel connected", cluster=True)
-        await asyncio.Event().wait()  # until cancelled; aclose() closes the links
+        while True:
+            await asyncio.sleep(MAP_CHECK)
+            await self._check_map()
 
     async def aclose(self) -> None:
         self._closing = True
@@ -154,8 +169,8 @@ class ShardedChannel:
     async def subscribe(self, channels: list[str]) -> None:
         """Send the subscriptions, each on its node; :meth:`subscribed` waits for them.
 
-        A channel already routed stays where it is (it is moved only as the module's
-        docstring says, with its gap filled); a new one goes to its slot's owner."""
+        A channel already routed stays where it is (it moves only as the module's
+        docstring says, with its room's gap filled); a new one goes to its slot's owner."""
         by_node: dict[str, list[str]] = {}
         for channel in channels:
             node = self.routes.get(channel) or self._owner(channel)
@@ -236,19 +251,21 @@ class ShardedChannel:
     async def _link(self, node: str) -> ShardLink:
         """The connected link to ``node``; a new one is given a moment to connect."""
         link = self.links.get(node)
-        if link is not None and link.connected.is_set():
+        if link is None:
+            link = self._start(node)
+        elif link.connected.is_set():
             return link
-        if link is not None:
-            raise Unavailable(f"the event channel is reconnecting to {node}")
-        link = self._start(node)
-        task = self._tasks[node]
+        elif link.was_up:
+            raise Unavailable(f"the event channel is reconnecting to Redis node {node}")
         up = asyncio.ensure_future(link.connected.wait())
         try:
-            await asyncio.wait({up, task}, timeout=NEW_LINK_WAIT, return_when="FIRST_COMPLETED")
+            await asyncio.wait(
+                {up, self._tasks[node]}, timeout=NEW_LINK_WAIT, return_when="FIRST_COMPLETED"
+            )
         finally:
             up.cancel()
         if not link.connected.is_set():
-            raise Unavailable(f"the event channel cannot reach {node}")
+            raise Unavailable(f"the event channel cannot reach Redis node {node}")
         return link
 
     def _start(self, node: str) -> ShardLink:
@@ -257,11 +274,15 @@ class ShardedChannel:
         userinfo = f":{quote(password, safe='')}@" if password else ""
         link = ShardLink(self, node, f"redis://{userinfo}{host}:{port}/0")
         self.links[node] = link
-        self._tasks[node] = asyncio.create_task(link.run(), name=f"fanout-shard-{node}")
+        self._tasks[node] = asyncio.create_task(
+            link.run(),
+            name=f"fanout-shard-{node}",
+            context=contextvars.Context(),  # not the log context of the join that asked
+        )
         return link
 
-    def _chore(self, work: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(work)
+    def _chore(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work, context=contextvars.Context())
         self._chores.add(task)
         task.add_done_callback(self._chores.discard)
 
@@ -276,24 +297,57 @@ class ShardedChannel:
             log.info("could not read the Redis Cluster slot map", error=str(exc))
         self._map_read_at = time.monotonic()
 
-    async def _relocate(self, channels: Collection[str], to: str | None = None) -> None:
+    async def _check_map(self) -> None:
+        """Channels subscribed on a node the slot map no longer names as their owner."""
+        if not self.routes:
+            return
+        await self._read_map()
+        stray = []
+        for channel, node in self.routes.items():
+            link = self.links.get(node)
+            if link is None or not link.connected.is_set():
+                continue  # the link's loss moves them
+            try:
+                if self._owner(channel) != node:
+                    stray.append(channel)
+            except Unavailable:
+                continue
+        if stray:
+            log.warning("stream channels whose slot moved unannounced", streams=len(stray))
+            await self._relocate(stray, leave=True)
+
+    async def _relocate(
+        self, channels: Collection[str], to: str | None = None, *, leave: bool = False
+    ) -> None:
         """Route ``channels`` to their owner (``to``, or the slot map's, read again) and
         hand them to the fan-out once that owner's link is up, to subscribe them there
-        and fill their rooms' gaps."""
+        and fill their rooms' gaps. ``leave``: unsubscribe them where they were."""
         if self._closing:
             return
         if to is None:
             await self._read_map()
         moved: dict[str, list[str]] = {}
+        left: dict[tuple[str, int], list[str]] = {}
         for channel in channels:
-            if channel not in self.routes:  # the fan-out let it go meanwhile
+            old = self.routes.get(channel)
+            if old is None:  # the fan-out let it go meanwhile
                 continue
             try:
                 node = to or self._owner(channel)
             except Unavailable:
-                continue  # not covered now: stays where it was, tried again on loss
+                continue  # not covered now: stays where it was, looked at again later
+            if leave and node != old:
+                left.setdefault((old, slot_of(channel)), []).append(channel)
             self._route(channel, node)
             moved.setdefault(node, []).append(channel)
+        for (old, _), same_slot in left.items():
+            link = self.links.get(old)
+            if link is not None and link.connected.is_set():
+                link.drop(same_slot, MOVED_WHY)
+                try:
+                    await link.unsubscribe(same_slot)
+                except (RedisError, OSError) as exc:
+                    link.log.info("could not unsubscribe moved streams", error=str(exc))
         for node, mine in moved.items():
             link = self.links.get(node)
             if link is None:
@@ -317,7 +371,7 @@ class ShardedChannel:
         rooms' gaps filled."""
         self._state()
         channels = self._routed_to(link.node)
-        log.info("event channel shard connected", node=link.node, streams=len(channels))
+        link.log.info("event channel shard connected", streams=len(channels))
         if channels:
             await self.on_connected(channels)
 
@@ -337,16 +391,19 @@ class ShardedChannel:
             self._tasks.pop(link.node, None)
         self._chore(link.aclose())
         self._state()
+        link.log.info("event channel shard closed: no stream of this worker there")
         return False
 
     def _moved(self, link: ShardLink, exc: MovedError) -> None:
         """A subscription went to a node that no longer owns its slot: move the slot's
         channels to the owner it names."""
-        owner = f"{exc.host}:{exc.port}"
         channels = [c for c in self._routed_to(link.node) if slot_of(c) == exc.slot_id]
-        log.info("stream channel moved", slot=exc.slot_id, frm=link.node, to=owner)
-        link.drop(channels, "the stream's slot moved; retry")
         self._map_read_at = -1.0  # the next look reads the map again
+        if not channels:
+            return  # an unsubscription's answer: nothing of ours there
+        owner = f"{exc.host}:{exc.port}"
+        link.log.info("stream channel moved", slot=exc.slot_id, to=owner)
+        link.drop(channels, MOVED_WHY)
         self._chore(self._relocate(channels, owner))
 
     def _pushed_out(self, link: ShardLink, channel: str) -> None:
@@ -354,8 +411,8 @@ class ShardedChannel:
         here), or its slot left the node (a migration, the node turned replica)."""
         if self.routes.get(channel) != link.node:
             return
-        log.info("stream channel's slot left its node", channel=channel, node=link.node)
-        link.drop([channel], "the stream's slot moved; retry")
+        link.log.info("stream channel's slot left its node", channel=channel)
+        link.drop([channel], MOVED_WHY)
         self._chore(self._relocate([channel]))
 
     def _state(self) -> None:
