@@ -504,13 +504,15 @@ def service_env(service: dict[str, Any], env: dict[str, str]) -> dict[str, str]:
     return {k: interpolate(str(v), env) for k, v in raw.items()}
 
 
-GIFTRELAY_SERVICES = ("relay-1", "relay-2", "ledger")
+GIFTRELAY_SERVICES = ("relay-1", "relay-2", "ledger", "giftrelay-cluster")
 
 
 def test_compose_services_and_wiring() -> None:
     doc = compose()
     services = doc["services"]
-    assert set(services) == {"redis", "postgres", "relay-1", "relay-2", "ledger"}
+    default = {name for name, service in services.items() if not service.get("profiles")}
+    assert default == {"redis", "postgres", "relay-1", "relay-2", "ledger"}
+    assert set(services) - default == CLUSTER_SERVICES
     volumes = set(doc.get("volumes") or {})
 
     for name, service in services.items():
@@ -570,6 +572,48 @@ def test_compose_services_and_wiring() -> None:
     assert urlsplit(env["GIFTRELAY_REDIS_URL"]).hostname == "redis"
     assert set(ledger["depends_on"]) == {"redis", "postgres"}
     assert ledger["healthcheck"] == {"disable": True}, "no HTTP port: the image's check fails"
+
+
+CLUSTER_NODES = [f"redis-node-{n}" for n in range(1, 7)]
+CLUSTER_SERVICES = {*CLUSTER_NODES, "redis-cluster-init", "giftrelay-cluster"}
+
+
+def test_compose_cluster_profile() -> None:
+    """``--profile cluster``: six cluster nodes with AOF, formed once by a one-shot
+    redis-cli, and a relay that starts once the cluster is formed."""
+    services = compose()["services"]
+    for name in CLUSTER_SERVICES:
+        assert services[name]["profiles"] == ["cluster"], name
+    for name in CLUSTER_NODES:
+        command = services[name]["command"]
+        assert command[0] == "redis-server"
+        assert command[command.index("--cluster-enabled") + 1] == "yes"
+        assert command[command.index("--appendonly") + 1] == "yes"
+        assert services[name]["healthcheck"]["test"][1:] == ["redis-cli", "ping"]
+
+    init = services["redis-cluster-init"]
+    assert init["depends_on"] == {n: {"condition": "service_healthy"} for n in CLUSTER_NODES}
+    script = init["command"][0]
+    assert "--cluster create" in script
+    assert "--cluster-replicas 1 --cluster-yes" in script
+    assert "for n in 1 2 3 4 5 6;" in script, "all six nodes"
+    assert "getent ahostsv4 redis-node-$$n" in script, "by IP address: MEET refuses names"
+    assert init.get("restart") == "no", "one-shot"
+
+    relay = services["giftrelay-cluster"]
+    assert relay["build"] == "."
+    assert relay["image"] == services["relay-1"]["image"]
+    assert relay["depends_on"] == {
+        "redis-cluster-init": {"condition": "service_completed_successfully"}
+    }
+    env = service_env(relay, {"GIFTRELAY_SECRET": TEST_SECRET})
+    for key in env:
+        assert key[len(ENV_PREFIX) :].lower() in Settings.__struct_fields__, key
+    url = urlsplit(env["GIFTRELAY_REDIS_URL"])
+    assert url.scheme == "redis+cluster"
+    assert url.netloc == ",".join(f"{node}:6379" for node in CLUSTER_NODES[:3])
+    relay_ports = {services[n]["ports"][0].split(":")[0] for n in ("relay-1", "relay-2")}
+    assert relay["ports"][0].split(":")[0] not in relay_ports
 
 
 def test_compose_environment_is_valid_configuration() -> None:

@@ -238,7 +238,7 @@ _CLUSTER_PORTS = range(10_000, 32_768 - BUS_PORT_OFFSET)
 """Node ports drawn from here keep node and bus ports below Linux's ephemeral range
 (32768-60999), so no outgoing connection takes either between the check and the bind."""
 
-T = TypeVar("T")
+_T = TypeVar("_T")
 
 
 class ClusterNodeError(EmbeddedRedisError):
@@ -251,8 +251,8 @@ class ClusterNodeError(EmbeddedRedisError):
 
 
 @dataclass(frozen=True)
-class ClusterNode:
-    """A node as one line of CLUSTER NODES shows it (that is, as the node asked sees it)."""
+class NodeEntry:
+    """One line of CLUSTER NODES: a node as the node asked sees it."""
 
     id: str
     port: int
@@ -269,7 +269,7 @@ class ClusterNode:
         return not self.flags & {"fail", "fail?", "handshake", "noaddr"}
 
 
-def parse_cluster_nodes(text: str) -> list[ClusterNode]:
+def parse_cluster_nodes(text: str) -> list[NodeEntry]:
     """CLUSTER NODES; a slot being imported or migrated (``[slot-<-id]``) stays its owner's."""
     nodes = []
     for line in text.splitlines():
@@ -280,7 +280,7 @@ def parse_cluster_nodes(text: str) -> list[ClusterNode]:
         port = address.split("@")[0].rpartition(":")[2]
         slots = tuple(_slot_range(f) for f in fields[8:] if not f.startswith("["))
         nodes.append(
-            ClusterNode(
+            NodeEntry(
                 node_id,
                 int(port or 0),
                 frozenset(flags.split(",")),
@@ -451,7 +451,7 @@ class LocalCluster:
         primary is up."""
         self._poll("the cluster settles", self._check_stable, time.monotonic() + timeout)
 
-    def _check_stable(self) -> list[ClusterNode]:
+    def _check_stable(self) -> list[NodeEntry]:
         live = self._live_ports()
         live_ids = {self._ids[port] for port in live}
         views, owners = {}, {}
@@ -486,6 +486,7 @@ class LocalCluster:
         return sorted(n.port for n in self._any_view() if n.is_primary and n.healthy)
 
     def replicas_of(self, port: int) -> list[int]:
+        """The replicas of the primary on ``port``, as the first live node sees them."""
         primary = self._ids[port]
         view = self._any_view()
         return sorted(n.port for n in view if n.primary_id == primary and n.healthy)
@@ -535,6 +536,8 @@ class LocalCluster:
     def restart(self, port: int, timeout: float = 15.0) -> None:
         """Start a killed node again on its port and files: it rejoins from nodes.conf
         (a failed-over primary as a replica of its successor); return once stable."""
+        if port not in self._killed:
+            raise EmbeddedRedisError(f"127.0.0.1:{port} was not killed by kill()")
         self.nodes[port].start()
         del self._killed[port]
         self.wait_stable(timeout)
@@ -591,7 +594,7 @@ class LocalCluster:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def _poll(self, what: str, check: Callable[[], T], deadline: float) -> T:
+    def _poll(self, what: str, check: Callable[[], _T], deadline: float) -> _T:
         """``check()`` until it stops raising ClusterNodeError: Redis Cluster announces
         none of these changes (state, gossip, failover), so they are polled."""
         while True:
@@ -609,10 +612,10 @@ class LocalCluster:
                 raise EmbeddedRedisError(str(self._error(port, "has exited")))
         return [port for port in self.nodes if port not in self._killed]
 
-    def _any_view(self) -> list[ClusterNode]:
+    def _any_view(self) -> list[NodeEntry]:
         return self._view(self._live_ports()[0])
 
-    def _view(self, port: int) -> list[ClusterNode]:
+    def _view(self, port: int) -> list[NodeEntry]:
         return parse_cluster_nodes(self._call(port, "CLUSTER", "NODES"))
 
     def _call(self, port: int, *args: str | int) -> Any:
@@ -644,11 +647,11 @@ def _execute(client: redis.Redis, *args: str | int | bytes) -> Any:
     return client.execute_command(*args)  # type: ignore[no-untyped-call]
 
 
-def _myself(view: list[ClusterNode]) -> ClusterNode:
+def _myself(view: list[NodeEntry]) -> NodeEntry:
     return next(n for n in view if "myself" in n.flags)
 
 
-def _slot_owners(view: list[ClusterNode]) -> tuple[tuple[int, int, str], ...]:
+def _slot_owners(view: list[NodeEntry]) -> tuple[tuple[int, int, str], ...]:
     return tuple(sorted((a, b, n.id) for n in view if n.is_primary for a, b in n.slots))
 
 

@@ -20,7 +20,7 @@ import structlog
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
-from redis.exceptions import AskError, MovedError, RedisError
+from redis.exceptions import AskError, RedisError
 
 from giftrelay.money import keys
 from giftrelay.money.autopipe import AutoPipeline, Misrouted
@@ -121,12 +121,15 @@ class ClusterRouter(Router):
         node holds their bucket, else one of the node's, spread by slot."""
         owned = self.buckets(node)
         own = slot // keys.BUCKET_SLOT_SPAN
+        if not self._avoid and own in owned:  # the common case, on every gift
+            return own
         now = time.monotonic()
-        usable = [b for b in owned if self._avoid.get((node.name, b), 0.0) < now]
+        self._avoid = {k: until for k, until in self._avoid.items() if until > now}
+        usable = [b for b in owned if (node.name, b) not in self._avoid]
         if own in usable:
             return own
         if not usable:
-            raise Unavailable(
+            raise NoBucket(
                 f"Redis Cluster node {node.name} holds none of giftrelay's {keys.BUCKETS} bucket"
                 f" slots (multiples of {keys.BUCKET_SLOT_SPAN}); give it one of them"
             )
@@ -145,10 +148,6 @@ class ClusterRouter(Router):
 
     def avoid(self, node: ClusterNode, bucket: int) -> None:
         self._avoid[(node.name, bucket)] = time.monotonic() + AVOID_SECONDS
-
-    def pipe_for(self, host: str, port: int) -> AutoPipeline:
-        node = self.redis.get_node(host=host, port=port) or ClusterNode(host, port)
-        return self._pipe(node)
 
     def _pipe(self, node: ClusterNode) -> AutoPipeline:
         pipe = self._pipes.get(node.name)
@@ -175,6 +174,7 @@ class ClusterRouter(Router):
             await self.redis.nodes_manager.initialize()
         except (RedisError, OSError) as exc:
             log.warning("could not read the cluster's slot map", error=str(exc))
+        self._slots_seen = None  # the buckets follow the map
 
     async def aclose(self) -> None:
         for pipe in list(self._pipes.values()):
@@ -196,6 +196,12 @@ _NODE_OPTIONS = frozenset(
         "retry",
     }
 )
+
+
+class NoBucket(Unavailable):
+    """The node holds none of the bucket slots, as far as the slot map says: read the
+    map again (after a failover or a MOVED it may be stale); if it stays so, this is the
+    answer: the operator gives the node a bucket slot."""
 
 
 class _Attempt:
@@ -234,8 +240,8 @@ class _Attempt:
                 else router.primary(slot)
             )
             bucket = router.bucket(node, slot) if self.shard else None
-        except Unavailable as exc:
-            self.outer.set_exception(exc)
+        except NoBucket as exc:
+            self._later(exc)
             return
         except (RedisError, OSError) as exc:  # no slot map (every node was down)
             router.refresh()
@@ -263,23 +269,26 @@ class _Attempt:
                 self.router.refresh()  # a node gone: the retry should find its successor
             outer.set_exception(exc)
             return
+        cause = exc.cause
+        if isinstance(cause, AskError) and self.tries < MAX_REDIRECTS:
+            self.tries += 1
+            self.send(cause)  # the slot is moving: this key is already on the importing node
+            return
+        if "non local key" in str(cause) and bucket is not None:
+            self.router.avoid(node, bucket)
+        self._later(exc)  # MOVED (a failover moves a shard's every slot), TRYAGAIN, ...
+
+    def _later(self, exc: Exception) -> None:
+        """Read the slot map again, then send again; ``unavailable`` after too many."""
         self.tries += 1
         if self.tries > MAX_REDIRECTS:
             log.warning("cluster turned a call away", script=self.script.value, error=str(exc))
-            outer.set_exception(Unavailable(f"Redis Cluster: {exc.cause}"))
+            cause = exc.cause if isinstance(exc, Misrouted) else exc
+            self.outer.set_exception(Unavailable(f"Redis Cluster: {cause}"))
             return
-        cause = exc.cause
-        if isinstance(cause, AskError):
-            self.send(cause)  # the slot is moving: this key is already on the importing node
-        elif isinstance(cause, MovedError):
-            task = asyncio.ensure_future(self.router.redis.nodes_manager.move_slot(cause))
-            task.add_done_callback(lambda _: self._again())
-        else:  # TRYAGAIN, CLUSTERDOWN, or a bucket that left the node
-            if "non local key" in str(cause) and bucket is not None:
-                self.router.avoid(node, bucket)
-            task = self.router.refresh()
-            loop = asyncio.get_running_loop()
-            task.add_done_callback(lambda _: loop.call_later(0.02 * self.tries, self._again))
+        task = self.router.refresh()
+        loop = asyncio.get_running_loop()
+        task.add_done_callback(lambda _: loop.call_later(0.02 * self.tries, self._again))
 
     def _again(self) -> None:
         if not self.outer.done():
