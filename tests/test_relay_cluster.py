@@ -9,6 +9,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import msgspec
 import pytest
 from redis.asyncio import Redis
 from redis.crc import key_slot
@@ -17,6 +18,7 @@ from giftrelay.embedded import LocalCluster
 from giftrelay.money import keys
 from giftrelay.money.api import Money
 from giftrelay.relay import sharded as sharded_module
+from giftrelay.relay.room import RECENT_GIFTS, Head, Room, gift_key
 from giftrelay.relay.sharded import ShardedChannel
 from giftrelay.wire.errors import Unavailable
 
@@ -279,3 +281,25 @@ async def test_viewers_keep_their_sockets_when_a_streams_primary_is_killed(
         promoted = own_cluster.owner_of_slot(key_slot(keys.channel(doomed).encode()))
         assert sharded(h).routes[keys.channel(doomed)] == f"127.0.0.1:{promoted}"
         assert f"127.0.0.1:{victim}" not in sharded(h).links
+
+
+def test_a_room_remembers_the_last_gifts_it_delivered() -> None:
+    """By sender and id, at any offset, the last RECENT_GIFTS of them; a test alert with a
+    gift's id is another event."""
+    room = Room("s")
+
+    def event(sender: str, gift_id: str, test: bool = False) -> int | None:
+        return gift_key(Head(kind="gift", sender=sender, id=gift_id, test=test))
+
+    raw = msgspec.Raw(b"{}")
+    assert room.accept("1-1", raw, event("alice", "gift-1"))
+    assert not room.accept("2-1", raw, event("alice", "gift-1"))  # the same gift again
+    assert room.accept("3-1", raw, event("bob", "gift-1"))  # another sender's
+    assert room.accept("4-1", raw, event("alice", "gift-1", test=True))
+    assert room.accept("5-1", raw, gift_key(Head(kind="viewers")))  # not a gift: no key
+    assert not room.accept("5-1", raw, None)  # an offset seen
+    for i in range(RECENT_GIFTS):
+        assert room.accept(f"{10 + i}-0", raw, event("carol", f"gift-{i}"))
+    assert room.accept("9000-0", raw, event("alice", "gift-1"))  # forgotten by now
+    assert not room.accept("9001-0", raw, event("carol", f"gift-{RECENT_GIFTS - 1}"))
+    assert len(room.recent) == len(room.recent_order) == RECENT_GIFTS
