@@ -267,8 +267,22 @@ async def test_viewers_keep_their_sockets_when_a_streams_primary_is_killed(
         await h.money.gift(senders[0], other, "rose", 1, "other-while-down")
         for viewer in viewers:
             await viewer.wait_for(lambda v=viewer: "other-while-down" in gift_ids(v, other))
+        # A join of the doomed stream is told at once that it cannot be served now; it
+        # comes back after the failover, from the last gift before the kill.
+        late = await Client.open(h.ws)
+        refused = await late.join(doomed)
+        assert (refused["type"], refused["code"]) == ("error", "unavailable")
+        assert (await late.join(other))["type"] == "joined"
         await asyncio.to_thread(own_cluster.wait_failover, victim)
         await asyncio.gather(*retried)
+        since = next(e for e in viewers[0].gifts(doomed) if e["id"] == before[-1])["offset"]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while (joined := await late.join(doomed, since=since))["type"] != "joined":
+            assert joined["code"] == "unavailable", joined
+            assert loop.time() < deadline, "the stream's new primary did not take joins"
+            await asyncio.sleep(0.1)  # a client's back-off before it joins again
+        assert joined["recovered"]
         after = []
         for i in range(10):
             await gift(h.money, senders[i % 2], doomed, f"after-{i:03d}", within=10)
@@ -278,6 +292,8 @@ async def test_viewers_keep_their_sockets_when_a_streams_primary_is_killed(
             await viewer.wait_for(has_all(viewer, doomed, lambda: acked), within=15)
             assert_once_in_order(viewer, doomed, acked)
             assert_once_in_order(viewer, other, ["other-while-down"])
+        await late.wait_for(has_all(late, doomed, lambda: [*during, *after]))
+        assert_once_in_order(late, doomed, [*during, *after])
         promoted = own_cluster.owner_of_slot(key_slot(keys.channel(doomed).encode()))
         assert sharded(h).routes[keys.channel(doomed)] == f"127.0.0.1:{promoted}"
         assert f"127.0.0.1:{victim}" not in sharded(h).links

@@ -260,7 +260,7 @@ class ShardedChannel:
         up = asyncio.ensure_future(link.connected.wait())
         try:
             await asyncio.wait(
-                {up, self._tasks[node]}, timeout=NEW_LINK_WAIT, return_when="FIRST_COMPLETED"
+                {up, self._tasks[node]}, timeout=NEW_LINK_WAIT, return_when=asyncio.FIRST_COMPLETED
             )
         finally:
             up.cancel()
