@@ -687,6 +687,8 @@ class Failover:
     """p99 latency of the gifts with no step there, sent during that window."""
     stall_s: float = math.nan
     """The longest time after the kill in which no gift at all was acknowledged."""
+    slowest_s: float = math.nan
+    """The longest a gift with a step there took, from its scheduled send to its ack."""
     lost: int = 0
     no_ledger: int = 0
     no_debit_record: int = 0
@@ -799,6 +801,9 @@ def tally(result: Failover, gifts: dict[str, Sent], times: dict[str, float]) -> 
         result.errors.update(g.errors)
     acks = sorted([kill] + [g.acked for g in gifts.values() if g.acked and g.acked >= kill])
     result.stall_s = max((b - a for a, b in itertools.pairwise(acks)), default=math.nan)
+    result.slowest_s = max(
+        (g.acked - g.scheduled for g in gifts.values() if g.touches and g.acked), default=math.nan
+    )
     back = [g.acked for g in gifts.values() if g.touches and g.acked and g.scheduled >= kill]
     if back:
         recovered = min(back)
@@ -1224,6 +1229,7 @@ def failover_table(run: Run) -> None:
             "promoted s",
             "restarted s",
             "acks there again s",
+            "slowest there s",
             "no ack at all, longest s",
             "others p99 ms",
             "acked lost",
@@ -1245,6 +1251,7 @@ def failover_table(run: Run) -> None:
             _f(f.promoted_s, 2),
             _f(f.restarted_s, 2),
             _f(f.window_s, 2),
+            _f(f.slowest_s, 2),
             _f(f.stall_s, 2),
             _f(f.others_p99_ms, 0),
             f"[b]{f.lost}[/]",
@@ -1310,6 +1317,7 @@ def goals(run: Run) -> dict[str, Any]:
                 "lost": f.lost,
                 "window_s": round(f.window_s, 2),
                 "stall_s": round(f.stall_s, 2),
+                "slowest_s": round(f.slowest_s, 2),
                 "promoted_s": round(f.promoted_s, 2),
                 "restarted_s": round(f.restarted_s, 2),
             }
@@ -1366,7 +1374,8 @@ def goals(run: Run) -> dict[str, Any]:
             + ": acknowledged gifts lost"
             + (" = 0" if goal else ""),
             f"{f.lost} of {f.acked:,}; acknowledged again {_f(f.window_s, 2)} s after the kill"
-            f" (replica promoted after {_f(f.promoted_s, 2)} s)",
+            f" (replica promoted after {_f(f.promoted_s, 2)} s; slowest gift there"
+            f" {_f(f.slowest_s, 2)} s)",
             ("met" if f.lost == 0 else "NOT met") if goal else "measured",
         )
     console.print(table)
