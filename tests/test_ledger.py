@@ -297,10 +297,10 @@ async def test_sqlite_migration_0002_keeps_the_postings(tmp_path: Path) -> None:
     finally:
         await store.close()
     db = sqlite3.connect(path)
-    assert [v for (v,) in db.execute("SELECT version FROM schema_migrations")] == [1, 2, 3]
+    assert [v for (v,) in db.execute("SELECT version FROM schema_migrations")] == [1, 2, 3, 4]
     assert db.execute("PRAGMA foreign_key_check").fetchall() == []
     with pytest.raises(sqlite3.IntegrityError, match="CHECK"):  # and the asset rule
-        db.execute("INSERT INTO postings VALUES (1, 0, 2, 'user:alice', 'bitcoin', 5)")
+        db.execute("INSERT INTO postings VALUES (1, 0, 2, 'user:alice', 'bitcoin', 5, -1)")
     db.close()
 
 

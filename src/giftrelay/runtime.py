@@ -23,9 +23,10 @@ from giftrelay import auth, mover
 from giftrelay.config import ConfigError, Settings, redact
 from giftrelay.embedded import RedisServer, running_url
 from giftrelay.ledger import open_store
-from giftrelay.ledger.consumer import LedgerConsumer, consuming
+from giftrelay.ledger.buckets import backlog, consuming
+from giftrelay.ledger.consumer import LedgerConsumer
 from giftrelay.ledger.store import Store, StoreDenied, StoreUnavailable
-from giftrelay.money import catalog, keys
+from giftrelay.money import catalog
 from giftrelay.money.api import Money
 from giftrelay.redis_client import connect
 
@@ -164,13 +165,14 @@ LEDGER_WATCH_S = 60.0
 
 async def watch_ledger(settings: Settings, url: str, stop: asyncio.Event) -> None:
     """Warn at once, and again each time the ledger stream has grown, while no ledger
-    consumer reads it: the money moves, but nothing reaches the ledger store."""
+    consumer reads it: the money moves, but nothing reaches the ledger store. On a Redis
+    Cluster, the entries of every bucket's stream together."""
     redis = connect(url, timeout=settings.redis_timeout)
     warned_at = -1
     try:
         while not stop.is_set():
             with contextlib.suppress(RedisConnectionError, RedisTimeoutError, OSError):
-                waiting = int(await redis.xlen(keys.LEDGER))
+                waiting = await backlog(redis)
                 if waiting > warned_at and not await consuming(redis):
                     log.warning(
                         "nothing consumes the ledger stream: run `giftrelay ledger` "

@@ -17,8 +17,9 @@ from giftrelay.cli.running import load_settings, run, stderr_console, stop_on_si
 from giftrelay.ledger import export as ledger_export
 from giftrelay.ledger.reconcile import reconcile as reconcile_ledger
 from giftrelay.ledger.recover import recover as recover_redis
-from giftrelay.redis_client import connect
-from giftrelay.runtime import consumer, ledger_store, redis_url
+from giftrelay.money import keys
+from giftrelay.redis_client import connect, is_cluster
+from giftrelay.runtime import consumer, ledger_store, money, redis_url
 
 log = structlog.get_logger(__name__)
 
@@ -132,7 +133,16 @@ def reconcile(wait: float) -> None:
             finally:
                 await redis.aclose()
         where = report.position or "(empty)"
-        click.echo(f"reconcile: {report.wallets} wallets against the ledger up to {where}")
+        if report.shards:  # a Redis Cluster: each node as of its own instant
+            click.echo(
+                f"reconcile: {report.wallets} wallets on {len(report.shards)} shards against"
+                f" the ledger of {len(keys.LEDGERS)} bucket streams (newest id {where}),"
+                f" {report.in_flight} gift(s) in flight"
+            )
+            for shard in report.shards:
+                click.echo(str(shard))
+        else:
+            click.echo(f"reconcile: {report.wallets} wallets against the ledger up to {where}")
         for line in report.lines():
             click.echo(line)
         if report.ok:
@@ -161,8 +171,16 @@ def recover(force: bool) -> None:
     async def go() -> None:
         from rich.progress import Progress
 
-        async with redis_url(settings) as url, ledger_store(settings) as store:
+        async with contextlib.AsyncExitStack() as stack:
+            url = await stack.enter_async_context(redis_url(settings))
+            store = await stack.enter_async_context(ledger_store(settings))
             redis = connect(url, timeout=max(settings.redis_timeout, 10.0))
+            stack.push_async_callback(redis.aclose)
+            # On a Redis Cluster the gifts waiting in the outboxes are applied first, by
+            # the money core's own steps.
+            core = (
+                await stack.enter_async_context(money(settings, url)) if is_cluster(redis) else None
+            )
             progress = Progress(console=stderr_console(), transient=True)
             tasks: dict[str, Any] = {}
 
@@ -171,18 +189,19 @@ def recover(force: bool) -> None:
                     tasks[stage] = progress.add_task(stage, total=total)
                 progress.update(tasks[stage], completed=done, total=total)
 
-            try:
-                with progress:
-                    outcome = await recover_redis(
-                        redis,
-                        store,
-                        retention_ms=settings.idempotency_ttl * 1000,
-                        receipt_retention_ms=settings.receipt_ttl * 1000,
-                        force=force,
-                        progress=tell,
-                    )
-            finally:
-                await redis.aclose()
+            with progress:
+                outcome = await recover_redis(
+                    redis,
+                    store,
+                    retention_ms=settings.idempotency_ttl * 1000,
+                    receipt_retention_ms=settings.receipt_ttl * 1000,
+                    force=force,
+                    progress=tell,
+                    steps=core.steps if core is not None else None,
+                    catalog=core.catalog if core is not None else None,
+                )
+        if outcome.swept:
+            click.echo(f"applied {outcome.swept} gift(s) waiting in the outboxes first")
         click.echo(
             f"recovered from {outcome.events} ledger events: {outcome.wallets} wallets,"
             f" {outcome.records} idempotency records, {outcome.streams} streams"

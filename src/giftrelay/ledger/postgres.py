@@ -13,27 +13,40 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from typing import Any
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from giftrelay.ledger.postings import Asset, EventRow, Posting, Record, event_rows, posting_rows
+from giftrelay.ledger.postings import (
+    Asset,
+    EventKey,
+    EventRow,
+    Posting,
+    Record,
+    event_ref,
+    event_rows,
+    posting_rows,
+)
 from giftrelay.ledger.store import (
+    Bounds,
     Conflict,
     ExportRow,
     Position,
     StoreDataError,
     StoreDenied,
     StoreUnavailable,
+    Upto,
     WriteResult,
     migrations,
     statements,
 )
-from giftrelay.wire.offsets import parse_offset
 
 MIGRATION_LOCK = 0x6C6564676572  # "ledger"
 EXPORT_PAGE = 1000
+LAST_BUCKET = 1 << 14
+"""Above every bucket (a smallint): ``(ms, seq, LAST_BUCKET)`` follows every event (ms, seq)."""
 
 _DATA_ERRORS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
 _DENIED = (asyncpg.InvalidAuthorizationSpecificationError, asyncpg.InvalidCatalogNameError)
@@ -97,7 +110,7 @@ class PostgresStore:
     async def write(self, records: Sequence[Record]) -> WriteResult:
         if not records:
             return WriteResult(0, 0)
-        unique = list({(r.ms, r.seq): r for r in records}.values())
+        unique = list({(r.ms, r.seq, r.bucket): r for r in records}.values())
         rows = event_rows(unique)
         with _translated():
             async with self._pool_or_fail().acquire() as conn, conn.transaction():
@@ -112,10 +125,17 @@ class PostgresStore:
             conflicts=conflicts,
         )
 
-    async def balances(self, upto: Position | None = None) -> dict[tuple[str, str], int]:
+    async def balances(self, upto: Upto | None = None) -> dict[tuple[str, str], int]:
         sql = "SELECT account, asset, SUM(amount) AS total FROM postings"
-        args: list[int] = []
-        if upto is not None:
+        args: list[Any] = []
+        if isinstance(upto, Mapping):
+            sql = (
+                "SELECT p.account, p.asset, SUM(p.amount) AS total FROM postings p"
+                " JOIN unnest($1::smallint[], $2::bigint[], $3::bigint[]) AS b(bucket, ms, seq)"
+                " ON p.bucket = b.bucket WHERE (p.ms, p.seq) <= (b.ms, b.seq)"
+            )
+            args = [list(upto), [at[0] for at in upto.values()], [at[1] for at in upto.values()]]
+        elif upto is not None:
             sql += " WHERE ms < $1 OR (ms = $1 AND seq <= $2)"
             args = [upto[0], upto[1]]
         with _translated():
@@ -139,15 +159,33 @@ class PostgresStore:
             )
         return (int(row["ms"]), int(row["seq"])) if row else None
 
+    async def heads(self) -> dict[int, Position]:
+        with _translated():
+            rows = await self._pool_or_fail().fetch(
+                "SELECT e.bucket, e.ms, MAX(e.seq) AS seq FROM events e"
+                " JOIN (SELECT bucket, MAX(ms) AS ms FROM events GROUP BY bucket) m"
+                " ON e.bucket = m.bucket AND e.ms = m.ms GROUP BY e.bucket, e.ms"
+            )
+        return {int(r["bucket"]): (int(r["ms"]), int(r["seq"])) for r in rows}
+
+    async def holders(self, business_keys: Sequence[str]) -> dict[str, tuple[int, Position]]:
+        with _translated():
+            rows = await self._pool_or_fail().fetch(
+                "SELECT business_key, bucket, ms, seq FROM events WHERE business_key = ANY($1)",
+                list(business_keys),
+            )
+        return {r["business_key"]: (int(r["bucket"]), (int(r["ms"]), int(r["seq"]))) for r in rows}
+
     async def conflicts(self) -> list[Conflict]:
         with _translated():
             rows = await self._pool_or_fail().fetch(
-                "SELECT ms, seq, kind, business_key, stored_ms, stored_seq, reason, body"
-                " FROM conflicts ORDER BY ms, seq"
+                "SELECT ms, seq, bucket, kind, business_key, stored_ms, stored_seq, stored_bucket,"
+                " reason, body FROM conflicts ORDER BY ms, seq, bucket"
             )
         return [
-            Conflict(f"{r['ms']}-{r['seq']}", r["kind"], r["business_key"],
-                     f"{r['stored_ms']}-{r['stored_seq']}", r["reason"], r["body"])
+            Conflict(event_ref(r["bucket"], r["ms"], r["seq"]), r["kind"], r["business_key"],
+                     event_ref(r["stored_bucket"], r["stored_ms"], r["stored_seq"]), r["reason"],
+                     r["body"])
             for r in rows
         ]  # fmt: skip
 
@@ -159,72 +197,102 @@ class PostgresStore:
         after: Position | None = None,
         account: str | None = None,
     ) -> AsyncIterator[ExportRow]:
-        after = after or (-1, -1)
+        key: EventKey = (after[0], after[1], LAST_BUCKET) if after else (-1, -1, -1)
         while True:
             with _translated():
-                page = await self._page(after, since_ms, until_ms, account)
+                page = await self._page(key, since_ms, until_ms, account)
             for row in page:
                 yield row
             if len(page) < EXPORT_PAGE:
                 return
-            after = parse_offset(page[-1].event_id)
+            key = (*page[-1].position, page[-1].bucket)
+
+    async def between(self, bounds: Bounds) -> AsyncIterator[ExportRow]:
+        if not bounds:
+            return
+        key: EventKey = (-1, -1, -1)
+        while True:
+            with _translated():
+                page = await self._page(key, None, None, bounds=bounds)
+            for row in page:
+                yield row
+            if len(page) < EXPORT_PAGE:
+                return
+            key = (*page[-1].position, page[-1].bucket)
 
     async def movement(self, business_key: str) -> ExportRow | None:
         with _translated():
             found = await self._pool_or_fail().fetchrow(
-                "SELECT ms, seq FROM events WHERE business_key = $1", business_key
+                "SELECT ms, seq, bucket FROM events WHERE business_key = $1", business_key
             )
             if found is None:
                 return None
-            ms, seq = int(found["ms"]), int(found["seq"])
-            page = await self._page((ms, seq - 1) if seq else (ms - 1, 2**62), None, None, limit=1)
+            before = (int(found["ms"]), int(found["seq"]), int(found["bucket"]) - 1)
+            page = await self._page(before, None, None, limit=1)
         return page[0] if page else None
 
     async def _page(
         self,
-        after: Position,
+        after: EventKey,
         since_ms: int | None,
         until_ms: int | None,
         account: str | None = None,
+        *,
+        bounds: Bounds | None = None,
         limit: int = EXPORT_PAGE,
     ) -> list[ExportRow]:
         pool = self._pool_or_fail()
-        rows = await pool.fetch(
-            "SELECT ms, seq, ts, kind, request_id, actor, body FROM events e"
-            " WHERE (ms, seq) > ($1, $2) AND ts >= $3 AND ts < $4"
-            " AND ($6::text IS NULL OR EXISTS (SELECT 1 FROM postings p"
-            "  WHERE p.ms = e.ms AND p.seq = e.seq AND p.account = $6))"
-            " ORDER BY ms, seq LIMIT $5",
-            after[0],
-            after[1],
-            since_ms or 0,
-            until_ms or 2**62,
-            limit,
-            account,
+        args: list[Any] = [*after, since_ms or 0, until_ms or 2**62, limit]
+        sql = (
+            "SELECT e.ms, e.seq, e.bucket, e.ts, e.kind, e.request_id, e.actor, e.body"
+            " FROM events e"
         )
+        where = " WHERE (e.ms, e.seq, e.bucket) > ($1, $2, $3) AND e.ts >= $4 AND e.ts < $5"
+        if bounds is not None:
+            spans = list(bounds.items())
+            args += [[b for b, _ in spans], *([span[i][j] for _, span in spans]
+                                              for i in (0, 1) for j in (0, 1))]  # fmt: skip
+            sql += (
+                " JOIN unnest($7::smallint[], $8::bigint[], $9::bigint[], $10::bigint[],"
+                " $11::bigint[]) AS b(bucket, lo_ms, lo_seq, hi_ms, hi_seq) ON e.bucket = b.bucket"
+            )
+            where += (
+                " AND (e.ms, e.seq) > (b.lo_ms, b.lo_seq) AND (e.ms, e.seq) <= (b.hi_ms, b.hi_seq)"
+            )
+        if account is not None:
+            args.append(account)
+            where += (
+                " AND EXISTS (SELECT 1 FROM postings p WHERE p.ms = e.ms AND p.seq = e.seq"
+                f"  AND p.bucket = e.bucket AND p.account = ${len(args)})"
+            )
+        sql += where
+        rows = await pool.fetch(sql + " ORDER BY e.ms, e.seq, e.bucket LIMIT $6", *args)
         if not rows:
             return []
-        postings: dict[tuple[int, int], list[Posting]] = {}
+        postings: dict[EventKey, list[Posting]] = {
+            (r["ms"], r["seq"], r["bucket"]): [] for r in rows
+        }
         for p in await pool.fetch(
-            "SELECT ms, seq, account, asset, amount FROM postings"
-            " WHERE (ms, seq) >= ($1, $2) AND (ms, seq) <= ($3, $4) ORDER BY ms, seq, n",
+            "SELECT ms, seq, bucket, account, asset, amount FROM postings"
+            " WHERE (ms, seq) >= ($1, $2) AND (ms, seq) <= ($3, $4) ORDER BY ms, seq, bucket, n",
             rows[0]["ms"],
             rows[0]["seq"],
             rows[-1]["ms"],
             rows[-1]["seq"],
         ):
-            postings.setdefault((p["ms"], p["seq"]), []).append(
-                Posting(p["account"], Asset(p["asset"]), p["amount"])
-            )
+            found = postings.get((p["ms"], p["seq"], p["bucket"]))
+            if found is not None:
+                found.append(Posting(p["account"], Asset(p["asset"]), p["amount"]))
         return [
             ExportRow(
-                f"{r['ms']}-{r['seq']}",
+                event_ref(r["bucket"], r["ms"], r["seq"]),
                 r["ts"],
                 r["kind"],
                 r["request_id"],
                 r["actor"],
                 r["body"],
-                postings.get((r["ms"], r["seq"]), []),
+                postings[(r["ms"], r["seq"], r["bucket"])],
+                r["bucket"],
             )
             for r in rows
         ]
@@ -260,13 +328,14 @@ async def _insert_events(
     inserted = await conn.fetch(
         "INSERT INTO events"
         " SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[],"
-        "                      $5::text[], $6::bigint[], $7::text[], $8::text[], $9::text[])"
-        " ON CONFLICT DO NOTHING RETURNING ms, seq",
+        "                      $5::text[], $6::bigint[], $7::text[], $8::text[], $9::text[],"
+        "                      $10::smallint[])"
+        " ON CONFLICT DO NOTHING RETURNING ms, seq, bucket",
         *(list(column) for column in zip(*rows, strict=True)),
     )
-    new = {(row["ms"], row["seq"]) for row in inserted}
-    fresh = [r for r in unique if (r.ms, r.seq) in new]
-    rest = [r for r in unique if (r.ms, r.seq) not in new]
+    new = {(row["ms"], row["seq"], row["bucket"]) for row in inserted}
+    fresh = [r for r in unique if (r.ms, r.seq, r.bucket) in new]
+    rest = [r for r in unique if (r.ms, r.seq, r.bucket) not in new]
     return fresh, await _classify(conn, rest)
 
 
@@ -277,19 +346,22 @@ async def _classify(conn: PoolConnectionProxy[asyncpg.Record], rest: list[Record
     if not rest:
         return 0, 0, 0
     stored = {
-        (r["ms"], r["seq"])
+        (r["ms"], r["seq"], r["bucket"])
         for r in await conn.fetch(
-            "SELECT e.ms, e.seq FROM events e"
-            " JOIN unnest($1::bigint[], $2::bigint[]) AS k(ms, seq) USING (ms, seq)",
+            "SELECT e.ms, e.seq, e.bucket FROM events e"
+            " JOIN unnest($1::bigint[], $2::bigint[], $3::smallint[]) AS k(ms, seq, bucket)"
+            " USING (ms, seq, bucket)",
             [r.ms for r in rest],
             [r.seq for r in rest],
+            [r.bucket for r in rest],
         )
     }
-    by_key = [r for r in rest if (r.ms, r.seq) not in stored]
+    by_key = [r for r in rest if (r.ms, r.seq, r.bucket) not in stored]
     held = {
         row["business_key"]: row
         for row in await conn.fetch(
-            "SELECT business_key, ms, seq, fingerprint FROM events WHERE business_key = ANY($1)",
+            "SELECT business_key, ms, seq, bucket, fingerprint FROM events"
+            " WHERE business_key = ANY($1)",
             [r.key for r in by_key],
         )
     }
@@ -298,16 +370,17 @@ async def _classify(conn: PoolConnectionProxy[asyncpg.Record], rest: list[Record
     for r in by_key:
         holder = held.get(r.key)
         if holder is None:
-            raise StoreDataError(f"event {r.event_id} was refused by no known key")
+            raise StoreDataError(f"event {r.ref} was refused by no known key")
         if holder["fingerprint"] == r.fingerprint:
             replays += 1
         else:
             conflicts.append((r.ms, r.seq, r.kind, r.key, r.fingerprint, r.body,
-                              holder["ms"], holder["seq"], "conflict", found))  # fmt: skip
+                              holder["ms"], holder["seq"], "conflict", found, r.bucket,
+                              holder["bucket"]))  # fmt: skip
     if conflicts:
         await conn.executemany(
-            "INSERT INTO conflicts VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
-            " ON CONFLICT (ms, seq) DO NOTHING",
+            "INSERT INTO conflicts VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+            " ON CONFLICT (ms, seq, bucket) DO NOTHING",
             conflicts,
         )
     return len(stored), replays, len(conflicts)

@@ -85,7 +85,9 @@ class Posting(msgspec.Struct, array_like=True, frozen=True, gc=False):
 
 
 class Record(msgspec.Struct, frozen=True, gc=False):
-    """One ledger event ready for a store: keyed by its ``ledger`` stream entry id.
+    """One ledger event ready for a store: keyed by its stream entry id and its bucket
+    (:data:`SINGLE` for the one ``ledger`` stream of a single Redis; on a Redis Cluster
+    the bucket stream it was read from, whose ids may equal another bucket's).
 
     ``gc=False``: a consumer holds thousands at once and they hold no cycles; the
     garbage collector need not scan them.
@@ -105,19 +107,52 @@ class Record(msgspec.Struct, frozen=True, gc=False):
     """The business key: one movement per key in the store (None: a setting, no key)."""
     fingerprint: str
     """What the movement moved, to tell a replay of the same key from a conflict."""
+    bucket: int = -1
+    """The ledger stream's bucket on a Redis Cluster (money/keys.py), or :data:`SINGLE`."""
+
+    @property
+    def ref(self) -> str:
+        """The event's id as the store shows it (:func:`event_ref`)."""
+        return event_ref(self.bucket, self.ms, self.seq)
 
 
-EventRow = tuple[int, int, str, str | None, str, int, str, str | None, str]
-"""An ``events`` row: ms, seq, kind, request_id, actor, ts, body, business_key, fingerprint."""
-PostingRow = tuple[int, int, int, str, str, int]
-"""A ``postings`` row: ms, seq, n, account, asset, amount."""
+SINGLE = -1
+"""The bucket of the one ``ledger`` stream of a single Redis: its events keep their plain
+stream entry ids, as before buckets existed."""
+
+
+def event_ref(bucket: int, ms: int, seq: int) -> str:
+    """An event's id in the store, exports and reports: the stream entry id
+    (``1795392000000-0``), prefixed on a cluster by its bucket (``b07:1795392000000-0``),
+    since two buckets' streams may hand out the same ids."""
+    return f"{ms}-{seq}" if bucket < 0 else f"b{bucket:02d}:{ms}-{seq}"
+
+
+EventKey = tuple[int, int, int]
+"""An event's key in the store, in ledger order: (ms, seq, bucket)."""
+
+
+def parse_event_ref(ref: str) -> EventKey:
+    """The key of an :func:`event_ref`; ValueError if it is none."""
+    bucket, colon, entry = ref.rpartition(":")
+    if colon and not (bucket[:1] == "b" and bucket[1:].isdigit()):
+        raise ValueError(f"not an event id: {ref!r}")
+    ms, seq = parse_offset(entry)
+    return ms, seq, int(bucket[1:]) if colon else SINGLE
+
+
+EventRow = tuple[int, int, str, str | None, str, int, str, str | None, str, int]
+"""An ``events`` row: ms, seq, kind, request_id, actor, ts, body, business_key,
+fingerprint, bucket."""
+PostingRow = tuple[int, int, int, str, str, int, int]
+"""A ``postings`` row: ms, seq, n, account, asset, amount, bucket."""
 
 _ASSET_TEXT = {asset: asset.value for asset in Asset}  # a lookup is cheaper than .value
 
 
 def event_rows(records: Iterable[Record]) -> list[EventRow]:
     return [
-        (r.ms, r.seq, r.kind, r.request_id, r.actor, r.ts, r.body, r.key, r.fingerprint)
+        (r.ms, r.seq, r.kind, r.request_id, r.actor, r.ts, r.body, r.key, r.fingerprint, r.bucket)
         for r in records
     ]
 
@@ -126,7 +161,7 @@ def posting_rows(records: Iterable[Record]) -> list[PostingRow]:
     """Every record's postings, numbered ``n`` in their order within the event."""
     text = _ASSET_TEXT
     return [
-        (r.ms, r.seq, n, p.account, text[p.asset], p.amount)
+        (r.ms, r.seq, n, p.account, text[p.asset], p.amount, r.bucket)
         for r in records
         for n, p in enumerate(r.postings)
     ]
@@ -237,8 +272,9 @@ def identity_of(entry: AnyLedgerEntry) -> Identity:
     return _KINDS[type(entry)][2](entry)
 
 
-def record(event_id: str, body: str | bytes) -> Record:
-    """The record for one ``ledger`` stream entry, or :class:`PoisonEntry`."""
+def record(event_id: str, body: str | bytes, bucket: int = SINGLE) -> Record:
+    """The record for one ledger stream entry (of ``bucket``'s stream on a cluster), or
+    :class:`PoisonEntry`."""
     try:
         ms, seq = parse_offset(event_id)
     except ValueError:
@@ -261,4 +297,5 @@ def record(event_id: str, body: str | bytes) -> Record:
         postings(entry),
         key,
         fingerprint,
+        bucket,
     )

@@ -14,12 +14,14 @@ restored from an older copy, lost its AOF tail, or failed over to a replica that
 was behind. Those are reported per wallet; ``giftrelay recover`` brings Redis back
 to the store. (Read the store's newest id first: events written after the snapshot
 are newer than it, and are not mistaken for lost ones.)
+
+On a Redis Cluster there is no one snapshot: :mod:`giftrelay.ledger.cluster` compares each
+node's wallets with the ledger as of that node's own instant, counting the gifts still in
+its outboxes as in flight, and looks for lost data per bucket stream.
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections import Counter
 from typing import Any
 
@@ -27,93 +29,22 @@ import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from giftrelay.ledger.consumer import group_info
+from giftrelay.ledger.buckets import dead_count, is_cluster
+from giftrelay.ledger.cluster import reconcile_cluster
 from giftrelay.ledger.postings import USER, Asset
-from giftrelay.ledger.store import Conflict, Position, Store
+from giftrelay.ledger.report import (
+    WALLET_ASSETS,
+    Difference,
+    Report,
+    Shard,
+    Unreadable,
+    wait_until_written,
+)
+from giftrelay.ledger.store import Position, Store
 from giftrelay.money import keys
 from giftrelay.wire.offsets import parse_offset
 
-WALLET_ASSETS = (Asset.COINS, Asset.DIAMONDS)
-
-
-class Difference(msgspec.Struct, frozen=True):
-    wallet: str
-    asset: str
-    redis: int
-    ledger: int
-
-    def __str__(self) -> str:
-        return (
-            f"difference: wallet={self.wallet} asset={self.asset} "
-            f"redis={self.redis} ledger={self.ledger}"
-        )
-
-
-class Unreadable(msgspec.Struct, frozen=True):
-    """A wallet field that is not an integer: Redis was written by something else."""
-
-    wallet: str
-    field: str
-    value: str
-
-    def __str__(self) -> str:
-        return (
-            f"unreadable: wallet={self.wallet} field={self.field} is not an integer: {self.value!r}"
-        )
-
-
-class Report(msgspec.Struct):
-    position: str | None
-    """The ledger stream's last generated id at the snapshot: everything up to it was compared."""
-    caught_up: bool
-    wallets: int = 0
-    differences: list[Difference] = msgspec.field(default_factory=list)
-    unbalanced: dict[str, int] = msgspec.field(default_factory=dict)
-    """Assets whose postings do not sum to zero, with the sum."""
-    dead_letters: int = 0
-    lost: dict[str, int] = msgspec.field(default_factory=dict)
-    """Per wallet: movements the store holds that Redis does not (Redis lost data)."""
-    conflicts: list[Conflict] = msgspec.field(default_factory=list)
-    unreadable: list[Unreadable] = msgspec.field(default_factory=list)
-    waiting: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return self.caught_up and not (
-            self.differences
-            or self.unbalanced
-            or self.dead_letters
-            or self.lost
-            or self.conflicts
-            or self.unreadable
-        )
-
-    def lines(self) -> list[str]:
-        if not self.caught_up:
-            return [f"not caught up: {self.waiting}"]
-        out = [
-            f"lost: wallet={w}: the ledger store holds {n} movement(s) that Redis does not"
-            for w, n in sorted(self.lost.items())
-        ]
-        if self.lost:
-            out.append(
-                "Redis lost data (restored from an older copy, a lost AOF tail or a failover):"
-                " stop the relays and consumers, run `giftrelay recover`, then reconcile again"
-            )
-        out += [str(u) for u in self.unreadable]
-        out += [str(d) for d in self.differences]
-        out += [
-            f"unbalanced: asset={a} postings sum to {s}, not 0" for a, s in self.unbalanced.items()
-        ]
-        if self.dead_letters:
-            dead = f"{self.dead_letters} entries in {keys.LEDGER_DEAD}"
-            out.append(f"dead letters: {dead} are not in the ledger")
-        out += [
-            f"conflict: {c.business_key} at {c.event_id} differs from the stored {c.stored_id}"
-            f" ({c.reason}); it is counted in no balance"
-            for c in self.conflicts
-        ]
-        return out
+__all__ = ["WALLET_ASSETS", "Difference", "Report", "Shard", "Unreadable", "reconcile"]
 
 
 class Snapshot(msgspec.Struct):
@@ -124,11 +55,13 @@ class Snapshot(msgspec.Struct):
 
 async def reconcile(redis: Redis, store: Store, *, wait: float = 30.0) -> Report:
     """Compare every wallet with the ledger; see :class:`Report`."""
+    if is_cluster(redis):
+        return await reconcile_cluster(redis, store, wait=wait)
     stored_last = await store.last_position()  # before the snapshot: see the module's doc
     wallet_keys = [k async for k in redis.scan_iter(match=keys.WALLETS, count=1000)]
     for _ in range(3):
         snap = await _snapshot(redis, wallet_keys)
-        waiting = await _wait_until_written(redis, snap.position, wait)
+        waiting = await wait_until_written(redis, snap.position, wait)
         if waiting:
             return Report(position=snap.position, caught_up=False, waiting=waiting)
         upto = parse_offset(snap.position) if snap.position else (0, 0)
@@ -158,7 +91,7 @@ async def reconcile(redis: Redis, store: Store, *, wait: float = 30.0) -> Report
         total = sum(v for (_, a), v in balances.items() if a == asset)
         if total:
             report.unbalanced[asset] = total
-    report.dead_letters = int(await redis.xlen(keys.LEDGER_DEAD))
+    report.dead_letters = await dead_count(redis)
     if stored_last is not None and stored_last > upto:
         report.lost = await _lost(store, after=upto, upto=stored_last)
     report.conflicts = await store.conflicts()
@@ -210,39 +143,3 @@ async def _snapshot(redis: Redis, wallet_keys: list[str]) -> Snapshot:
         else:
             snap.wallets[user] = wallet
     return snap
-
-
-async def _wait_until_written(redis: Redis, position: str | None, wait: float) -> str:
-    """'' once the group has written every entry up to ``position``, else why not."""
-    if position is None:
-        return ""
-    deadline = time.monotonic() + wait
-    while True:
-        reason = await _unwritten(redis, position)
-        if not reason:
-            return ""
-        if time.monotonic() >= deadline:
-            return f"{reason} (waited {wait:.0f} s)"
-        await asyncio.sleep(0.1)
-
-
-async def _unwritten(redis: Redis, position: str) -> str:
-    group = await group_info(redis)
-    if group is None:
-        if not await redis.xlen(keys.LEDGER):
-            return ""  # nothing left to write (e.g. after recover)
-        return (
-            f"no ledger consumer group {keys.LEDGER_GROUP!r}: start one with `giftrelay ledger`"
-            " (or `giftrelay serve` on the embedded default)"
-        )
-    delivered = str(group["last-delivered-id"])
-    # An entry the group has not read yet, up to the position? (Ids between may never
-    # have been used: after recover the last generated id jumps ahead.)
-    if await redis.xrange(keys.LEDGER, min=f"({delivered}", max=position, count=1):
-        return (
-            f"the consumer has not yet read up to {position}: is a ledger consumer running"
-            " (`giftrelay ledger`)?"
-        )
-    if await redis.xpending_range(keys.LEDGER, keys.LEDGER_GROUP, min="-", max=position, count=1):
-        return f"entries up to {position} are read but not yet written"
-    return ""

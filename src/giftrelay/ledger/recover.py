@@ -20,6 +20,15 @@ Run it with the relays and ledger consumers stopped: it refuses while a relay is
 subscribed to events or a consumer was active moments ago. It first writes what
 Redis's ``ledger`` stream holds and the store does not, so nothing Redis moved is
 lost either. The rebuild (:class:`Rebuild`) is pure; :func:`recover` does the I/O.
+
+On a Redis Cluster the same, per node and per bucket: the refusal looks at every node;
+the gifts still in the outboxes are applied first (the mover's sweep, until they are
+empty), so that their ledger entries exist; then every bucket stream is written to the
+store, the wallets and records are rebuilt wherever their keys live now (the cluster
+client routes each), in the cluster's formats (a gift's record holds gift_debit.lua's
+reply, with the stream's and the creator's step records beside it; a top-up's receipt
+claim and its credit on the user's slot; a chargeback's record on the user's slot), and
+each bucket stream's last id is moved past the store's newest event of that bucket.
 """
 
 from __future__ import annotations
@@ -28,14 +37,24 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import msgspec
 import structlog
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
+from redis.crc import key_slot
 from redis.exceptions import ResponseError
 
-from giftrelay.ledger.consumer import group_info
+from giftrelay.ledger.buckets import (
+    Source,
+    active_consumers,
+    is_cluster,
+    lengths,
+    node_clients,
+    scan_all,
+    sources,
+    text,
+)
 from giftrelay.ledger.entries import (
     CapEntry,
     ChargebackEntry,
@@ -47,10 +66,12 @@ from giftrelay.ledger.entries import (
     VerificationEntry,
     ledger_decoder,
 )
-from giftrelay.ledger.postings import USER, PoisonEntry, Record, record
+from giftrelay.ledger.postings import SINGLE, USER, PoisonEntry, Record, record
 from giftrelay.ledger.store import ExportRow, Store
 from giftrelay.money import keys, rules
-from giftrelay.wire.offsets import parse_offset
+from giftrelay.money.catalog import Catalog
+from giftrelay.money.transfers import Steps
+from giftrelay.wire.offsets import format_offset, parse_offset
 
 log = structlog.get_logger(__name__)
 
@@ -114,12 +135,57 @@ def _json(value: object) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
+# On a Redis Cluster a gift's records are three, one per step (lua/gift_debit.lua,
+# gift_apply.lua, gift_credit.lua), and a top-up's two (topup_claim.lua, topup.lua).
+RECORDED_OUTBOX_ENTRY = "0-1"
+"""The outbox entry a rebuilt gift record names: a retry deletes it from the outbox when
+it finishes (XDEL), and no outbox ever holds it (entry ids are times)."""
+
+
+def _transfer(e: GiftEntry, catalog: Catalog | None) -> str:
+    """The gift's transfer as gift_debit.lua wrote it (name and streakable from the catalog;
+    a retry reads only the amounts and keys, the other steps being recorded)."""
+    item = catalog.get(e.gift) if catalog is not None else None
+    transfer: dict[str, Any] = {
+        "id": e.id, "from": e.sender, "to": e.to, "stream": e.stream, "gift": e.gift,
+        "name": item.name if item is not None else e.gift, "count": e.count, "coins": e.coins,
+        "diamonds": e.diamonds, "ts": e.ts, "coins_after": e.coins_after,
+        "streakable": bool(item is not None and item.streakable),
+    }  # fmt: skip
+    if e.confirmed:
+        transfer["confirmed"] = True
+    return _json(transfer)
+
+
+def _debit_record(e: GiftEntry, catalog: Catalog | None) -> str:
+    outbox = keys.outbox(key_slot(keys.wallet(e.sender).encode()) // keys.BUCKET_SLOT_SPAN)
+    reply = ["ok", _transfer(e, catalog), outbox, RECORDED_OUTBOX_ENTRY, e.coins, e.coins_after]
+    return f"gift|{e.stream}|{e.gift}|{e.count}\n{_json(reply)}"
+
+
+def _applied_record(e: GiftEntry) -> str:
+    return _json(["ok", e.offset, e.combo or e.count, e.combo_id])
+
+
+def _topup_claim(e: TopupEntry) -> str:
+    return _topup_record(e).partition("\n")[0] + "\n[]"
+
+
 class Rebuild:
     """Redis's money state, rebuilt from the ledger's events in ledger order (pure)."""
 
     def __init__(
-        self, now_ms: int, retention_ms: int, receipt_retention_ms: int | None = None
+        self,
+        now_ms: int,
+        retention_ms: int,
+        receipt_retention_ms: int | None = None,
+        *,
+        cluster: bool = False,
+        catalog: Catalog | None = None,
     ) -> None:
+        self.cluster = cluster
+        """Write the records in a Redis Cluster's formats (see the module's doc)."""
+        self.catalog = catalog
         self.now_ms = now_ms
         self.retention_ms = retention_ms
         self.receipt_retention_ms = receipt_retention_ms or retention_ms
@@ -151,22 +217,33 @@ class Rebuild:
                     w.diamonds += p.amount
         entry = ledger_decoder.decode(row.body)
         left = entry.ts + self.retention_ms - self.now_ms
+        records = self.idempotency
         if isinstance(entry, GiftEntry):
             self._gift(entry)
-            if left > 0:
-                self.idempotency[keys.gift_idem(entry.sender, entry.id)] = (
-                    _gift_record(entry),
-                    left,
-                )
+            if left > 0 and self.cluster:
+                g = entry
+                records[keys.gift_idem(g.sender, g.id)] = (_debit_record(g, self.catalog), left)
+                records[keys.applied(g.stream, g.sender, g.id)] = (_applied_record(g), left)
+                records[keys.credited(g.to, g.sender, g.id)] = (str(g.diamonds_after), left)
+            elif left > 0:
+                records[keys.gift_idem(entry.sender, entry.id)] = (_gift_record(entry), left)
         elif isinstance(entry, TopupEntry):
             left = entry.ts + self.receipt_retention_ms - self.now_ms
-            if left > 0:
-                self.idempotency[keys.topup_idem(entry.id)] = (_topup_record(entry), left)
+            if left > 0 and self.cluster:
+                records[keys.topup_idem(entry.id)] = (_topup_claim(entry), left)
+                key = keys.topup_credit(entry.user, entry.id)
+                records[key] = (_topup_record(entry), left)
+            elif left > 0:
+                records[keys.topup_idem(entry.id)] = (_topup_record(entry), left)
         elif isinstance(entry, ChargebackEntry):
             left = entry.ts + self.receipt_retention_ms - self.now_ms
             if left > 0:
-                key = keys.chargeback_idem(entry.id)
-                self.idempotency[key] = (_chargeback_record(entry), left)
+                key = (
+                    keys.chargeback_record(entry.user, entry.id)
+                    if self.cluster
+                    else keys.chargeback_idem(entry.id)
+                )
+                records[key] = (_chargeback_record(entry), left)
         elif isinstance(entry, VerificationEntry):
             self.wallet(entry.user).verified = entry.ts if entry.verified else None
         elif isinstance(entry, PayoutEntry):
@@ -208,6 +285,8 @@ class Rebuild:
 
 
 class Outcome(msgspec.Struct):
+    swept: int = 0
+    """On a Redis Cluster, gifts in the outboxes applied first (their entries then written)."""
     drained: int = 0
     """Entries of Redis's ledger stream the store did not hold yet, written first."""
     poison: int = 0
@@ -233,15 +312,25 @@ async def recover(
     receipt_retention_ms: int | None = None,
     force: bool = False,
     progress: Progress | None = None,
+    steps: Steps | None = None,
+    catalog: Catalog | None = None,
 ) -> Outcome:
     """Rebuild Redis's money state from the store; see the module's doc.
-    ``receipt_retention_ms`` (default ``retention_ms``): how long receipts are kept."""
+    ``receipt_retention_ms`` (default ``retention_ms``): how long receipts are kept. On a
+    Redis Cluster, ``steps`` (``Money.steps``) applies the outboxes' gifts first, and
+    ``catalog`` names the gifts in the rebuilt records."""
     tell = progress or (lambda stage, done, total: None)
+    cluster = is_cluster(redis)
     if not force:
         await _check_quiet(redis)
     outcome = Outcome()
+    if cluster:
+        if steps is None:
+            raise ValueError("recover on a Redis Cluster needs the money core's steps")
+        outcome.swept = await _sweep(steps, tell)
     outcome.drained, outcome.poison = await _drain(redis, store, tell)
-    rebuild = Rebuild(int(time.time() * 1000), retention_ms, receipt_retention_ms)
+    now = int(time.time() * 1000)
+    rebuild = Rebuild(now, retention_ms, receipt_retention_ms, cluster=cluster, catalog=catalog)
     total = await store.count()
     async for row in store.export(None, None):
         rebuild.add(row)
@@ -250,58 +339,103 @@ async def recover(
     tell("reading the ledger", rebuild.events, total)
     outcome.events = rebuild.events
     await _write(redis, rebuild, outcome, tell)
-    last = await store.last_position()
-    if last is not None:
-        outcome.position = await _advance_ledger(redis, f"{last[0]}-{last[1]}")
+    if cluster:
+        heads = await store.heads()
+        moved = [
+            await _advance_ledger(redis, format_offset(at), keys.ledger(bucket))
+            for bucket, at in sorted(heads.items())
+            if bucket != SINGLE
+        ]
+        outcome.position = max(moved, key=parse_offset, default="")
+    else:
+        last = await store.last_position()
+        if last is not None:
+            outcome.position = await _advance_ledger(redis, f"{last[0]}-{last[1]}")
     log.info("recovered Redis from the ledger store", **msgspec.structs.asdict(outcome))
     return outcome
 
 
 async def _check_quiet(redis: Redis) -> None:
-    if await redis.client_list(_type="pubsub"):
+    """Refuse while a relay is subscribed (on any node, replicas too: a relay may read a
+    replica's sharded channels) or a ledger consumer was active."""
+    async with node_clients(redis, replicas=True) as nodes:
+        for name, (_, client) in nodes.items():
+            if await client.client_list(_type="pubsub"):
+                where = f" (node {name})" if name else ""
+                raise RecoverRefused(
+                    f"a relay is connected to this Redis{where} (subscribed to events): stop"
+                    " every `giftrelay serve` first, or pass --force if you know it is safe"
+                )
+    for _, name, idle in await active_consumers(redis, QUIET_MS):
         raise RecoverRefused(
-            "a relay is connected to this Redis (subscribed to events): stop every"
-            " `giftrelay serve` first, or pass --force if you know it is safe"
+            f"ledger consumer {name!r} was active {idle / 1000:.1f} s ago:"
+            " stop every `giftrelay ledger` first (wait 10 s), or pass --force"
         )
-    if await group_info(redis) is None:
-        return
-    for consumer in await redis.xinfo_consumers(keys.LEDGER, keys.LEDGER_GROUP):
-        idle = int(consumer.get("inactive", consumer["idle"]))
-        if 0 <= idle < QUIET_MS:
-            raise RecoverRefused(
-                f"ledger consumer {consumer['name']!r} was active {idle / 1000:.1f} s ago:"
-                " stop every `giftrelay ledger` first (wait 10 s), or pass --force"
-            )
+
+
+SWEEPS = 1000
+"""Most looks at the outboxes before recover gives up on emptying them."""
+
+
+async def _sweep(steps: Steps, tell: Progress) -> int:
+    """Apply every transfer in the outboxes (steps 2 and 3 of their gifts), until they are
+    empty; how many. Refuses when some cannot be applied (the log says why)."""
+    moved = 0
+    for _ in range(SWEEPS):
+        found = await steps.sweep(grace_ms=0)
+        await steps.aclose()  # the finished ones leave their outboxes (XDEL) before the next look
+        waiting = sum(found.waiting.values())
+        moved += found.moved
+        tell("applying the gifts in the outboxes", moved, moved + waiting - found.moved)
+        if not waiting:
+            return moved
+        if not found.moved:
+            break
+    raise RecoverRefused(
+        f"{waiting} gift transfer(s) in the outboxes cannot be applied (the log says why):"
+        " fix that first, then recover again; the ledger lacks them until they are"
+    )
 
 
 async def _drain(redis: Redis, store: Store, tell: Progress) -> tuple[int, int]:
-    """Write what Redis's ``ledger`` stream holds into the store (a redelivery of what
+    """Write what Redis's ledger stream(s) hold into the store (a redelivery of what
     the store has already is a no-op). Returns (entries newly written, poison)."""
     written = poison = 0
-    total = int(await redis.xlen(keys.LEDGER))
-    start, seen = "-", 0
+    streams = sources(redis)
+    total = await lengths(redis, (s.key for s in streams))
+    seen = 0
+    for source in streams:
+        w, p, n = await _drain_one(redis, store, source, seen, total, tell)
+        written, poison, seen = written + w, poison + p, seen + n
+    return written, poison
+
+
+async def _drain_one(
+    redis: Redis, store: Store, source: Source, before: int, total: int, tell: Progress
+) -> tuple[int, int, int]:
+    written = poison = seen = 0
+    start = "-"
     while True:
-        page = await redis.xrange(keys.LEDGER, min=start, max="+", count=PAGE)
+        page = await redis.xrange(source.key, min=start, max="+", count=PAGE)
         if not page:
             break
         records: list[Record] = []
         for entry_id, fields in page:
             try:
-                records.append(record(str(entry_id), str((fields or {}).get("e", ""))))
+                records.append(record(text(entry_id), text((fields or {}).get("e", "")),
+                                      source.bucket))  # fmt: skip
             except PoisonEntry:
                 poison += 1
         result = await store.write(records)
         written += result.inserted
         seen += len(page)
-        tell("writing Redis's ledger stream to the store", seen, total)
+        tell("writing Redis's ledger stream to the store", before + seen, total)
         start = f"({page[-1][0]!s}"
-    return written, poison
+    return written, poison, seen
 
 
 async def _write(redis: Redis, rebuild: Rebuild, outcome: Outcome, tell: Progress) -> None:
-    wallet_users = {
-        keys.wallet_user(k) async for k in redis.scan_iter(match=keys.WALLETS, count=1000)
-    }
+    wallet_users = {keys.wallet_user(k) async for k in scan_all(redis, keys.WALLETS)}
     users = sorted(wallet_users | rebuild.wallets.keys())
     async with redis.pipeline(transaction=False) as pipe:
         for n, user in enumerate(users, 1):
@@ -329,7 +463,7 @@ async def _write(redis: Redis, rebuild: Rebuild, outcome: Outcome, tell: Progres
         outcome.wallets = len(users)
         tell("writing wallets", len(users), len(users))
 
-        async for stale in redis.scan_iter(match=keys.SPENDING, count=1000):
+        async for stale in scan_all(redis, keys.SPENDING):
             pipe.delete(stale)
         for (viewer, day), per_creator in rebuild.spending.items():
             key = keys.spending(viewer, day)
@@ -359,7 +493,7 @@ async def _write(redis: Redis, rebuild: Rebuild, outcome: Outcome, tell: Progres
         await pipe.execute()
 
 
-def _write_settings(pipe: Pipeline, key: str, w: Wallet) -> None:
+def _write_settings(pipe: Any, key: str, w: Wallet) -> None:
     """The mindful-spending fields, as set_confirm.lua, set_cooldown.lua and gift.lua
     write them."""
     if w.confirm is None:
@@ -376,17 +510,17 @@ def _write_settings(pipe: Pipeline, key: str, w: Wallet) -> None:
         pipe.hdel(key, "cool_log")
 
 
-async def _advance_ledger(redis: Redis, stored_last: str) -> str:
-    """Move the ledger stream's last id past the newest stored event, so the ids Redis
-    hands out next are new to the store and reconcile sees nothing lost."""
+async def _advance_ledger(redis: Redis, stored_last: str, stream: str = keys.LEDGER) -> str:
+    """Move ``stream``'s last id past the newest stored event of it, so the ids Redis hands
+    out next are new to the store and reconcile sees nothing lost."""
     try:
-        await redis.xgroup_create(keys.LEDGER, keys.LEDGER_GROUP, id="$", mkstream=True)
+        await redis.xgroup_create(stream, keys.LEDGER_GROUP, id="$", mkstream=True)
     except ResponseError as exc:
         if "BUSYGROUP" not in str(exc):
             raise
-    info = await redis.xinfo_stream(keys.LEDGER)
-    current = str(info["last-generated-id"])
+    info = await redis.xinfo_stream(stream)
+    current = text(info["last-generated-id"])
     if parse_offset(stored_last) > parse_offset(current):
-        await redis.execute_command("XSETID", keys.LEDGER, stored_last)  # type: ignore[no-untyped-call]
+        await redis.execute_command("XSETID", stream, stored_last)  # type: ignore[no-untyped-call]
         return stored_last
     return current

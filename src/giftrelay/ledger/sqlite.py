@@ -12,22 +12,31 @@ import functools
 import itertools
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from giftrelay.ledger.postings import Asset, Posting, Record, event_rows, posting_rows
+from giftrelay.ledger.postings import (
+    Asset,
+    EventKey,
+    Posting,
+    Record,
+    event_ref,
+    event_rows,
+    posting_rows,
+)
 from giftrelay.ledger.store import (
+    Bounds,
     Conflict,
     ExportRow,
     Position,
     StoreDataError,
     StoreUnavailable,
+    Upto,
     WriteResult,
     migrations,
     statements,
 )
-from giftrelay.wire.offsets import parse_offset
 
 T = TypeVar("T")
 
@@ -82,13 +91,21 @@ class SQLiteStore:
             return WriteResult(0, 0)
         return await self._run(lambda db: _write(db, records))
 
-    async def balances(self, upto: Position | None = None) -> dict[tuple[str, str], int]:
+    async def balances(self, upto: Upto | None = None) -> dict[tuple[str, str], int]:
         def query(db: sqlite3.Connection) -> dict[tuple[str, str], int]:
             sql = "SELECT account, asset, SUM(amount) FROM postings"
-            args: tuple[int, ...] = ()
-            if upto is not None:
+            args: list[int] = []
+            if isinstance(upto, Mapping):
+                sql = (
+                    _bounds_cte(len(upto))
+                    + "SELECT p.account, p.asset, SUM(p.amount) FROM postings p"
+                    " JOIN bounds b ON p.bucket = b.bucket"
+                    " WHERE p.ms < b.hi_ms OR (p.ms = b.hi_ms AND p.seq <= b.hi_seq)"
+                )
+                args = [n for bucket, at in upto.items() for n in (bucket, -1, -1, *at)]
+            elif upto is not None:
                 sql += " WHERE ms < ? OR (ms = ? AND seq <= ?)"
-                args = (upto[0], upto[0], upto[1])
+                args = [upto[0], upto[0], upto[1]]
             rows = db.execute(sql + " GROUP BY account, asset", args).fetchall()
             return {(account, asset): int(total) for account, asset, total in rows}
 
@@ -107,14 +124,36 @@ class SQLiteStore:
 
         return await self._run(query)
 
+    async def heads(self) -> dict[int, Position]:
+        def query(db: sqlite3.Connection) -> dict[int, Position]:
+            rows = db.execute(HEADS).fetchall()
+            return {int(bucket): (int(ms), int(seq)) for bucket, ms, seq in rows}
+
+        return await self._run(query)
+
+    async def holders(self, business_keys: Sequence[str]) -> dict[str, tuple[int, Position]]:
+        def query(db: sqlite3.Connection) -> dict[str, tuple[int, Position]]:
+            found: dict[str, tuple[int, Position]] = {}
+            for start in range(0, len(business_keys), 500):
+                chunk = business_keys[start : start + 500]
+                for key, bucket, ms, seq in db.execute(
+                    "SELECT business_key, bucket, ms, seq FROM events"
+                    f" WHERE business_key IN ({', '.join('?' * len(chunk))})",
+                    chunk,
+                ):
+                    found[key] = (int(bucket), (int(ms), int(seq)))
+            return found
+
+        return await self._run(query)
+
     async def conflicts(self) -> list[Conflict]:
         def query(db: sqlite3.Connection) -> list[Conflict]:
             rows = db.execute(
-                "SELECT ms, seq, kind, business_key, stored_ms, stored_seq, reason, body"
-                " FROM conflicts ORDER BY ms, seq"
+                "SELECT ms, seq, bucket, kind, business_key, stored_ms, stored_seq,"
+                " stored_bucket, reason, body FROM conflicts ORDER BY ms, seq, bucket"
             ).fetchall()
-            return [Conflict(f"{m}-{s}", k, key, f"{sm}-{ss}", why, body)
-                    for m, s, k, key, sm, ss, why, body in rows]  # fmt: skip
+            return [Conflict(event_ref(b, m, s), k, key, event_ref(sb, sm, ss), why, body)
+                    for m, s, b, k, key, sm, ss, sb, why, body in rows]  # fmt: skip
 
         return await self._run(query)
 
@@ -126,28 +165,40 @@ class SQLiteStore:
         after: Position | None = None,
         account: str | None = None,
     ) -> AsyncIterator[ExportRow]:
-        after = after or (-1, -1)
+        key: EventKey = (after[0], after[1], LAST_BUCKET) if after else (-1, -1, -1)
         while True:
             page = await self._run(
                 functools.partial(
-                    _export_page, after=after, since_ms=since_ms, until_ms=until_ms, account=account
+                    _export_page, after=key, since_ms=since_ms, until_ms=until_ms, account=account
                 )
             )
             for row in page:
                 yield row
             if len(page) < EXPORT_PAGE:
                 return
-            after = parse_offset(page[-1].event_id)
+            key = (*page[-1].position, page[-1].bucket)
+
+    async def between(self, bounds: Bounds) -> AsyncIterator[ExportRow]:
+        if not bounds:
+            return
+        key: EventKey = (-1, -1, -1)
+        while True:
+            page = await self._run(functools.partial(_export_page, after=key, bounds=bounds))
+            for row in page:
+                yield row
+            if len(page) < EXPORT_PAGE:
+                return
+            key = (*page[-1].position, page[-1].bucket)
 
     async def movement(self, business_key: str) -> ExportRow | None:
         def query(db: sqlite3.Connection) -> ExportRow | None:
             found = db.execute(
-                "SELECT ms, seq FROM events WHERE business_key = ?", (business_key,)
+                "SELECT ms, seq, bucket FROM events WHERE business_key = ?", (business_key,)
             ).fetchone()
             if found is None:
                 return None
-            before = (found[0], found[1] - 1) if found[1] else (found[0] - 1, 2**62)
-            page = _export_page(db, after=before, since_ms=None, until_ms=None, limit=1)
+            before = (found[0], found[1], found[2] - 1)
+            page = _export_page(db, after=before, limit=1)
             return page[0] if page else None
 
         return await self._run(query)
@@ -182,12 +233,30 @@ def _migrate(db: sqlite3.Connection) -> None:
         raise
 
 
-EVENT_WIDTH = 9
+EVENT_WIDTH = 10
+POSTING_WIDTH = 7
 INSERT_EVENT = f"INSERT INTO events VALUES ({', '.join('?' * EVENT_WIDTH)}) ON CONFLICT DO NOTHING"
 INSERT_CONFLICT = (
-    "INSERT INTO conflicts VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'conflict', ?)"
-    " ON CONFLICT (ms, seq) DO NOTHING"
+    "INSERT INTO conflicts (ms, seq, bucket, kind, business_key, fingerprint, body, stored_ms,"
+    " stored_seq, stored_bucket, reason, found_ms)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'conflict', ?) ON CONFLICT (ms, seq, bucket) DO NOTHING"
 )
+LAST_BUCKET = 1 << 30
+"""Above every bucket: ``(ms, seq, LAST_BUCKET)`` is after every event with id (ms, seq)."""
+HEADS = (
+    "SELECT e.bucket, e.ms, MAX(e.seq) FROM events e"
+    " JOIN (SELECT bucket, MAX(ms) AS ms FROM events GROUP BY bucket) m"
+    " ON e.bucket = m.bucket AND e.ms = m.ms GROUP BY e.bucket, e.ms"
+)
+"""Per bucket, the newest event: its newest millisecond, then that millisecond's last seq."""
+
+
+def _bounds_cte(count: int) -> str:
+    """``bounds(bucket, lo_ms, lo_seq, hi_ms, hi_seq)`` from ``count`` rows of parameters."""
+    rows = ", ".join(["(?, ?, ?, ?, ?)"] * count)
+    return f"WITH bounds(bucket, lo_ms, lo_seq, hi_ms, hi_seq) AS (VALUES {rows}) "
+
+
 CHUNK = 1024
 """Most rows per INSERT statement (9 x 1024 parameters, under SQLite's 32,766)."""
 
@@ -224,7 +293,7 @@ def _write(db: sqlite3.Connection, records: Sequence[Record]) -> WriteResult:
     # once, requests run once), all postings go in; if not, the batch is redone one
     # event at a time, each insert saying whether it added a row and, if not, why
     # (see _classify). BEGIN IMMEDIATE holds the write lock throughout.
-    unique = list({(r.ms, r.seq): r for r in records}.values())
+    unique = list({(r.ms, r.seq, r.bucket): r for r in records}.values())
     db.execute("BEGIN IMMEDIATE")
     try:
         events = list(itertools.chain.from_iterable(event_rows(unique)))
@@ -240,7 +309,7 @@ def _write(db: sqlite3.Connection, records: Sequence[Record]) -> WriteResult:
                 else:
                     skipped[_classify(db, r)] += 1
         postings = list(itertools.chain.from_iterable(posting_rows(fresh)))
-        _insert_many(db, "postings", 6, postings)
+        _insert_many(db, "postings", POSTING_WIDTH, postings)
         db.execute("COMMIT")
     except BaseException:
         if db.in_transaction:
@@ -262,17 +331,19 @@ def _classify(db: sqlite3.Connection, r: Record) -> int:
     """Why ``r`` was not inserted: its event id is stored (a redelivery), or its
     business key is, with the same fingerprint (a replay) or another (a conflict,
     which is kept aside in ``conflicts``)."""
-    if db.execute("SELECT 1 FROM events WHERE ms = ? AND seq = ?", (r.ms, r.seq)).fetchone():
+    if db.execute(
+        "SELECT 1 FROM events WHERE ms = ? AND seq = ? AND bucket = ?", (r.ms, r.seq, r.bucket)
+    ).fetchone():
         return DUPLICATE
     held = db.execute(
-        "SELECT ms, seq, fingerprint FROM events WHERE business_key = ?", (r.key,)
+        "SELECT ms, seq, bucket, fingerprint FROM events WHERE business_key = ?", (r.key,)
     ).fetchone()
     if held is None:
-        raise sqlite3.IntegrityError(f"event {r.event_id} was refused by no known key")
-    if held[2] == r.fingerprint:
+        raise sqlite3.IntegrityError(f"event {r.ref} was refused by no known key")
+    if held[3] == r.fingerprint:
         return REPLAY
     found = time.time_ns() // 1_000_000
-    row = (r.ms, r.seq, r.kind, r.key, r.fingerprint, r.body, held[0], held[1], found)
+    row = (r.ms, r.seq, r.bucket, r.kind, r.key, r.fingerprint, r.body, *held[:3], found)
     db.execute(INSERT_CONFLICT, row)
     return CONFLICT
 
@@ -280,32 +351,50 @@ def _classify(db: sqlite3.Connection, r: Record) -> int:
 def _export_page(
     db: sqlite3.Connection,
     *,
-    after: Position,
-    since_ms: int | None,
-    until_ms: int | None,
+    after: EventKey,
+    since_ms: int | None = None,
+    until_ms: int | None = None,
     account: str | None = None,
+    bounds: Bounds | None = None,
     limit: int = EXPORT_PAGE,
 ) -> list[ExportRow]:
-    rows = db.execute(
-        "SELECT ms, seq, ts, kind, request_id, actor, body FROM events e"
-        " WHERE (ms > ? OR (ms = ? AND seq > ?)) AND ts >= ? AND ts < ?"
-        " AND (? IS NULL OR EXISTS (SELECT 1 FROM postings p"
-        "  WHERE p.ms = e.ms AND p.seq = e.seq AND p.account = ?))"
-        " ORDER BY ms, seq LIMIT ?",
-        (after[0], after[0], after[1], since_ms or 0, until_ms or 2**62, account, account, limit),
-    ).fetchall()
+    """Events after ``after`` in ledger order: with ``since_ms <= ts < until_ms``, posting to
+    ``account`` if given, within ``bounds`` if given; with their postings."""
+    sql = "SELECT e.ms, e.seq, e.bucket, e.ts, e.kind, e.request_id, e.actor, e.body FROM events e"
+    args: list[Any] = []
+    if bounds is not None:
+        sql = _bounds_cte(len(bounds)) + sql + " JOIN bounds b ON e.bucket = b.bucket"
+        args += [n for bucket, (lo, hi) in bounds.items() for n in (bucket, *lo, *hi)]
+    # `e.ms >= ?` bounds the primary key's range; the rest picks within its first ms.
+    sql += (
+        " WHERE e.ms >= ? AND (e.ms > ? OR e.seq > ? OR (e.seq = ? AND e.bucket > ?))"
+        " AND e.ts >= ? AND e.ts < ?"
+    )
+    args += [after[0], after[0], after[1], after[1], after[2], since_ms or 0, until_ms or 2**62]
+    if bounds is not None:
+        sql += (
+            " AND (e.ms > b.lo_ms OR (e.ms = b.lo_ms AND e.seq > b.lo_seq))"
+            " AND (e.ms < b.hi_ms OR (e.ms = b.hi_ms AND e.seq <= b.hi_seq))"
+        )
+    if account is not None:
+        sql += (
+            " AND EXISTS (SELECT 1 FROM postings p WHERE p.ms = e.ms AND p.seq = e.seq"
+            " AND p.bucket = e.bucket AND p.account = ?)"
+        )
+        args.append(account)
+    rows = db.execute(sql + " ORDER BY e.ms, e.seq, e.bucket LIMIT ?", [*args, limit]).fetchall()
     if not rows:
         return []
-    first, last = rows[0][:2], rows[-1][:2]
-    postings: dict[tuple[int, int], list[Posting]] = {}
-    for ms, seq, account, asset, amount in db.execute(
-        "SELECT ms, seq, account, asset, amount FROM postings"
-        " WHERE (ms > ? OR (ms = ? AND seq >= ?)) AND (ms < ? OR (ms = ? AND seq <= ?))"
-        " ORDER BY ms, seq, n",
-        (first[0], first[0], first[1], last[0], last[0], last[1]),
+    postings: dict[EventKey, list[Posting]] = {(ms, seq, b): [] for ms, seq, b, *_ in rows}
+    for ms, seq, bucket, account_, asset, amount in db.execute(
+        "SELECT ms, seq, bucket, account, asset, amount FROM postings"
+        " WHERE ms >= ? AND ms <= ? ORDER BY ms, seq, bucket, n",
+        (rows[0][0], rows[-1][0]),
     ):
-        postings.setdefault((ms, seq), []).append(Posting(account, Asset(asset), amount))
+        found = postings.get((ms, seq, bucket))
+        if found is not None:
+            found.append(Posting(account_, Asset(asset), amount))
     return [
-        ExportRow(f"{ms}-{seq}", ts, kind, rid, actor, body, postings.get((ms, seq), []))
-        for ms, seq, ts, kind, rid, actor, body in rows
+        ExportRow(event_ref(b, ms, seq), ts, kind, rid, actor, body, postings[(ms, seq, b)], b)
+        for ms, seq, b, ts, kind, rid, actor, body in rows
     ]

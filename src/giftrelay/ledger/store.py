@@ -1,7 +1,8 @@
 """The ledger store interface, and the factory that picks one by URL.
 
-A store writes batches of records in one transaction keyed by event id, so a
-batch delivered twice is written once, and holds one movement per business key,
+A store writes batches of records in one transaction keyed by event id (the stream
+entry id and, on a Redis Cluster, its bucket: ``postings.event_ref``), so a batch
+delivered twice is written once, and holds one movement per business key,
 so a request Redis ran twice (after losing its idempotency record) is counted
 once; it applies its versioned schema migrations when opened. ``sqlite:///path``
 (the embedded default) and ``postgresql://...`` are the two implementations.
@@ -10,7 +11,7 @@ once; it applies its versioned schema migrations when opened. ``sqlite:///path``
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from importlib import resources
 from typing import Protocol
 
@@ -45,7 +46,8 @@ class WriteResult(msgspec.Struct, frozen=True):
 
 
 class Conflict(msgspec.Struct, frozen=True):
-    """A movement the store refused to count: its key was held by ``stored_id``."""
+    """A movement the store refused to count: its key was held by ``stored_id`` (both
+    ids as ``postings.event_ref`` writes them)."""
 
     event_id: str
     kind: str
@@ -57,16 +59,32 @@ class Conflict(msgspec.Struct, frozen=True):
 
 class ExportRow(msgspec.Struct, frozen=True):
     event_id: str
+    """``postings.event_ref``: the stream entry id, prefixed by its bucket on a cluster."""
     ts: int
     kind: str
     request_id: str | None
     actor: str
     body: str
     postings: list[Posting]
+    bucket: int = -1
+    """The bucket stream it came from on a Redis Cluster; -1 (``postings.SINGLE``): the
+    one ``ledger`` stream of a single Redis."""
+
+    @property
+    def position(self) -> Position:
+        """Its stream entry id, as (ms, seq)."""
+        ms, _, seq = self.event_id.rpartition(":")[2].partition("-")
+        return int(ms), int(seq)
 
 
 Position = tuple[int, int]
 """A ledger stream entry id as (ms, seq)."""
+
+Upto = Position | Mapping[int, Position]
+"""Events up to an id: in every bucket, or per bucket (buckets not named: none)."""
+
+Bounds = Mapping[int, tuple[Position, Position]]
+"""Per bucket, ids ``(after, upto)``: the events with ``after < id <= upto``."""
 
 
 class Store(Protocol):
@@ -80,14 +98,25 @@ class Store(Protocol):
     async def write(self, records: Sequence[Record]) -> WriteResult:
         """Write the records not already stored, with their postings, in one transaction."""
 
-    async def balances(self, upto: Position | None = None) -> dict[tuple[str, str], int]:
-        """Sum of postings per (account, asset), over events up to ``upto`` inclusive."""
+    async def balances(self, upto: Upto | None = None) -> dict[tuple[str, str], int]:
+        """Sum of postings per (account, asset), over events up to ``upto`` inclusive
+        (one id for every bucket, or one per bucket: a bucket not named counts nothing)."""
 
     async def count(self, since_ms: int | None = None, until_ms: int | None = None) -> int:
         """How many events are stored (with ``since_ms <= ts < until_ms``)."""
 
     async def last_position(self) -> Position | None:
         """The newest stored event's id, or None when the store is empty."""
+
+    async def heads(self) -> dict[int, Position]:
+        """Per bucket (-1: the single ``ledger`` stream), the newest stored event's id."""
+
+    def between(self, bounds: Bounds) -> AsyncIterator[ExportRow]:
+        """The events of each bucket in ``bounds`` with ``after < id <= upto``, in ledger
+        order, with their postings."""
+
+    async def holders(self, business_keys: Sequence[str]) -> dict[str, tuple[int, Position]]:
+        """Which of ``business_keys`` are stored: (bucket, id) of the event holding each."""
 
     async def conflicts(self) -> list[Conflict]:
         """Every movement kept aside because its business key was held by another."""
