@@ -9,6 +9,13 @@ from fractions import Fraction
 from typing import Any, Protocol, TypeVar
 
 import structlog
+from redis.exceptions import (
+    AskError,
+    ClusterError,
+    MovedError,
+    RedisClusterException,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -81,11 +88,25 @@ def ok(reply: list[Any], script: str) -> list[Any]:
     raise Refused(Code(code), detail or None)
 
 
+REDIS_AWAY = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    OSError,
+    # A Redis Cluster failing over, or a slot moving past the client's own retries.
+    ClusterError,
+    TryAgainError,
+    MovedError,
+    AskError,
+    RedisClusterException,
+)
+"""What a read or write that did not reach a working Redis raises: ``unavailable``."""
+
+
 async def guard(awaitable: Awaitable[T]) -> T:
     """Redis being down is ``unavailable``, never an exception of the client library."""
     try:
         return await awaitable
-    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+    except REDIS_AWAY as exc:
         raise Unavailable() from exc
 
 

@@ -19,8 +19,11 @@ from typing import Any
 import structlog
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.crc import key_slot
 from redis.exceptions import AskError, RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from giftrelay.money import keys
 from giftrelay.money.autopipe import AutoPipeline, Misrouted
@@ -157,7 +160,10 @@ class ClusterRouter(Router):
                 for k, v in self.redis.nodes_manager.connection_kwargs.items()
                 if k in _NODE_OPTIONS
             }
-            client = Redis(host=node.host, port=int(node.port), **options)
+            # As giftrelay's other clients: a broken connection retried once, at once (a
+            # backoff here would hold a gift for seconds while its node is gone).
+            retry = Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
+            client = Redis(host=node.host, port=int(node.port), retry=retry, **options)
             pipe = self._pipes[node.name] = AutoPipeline(
                 client, ack_replicas=self.ack_replicas, ack_timeout_ms=self.ack_timeout_ms
             )
@@ -193,7 +199,6 @@ _NODE_OPTIONS = frozenset(
         "decode_responses",
         "client_name",
         "health_check_interval",
-        "retry",
     }
 )
 

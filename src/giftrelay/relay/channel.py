@@ -21,7 +21,7 @@ from typing import Any
 import structlog
 from redis.asyncio.client import PubSub
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from giftrelay import metrics
@@ -51,6 +51,7 @@ class Channel:
         self.confirms: dict[str, deque[asyncio.Future[None]]] = {}
         """Per channel, the subscriptions sent and not yet confirmed by Redis."""
         self.connected = asyncio.Event()
+        self.log = log
 
     async def run(self) -> None:
         """Read the pub/sub connection; on a failure, reconnect (and resubscribe)."""
@@ -62,8 +63,12 @@ class Channel:
                 await self._listen()
             except asyncio.CancelledError:
                 raise
-            except (RedisError, OSError) as exc:
+            except (RedisError, OSError, Unavailable) as exc:
+                # Unavailable: resubscribing on the fresh connection failed (it was lost
+                # again at once); the next connection resubscribes.
                 self._lost(exc)
+                if not await self._after_loss():
+                    return
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
@@ -127,19 +132,38 @@ class Channel:
         assert pubsub is not None
         heard = pinged = time.monotonic()
         while True:
-            message = await pubsub.get_message(timeout=1.0)
+            try:
+                message = await pubsub.get_message(timeout=1.0)
+            except ResponseError as exc:  # an error reply to a command: Redis is there
+                self._refused(exc)
+                message = {"type": "error"}
             now = time.monotonic()
             if message is not None:
                 heard = now
-                if message["type"] == "ssubscribe":
-                    self._confirm(as_text(message["channel"]))
-                else:
+                kind = message["type"]
+                if kind == "smessage":
                     self.on_message(message)
+                elif kind == "ssubscribe":
+                    self._confirm(as_text(message["channel"]))
+                elif kind == "sunsubscribe":
+                    self._unsubscribed(as_text(message["channel"]))
             if now - pinged >= LIVENESS_PING:
                 pinged = now
                 await pubsub.ping()
             if now - heard > 3 * LIVENESS_PING:
                 raise RedisConnectionError("no answer from Redis on the event channel")
+
+    def _refused(self, exc: ResponseError) -> None:
+        """Redis answered a command on this connection with an error: on one Redis, a
+        subscription it refused, so reconnect (raise) and resubscribe."""
+        raise exc
+
+    def _unsubscribed(self, channel: str) -> None:
+        """Redis confirmed an unsubscription; on one Redis only ever one asked for."""
+
+    async def _after_loss(self) -> bool:
+        """After a loss, before the back-off: whether to connect again (always, here)."""
+        return True
 
     def _confirm(self, channel: str) -> None:
         waiters = self.confirms.get(channel)
@@ -152,7 +176,7 @@ class Channel:
 
     def _lost(self, exc: BaseException) -> None:
         if self.connected.is_set():
-            log.warning("event channel lost; reconnecting", error=str(exc))
+            self.log.warning("event channel lost; reconnecting", error=str(exc))
         self.connected.clear()
         metrics.REDIS_UP.set(0)
         for waiters in self.confirms.values():

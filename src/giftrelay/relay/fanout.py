@@ -1,7 +1,8 @@
 """Fan-out: every event of a stream to every viewer of it on this worker, once, in order.
 
-A worker subscribes to a stream's channel (:mod:`giftrelay.relay.channel`) only while
-it holds a viewer of it. Events are buffered per stream (a
+A worker subscribes to a stream's channel (:mod:`giftrelay.relay.channel`; on a Redis
+Cluster, on the stream's shard: :mod:`giftrelay.relay.sharded`) only while it holds a
+viewer of it. Events are buffered per stream (a
 :class:`~giftrelay.relay.room.Room`) and flushed every tick as one ``events`` frame,
 encoded and framed once and written to every viewer (:mod:`giftrelay.relay.flush`). The
 tick grows when flushing gets expensive, so a busy worker sends fewer, fuller frames
@@ -15,7 +16,8 @@ marker on the stream's channel (:mod:`giftrelay.relay.reads`). Everything before
 the marker on the channel is covered by what the join read; everything after it
 is new. The viewer enters the room once its marker has come through, in the same
 synchronous step as its ``joined`` reply, so no event falls between the reply and
-what follows it, and none arrives twice.
+what follows it, and none arrives twice. A gift the cluster's mover applied again after
+a failover (a new offset, the same sender and id) is delivered once as well.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import msgspec
@@ -39,21 +41,24 @@ from giftrelay import metrics
 from giftrelay.money import keys
 from giftrelay.money.api import Money
 from giftrelay.money.catalog import Catalog
+from giftrelay.redis_client import CLUSTER_SCHEME
 from giftrelay.relay.channel import Channel
 from giftrelay.relay.combos import Combos
 from giftrelay.relay.flush import next_tick, write_events
 from giftrelay.relay.presence import Presence
-from giftrelay.relay.reads import read_gap, read_join, stream_exists
+from giftrelay.relay.reads import FAILURES, read_gap, read_join, stream_exists
 from giftrelay.relay.room import (
     Gap,
     Head,
     Join,
     Room,
     as_text,
+    gift_key,
     head_decoder,
     offset_of,
     with_offset,
 )
+from giftrelay.relay.sharded import ShardedChannel
 from giftrelay.wire import protocol
 from giftrelay.wire.errors import Code, Refused, Unavailable
 from giftrelay.wire.offsets import parse_offset
@@ -95,7 +100,11 @@ class Fanout:
         self.rooms: dict[str, Room] = {}
         self.dirty: set[Room] = set()
         self.combos = Combos(catalog, combo_window_ms)
-        self.channel = Channel(url, self._on_message, self._resubscribe)
+        self.channel: Channel | ShardedChannel
+        if url.startswith(CLUSTER_SCHEME + "://"):
+            self.channel = ShardedChannel(url, self._on_message, self._resubscribe)
+        else:
+            self.channel = Channel(url, self._on_message, self._resubscribe)
         self.connected = self.channel.connected
         self.current_tick = tick
         self._tasks: list[asyncio.Task[None]] = []
@@ -222,10 +231,14 @@ class Fanout:
 
     # -- reading the channel ---------------------------------------------------------------
 
-    async def _resubscribe(self) -> None:
-        """On a fresh event channel: every room subscribed again, its live events held
-        back until its gap is filled from the history."""
+    async def _resubscribe(self, channels: Collection[str] | None = None) -> None:
+        """On a fresh event channel: every room (or those of ``channels``, on a shard
+        that reconnected or that their slot moved to) subscribed again, its live events
+        held back until its gap is filled from the history."""
         rooms = list(self.rooms.values())
+        if channels is not None:
+            wanted = set(channels)
+            rooms = [room for room in rooms if room.channel in wanted]
         if rooms:
             for room in rooms:
                 room.held = room.held if room.held is not None else []
@@ -235,7 +248,7 @@ class Fanout:
                 if room.filling is not None:
                     room.filling.cancel()
                 room.filling = asyncio.create_task(self._fill_gap(room, waiter))
-        log.info("event channel connected", rooms=len(rooms))
+        log.info("event channel connected", rooms=len(rooms), all=channels is None)
 
     async def _fill_gap(self, room: Room, subscribed: asyncio.Future[None]) -> None:
         """After a reconnect: what the room missed, from its history, before what is held.
@@ -254,7 +267,7 @@ class Fanout:
                 try:
                     gap = await self._read_gap(room)
                     break
-                except (RedisError, OSError, TimeoutError) as exc:
+                except (*FAILURES, TimeoutError) as exc:
                     log.warning("could not read a stream's gap", stream=room.stream, error=str(exc))
                     await asyncio.sleep(0.2 * (attempt + 1))
         except (Unavailable, TimeoutError) as exc:
@@ -262,7 +275,8 @@ class Fanout:
                 "no subscription to fill a stream's gap", stream=room.stream, error=str(exc)
             )
         finally:
-            room.filling = None
+            if room.filling is asyncio.current_task():  # not one started again since
+                room.filling = None
         held, room.held = room.held or [], None
         if gap is not None and gap.revoked_before > room.revoked_before:
             log.info("overlay revocation missed; applied", stream=room.stream)
@@ -318,12 +332,12 @@ class Fanout:
         self._accept(room, head.offset, data, head)
 
     def _accept(self, room: Room, offset: str, data: bytes, head: Head | None) -> None:
-        if not room.accept(offset, msgspec.Raw(data)):
+        if head is None:
+            head = head_decoder.decode(data)
+        if not room.accept(offset, msgspec.Raw(data), gift_key(head)):
             return
         self.dirty.add(room)
         self.wake.set()
-        if head is None:
-            head = head_decoder.decode(data)
         if head.kind == "gift":
             metrics.EVENT_LAG.observe(max(0.0, time.time() - head.ts / 1000))
             if not head.test:

@@ -1,6 +1,10 @@
 """What the fan-out reads from Redis about a stream, each in one MULTI, so at one
 instant of the stream: a join's history, snapshot and marker, and the gap a room
-missed while its channel was down."""
+missed while its channel was down.
+
+On a Redis Cluster every key a MULTI names is in the stream's slot (and the marker's
+``SPUBLISH`` on the stream's channel, in the same slot), so redis-py's cluster pipeline
+runs it as one MULTI/EXEC on the slot's primary, following ``MOVED`` and ``ASK``."""
 
 from __future__ import annotations
 
@@ -9,6 +13,13 @@ from typing import cast
 
 import msgspec
 from redis.asyncio import Redis
+from redis.exceptions import (
+    AskError,
+    ClusterError,
+    RedisClusterException,
+    RedisError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -27,11 +38,26 @@ from giftrelay.relay.room import (
 from giftrelay.wire import protocol
 from giftrelay.wire.errors import Code, Refused, Unavailable
 
+UNREACHABLE = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    OSError,
+    # On a Redis Cluster: the slot's primary is down or moving, past the client's retries.
+    ClusterError,
+    AskError,  # and MovedError
+    TryAgainError,
+    RedisClusterException,
+)
+"""What makes a read ``unavailable``: Redis did not answer it, so retrying may work."""
+
+FAILURES = (RedisError, RedisClusterException, OSError)
+"""Every way a read can fail (RedisClusterException is none of redis-py's RedisError)."""
+
 
 async def stream_exists(redis: Redis, stream: str) -> bool:
     try:
         return bool(await redis.exists(keys.stream(stream)))
-    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+    except UNREACHABLE as exc:
         raise Unavailable() from exc
 
 
@@ -63,7 +89,7 @@ async def read_join(
                 pipe.xrange(hist, f"({since}", "+", count=history_limit)
                 pipe.xinfo_stream(hist)
             replies = await pipe.execute(raise_on_error=False)
-    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+    except UNREACHABLE as exc:
         raise Unavailable() from exc
     latest_raw, _, info_raw, top_raw, viewers_raw = replies[:5]
     for reply in replies[:5]:

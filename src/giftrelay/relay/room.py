@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from typing import Any, NamedTuple
 
 import msgspec
@@ -23,6 +24,10 @@ from giftrelay.wire.offsets import parse_offset
 
 ZERO = (0, 0)
 
+RECENT_GIFTS = 4096
+"""Gifts a room remembers (by sender and id) to deliver each once: after a failover
+that lost a gift's stream step, the cluster's mover applies it again, at a new offset."""
+
 
 class Head(msgspec.Struct):
     """The parts of a published event the fan-out itself needs."""
@@ -31,6 +36,7 @@ class Head(msgspec.Struct):
     offset: str = ""
     ts: int = 0
     sender: str = msgspec.field(name="from", default="")
+    id: str = ""
     gift: str = ""
     count: int = 0
     coins: int = 0
@@ -105,6 +111,9 @@ class Room:
         self.empty_since: float | None = None
         self.revoked_before = 0
         """The latest overlay revocation (ms) applied to this room's overlays."""
+        self.recent: set[int] = set()
+        """The latest RECENT_GIFTS gifts' :func:`gift_key`, oldest first in ``recent_order``."""
+        self.recent_order: deque[int] = deque()
 
     @property
     def channel(self) -> str:
@@ -114,12 +123,20 @@ class Room:
     def audience(self) -> int:
         return len(self.viewers) - len(self.uncounted)
 
-    def accept(self, offset: str, raw: msgspec.Raw) -> bool:
-        """Queue a stored event unless this room has already seen its offset."""
+    def accept(self, offset: str, raw: msgspec.Raw, gift: int | None = None) -> bool:
+        """Queue a stored event unless this room has already seen its offset, or, for a
+        gift (``gift``: its :func:`gift_key`), the same gift at another offset."""
         key = parse_offset(offset)
         if key <= self.last:
             return False
         self.last, self.last_offset = key, offset
+        if gift is not None:
+            if gift in self.recent:
+                return False
+            self.recent.add(gift)
+            self.recent_order.append(gift)
+            if len(self.recent_order) > RECENT_GIFTS:
+                self.recent.discard(self.recent_order.popleft())
         self.pending.append(raw)
         for join in self.joins.values():
             if join.marked:
@@ -134,6 +151,14 @@ class Room:
         self.viewers.discard(conn)
         self.uncounted.discard(conn)
         self.binary.discard(conn)
+
+
+def gift_key(head: Head) -> int | None:
+    """What makes a gift event the same gift (its sender and id, and whether it is a test
+    alert, whose ids are the alert's own), as a hash; None for other events."""
+    if head.kind != "gift" or not head.id:
+        return None
+    return hash((head.sender, head.id, head.test))
 
 
 def as_text(value: bytes | str) -> str:
