@@ -46,10 +46,7 @@ class Source(msgspec.Struct, frozen=True, gc=False):
     dead: str
 
 
-def dead_letters(bucket: int) -> str:
-    """A bucket's dead-letter stream: the bucket stream's slot, so moving an entry there and
-    acknowledging it is one transaction."""
-    return f"{keys.LEDGER_DEAD}:{{{keys.BUCKET_TAGS[bucket]}}}"
+dead_letters = keys.ledger_dead
 
 
 ONE = Source(keys.LEDGER, SINGLE, keys.LEDGER_DEAD)

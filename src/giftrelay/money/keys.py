@@ -43,6 +43,12 @@ def ledger(bucket: int | None) -> str:
     return LEDGER if bucket is None else f"ledger:{{{BUCKET_TAGS[bucket]}}}"
 
 
+def ledger_dead(bucket: int) -> str:
+    """On a cluster, a bucket's dead-letter stream: the bucket stream's slot, so moving an
+    entry there and acknowledging it is one transaction."""
+    return f"{LEDGER_DEAD}:{{{BUCKET_TAGS[bucket]}}}"
+
+
 def outbox(bucket: int | None) -> str:
     """Stream: on a cluster, gifts whose coins moved and whose other half (the stream's
     totals and event, the creator's diamonds) is still to apply; entry ``t`` the transfer."""
