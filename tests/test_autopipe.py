@@ -187,3 +187,18 @@ async def test_a_broken_connection_resends_the_gift_but_never_the_cap(
     finally:
         await money.aclose()
         await via_proxy.aclose()
+
+
+def test_asking_replies_are_taken_out_of_a_full_and_a_broken_read() -> None:
+    """A call sent with ASKING (a cluster slot in migration) has two replies, the
+    ASKING's OK and its own: each call must get its own, also when the read broke."""
+    from giftrelay.money.autopipe import _Call, _without_asking
+    from giftrelay.money.scripts import Script
+
+    def call(asking: bool) -> _Call:
+        return _Call(Script.GIFT, [], [], None, True, asking)  # type: ignore[arg-type]
+
+    batch = [call(True), call(False), call(True)]
+    assert _without_asking(batch, ["OK", "A", "B", "OK", "C", 1]) == ["A", "B", "C", 1]
+    assert _without_asking(batch, ["OK", "A", "B", "OK"]) == ["A", "B"]  # broke before C's
+    assert _without_asking(batch, ["OK"]) == []

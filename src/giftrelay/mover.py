@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 
 import structlog
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from giftrelay import metrics
 from giftrelay.money.transfers import Steps
@@ -32,8 +32,10 @@ async def run(steps: Steps, stop: asyncio.Event, *, every: float = EVERY) -> Non
     while not stop.is_set():
         try:
             sweep = await steps.sweep()
-        except (RedisError, OSError, Unavailable) as exc:
+        except (RedisError, RedisClusterException, OSError, Unavailable) as exc:
             log.info("mover waits for Redis", error=str(exc))
+        except Exception:  # a bug must not end the mover: transfers would wait for a restart
+            log.exception("mover failed a look; trying again")
         else:
             for outbox, waiting in sweep.waiting.items():
                 metrics.OUTBOX_LENGTH.labels(outbox).set(waiting)

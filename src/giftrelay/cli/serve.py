@@ -107,6 +107,12 @@ async def _serve(settings: Settings, secret: str, run_ledger: bool) -> None:
             tasks.append(asyncio.create_task(hooks.run(ledger_stop)))
         if core.steps is not None:  # a Redis Cluster: transfers left behind, applied
             tasks.append(asyncio.create_task(mover.run(core.steps, ledger_stop)))
+            if not settings.ack_replicas:
+                log.warning(
+                    "GIFTRELAY_ACK_REPLICAS is 0 on a Redis Cluster: a failover can lose one"
+                    " shard's half of a gift (the debit or the credit) while the other stays;"
+                    " set GIFTRELAY_ACK_REPLICAS=1 (docs/money.md, On a Redis Cluster)"
+                )
         if settings.embedded:
             await _seed_demo(core)
         relay: Relay | None = None

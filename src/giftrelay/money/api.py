@@ -94,9 +94,9 @@ class Money(Streams):
         await guard(self.pipe.start())
 
     async def aclose(self) -> None:
-        await self.pipe.aclose()
-        if self.steps is not None:
+        if self.steps is not None:  # first: its gifts in flight still use the pipelines
             await self.steps.aclose()
+        await self.pipe.aclose()
 
     # -- gifts -----------------------------------------------------------------------------
 
@@ -315,10 +315,19 @@ class Money(Streams):
             self.settings.receipt_ttl * 1000,
         ]
         if self.pipe.cluster:  # the receipt's slot is another: claim it there first
+            # A claim stays (a claim released after a refusal could free a receipt that a
+            # concurrent retry credited), so a new receipt that will surely be refused is
+            # refused before it is claimed; a retry goes on to its first reply.
+            claimed_before = await guard(self.redis.exists(record))
+            held = await guard(self.redis.hget(keys.wallet(user), "coins"))
+            if not claimed_before and int(held or 0) + coins > self.settings.max_balance:
+                raise Refused(
+                    Code.BAD_REQUEST, f"the balance would exceed {self.settings.max_balance} coins"
+                )
             claimed = await self.pipe.call(
                 Script.TOPUP_CLAIM,
                 [record],
-                [*claim, "0"],
+                claim,
                 idempotent=True,  # claims the receipt for this top-up, or finds it claimed
             )
             ok(claimed, "topup")
@@ -342,10 +351,6 @@ class Money(Streams):
             idempotent=True,  # by the payment receipt
             shard=(keys.ledger,),
         )
-        if self.pipe.cluster and reply[0] == "err":  # refused: the receipt is free again
-            await self.pipe.call(
-                Script.TOPUP_CLAIM, [keys.topup_idem(receipt)], [*claim, "1"], idempotent=True
-            )
         _, balance, replayed = ok(reply, "topup")
         return TopupReceipt(user=user, coins=balance, replayed=bool(replayed))
 

@@ -246,6 +246,8 @@ class AutoPipeline:
             return replies
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             await conn.disconnect()
+            if asked:  # the replies read so far, without the ASKINGs' (a partial read too)
+                replies = _without_asking(batch, replies)
             if durable:  # no WAIT answer: no movement read so far is known to be held
                 _not_held(batch, replies, None, self.ack_replicas)
             raise _Broken(replies, exc, sent=True) from exc
@@ -277,14 +279,19 @@ _ASKING: bytes = hiredis.pack_command(("ASKING",))
 
 
 def _without_asking(batch: list[_Call], replies: list[Any]) -> list[Any]:
-    """The replies with those of the ``ASKING`` commands taken out."""
+    """The replies with those of the ``ASKING`` commands taken out, one per call in
+    order; of a read broken part-way, the calls' replies that came (an ASKING's ``OK``
+    whose call's reply did not come is dropped)."""
     out: list[Any] = []
-    it = iter(replies)
+    i = 0
     for call in batch:
         if call.asking:
-            next(it, None)
-        out.append(next(it))
-    out.extend(it)  # the WAIT's, if any
+            i += 1
+        if i >= len(replies):
+            return out
+        out.append(replies[i])
+        i += 1
+    out.extend(replies[i:])  # the WAIT's, if any
     return out
 
 

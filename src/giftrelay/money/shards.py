@@ -22,7 +22,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
-from redis.exceptions import AskError, RedisError
+from redis.exceptions import AskError, RedisClusterException, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from giftrelay.money import keys
@@ -178,7 +178,7 @@ class ClusterRouter(Router):
     async def _read_map(self) -> None:
         try:
             await self.redis.nodes_manager.initialize()
-        except (RedisError, OSError) as exc:
+        except (RedisError, RedisClusterException, OSError) as exc:
             log.warning("could not read the cluster's slot map", error=str(exc))
         self._slots_seen = None  # the buckets follow the map
 
@@ -248,7 +248,7 @@ class _Attempt:
         except NoBucket as exc:
             self._later(exc)
             return
-        except (RedisError, OSError) as exc:  # no slot map (every node was down)
+        except (RedisError, RedisClusterException, OSError) as exc:  # no slot map, no owner
             router.refresh()
             self.outer.set_exception(Unavailable(f"Redis Cluster: {exc}"))
             return
@@ -259,6 +259,13 @@ class _Attempt:
         inner.add_done_callback(lambda done: self._answered(done, node, bucket))
 
     def _answered(self, inner: asyncio.Future[Any], node: ClusterNode, bucket: int | None) -> None:
+        try:
+            self._answer(inner, node, bucket)
+        except Exception as exc:  # in a callback: the caller must hear of it, not wait
+            if not self.outer.done():
+                self.outer.set_exception(exc)
+
+    def _answer(self, inner: asyncio.Future[Any], node: ClusterNode, bucket: int | None) -> None:
         outer = self.outer
         if outer.done():
             return
@@ -296,5 +303,9 @@ class _Attempt:
         task.add_done_callback(lambda _: loop.call_later(0.02 * self.tries, self._again))
 
     def _again(self) -> None:
-        if not self.outer.done():
+        if self.outer.done():
+            return
+        try:
             self.send(None)
+        except Exception as exc:  # in a callback: the caller must hear of it, not wait
+            self.outer.set_exception(exc)

@@ -21,7 +21,6 @@ that moves nothing.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,7 +29,6 @@ from typing import Any
 import msgspec
 import structlog
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from giftrelay.money import keys
 from giftrelay.money.common import MoneySettings
@@ -97,6 +95,12 @@ class Steps:
         """Told of each credit, with whether it was a replay (the process's metrics)."""
         self._done: dict[str, list[str]] = {}
         self._cleaning: asyncio.Task[None] | None = None
+        self._queued = 0
+        """Finished transfers handed to :meth:`forget` so far."""
+        self._cleared = 0
+        """Of them, those whose XDEL round is over."""
+        self._round: asyncio.Event | None = None
+        """Set when an XDEL round ends (and replaced), for :meth:`settle`."""
 
     def after_debit(self, debit: asyncio.Future[Any]) -> asyncio.Future[Any]:
         """The gift's steps 2 and 3 once step 1 (``debit``, gift_debit.lua's reply) moved
@@ -113,7 +117,7 @@ class Steps:
                 return
             _, raw, outbox, entry, coins, balance, replayed = reply
             self.finish(raw, outbox, entry).add_done_callback(
-                lambda steps: finished(steps, raw, coins, balance, replayed)
+                _guard(lambda steps: finished(steps, raw, coins, balance, replayed), result)
             )
 
         def finished(
@@ -133,7 +137,7 @@ class Steps:
             diamonds = transfer_decoder.decode(raw).diamonds
             result.set_result(["ok", offset, coins, balance, combo, combo_id, diamonds, replayed])
 
-        debit.add_done_callback(debited)
+        debit.add_done_callback(_guard(debited, result))
         return result
 
     def finish(self, raw: str, outbox: str, entry: str) -> asyncio.Future[tuple[Any, Any]]:
@@ -179,7 +183,7 @@ class Steps:
                 idempotent=True,  # by the gift's record on the creator's slot
                 shard=(keys.ledger,),
             )
-            credited.add_done_callback(lambda last: done(reply, last))
+            credited.add_done_callback(_guard(lambda last: done(reply, last), result))
 
         def done(apply_reply: Any, last: asyncio.Future[Any]) -> None:
             if _failed(last, result):
@@ -195,12 +199,13 @@ class Steps:
                     self.observe(bool(reply[2]))
             result.set_result((apply_reply, reply))
 
-        applied.add_done_callback(credit)
+        applied.add_done_callback(_guard(credit, result))
         return result
 
     def forget(self, outbox: str, entry: str) -> None:
         """Take a finished transfer out of its outbox, with others, in one XDEL soon."""
         self._done.setdefault(outbox, []).append(entry)
+        self._queued += 1
         if self._cleaning is None or self._cleaning.done():
             self._cleaning = asyncio.create_task(self._clean())
 
@@ -211,9 +216,13 @@ class Steps:
             for outbox, entries in done.items():
                 try:
                     await self.redis.xdel(outbox, *entries)
-                except (RedisError, OSError) as exc:
+                except Exception as exc:  # whatever it is, the next rounds go on
                     # Left in the outbox: the mover finds them finished (a replay).
                     log.info("could not clear finished transfers", error=str(exc))
+            self._cleared += sum(len(entries) for entries in done.values())
+            if self._round is not None:
+                self._round.set()
+                self._round = None
 
     async def sweep(self, *, grace_ms: int = GRACE_MS) -> Sweep:
         """The mover's one look: every transfer older than ``grace_ms`` applied."""
@@ -223,11 +232,18 @@ class Steps:
                 pipe.xrange(outbox, min="-", max=f"{now - grace_ms}", count=BATCH)
             found = await pipe.execute()
         result = Sweep()
+        retained_ms = self.settings.idempotency_ttl * 1000
         for outbox, entries in zip(keys.OUTBOXES, found, strict=True):
             result.waiting[outbox] = len(entries)
             for entry, fields in entries:
                 age = now - int(str(entry).partition("-")[0])
                 result.oldest_ms = max(result.oldest_ms, age)
+                if age > retained_ms - grace_ms:
+                    # Its steps' records may be gone (they live as long as the requests'):
+                    # applying it again could credit it twice. A person looks.
+                    log.error("transfer older than the idempotency retention: not applied",
+                              outbox=outbox, entry=str(entry))  # fmt: skip
+                    continue
                 result.moved += await self._move(outbox, str(entry), fields)
         await self.settle()  # out of the outboxes before the next look
         return result
@@ -253,13 +269,32 @@ class Steps:
         return 1
 
     async def settle(self) -> None:
-        """Wait until the finished transfers are out of their outboxes."""
-        if self._cleaning is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(self._cleaning)
+        """Wait until the transfers finished so far are out of their outboxes (not those
+        finishing meanwhile: under load the XDEL rounds never stop)."""
+        target = self._queued
+        while self._cleared < target and self._cleaning is not None and not self._cleaning.done():
+            if self._round is None:
+                self._round = asyncio.Event()
+            await self._round.wait()
 
     async def aclose(self) -> None:
         await self.settle()
+
+
+def _guard(
+    callback: Callable[[asyncio.Future[Any]], None], result: asyncio.Future[Any]
+) -> Callable[[asyncio.Future[Any]], None]:
+    """``callback``, whose exception goes to ``result``: raised in a done-callback it
+    would reach only the loop's handler, and the gift's caller would wait for ever."""
+
+    def guarded(step: asyncio.Future[Any]) -> None:
+        try:
+            callback(step)
+        except Exception as exc:
+            if not result.done():
+                result.set_exception(exc)
+
+    return guarded
 
 
 def _failed(step: asyncio.Future[Any], result: asyncio.Future[Any]) -> bool:

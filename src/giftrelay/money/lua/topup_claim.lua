@@ -4,17 +4,11 @@
 --
 -- KEYS[1] idem:topup:{receipt}   the receipt's record (string)
 -- ARGV[1] user   ARGV[2] coins   ARGV[3] coin package id or ''   ARGV[4] region
--- ARGV[5] retention (ms)   ARGV[6] '1' to release the claim instead: the credit was
--- refused (a balance past the largest), so the receipt is free again as on one Redis
--- Returns {'ok'} (claimed now or before, for the same top-up; or released) or
--- {'err', code, detail}.
+-- ARGV[5] retention (ms)
+-- Returns {'ok'} (claimed now or before, for the same top-up) or {'err', code, detail}.
 
 local fingerprint = topup_fingerprint(ARGV[1], ARGV[2], ARGV[3], ARGV[4])
 local stored = redis.call('GET', KEYS[1])
-if ARGV[6] == '1' then
-  if stored == fingerprint .. '\n[]' then redis.call('DEL', KEYS[1]) end
-  return {'ok'}
-end
 if stored then
   local sep = string.find(stored, '\n', 1, true)
   if not sep or string.sub(stored, 1, sep - 1) ~= fingerprint then
