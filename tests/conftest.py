@@ -85,6 +85,13 @@ def redis_kind() -> str:
 
 
 @pytest.fixture
+def redis_url(redis_kind: str, request: pytest.FixtureRequest) -> str:
+    """The URL of the Redis the test's ``redis`` client talks to (one, or the cluster)."""
+    name = "redis_cluster" if redis_kind == "cluster" else "redis_server"
+    return str(request.getfixturevalue(name).url)
+
+
+@pytest.fixture
 async def redis(redis_kind: str, request: pytest.FixtureRequest) -> AsyncIterator[Redis]:
     if redis_kind == "cluster":
         cluster = request.getfixturevalue("redis_cluster")

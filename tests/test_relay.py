@@ -24,12 +24,14 @@ from giftrelay.money import keys
 from .conftest import ledger_entries
 from .relay_helpers import Client, RelayHandle, offsets, running_relay, slow_closes, token
 
+pytestmark = pytest.mark.both_redis  # one Redis, then a Redis Cluster
+
 FAST = {"gift_rate": 100_000.0, "gift_burst": 100_000, "message_rate": 100_000.0}
 
 
 @pytest.fixture
-async def relay(redis: Redis, redis_server: RedisServer) -> AsyncIterator[RelayHandle]:
-    async with running_relay(redis_server.url, **FAST) as handle:
+async def relay(redis: Redis, redis_url: str) -> AsyncIterator[RelayHandle]:
+    async with running_relay(redis_url, **FAST) as handle:
         yield handle
 
 
@@ -292,8 +294,8 @@ async def test_viewers_and_top_events(relay: RelayHandle) -> None:
     assert top["offset"] == gift["offset"]  # not stored: carries the latest stored offset
 
 
-async def test_combo_counts_up_and_ends_once(redis: Redis, redis_server: RedisServer) -> None:
-    async with running_relay(redis_server.url, combo_window_ms=300, **FAST) as h:
+async def test_combo_counts_up_and_ends_once(redis: Redis, redis_url: str) -> None:
+    async with running_relay(redis_url, combo_window_ms=300, **FAST) as h:
         await open_stream(h)
         await fund(h, "alice")
         viewer = await Client.open(h.ws)
@@ -390,8 +392,8 @@ async def test_every_error_code_is_reachable(relay: RelayHandle, redis: Redis) -
     assert await code(many, type="join", stream="m16") == "rate_limited"
 
 
-async def test_gift_rate_limit_per_user(redis: Redis, redis_server: RedisServer) -> None:
-    async with running_relay(redis_server.url, gift_rate=1.0, gift_burst=3) as h:
+async def test_gift_rate_limit_per_user(redis: Redis, redis_url: str) -> None:
+    async with running_relay(redis_url, gift_rate=1.0, gift_burst=3) as h:
         await open_stream(h)
         await fund(h, "alice")
         alice = await Client.open(h.ws, token("alice"))
@@ -404,16 +406,16 @@ async def test_gift_rate_limit_per_user(redis: Redis, redis_server: RedisServer)
         assert (await h.money.balance("alice")).coins == 10_000 - 3  # refused gifts moved nothing
 
 
-async def test_a_flood_is_closed_with_1008(redis: Redis, redis_server: RedisServer) -> None:
-    async with running_relay(redis_server.url, message_rate=5.0, message_burst=5) as h:
+async def test_a_flood_is_closed_with_1008(redis: Redis, redis_url: str) -> None:
+    async with running_relay(redis_url, message_rate=5.0, message_burst=5) as h:
         client = await Client.open(h.ws)
         for _ in range(40):
             await client.ws.send(json.dumps({"type": "ping"}))
         assert await client.closed() == 1008
 
 
-async def test_connections_per_ip_are_bounded(redis: Redis, redis_server: RedisServer) -> None:
-    async with running_relay(redis_server.url, max_connections_per_ip=2) as h:
+async def test_connections_per_ip_are_bounded(redis: Redis, redis_url: str) -> None:
+    async with running_relay(redis_url, max_connections_per_ip=2) as h:
         a, b = await Client.open(h.ws), await Client.open(h.ws)
         with pytest.raises(InvalidStatus) as caught:
             await connect(h.ws)
@@ -579,17 +581,17 @@ async def test_revoked_overlay_tokens_stop_working(relay: RelayHandle) -> None:
 # -- slow readers ------------------------------------------------------------------------------
 
 
-async def test_compression_can_be_turned_off(redis: Redis, redis_server: RedisServer) -> None:
-    async with running_relay(redis_server.url, compression=False, **FAST) as h:
+async def test_compression_can_be_turned_off(redis: Redis, redis_url: str) -> None:
+    async with running_relay(redis_url, compression=False, **FAST) as h:
         viewer = await Client.open(h.ws, compression="deflate")
         assert viewer.ws.protocol.extensions == []
         assert (await viewer.request(type="ping"))["type"] == "pong"
 
 
 async def test_slow_reader_is_closed_with_1013_and_fast_viewers_keep_up(
-    redis: Redis, redis_server: RedisServer
+    redis: Redis, redis_url: str
 ) -> None:
-    async with running_relay(redis_server.url, write_buffer_bytes=65536, **FAST) as h:
+    async with running_relay(redis_url, write_buffer_bytes=65536, **FAST) as h:
         await open_stream(h)
         await fund(h, "alice", 1_000_000)
         fast = await Client.open(h.ws)
