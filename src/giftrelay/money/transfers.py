@@ -210,7 +210,7 @@ class Steps:
             self._cleaning = asyncio.create_task(self._clean())
 
     async def _clean(self) -> None:
-        await asyncio.sleep(0.005)  # gather the entries of the gifts finishing meanwhile
+        await asyncio.sleep(0)  # gather the entries of the gifts finishing in this turn
         while self._done:
             done, self._done = self._done, {}
             for outbox, entries in done.items():
