@@ -149,6 +149,11 @@ class ClusterRouter(Router):
             self._slots_seen = slots
         return self._buckets.get(node.name, [])
 
+    def client_for(self, key: str) -> Redis:
+        """The plain client of the primary holding ``key`` (cheaper per command than the
+        cluster client; a command it sends to a node that lost the slot fails)."""
+        return self._pipe(self.primary(key_slot(key.encode()))).redis
+
     def avoid(self, node: ClusterNode, bucket: int) -> None:
         self._avoid[(node.name, bucket)] = time.monotonic() + AVOID_SECONDS
 

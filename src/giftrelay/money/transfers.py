@@ -33,7 +33,7 @@ from redis.asyncio import Redis
 from giftrelay.money import keys
 from giftrelay.money.common import MoneySettings
 from giftrelay.money.scripts import Script
-from giftrelay.money.shards import Router
+from giftrelay.money.shards import ClusterRouter, Router
 from giftrelay.wire.errors import Refused, Unavailable
 
 log = structlog.get_logger(__name__)
@@ -215,7 +215,12 @@ class Steps:
             done, self._done = self._done, {}
             for outbox, entries in done.items():
                 try:
-                    await self.redis.xdel(outbox, *entries)
+                    client = (
+                        self.router.client_for(outbox)
+                        if isinstance(self.router, ClusterRouter)
+                        else self.redis
+                    )
+                    await client.xdel(outbox, *entries)
                 except Exception as exc:  # whatever it is, the next rounds go on
                     # Left in the outbox: the mover finds them finished (a replay).
                     log.info("could not clear finished transfers", error=str(exc))
