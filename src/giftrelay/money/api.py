@@ -166,14 +166,9 @@ class Money(Streams):
         creator: str,
         confirm: bool,
     ) -> asyncio.Future[Any]:
-        item, coins = priced(self.catalog, self.settings.max_gift_count, gift, count)
-        diamonds = self._diamonds.get(coins)
-        if diamonds is None:
-            diamonds = self._diamonds[coins] = rules.diamonds_for(coins, self.diamond_rate)
-            if len(self._diamonds) > 4096:  # counts are few in practice; bound it anyway
-                self._diamonds.clear()
         settings = self.settings
         now = self.clock()
+        gift_args = self._gift_args(viewer, stream, gift, count, request_id, creator, now)
         return self.pipe.submit(
             Script.GIFT,
             [
@@ -189,17 +184,7 @@ class Money(Streams):
                 keys.spending(viewer, now // rules.DAY_MS),
             ],
             [
-                request_id,
-                viewer,
-                creator,
-                stream,
-                gift,
-                item.name,
-                count,
-                coins,
-                diamonds,
-                int(item.streakable),
-                now,
+                *gift_args,
                 settings.combo_window_ms,
                 settings.idempotency_ttl * 1000,
                 settings.history_len,
@@ -224,9 +209,8 @@ class Money(Streams):
         shaped as gift.lua's. ``state``: '' for a live stream, else the refusal a gift
         that is no retry gets ('stream_not_live', 'unknown_stream')."""
         assert self.steps is not None
-        item, coins = priced(self.catalog, self.settings.max_gift_count, gift, count)
-        diamonds = rules.diamonds_for(coins, self.diamond_rate)
         now = self.clock()
+        gift_args = self._gift_args(viewer, stream, gift, count, request_id, creator, now)
         debit = self.pipe.submit(
             Script.GIFT_DEBIT,
             [
@@ -234,26 +218,44 @@ class Money(Streams):
                 keys.gift_idem(viewer, request_id),
                 keys.spending(viewer, now // rules.DAY_MS),
             ],
-            [
-                request_id,
-                viewer,
-                creator,
-                stream,
-                gift,
-                item.name,
-                count,
-                coins,
-                diamonds,
-                int(item.streakable),
-                now,
-                self.settings.idempotency_ttl * 1000,
-                int(confirm),
-                state,
-            ],
+            [*gift_args, self.settings.idempotency_ttl * 1000, int(confirm), state],
             idempotent=True,  # by the viewer's request id
             shard=(keys.outbox,),
         )
         return self.steps.after_debit(debit)
+
+    def _gift_args(
+        self,
+        viewer: str,
+        stream: str,
+        gift: str,
+        count: int,
+        request_id: str,
+        creator: str,
+        now: int,
+    ) -> list[str | int]:
+        """The gift priced, as ARGV[1..11] of gift.lua and gift_debit.lua alike: id,
+        viewer, creator, stream, gift id, name, count, coins, diamonds, streakable, now.
+        Raises :class:`Refused` for a gift or count that no script would take."""
+        item, coins = priced(self.catalog, self.settings.max_gift_count, gift, count)
+        diamonds = self._diamonds.get(coins)
+        if diamonds is None:
+            diamonds = self._diamonds[coins] = rules.diamonds_for(coins, self.diamond_rate)
+            if len(self._diamonds) > 4096:  # counts are few in practice; bound it anyway
+                self._diamonds.clear()
+        return [
+            request_id,
+            viewer,
+            creator,
+            stream,
+            gift,
+            item.name,
+            count,
+            coins,
+            diamonds,
+            int(item.streakable),
+            now,
+        ]
 
     async def _stream_state(self, stream: str) -> tuple[str, str]:
         """On a cluster: the stream's creator ('' if none), and '' if it is live, else the
