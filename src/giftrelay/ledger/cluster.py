@@ -63,6 +63,7 @@ from giftrelay.ledger.report import (
     Report,
     Shard,
     Unreadable,
+    take_wallet,
     wait_until_written,
 )
 from giftrelay.ledger.store import ExportRow, Position, Store
@@ -215,20 +216,7 @@ async def _look(client: Redis, node: str, wallets: list[str], buckets: list[int]
         {k: parse_offset(text(i)) for k, i in zip(outboxes, outbox_ids, strict=True)},
     )
     for key, values in zip(wallets, held, strict=True):
-        if all(v is None for v in values):
-            continue
-        user = keys.wallet_user(key)
-        wallet: dict[str, int] = {}
-        unreadable = []
-        for asset, v in zip(WALLET_ASSETS, values, strict=True):
-            try:
-                wallet[asset.value] = int(v or 0)
-            except ValueError:
-                unreadable.append(Unreadable(user, asset.value, text(v)))
-        if unreadable:
-            look.unreadable += unreadable
-        else:
-            look.wallets[user] = wallet
+        take_wallet(key, values, look.wallets, look.unreadable)
     return look
 
 

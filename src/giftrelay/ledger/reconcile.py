@@ -38,6 +38,7 @@ from giftrelay.ledger.report import (
     Report,
     Shard,
     Unreadable,
+    take_wallet,
     wait_until_written,
 )
 from giftrelay.ledger.store import Position, Store
@@ -128,18 +129,5 @@ async def _snapshot(redis: Redis, wallet_keys: list[str]) -> Snapshot:
     for key, values in zip(wallet_keys, replies[1:], strict=True):
         if isinstance(values, Exception):
             raise values
-        if all(v is None for v in values):
-            continue
-        user = keys.wallet_user(key)
-        wallet: dict[str, int] = {}
-        unreadable: list[Unreadable] = []
-        for a, v in zip(WALLET_ASSETS, values, strict=True):
-            try:
-                wallet[a.value] = int(v or 0)
-            except ValueError:
-                unreadable.append(Unreadable(user, a.value, str(v)))
-        if unreadable:
-            snap.unreadable += unreadable
-        else:
-            snap.wallets[user] = wallet
+        take_wallet(key, values, snap.wallets, snap.unreadable)
     return snap

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
+from typing import Any
 
 import msgspec
 from redis.asyncio import Redis
 
-from giftrelay.ledger.buckets import group_info
+from giftrelay.ledger.buckets import group_info, text
 from giftrelay.ledger.postings import Asset
 from giftrelay.ledger.store import Conflict
 from giftrelay.money import keys
@@ -183,3 +185,28 @@ def _spans(buckets: list[int]) -> str:
         else:
             spans.append([b, b])
     return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans) or "none"
+
+
+def take_wallet(
+    key: str,
+    values: Sequence[Any],
+    wallets: dict[str, dict[str, int]],
+    unreadable: list[Unreadable],
+) -> None:
+    """A wallet's fields as read (``WALLET_ASSETS``, in order) into ``wallets``, or, if
+    one is no integer, its unreadable fields into ``unreadable``; a wallet with none of
+    the fields is no wallet to compare."""
+    if all(v is None for v in values):
+        return
+    user = keys.wallet_user(key)
+    wallet: dict[str, int] = {}
+    bad: list[Unreadable] = []
+    for asset, v in zip(WALLET_ASSETS, values, strict=True):
+        try:
+            wallet[asset.value] = int(v or 0)
+        except ValueError:
+            bad.append(Unreadable(user, asset.value, text(v)))
+    if bad:
+        unreadable += bad
+    else:
+        wallets[user] = wallet
