@@ -292,9 +292,9 @@ def check_redis_url(url: str) -> None:
     parts = urlsplit(url)
     problem = ""
     if parts.scheme == "redis+sentinel":
-        problem = _sentinel_problem(url)
+        problem = _multi_host_problem(url, "Sentinel")
     elif parts.scheme == "redis+cluster":
-        problem = _cluster_problem(url)
+        problem = _multi_host_problem(url, "cluster")
     elif parts.scheme not in ("redis", "rediss", "unix"):
         problem = "is not a Redis URL"
     elif parts.scheme != "unix" and not parts.hostname:
@@ -317,23 +317,15 @@ def _port_problem(parts: SplitResult) -> str:
     return ""
 
 
-def _sentinel_problem(url: str) -> str:
-    from giftrelay.redis_client import SentinelURL
+def _multi_host_problem(url: str, kind: str) -> str:
+    """What is wrong with a ``redis+sentinel://`` (``kind`` 'Sentinel') or
+    ``redis+cluster://`` ('cluster') URL, or ''."""
+    from giftrelay.redis_client import ClusterURL, SentinelURL
 
     try:
-        SentinelURL(url)
+        (SentinelURL if kind == "Sentinel" else ClusterURL)(url)
     except ValueError as exc:
-        return f"is not a Sentinel URL ({str(exc).partition(':')[0]})"
-    return ""
-
-
-def _cluster_problem(url: str) -> str:
-    from giftrelay.redis_client import ClusterURL
-
-    try:
-        ClusterURL(url)
-    except ValueError as exc:
-        return f"is not a cluster URL ({str(exc).partition(':')[0]})"
+        return f"is not a {kind} URL ({str(exc).partition(':')[0]})"
     return ""
 
 

@@ -10,7 +10,7 @@ client learns the rest and follows slots as they move).
 from __future__ import annotations
 
 from typing import Any, cast
-from urllib.parse import unquote, urlsplit
+from urllib.parse import SplitResult, unquote, urlsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
@@ -25,22 +25,31 @@ MAX_CONNECTIONS = 256
 """Connections one client keeps to Redis at most (gifts share a few; reads take one each)."""
 
 
+def _hosts(
+    url: str, scheme: str, default_port: int, what: str
+) -> tuple[SplitResult, str | None, list[tuple[str, int]]]:
+    """A ``scheme://[:password@]host:port[,host:port...]/path`` URL's parts, password and
+    (host, port) list; ``what`` names an address in the error for one without a host."""
+    parts = urlsplit(url)
+    if parts.scheme != scheme:
+        raise ValueError(f"not a {scheme}:// URL: {url!r}")
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    addresses: list[tuple[str, int]] = []
+    for item in hosts.split(","):
+        host, _, port = item.rpartition(":") if ":" in item else (item, "", "")
+        if not host:
+            raise ValueError(f"{what} needs a host: {item!r} in {url!r}")
+        addresses.append((host, int(port or default_port)))
+    return parts, unquote(userinfo.partition(":")[2]) or None, addresses
+
+
 class SentinelURL:
     """A parsed ``redis+sentinel://`` URL."""
 
     def __init__(self, url: str) -> None:
-        parts = urlsplit(url)
-        if parts.scheme != SENTINEL_SCHEME:
-            raise ValueError(f"not a {SENTINEL_SCHEME}:// URL: {url!r}")
-        userinfo, _, hosts = parts.netloc.rpartition("@")
-        password = unquote(userinfo.partition(":")[2])
-        self.password = password or None
-        self.sentinels: list[tuple[str, int]] = []
-        for item in hosts.split(","):
-            host, _, port = item.rpartition(":") if ":" in item else (item, "", "26379")
-            if not host:
-                raise ValueError(f"a Sentinel address needs a host: {item!r} in {url!r}")
-            self.sentinels.append((host, int(port or 26379)))
+        parts, self.password, self.sentinels = _hosts(
+            url, SENTINEL_SCHEME, 26379, "a Sentinel address"
+        )
         path = [p for p in parts.path.split("/") if p]
         if not path:
             raise ValueError(f"name the Sentinel service: {SENTINEL_SCHEME}://host:26379/mymaster")
@@ -52,17 +61,7 @@ class ClusterURL:
     """A parsed ``redis+cluster://`` URL: the nodes to start from, and a password."""
 
     def __init__(self, url: str) -> None:
-        parts = urlsplit(url)
-        if parts.scheme != CLUSTER_SCHEME:
-            raise ValueError(f"not a {CLUSTER_SCHEME}:// URL: {url!r}")
-        userinfo, _, hosts = parts.netloc.rpartition("@")
-        self.password = unquote(userinfo.partition(":")[2]) or None
-        self.nodes: list[tuple[str, int]] = []
-        for item in hosts.split(","):
-            host, _, port = item.rpartition(":") if ":" in item else (item, "", "6379")
-            if not host:
-                raise ValueError(f"a cluster node needs a host: {item!r} in {url!r}")
-            self.nodes.append((host, int(port or 6379)))
+        parts, self.password, self.nodes = _hosts(url, CLUSTER_SCHEME, 6379, "a cluster node")
         if parts.path not in ("", "/", "/0"):
             raise ValueError(f"a cluster has database 0 only: {url!r}")
 
