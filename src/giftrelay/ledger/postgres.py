@@ -40,6 +40,7 @@ from giftrelay.ledger.store import (
     Upto,
     WriteResult,
     migrations,
+    pages,
     statements,
 )
 
@@ -197,28 +198,24 @@ class PostgresStore:
         after: Position | None = None,
         account: str | None = None,
     ) -> AsyncIterator[ExportRow]:
-        key: EventKey = (after[0], after[1], LAST_BUCKET) if after else (-1, -1, -1)
-        while True:
+        async def fetch(key: EventKey) -> list[ExportRow]:
             with _translated():
-                page = await self._page(key, since_ms, until_ms, account)
-            for row in page:
-                yield row
-            if len(page) < EXPORT_PAGE:
-                return
-            key = (*page[-1].position, page[-1].bucket)
+                return await self._page(key, since_ms, until_ms, account)
+
+        start: EventKey = (after[0], after[1], LAST_BUCKET) if after else (-1, -1, -1)
+        async for row in pages(fetch, start, EXPORT_PAGE):
+            yield row
 
     async def between(self, bounds: Bounds) -> AsyncIterator[ExportRow]:
         if not bounds:
             return
-        key: EventKey = (-1, -1, -1)
-        while True:
+
+        async def fetch(key: EventKey) -> list[ExportRow]:
             with _translated():
-                page = await self._page(key, None, None, bounds=bounds)
-            for row in page:
-                yield row
-            if len(page) < EXPORT_PAGE:
-                return
-            key = (*page[-1].position, page[-1].bucket)
+                return await self._page(key, None, None, bounds=bounds)
+
+        async for row in pages(fetch, (-1, -1, -1), EXPORT_PAGE):
+            yield row
 
     async def movement(self, business_key: str) -> ExportRow | None:
         with _translated():

@@ -12,7 +12,7 @@ import functools
 import itertools
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -35,6 +35,7 @@ from giftrelay.ledger.store import (
     Upto,
     WriteResult,
     migrations,
+    pages,
     statements,
 )
 
@@ -165,30 +166,26 @@ class SQLiteStore:
         after: Position | None = None,
         account: str | None = None,
     ) -> AsyncIterator[ExportRow]:
-        key: EventKey = (after[0], after[1], LAST_BUCKET) if after else (-1, -1, -1)
-        while True:
-            page = await self._run(
+        def fetch(key: EventKey) -> Awaitable[list[ExportRow]]:
+            return self._run(
                 functools.partial(
                     _export_page, after=key, since_ms=since_ms, until_ms=until_ms, account=account
                 )
             )
-            for row in page:
-                yield row
-            if len(page) < EXPORT_PAGE:
-                return
-            key = (*page[-1].position, page[-1].bucket)
+
+        start: EventKey = (after[0], after[1], LAST_BUCKET) if after else (-1, -1, -1)
+        async for row in pages(fetch, start, EXPORT_PAGE):
+            yield row
 
     async def between(self, bounds: Bounds) -> AsyncIterator[ExportRow]:
         if not bounds:
             return
-        key: EventKey = (-1, -1, -1)
-        while True:
-            page = await self._run(functools.partial(_export_page, after=key, bounds=bounds))
-            for row in page:
-                yield row
-            if len(page) < EXPORT_PAGE:
-                return
-            key = (*page[-1].position, page[-1].bucket)
+
+        def fetch(key: EventKey) -> Awaitable[list[ExportRow]]:
+            return self._run(functools.partial(_export_page, after=key, bounds=bounds))
+
+        async for row in pages(fetch, (-1, -1, -1), EXPORT_PAGE):
+            yield row
 
     async def movement(self, business_key: str) -> ExportRow | None:
         def query(db: sqlite3.Connection) -> ExportRow | None:

@@ -11,13 +11,13 @@ once; it applies its versioned schema migrations when opened. ``sqlite:///path``
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from importlib import resources
 from typing import Protocol
 
 import msgspec
 
-from giftrelay.ledger.postings import Posting, Record
+from giftrelay.ledger.postings import EventKey, Posting, Record
 
 
 class StoreUnavailable(Exception):
@@ -160,3 +160,18 @@ def statements(sql: str) -> list[str]:
     """A migration file's statements (split on ';' at line ends; no procedural SQL)."""
     lines = [line for line in sql.splitlines() if not line.lstrip().startswith("--")]
     return [s.strip() for s in re.split(r";\s*$", "\n".join(lines), flags=re.M) if s.strip()]
+
+
+async def pages(
+    fetch: Callable[[EventKey], Awaitable[list[ExportRow]]], start: EventKey, size: int
+) -> AsyncIterator[ExportRow]:
+    """Every row of a read in ledger order, a page at a time: ``fetch(key)`` gives at
+    most ``size`` rows after ``key`` (ms, seq, bucket); the next page starts after the last."""
+    key = start
+    while True:
+        page = await fetch(key)
+        for row in page:
+            yield row
+        if len(page) < size:
+            return
+        key = (*page[-1].position, page[-1].bucket)
