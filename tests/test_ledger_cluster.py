@@ -234,9 +234,56 @@ async def test_reconcile_counts_gifts_in_flight_then_agrees_after_the_sweep(
     assert str(shard).endswith("1 difference(s)")
 
 
+async def test_reconcile_counts_earnings_and_holds_collects(money: Money, store: Store) -> None:
+    """A creator's diamonds are their wallet's plus their earnings on their streams:
+    reconcile counts both, lets a collect left half-way finish first, and holds collects
+    (hold:{bucket}) while it counts; a payout that needs a held collect waits."""
+    await open_streams(money)
+    await asyncio.gather(*(money.topup(v, 100, f"grant-{v}") for v in VIEWERS))
+    await asyncio.gather(
+        *(money.gift(v, STREAMS[i % 6], "rose", 2, f"gift-{i:03d}") for i, v in enumerate(VIEWERS))
+    )  # rose x2: 2 coins, 1 diamond; creator0 earns 2 on stream0 and 2 on stream3
+    assert (await money.balance("creator0")).diamonds == 4
+    taken = await money.pipe.call(  # a payout's collect, its process dead after step 1
+        Script.COLLECT,
+        [keys.stream("stream0")],
+        ["stream0", money.clock()],
+        idempotent=False,
+        shard=(keys.outbox, keys.hold),
+    )
+    assert taken[0] == "ok"
+    assert taken[1]
+    consumer = quick_consumer(money.redis, store)
+    await drain(consumer)
+
+    report = await reconcile(money.redis, store, wait=0.3)
+    assert not report.caught_up
+    assert report.waiting == "1 collect(s) of earnings still in the outboxes"
+    assert not any([await money.redis.exists(key) for key in keys.HOLDS])  # released
+    assert (await steps_of(money).sweep(grace_ms=0)).moved == 1  # the mover finishes it
+    report = await reconcile(money.redis, store, wait=5)
+    assert report.ok, report.lines()
+    assert report.wallets == len(VIEWERS) + len(CREATORS)
+
+    for key in keys.HOLDS:  # as a reconcile holds them
+        await money.redis.set(key, "1", px=60_000)
+    with pytest.raises(Unavailable):  # the wallet holds 2, the payout needs the earnings
+        await money.payout("creator0", 3, "payout-00001")
+    for key in keys.HOLDS:
+        await money.redis.delete(key)
+    paid = await money.payout("creator0", 3, "payout-00001")  # the client's retry
+    assert (paid.diamonds, paid.diamonds_left) == (3, 1)
+    await drain(consumer)
+    report = await reconcile(money.redis, store, wait=5)
+    assert report.ok, report.lines()
+    balances = await store.balances()
+    assert balances[("user:creator0", "diamonds")] == 1
+
+
 async def test_reconcile_agrees_while_gifts_flow(money: Money, tmp_path: Path) -> None:
-    """A busy cluster reconciles: every wallet as of its node's instant, against the ledger
-    up to later ids, corrected for what came after and for gifts in flight."""
+    """A busy cluster reconciles: every wallet and stream's earnings as of its node's
+    instant, against the ledger up to later ids, corrected for what came after and for
+    gifts in flight, while payouts collect earnings between reconciles."""
     store = SQLiteStore(f"sqlite:///{tmp_path}/ledger.sqlite3")
     await store.open()
     await open_streams(money)
@@ -251,7 +298,17 @@ async def test_reconcile_agrees_while_gifts_flow(money: Money, tmp_path: Path) -
                   for i in range(start, start + 30)),
                 money.topup(CREATORS[start % 3], 10, f"more-{start:05d}"),
                 money.topup(VIEWERS[start % 12], 10, f"again-{start:05d}"),
+                paying(CREATORS[start % 3], f"pay-{start:05d}"),
             )  # fmt: skip
+
+    async def paying(creator: str, request_id: str) -> None:
+        """A payout, collecting the creator's earnings, retried while a reconcile holds."""
+        while True:
+            try:
+                await money.payout(creator, 2, request_id)
+                return
+            except Unavailable:
+                await asyncio.sleep(0.01)
 
     flowing = asyncio.create_task(load())
     reports = []
@@ -328,6 +385,12 @@ async def test_recover_after_a_shard_lost_its_data(
         before["creator2"], diamonds=before["creator2"].diamonds + 1
     )
     assert after == before
+    # A creator's diamonds are all in the wallet now: no stream holds earnings.
+    held = [await redis.hget(keys.stream(stream), "earnings") for stream in STREAMS]
+    assert {h for h in held if h is not None} == {"0"}  # (the lost shard's streams are gone)
+    for creator in CREATORS:
+        wallet = int(await redis.hget(keys.wallet(creator), "diamonds") or 0)
+        assert wallet == after[creator].diamonds
 
     # Every request the store holds is a replay again, wherever its records were lost.
     stored = await store.count()

@@ -1,6 +1,7 @@
-"""The money core on a real Redis Cluster (3 primaries, a replica each): a gift's three
-steps on three slots, exactly once, through retries, a mover that finishes what a relay
-left, a primary killed under load, and a slot that moves while gifts flow."""
+"""The money core on a real Redis Cluster (3 primaries, a replica each): a gift's two
+steps on two slots and the creator's earnings collected into the wallet, exactly once,
+through retries, a mover that finishes what a relay left, a primary killed under load, and
+a slot that moves while gifts flow."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from giftrelay.money import catalog, keys, rules
 from giftrelay.money.api import Money
 from giftrelay.money.platform import Platform
 from giftrelay.money.scripts import Script
-from giftrelay.money.transfers import Steps
+from giftrelay.money.transfers import Steps, gift_fields, transfer_decoder
 from giftrelay.redis_client import connect
 from giftrelay.wire.errors import Refused, Unavailable
 
@@ -179,8 +180,9 @@ async def test_every_money_call_works_on_a_cluster(money: Money) -> None:
 async def test_a_transfer_a_relay_left_is_applied_once_by_the_mover(
     money: Money, redis_cluster: LocalCluster
 ) -> None:
-    """The relay died after the debit (step 1), or after the stream's step (2): the
-    mover finishes the gift, the event is published once, the credit made once."""
+    """The relay died after the debit (step 1), or after the stream's step (2) but before
+    the transfer left the outbox: the mover finishes the gift, the event is published
+    once, the creator's diamonds added once."""
     await open_streams(money)
     await money.topup("viewer3", 100, "grant-viewer3")
     steps = steps_of(money)
@@ -232,13 +234,14 @@ async def test_a_transfer_a_relay_left_is_applied_once_by_the_mover(
             keys.channel("stream2"),
             keys.applied("stream2", "viewer3", "gift-half-001"),
         ],
-        [half[1], 10_000, 3_600_000, 1000],
+        [*gift_fields(transfer_decoder.decode(half[1])), 10_000, 3_600_000, 1000, 10**9],
         idempotent=True,
+        shard=(keys.ledger,),
     )
     assert applied[0] == "ok"
     assert await outbox_length(money.redis) == 2
     assert (await money.balance("viewer3")).coins == 98  # the coins moved at step 1
-    assert (await money.balance("creator2")).diamonds == 0
+    assert (await money.balance("creator2")).diamonds == 1  # the applied one's, as earnings
 
     sweep = await steps.sweep(grace_ms=0)
     assert sweep.moved == 2
@@ -267,6 +270,72 @@ async def test_a_transfer_a_relay_left_is_applied_once_by_the_mover(
     assert retried.replayed
     assert retried.balance == 99
     assert len([e for e in await ledger_entries(money.redis) if e["kind"] == "gift"]) == 2
+
+
+async def test_earnings_wait_on_the_stream_until_a_payout_collects_them_once(
+    money: Money,
+) -> None:
+    """A gift's diamonds are the creator's earnings on the stream (its slot, not the
+    wallet's); a balance counts them, a payout collects them into the wallet, once, even
+    with two payouts at once."""
+    await open_streams(money)  # creator0 opened stream0 and stream3
+    await money.topup("viewer1", 100, "grant-viewer1")
+    for n, stream in enumerate(["stream0", "stream3", "stream0"]):
+        await money.gift("viewer1", stream, "rose", 1, f"gift-{n:05d}")  # 1 coin, 1 diamond
+    assert (await money.balance("creator0")).diamonds == 3
+    assert await money.redis.hget(keys.wallet("creator0"), "diamonds") is None
+    held = [await money.redis.hget(keys.stream(s), "earnings") for s in ("stream0", "stream3")]
+    assert held == ["2", "1"]
+
+    results = await asyncio.gather(
+        money.payout("creator0", 3, "payout-00001"),
+        money.payout("creator0", 3, "payout-00002"),
+        return_exceptions=True,
+    )
+    paid = [r for r in results if not isinstance(r, BaseException)]
+    refused = [r for r in results if isinstance(r, Refused)]
+    assert len(paid) == 1
+    assert paid[0].diamonds_left == 0
+    assert [r.code for r in refused] == ["insufficient_diamonds"]
+    assert (await money.balance("creator0")).diamonds == 0
+    assert await money.redis.hget(keys.wallet("creator0"), "diamonds") == "0"
+    held = [await money.redis.hget(keys.stream(s), "earnings") for s in ("stream0", "stream3")]
+    assert held == ["0", "0"]
+    for stream in ("stream0", "stream3"):  # each stream's earnings collected once
+        assert await money.redis.get(keys.collected("creator0", stream, 1)) is not None
+        assert await money.redis.get(keys.collected("creator0", stream, 2)) is None
+    assert await outbox_length(money.redis) == 0
+    payouts = [e for e in await ledger_entries(money.redis) if e["kind"] == "payout"]
+    assert [(e["diamonds"], e["diamonds_after"]) for e in payouts] == [(3, 0)]
+    # No entry for a collect: the diamonds were the creator's since each gift's entry.
+    assert {e["kind"] for e in await ledger_entries(money.redis)} == {"topup", "gift", "payout"}
+
+
+async def test_a_collect_a_payout_left_is_credited_once_by_the_mover(money: Money) -> None:
+    """The payout's process died between a collect's steps: the earnings left the stream
+    for the outbox; the mover credits them to the wallet once."""
+    await open_streams(money)
+    await money.topup("viewer2", 100, "grant-viewer2")
+    await money.gift("viewer2", "stream1", "rose", 5, "gift-00001")  # creator1: 5 diamonds
+    taken = await money.pipe.call(
+        Script.COLLECT,
+        [keys.stream("stream1")],
+        ["stream1", money.clock()],
+        idempotent=False,
+        shard=(keys.outbox, keys.hold),
+    )
+    assert taken[0] == "ok"
+    assert transfer_decoder.decode(taken[1]).diamonds == 5
+    assert await outbox_length(money.redis) == 1
+    assert (await money.balance("creator1")).diamonds == 0  # in flight: counted nowhere yet
+    assert (await steps_of(money).sweep(grace_ms=0)).moved == 1
+    assert (await steps_of(money).sweep(grace_ms=0)).moved == 0  # nothing left, nothing twice
+    assert await outbox_length(money.redis) == 0
+    assert (await money.balance("creator1")).diamonds == 5
+    assert await money.redis.hget(keys.wallet("creator1"), "diamonds") == "5"
+    # Nothing held: a collect moves nothing and leaves no transfer.
+    assert await steps_of(money).collect("stream1") == 0
+    assert await outbox_length(money.redis) == 0
 
 
 async def gift_until_acknowledged(

@@ -17,6 +17,7 @@ from redis.crc import key_slot
 from giftrelay.embedded import LocalCluster
 from giftrelay.money import keys
 from giftrelay.money.api import Money
+from giftrelay.money.transfers import Transfer
 from giftrelay.relay import sharded as sharded_module
 from giftrelay.relay.room import RECENT_GIFTS, Head, Room, gift_key
 from giftrelay.relay.sharded import ShardedChannel
@@ -146,12 +147,12 @@ async def test_a_gift_applied_twice_reaches_viewers_once(relay: RelayHandle) -> 
     await setup(relay, ["twice"], ["alice"])
     steps = relay.money.steps
     assert steps is not None
-    finished: list[tuple[str, str, str]] = []
+    finished: list[tuple[Transfer, str, str]] = []
     finish = steps.finish
 
-    def recording(raw: str, outbox: str, entry: str) -> Any:
-        finished.append((raw, outbox, entry))
-        return finish(raw, outbox, entry)
+    def recording(t: Transfer, outbox: str, entry: str) -> Any:
+        finished.append((t, outbox, entry))
+        return finish(t, outbox, entry)
 
     steps.finish = recording  # type: ignore[method-assign]
     viewer = await Client.open(relay.ws)
@@ -161,7 +162,7 @@ async def test_a_gift_applied_twice_reaches_viewers_once(relay: RelayHandle) -> 
     # The stream step's record lost, as on a promoted replica that never got it: the
     # transfer is applied again, with a new offset.
     await relay.money.redis.delete(keys.applied("twice", "alice", "gift-once"))
-    apply_reply, _ = await finish(*finished[0])
+    apply_reply = await finish(*finished[0])
     assert apply_reply[1] > first.offset
     history = await relay.money.redis.xrange(keys.history("twice"))
     assert sum('"gift-once"' in fields["e"] for _, fields in history) == 2

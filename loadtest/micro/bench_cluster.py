@@ -8,8 +8,9 @@ embedded default), and all of them share this machine's cores with this process.
 1. **Redis CPU per gift and gifts/s**: ``--callers`` concurrent callers send ``--gifts``
    1-coin gifts through :class:`giftrelay.money.api.Money` to one ``redis-server`` (a gift
    is one ``gift.lua``), a cluster of 1 primary and a cluster of 3 primaries (a gift is
-   three scripts on three slots, and an ``XDEL``), ``--replicas`` (0 or 1) replicas per
-   primary, the single server's included; ``--rounds`` rounds, the targets interleaved,
+   two scripts on two slots, and an ``XDEL``; the creator's earnings wait on the stream),
+   ``--replicas`` (0 or 1) replicas per primary, the single server's included;
+   ``--rounds`` rounds, the targets interleaved,
    so that a busy moment of the machine falls on each. Redis CPU is read on every primary
    after ``CONFIG RESETSTAT``: the microseconds of the commands clients sent (``INFO
    commandstats``; the commands a script runs are inside its ``evalsha`` and counted
@@ -34,7 +35,7 @@ embedded default), and all of them share this machine's cores with this process.
    comes back as the new primary's replica: with ``GIFTRELAY_ACK_REPLICAS=1`` nothing on
    that shard is acknowledged until it does). Reported: seconds from the kill until gifts
    with a step on that shard are acknowledged again, and acknowledged gifts lost (its
-   ledger entry, in the 64 ``keys.LEDGERS`` streams, or a record of one of its three
+   ledger entry, in the 64 ``keys.LEDGERS`` streams, or a record of one of its two
    steps missing; wallets and stream totals against the acknowledged replies as a
    cross-check). With ``GIFTRELAY_ACK_REPLICAS=1`` (``GIFTRELAY_ACK_TIMEOUT=1``), then
    without, then (unless ``--no-what-if``) with it and :class:`NoBackoffRouter`, a fix
@@ -218,7 +219,7 @@ def cluster(directory: Path, primaries: int, replicas: int, aof: bool) -> Target
         appendonly=aof,
     )
     node.start()
-    name = f"cluster, {primaries} primar{'y' if primaries == 1 else 'ies'} (3 steps)"
+    name = f"cluster, {primaries} primar{'y' if primaries == 1 else 'ies'} (2 steps)"
     # In slot order, so that split_cast's first node is the first port.
     ports = [node.owner_of_slot(first) for first, _ in even_slot_ranges(primaries)]
     return Target(name, node.url, ports, node, node.stop)
@@ -464,7 +465,7 @@ async def split(target: Target, money: Money, args: argparse.Namespace) -> Split
     names = (
         "1 gift_debit (+ XDEL), viewer's node",
         "2 gift_apply, stream's node",
-        "3 gift_credit, creator's node",
+        "creator's node (no step: the diamonds wait on the stream)",
     )
     return Split(sent, dict(zip(names, nodes, strict=True)))
 
@@ -693,7 +694,6 @@ class Failover:
     no_ledger: int = 0
     no_debit_record: int = 0
     no_apply_record: int = 0
-    no_credit_record: int = 0
     duplicated: int = 0
     coins_off: int = 0
     """Sum over viewers of |coins - (funded - acknowledged gifts' coins)|."""
@@ -821,7 +821,7 @@ def tally(result: Failover, gifts: dict[str, Sent], times: dict[str, float]) -> 
 async def check_losses(
     url: str, people: Cast, gifts: dict[str, Sent], result: Failover, money: Money
 ) -> None:
-    """Every acknowledged gift's ledger entry and three records, with a fresh client;
+    """Every acknowledged gift's ledger entry and two records, with a fresh client;
     wallets and stream totals against the acknowledged replies."""
     redis = connect(url)
     try:
@@ -843,14 +843,12 @@ async def check_losses(
                 g = acked[rid]
                 pipe.exists(keys.gift_idem(g.viewer, rid))
                 pipe.exists(keys.applied(g.stream, g.viewer, rid))
-                pipe.exists(keys.credited(people.creator_of(g.stream), g.viewer, rid))
             found = await pipe.execute()
             for n, rid in enumerate(chunk):
-                debit, apply, credit = found[3 * n : 3 * n + 3]
+                debit, apply = found[2 * n : 2 * n + 2]
                 result.no_debit_record += not debit
                 result.no_apply_record += not apply
-                result.no_credit_record += not credit
-                if not (debit and apply and credit):
+                if not (debit and apply):
                     lost.add(rid)
         missing = {rid for rid in acked if ledger[rid] == 0}
         result.no_ledger = len(missing)
@@ -866,7 +864,7 @@ async def check_losses(
             coins = int(await redis.hget(keys.wallet(viewer), "coins") or 0)
             result.coins_off += abs(coins - (FUND - per_viewer[viewer] * item.coins))
         for creator in people.creators:
-            got = int(await redis.hget(keys.wallet(creator), "diamonds") or 0)
+            got = (await money.balance(creator)).diamonds  # wallet and earnings
             result.diamonds_off += abs(got - per_creator[creator] * diamonds)
         for stream in people.streams:
             count = int(await redis.hget(keys.stream(stream), "gifts") or 0)
@@ -1142,7 +1140,7 @@ def profile_tables(run: Run) -> None:
             total.calls.update(u.calls)
             total.cpu += u.cpu
         steps.add_row(
-            "[b]3 steps[/]",
+            "[b]2 steps[/]",
             f"{total.usec['evalsha'] / s.gifts:.2f}",
             f"{total.inner_usec / s.gifts:.2f}",
             f"{(total.usec['evalsha'] - total.inner_usec) / s.gifts:.2f}",
@@ -1234,7 +1232,7 @@ def failover_table(run: Run) -> None:
             "others p99 ms",
             "acked lost",
             "no ledger entry",
-            "no debit/apply/credit record",
+            "no debit/apply record",
             "dup",
             "coins/diamonds/totals off",
             "outbox left",
@@ -1256,7 +1254,7 @@ def failover_table(run: Run) -> None:
             _f(f.others_p99_ms, 0),
             f"[b]{f.lost}[/]",
             str(f.no_ledger),
-            f"{f.no_debit_record}/{f.no_apply_record}/{f.no_credit_record}",
+            f"{f.no_debit_record}/{f.no_apply_record}",
             str(f.duplicated),
             f"{f.coins_off}/{f.diamonds_off}/{f.streams_off}",
             str(f.outbox_left),
@@ -1336,7 +1334,7 @@ def goals(run: Run) -> dict[str, Any]:
         work_cpu = ratios(run, closed[1].target, "closed loop", lambda x: x.cpu_usec_per_gift)
         figures["cpu_ratio_one_primary"] = [round(_median(work), 3), round(_median(work_cpu), 3)]
         table.add_row(
-            "  the same, 1-primary cluster (the three steps' work, one process as the single's)",
+            "  the same, 1-primary cluster (the two steps' work, one process as the single's)",
             f"{_spread(work)}x; used_cpu {_spread(work_cpu)}x",
             "met" if _median(work) <= 1.6 else "NOT met",
         )

@@ -90,8 +90,9 @@ REDIS_UP = Gauge(
 
 TRANSFERS = Counter(
     "giftrelay_transfers_total",
-    "Gift transfers credited to their creator on a Redis Cluster, by outcome: applied "
-    "(this process made the credit) or replayed (found made, e.g. a retry or the mover).",
+    "Transfers finished on a Redis Cluster (a gift's stream step, a collect of earnings into "
+    "a wallet), by outcome: applied (this process ran the step) or replayed (found run, "
+    "e.g. a retry or the mover).",
     ["outcome"],
 )
 TRANSFERS_MOVED = Counter(

@@ -1,7 +1,7 @@
-"""The mover's loop: on a Redis Cluster, ``giftrelay serve`` applies the gift transfers
-that relays left behind (:mod:`giftrelay.money.transfers`), and reports how far behind
-it is. Any number of movers may run (one per serve): a transfer applied twice is a
-replay that moves nothing."""
+"""The mover's loop: on a Redis Cluster, ``giftrelay serve`` applies the transfers (gifts'
+and collects') that relays and payouts left behind (:mod:`giftrelay.money.transfers`),
+and reports how far behind it is. Any number of movers may run (one per serve): a
+transfer applied twice is a replay that moves nothing."""
 
 from __future__ import annotations
 

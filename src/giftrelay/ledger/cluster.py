@@ -1,12 +1,18 @@
 """Reconcile on a Redis Cluster: every wallet against the ledger store, shard by shard.
 
 On one Redis, reconcile takes one snapshot (MULTI) of every wallet and the ledger
-stream's last id. A cluster has no such snapshot: its wallets and its 64 bucket streams
-live on several nodes, and a gift moves on up to three of them (the viewer's debit, which
-leaves a transfer in an outbox; the stream's side; the creator's credit, which writes the
-whole gift's ledger entry; then the transfer leaves the outbox). So each node is read at
-instants of its own, by a script over its own keys (:data:`SNAPSHOT`): some of its
-wallets with the last ids of its bucket streams and outboxes, atomically. In order:
+stream's last id. A cluster has no such snapshot: its wallets, its streams' earnings and
+its 64 bucket streams live on several nodes, and a gift moves on two of them (the viewer's
+debit, which leaves a transfer in an outbox; then the stream's side, which adds the
+diamonds to the creator's *earnings* on the stream and writes the gift's ledger entry;
+then the transfer leaves the outbox). A creator holds their wallet's diamonds plus their
+earnings on every stream; a collect moves earnings into the wallet (money.transfers).
+
+Collects are held while reconcile counts (``hold:{bucket}`` on every bucket; collect.lua
+waits), and those in flight are let finish first, so a creator's diamonds do not move
+between nodes meanwhile. Then each node is read at instants of its own, by a script over
+its own keys (:data:`SNAPSHOT`): some of its wallets or streams with the last ids of its
+bucket streams and outboxes, atomically. In order:
 
 1. ``before``: every bucket stream's last id;
 2. each node's instants (:class:`Look`);
@@ -14,13 +20,14 @@ wallets with the last ids of its bucket streams and outboxes, atomically. In ord
 4. ``after``: every bucket stream's last id again. The consumer must have written
    everything up to them (else "not caught up"), and the ledger is summed up to them.
 
-A wallet at its node's instant holds every movement that node made before the instant and
-none after. The ledger up to ``after`` differs from it by three kinds of movement:
+A wallet or a stream's earnings at its node's instant holds every movement that node made
+before the instant and none after. The ledger up to ``after`` differs from it by three
+kinds of movement:
 
-- made on the wallet's node after its instant (a top-up, a chargeback, a creator's credit
-  or payout): their entries are in that node's buckets above the ids the instant read,
-  and are taken off;
-- gifts the wallet's owner sent after its instant, whose entry (on the creator's node) is
+- made on its node after its instant (a top-up, a chargeback or payout on the wallet's
+  node; a gift's earnings on the stream's): their entries are in that node's buckets
+  above the ids the instant read, and are taken off;
+- gifts the wallet's owner sent after its instant, whose entry (on the stream's node) is
   in the ledger already: the debit's transfer id, kept in the viewer's idempotency
   record, is above its outbox's last id at the instant; they are added back. Only gifts
   with entries between ``before`` and ``after`` can be such;
@@ -36,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections import Counter
 from typing import Any
 
@@ -74,10 +82,11 @@ from giftrelay.wire.offsets import format_offset, parse_offset
 log = structlog.get_logger(__name__)
 
 SNAPSHOT = """
--- ARGV: wallets n, streams n, then the wallet keys, the bucket streams, the outboxes:
--- every key this node's own. Returns {wallets' {coins, diamonds}, streams' last ids,
--- outboxes' last ids}, all at one instant.
-local nw, ns = tonumber(ARGV[1]), tonumber(ARGV[2])
+-- ARGV: wallets n, stream hashes n, bucket streams n, then the wallet keys, the stream
+-- hashes, the bucket streams, the outboxes: every key this node's own. Returns {wallets'
+-- {coins, diamonds}, streams' {creator, earnings}, bucket streams' last ids, outboxes'
+-- last ids}, all at one instant.
+local nw, nh, ns = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local function last_id(key)
   if redis.call('EXISTS', key) == 0 then return '0-0' end
   local info = redis.call('XINFO', 'STREAM', key)
@@ -86,11 +95,19 @@ local function last_id(key)
   end
   return '0-0'
 end
-local wallets, streams, outboxes = {}, {}, {}
-for i = 3, 2 + nw do wallets[#wallets + 1] = redis.call('HMGET', ARGV[i], 'coins', 'diamonds') end
-for i = 3 + nw, 2 + nw + ns do streams[#streams + 1] = last_id(ARGV[i]) end
-for i = 3 + nw + ns, #ARGV do outboxes[#outboxes + 1] = last_id(ARGV[i]) end
-return {wallets, streams, outboxes}
+local wallets, held, streams, outboxes = {}, {}, {}, {}
+local first = 4
+for i = first, first + nw - 1 do
+  wallets[#wallets + 1] = redis.call('HMGET', ARGV[i], 'coins', 'diamonds')
+end
+first = first + nw
+for i = first, first + nh - 1 do
+  held[#held + 1] = redis.call('HMGET', ARGV[i], 'creator', 'earnings')
+end
+first = first + nh
+for i = first, first + ns - 1 do streams[#streams + 1] = last_id(ARGV[i]) end
+for i = first + ns, #ARGV do outboxes[#outboxes + 1] = last_id(ARGV[i]) end
+return {wallets, held, streams, outboxes}
 """
 
 CHUNK = 500
@@ -105,6 +122,8 @@ class Look(msgspec.Struct):
     node: str
     wallets: dict[str, dict[str, int]]
     unreadable: list[Unreadable]
+    earnings: dict[str, tuple[str, int]]
+    """Stream -> its creator and the creator's earnings on it."""
     streams: dict[int, Position]
     """Bucket -> its ledger stream's last id."""
     outboxes: dict[str, Position]
@@ -135,6 +154,17 @@ class SlotsMoved(Exception):
 async def reconcile_cluster(redis: Redis, store: Store, *, wait: float = 30.0) -> Report:
     """``giftrelay.ledger.reconcile.reconcile`` on a Redis Cluster; see the module's doc."""
     heads = await store.heads()  # before anything else: see the lost-data rule
+    await _hold(redis, wait)
+    try:
+        collecting = await _let_collects_finish(redis, wait)
+        if collecting:
+            return Report(position=None, caught_up=False, waiting=collecting)
+        return await _reconcile(redis, store, heads, wait)
+    finally:
+        await _release(redis)
+
+
+async def _reconcile(redis: Redis, store: Store, heads: dict[int, Position], wait: float) -> Report:
     extra: list[str] = []
     for attempt in range(ATTEMPTS):
         try:
@@ -156,6 +186,7 @@ async def reconcile_cluster(redis: Redis, store: Store, *, wait: float = 30.0) -
         users = {account[len(USER) :] for account, _ in balances if account.startswith(USER)}
         looked = {u for look in seen.looks for u in look.wallets}
         looked |= {x.wallet for look in seen.looks for x in look.unreadable}
+        looked |= {c for look in seen.looks for c, _ in look.earnings.values()}
         missing = users - looked
         if not missing:
             break
@@ -169,6 +200,39 @@ async def reconcile_cluster(redis: Redis, store: Store, *, wait: float = 30.0) -
     return report
 
 
+HOLD_MS = 120_000
+"""A hold outlives the reconcile that set it by at most this: a reconcile that dies does
+not stop collects for long."""
+
+
+async def _hold(redis: Redis, wait: float) -> None:
+    """Hold collects on every node (collect.lua refuses while its bucket's hold is set)."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for key in keys.HOLDS:
+            pipe.set(key, "1", px=HOLD_MS + round(wait * 1000))
+        await pipe.execute()
+
+
+async def _release(redis: Redis) -> None:
+    async with redis.pipeline(transaction=False) as pipe:
+        for key in keys.HOLDS:
+            pipe.delete(key)
+        await pipe.execute()
+
+
+async def _let_collects_finish(redis: Redis, wait: float) -> str:
+    """'' once no collect is in an outbox (a payout's own steps finish theirs at once, the
+    mover one left behind within its grace period), else why not after ``wait`` seconds."""
+    deadline = time.monotonic() + wait
+    while True:
+        collecting = [m for m in await _outboxes(redis) if m.transfer.kind == "collect"]
+        if not collecting:
+            return ""
+        if time.monotonic() >= deadline:
+            return f"{len(collecting)} collect(s) of earnings still in the outboxes"
+        await asyncio.sleep(0.05)
+
+
 async def _see(redis: Redis, extra: list[str]) -> Seen:
     """Steps 1 to 4 of the module's doc."""
     cluster: RedisCluster = redis  # type: ignore[assignment]
@@ -178,8 +242,10 @@ async def _see(redis: Redis, extra: list[str]) -> Seen:
     looks: list[Look] = []
     async with node_clients(redis) as nodes:
         wallets: dict[str, list[str]] = {name: [] for name in nodes}
+        held: dict[str, list[str]] = {name: [] for name in nodes}
         for name, (_, client) in nodes.items():  # (SCAN may return a key twice)
             wallets[name] = list(dict.fromkeys([key async for key in scan(client, keys.WALLETS)]))
+            held[name] = list(dict.fromkeys([key async for key in scan(client, keys.STREAMS)]))
         known = {key for found in wallets.values() for key in found}
         for key in extra:
             if key not in known:
@@ -190,33 +256,54 @@ async def _see(redis: Redis, extra: list[str]) -> Seen:
             mine = [b for b, holder in owners.items() if holder == name]
             for start in range(0, max(len(found), 1), CHUNK):
                 chunk = found[start : start + CHUNK]
-                looks.append(await _look(nodes[name][1], name, chunk, mine))
+                looks.append(await _look(nodes[name][1], name, chunk, [], mine))
+            for start in range(0, len(held[name]), CHUNK):
+                chunk = held[name][start : start + CHUNK]
+                looks.append(await _look(nodes[name][1], name, [], chunk, mine))
     moving = await _outboxes(redis)
     after = await last_ids(redis, keys.LEDGERS)
     return Seen(before, looks, moving, after, owners)
 
 
-async def _look(client: Redis, node: str, wallets: list[str], buckets: list[int]) -> Look:
+async def _look(
+    client: Redis, node: str, wallets: list[str], held: list[str], buckets: list[int]
+) -> Look:
     streams = [keys.ledger(b) for b in buckets]
     outboxes = [keys.outbox(b) for b in buckets]
     try:
         reply: Any = await client.eval(
-            SNAPSHOT, 0, len(wallets), len(streams), *wallets, *streams, *outboxes
+            SNAPSHOT,
+            0,
+            len(wallets),
+            len(held),
+            len(streams),
+            *wallets,
+            *held,
+            *streams,
+            *outboxes,
         )
     except ResponseError as exc:
         if "non local key" in str(exc) or "MOVED" in str(exc):
             raise SlotsMoved(str(exc)) from exc
         raise
-    held, stream_ids, outbox_ids = reply
+    values, earnings, stream_ids, outbox_ids = reply
     look = Look(
         node,
         {},
         [],
+        {},
         {b: parse_offset(text(i)) for b, i in zip(buckets, stream_ids, strict=True)},
         {k: parse_offset(text(i)) for k, i in zip(outboxes, outbox_ids, strict=True)},
     )
-    for key, values in zip(wallets, held, strict=True):
-        take_wallet(key, values, look.wallets, look.unreadable)
+    for key, fields in zip(wallets, values, strict=True):
+        take_wallet(key, fields, look.wallets, look.unreadable)
+    for key, (creator, amount) in zip(held, earnings, strict=True):
+        if creator is None:
+            continue
+        try:
+            look.earnings[keys.stream_id(key)] = (text(creator), int(amount or 0))
+        except ValueError:
+            look.unreadable.append(Unreadable(text(creator), "earnings", text(amount)))
     return look
 
 
@@ -263,9 +350,11 @@ async def _compare(
 ) -> Report:
     """Each wallet against the ledger as of its look (the module's doc)."""
     where = {u: look for look in seen.looks for u in look.wallets}
+    earned = {st: (c, n, look) for look in seen.looks for st, (c, n) in look.earnings.items()}
+    """Stream -> its creator, their earnings on it, and the look that read them."""
     unreadable = [u for look in seen.looks for u in look.unreadable]
     adjust: Counter[tuple[str, str]] = Counter()
-    """(user, asset) -> what the wallet at its look holds beyond the ledger up to ``after``."""
+    """(user, asset) -> what Redis at the looks holds beyond the ledger up to ``after``."""
     spans = enumerate(zip(seen.before, seen.after, strict=True))
     window = {b: (lo, hi) for b, (lo, hi) in spans if hi > lo}
     rows = [row async for row in store.between(window)]
@@ -279,6 +368,13 @@ async def _compare(
             if not p.account.startswith(USER) or p.asset not in WALLET_ASSETS:
                 continue
             user = p.account[len(USER) :]
+            if gift is not None and gift.held == "stream" and p.asset == "diamonds":
+                # The creator's earnings on the stream, read by that stream's look.
+                found = earned.get(gift.stream)
+                at = found[2].streams.get(row.bucket) if found is not None else None
+                if at is not None and row.position > at:
+                    adjust[(user, p.asset)] -= p.amount  # made on its node after the look
+                continue
             look = where.get(user)
             if look is None:
                 continue
@@ -291,9 +387,14 @@ async def _compare(
                 at = look.streams.get(row.bucket)
                 if at is not None and row.position > at:
                     adjust[(user, p.asset)] -= p.amount  # made on its node after the look
-    held = await store.holders([_key(m.transfer) for m in seen.moving])
+    earnings: Counter[str] = Counter()
+    for creator, amount, _ in earned.values():
+        if amount:  # (a stream without earnings adds no creator to compare)
+            earnings[creator] += amount
+    gifts_moving = [m for m in seen.moving if m.transfer.kind == "gift"]
+    held = await store.holders([_key(m.transfer) for m in gifts_moving])
     in_flight = []
-    for m in seen.moving:
+    for m in gifts_moving:
         holder = held.get(_key(m.transfer))
         if holder is not None and (holder[0] == SINGLE or holder[1] <= seen.after[holder[0]]):
             continue  # in the ledger already: its outbox entry is only not cleared yet
@@ -306,7 +407,7 @@ async def _compare(
     report = Report(
         position=None,
         caught_up=True,
-        wallets=len(where) + len({u.wallet for u in unreadable}),
+        wallets=len(where.keys() | earnings.keys() | {u.wallet for u in unreadable}),
         unreadable=unreadable,
         in_flight=len(in_flight),
     )
@@ -314,15 +415,19 @@ async def _compare(
               for name in sorted(set(seen.owners.values()))}  # fmt: skip
     for look in seen.looks:
         shards.setdefault(look.node, Shard(look.node, [])).wallets += len(look.wallets)
+    for creator in earnings.keys() - where.keys():  # a creator whose diamonds are all earnings
+        wallet_node = key_owner(redis, keys.wallet(creator))
+        if wallet_node in shards:
+            shards[wallet_node].wallets += 1
     for m in in_flight:
         node = seen.owners.get(keys.OUTBOXES.index(m.outbox))
         if node in shards:
             shards[node].in_flight += 1
     skip = {u.wallet for u in unreadable}
-    for user in sorted((where.keys() | users) - skip):
+    for user in sorted((where.keys() | users | earnings.keys()) - skip):
         held_now = where[user].wallets[user] if user in where else {}
         for asset in WALLET_ASSETS:
-            in_redis = held_now.get(asset, 0)
+            in_redis = held_now.get(asset, 0) + (earnings[user] if asset == "diamonds" else 0)
             in_ledger = balances.get((f"{USER}{user}", asset), 0) + adjust[(user, asset)]
             if in_redis != in_ledger:
                 report.differences.append(Difference(user, asset, in_redis, in_ledger))

@@ -30,7 +30,11 @@ class GiftEntry(LedgerEntry, tag="gift", frozen=True):
     coins_after: int
     """The sender's coins after the gift."""
     diamonds_after: int
-    """The creator's diamonds after the gift."""
+    """The creator's diamonds after the gift, where ``held`` says they went."""
+    held: str = "wallet"
+    """Where the diamonds went: ``wallet``, or on a Redis Cluster ``stream``, the creator's
+    earnings on the stream (then ``diamonds_after`` is those earnings), collected into the
+    wallet later without an entry of its own: they are the creator's either way."""
     combo: int = 0
     """The combo's running count after the gift (0 in entries written before it was kept)."""
     combo_id: str = ""

@@ -26,9 +26,10 @@ the gifts still in the outboxes are applied first (the mover's sweep, until they
 empty), so that their ledger entries exist; then every bucket stream is written to the
 store, the wallets and records are rebuilt wherever their keys live now (the cluster
 client routes each), in the cluster's formats (a gift's record holds gift_debit.lua's
-reply, with the stream's and the creator's step records beside it; a top-up's receipt
-claim and its credit on the user's slot; a chargeback's record on the user's slot), and
-each bucket stream's last id is moved past the store's newest event of that bucket.
+reply, with the stream's step record beside it; a top-up's receipt claim and its credit
+on the user's slot; a chargeback's record on the user's slot), a creator's diamonds all in
+the wallet (no stream holds earnings afterwards), and each bucket stream's last id is
+moved past the store's newest event of that bucket.
 """
 
 from __future__ import annotations
@@ -135,8 +136,8 @@ def _json(value: object) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
-# On a Redis Cluster a gift's records are three, one per step (lua/gift_debit.lua,
-# gift_apply.lua, gift_credit.lua), and a top-up's two (topup_claim.lua, topup.lua).
+# On a Redis Cluster a gift's records are two, one per step (lua/gift_debit.lua,
+# gift_apply.lua), and a top-up's two (topup_claim.lua, topup.lua).
 RECORDED_OUTBOX_ENTRY = "0-1"
 """The outbox entry a rebuilt gift record names: a retry deletes it from the outbox when
 it finishes (XDEL), and no outbox ever holds it (entry ids are times)."""
@@ -224,7 +225,6 @@ class Rebuild:
                 g = entry
                 records[keys.gift_idem(g.sender, g.id)] = (_debit_record(g, self.catalog), left)
                 records[keys.applied(g.stream, g.sender, g.id)] = (_applied_record(g), left)
-                records[keys.credited(g.to, g.sender, g.id)] = (str(g.diamonds_after), left)
             elif left > 0:
                 records[keys.gift_idem(entry.sender, entry.id)] = (_gift_record(entry), left)
         elif isinstance(entry, TopupEntry):
@@ -378,8 +378,8 @@ SWEEPS = 1000
 
 
 async def _sweep(steps: Steps, tell: Progress) -> int:
-    """Apply every transfer in the outboxes (steps 2 and 3 of their gifts), until they are
-    empty; how many. Refuses when some cannot be applied (the log says why)."""
+    """Apply every transfer in the outboxes (a gift's stream step, a collect's credit), until
+    they are empty; how many. Refuses when some cannot be applied (the log says why)."""
     moved = 0
     for _ in range(SWEEPS):
         found = await steps.sweep(grace_ms=0)
@@ -392,7 +392,7 @@ async def _sweep(steps: Steps, tell: Progress) -> int:
         if not found.moved:
             break
     raise RecoverRefused(
-        f"{waiting} gift transfer(s) in the outboxes cannot be applied (the log says why):"
+        f"{waiting} transfer(s) in the outboxes cannot be applied (the log says why):"
         " fix that first, then recover again; the ledger lacks them until they are"
     )
 
@@ -490,6 +490,21 @@ async def _write(redis: Redis, rebuild: Rebuild, outcome: Outcome, tell: Progres
             if totals.top:
                 pipe.zadd(keys.top(stream), totals.top)
             outcome.streams += 1
+        await pipe.execute()
+        if rebuild.cluster:
+            await _reset_earnings(redis)
+
+
+async def _reset_earnings(redis: Redis) -> None:
+    """On a cluster, every creator's diamonds are in the wallet now (the ledger's sums):
+    no stream holds earnings, and each creator's streams are listed again."""
+    async with redis.pipeline(transaction=False) as pipe:
+        async for key in scan_all(redis, keys.STREAMS):
+            creator = await redis.hget(key, "creator")
+            if creator is None:
+                continue
+            pipe.hset(key, "earnings", 0)
+            pipe.sadd(keys.creator_streams(text(creator)), keys.stream_id(key))
         await pipe.execute()
 
 

@@ -44,7 +44,7 @@ from giftrelay.money.shards import ClusterRouter, Router
 from giftrelay.money.streams import Streams
 from giftrelay.money.transfers import Steps
 from giftrelay.wire import protocol
-from giftrelay.wire.errors import Code, Refused
+from giftrelay.wire.errors import Code, Refused, Unavailable
 
 log = structlog.get_logger(__name__)
 
@@ -71,7 +71,7 @@ class Money(Streams):
         self.clock = clock
         replicas, timeout_ms = settings.ack_replicas, round(settings.ack_timeout * 1000)
         self.steps: Steps | None = None
-        """On a Redis Cluster, the gift's second and third steps (see money.transfers)."""
+        """On a Redis Cluster, the gift's second step and collects (see money.transfers)."""
         if isinstance(redis, RedisCluster):
             self.pipe: Router = ClusterRouter(
                 redis, ack_replicas=replicas, ack_timeout_ms=timeout_ms
@@ -205,7 +205,7 @@ class Money(Streams):
         confirm: bool,
         state: str = "",
     ) -> asyncio.Future[Any]:
-        """On a cluster, the gift's three steps (money.transfers); the future of a reply
+        """On a cluster, the gift's two steps (money.transfers); the future of a reply
         shaped as gift.lua's. ``state``: '' for a live stream, else the refusal a gift
         that is no retry gets ('stream_not_live', 'unknown_stream')."""
         assert self.steps is not None
@@ -377,6 +377,10 @@ class Money(Streams):
         if not 1 <= diamonds <= self.settings.max_balance:
             raise Refused(Code.BAD_REQUEST, f"diamonds must be 1 to {self.settings.max_balance}")
         quote = rules.payout_quote(diamonds, self.settings.cent_rate, self.settings.fee_rate)
+        verify = scheduled or self.settings.payout_requires_verification
+        held = False
+        if self.steps is not None and await self._will_pay(creator, diamonds, request_id, verify):
+            held = await self.collect(creator)
         reply = await self.pipe.call(
             Script.PAYOUT,
             [keys.wallet(creator), keys.payout_idem(creator, request_id)],
@@ -389,12 +393,14 @@ class Money(Streams):
                 self.settings.payout_min_diamonds,
                 self.clock(),
                 (self.settings.receipt_ttl if scheduled else self.settings.idempotency_ttl) * 1000,
-                int(scheduled or self.settings.payout_requires_verification),
+                int(verify),
                 self.settings.payout_currency,
             ],
             idempotent=True,  # by the creator's request id
             shard=(keys.ledger,),
         )
+        if held and reply[0] == "err" and reply[1] == Code.INSUFFICIENT_DIAMONDS:
+            raise Unavailable("a reconcile is counting the diamonds: try again in a moment")
         _, paid, cash, fee, left, replayed = ok(reply, "payout")
         return PayoutReceipt(
             id=request_id,
@@ -404,6 +410,27 @@ class Money(Streams):
             diamonds_left=left,
             replayed=bool(replayed),
         )
+
+    async def _will_pay(self, creator: str, diamonds: int, request_id: str, verify: bool) -> bool:
+        """On a cluster, whether payout.lua will pay a new payout if the creator's earnings
+        are collected first: a refusal, or a retry, then moves nothing."""
+        if diamonds < self.settings.payout_min_diamonds:
+            return False
+        async with self.redis.pipeline(transaction=False) as pipe:  # the creator's slot
+            pipe.exists(keys.payout_idem(creator, request_id))
+            pipe.hmget(keys.wallet(creator), ["diamonds", "verified"])
+            done, (held, verified) = await guard(pipe.execute())
+        if done or (verify and verified is None):
+            return False
+        return int(held or 0) + await self._earnings(creator) >= diamonds
+
+    async def collect(self, creator: str) -> bool:
+        """On a cluster, move the creator's earnings on each of their streams into the wallet
+        (money.transfers); True if some could not move yet (a reconcile holds collects)."""
+        assert self.steps is not None
+        streams = await guard(self.redis.smembers(keys.creator_streams(creator)))
+        moved = await asyncio.gather(*(self.steps.collect(str(s)) for s in sorted(streams)))
+        return None in moved
 
     async def set_cap(self, user: str, daily_coins: int | None) -> int | None:
         """Set (or with None remove) the user's daily coin limit, in UTC days."""
@@ -510,10 +537,20 @@ class Money(Streams):
             self.redis.hmget(keys.wallet(user), ["coins", "diamonds", "spent_day", "spent", "cap"])
         )
         coins, diamonds, spent_day, spent, cap = raw
+        earnings = await self._earnings(user) if self.steps is not None else 0
         today = rules.utc_day(self.clock())
         return protocol.Balance(
             coins=int(coins or 0),
-            diamonds=int(diamonds or 0),
+            diamonds=int(diamonds or 0) + earnings,
             spent_today=int(spent or 0) if int(spent_day or -1) >= today else 0,
             daily_cap=None if cap is None else int(cap),
         )
+
+    async def _earnings(self, creator: str) -> int:
+        """On a cluster, the creator's diamonds held on their streams (read after the wallet:
+        a collect meanwhile makes the sum short for that moment, never twice counted)."""
+        streams = sorted(await guard(self.redis.smembers(keys.creator_streams(creator))))
+        held = await guard(
+            asyncio.gather(*(self.redis.hget(keys.stream(str(s)), "earnings") for s in streams))
+        )
+        return sum(int(h or 0) for h in held)

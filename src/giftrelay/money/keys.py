@@ -50,9 +50,16 @@ def ledger_dead(bucket: int) -> str:
 
 
 def outbox(bucket: int | None) -> str:
-    """Stream: on a cluster, gifts whose coins moved and whose other half (the stream's
-    totals and event, the creator's diamonds) is still to apply; entry ``t`` the transfer."""
+    """Stream: on a cluster, *transfers*: gifts whose coins moved and whose stream's side
+    (totals, event, the creator's earnings and the ledger entry) is still to apply, and
+    collects of earnings still to credit to a wallet; entry ``t`` the transfer."""
     return f"out:{{{BUCKET_TAGS[bucket or 0]}}}"
+
+
+def hold(bucket: int | None) -> str:
+    """String with a TTL: on a cluster, set on every bucket while a reconcile counts; the
+    collects of earnings on its node wait (collect.lua)."""
+    return f"hold:{{{BUCKET_TAGS[bucket or 0]}}}"
 
 
 LEDGERS = tuple(ledger(b) for b in range(BUCKETS))
@@ -60,6 +67,9 @@ LEDGERS = tuple(ledger(b) for b in range(BUCKETS))
 
 OUTBOXES = tuple(outbox(b) for b in range(BUCKETS))
 """Every bucket's outbox, on a cluster."""
+
+HOLDS = tuple(hold(b) for b in range(BUCKETS))
+"""Every bucket's hold, on a cluster."""
 
 
 def wallet(user: str) -> str:
@@ -97,9 +107,16 @@ def applied(stream_id: str, viewer: str, request_id: str) -> str:
     return f"xf:{{{stream_id}}}:a:{viewer}:{request_id}"
 
 
-def credited(creator: str, viewer: str, request_id: str) -> str:
-    """String: on a cluster, a gift credited to its creator (diamonds after); the creator's slot."""
-    return f"xf:{{{creator}}}:c:{viewer}:{request_id}"
+def collected(creator: str, stream_id: str, n: int) -> str:
+    """String: on a cluster, the ``n``-th collect of the creator's earnings on a stream,
+    credited to the wallet (the diamonds after); the creator's slot."""
+    return f"xf:{{{creator}}}:k:{stream_id}:{n}"
+
+
+def creator_streams(creator: str) -> str:
+    """Set: on a cluster, the streams a creator opened, whose earnings are theirs (the
+    creator's slot): a balance adds them, a payout collects them."""
+    return f"cs:{{{creator}}}"
 
 
 def topup_credit(user: str, receipt: str) -> str:
@@ -133,8 +150,18 @@ VERIFIED = "creators:verified"
 
 
 def stream(stream_id: str) -> str:
-    """Hash: creator, title, status, totals, goal."""
+    """Hash: creator, title, status, totals, goal; on a cluster also the creator's
+    ``earnings`` on the stream not yet collected into the wallet, and ``collects`` made."""
     return f"st:{{{stream_id}}}"
+
+
+STREAMS = "st:{*}"
+"""A SCAN pattern matching every stream."""
+
+
+def stream_id(key: str) -> str:
+    """The stream whose hash is ``key`` (the inverse of :func:`stream`)."""
+    return key[len("st:{") : -1]
 
 
 def top(stream_id: str) -> str:

@@ -51,6 +51,8 @@ class Streams:
             idempotent=False,  # no id: run again after a close, it would reopen the stream
         )
         ok(reply, "stream_open")
+        if self.pipe.cluster:  # the creator's earnings there count in balances and payouts
+            await guard(self.redis.sadd(keys.creator_streams(creator), stream))
         self._creators[stream] = creator
         return await self.stream_info(stream)
 

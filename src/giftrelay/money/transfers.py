@@ -1,21 +1,28 @@
-"""A gift on a Redis Cluster: three exactly-once steps on three slots, and the mover.
+"""A gift on a Redis Cluster: two exactly-once steps on two slots, collects, and the mover.
 
 A Lua script may touch one slot's keys only, and a gift's keys belong to three owners:
 
 1. on the **viewer's** slot, ``gift_debit.lua``: every check, the debit, the idempotency
    record, and a *transfer* in the outbox of a bucket on that node;
-2. on the **stream's** slot, ``gift_apply.lua``: totals, top gifters, combo, history and
-   the event (``SPUBLISH``), once per gift (its record ``xf:{stream}:a:…``);
-3. on the **creator's** slot, ``gift_credit.lua``: the diamonds and the gift's ledger
-   entry, once per gift (its record ``xf:{creator}:c:…``).
+2. on the **stream's** slot, ``gift_apply.lua``: totals, top gifters, combo, history, the
+   event (``SPUBLISH``), the creator's diamonds as *earnings* on the stream (field
+   ``earnings`` of its hash) and the gift's ledger entry, once per gift (its record
+   ``xf:{stream}:a:…``).
 
-The relay runs the three at once and answers ``gift_ok`` after the third, so the reply
+The relay runs both at once and answers ``gift_ok`` after the second, so the reply
 carries the event's offset and combo as on one Redis. The transfer leaves the outbox
-(``XDEL``) only once all three ran. A transfer left behind (the relay died between
-steps, a shard failed over) is applied by the mover (:meth:`Steps.sweep`, which every
-relay worker runs: ``giftrelay.relay.mover``): it takes outbox entries older than
-:data:`GRACE_MS` and runs steps 2 and 3 again; their records make a second run a replay
-that moves nothing.
+(``XDEL``) once both ran.
+
+The creator's wallet is not touched by a gift: a *collect* moves a stream's earnings into
+it, in two steps of the same kind (``collect.lua`` on the stream's slot takes them off for
+a transfer in the outbox; ``collect_credit.lua`` credits the wallet, once per collect). A
+payout collects first, a balance adds the earnings (``Money``). A third script per gift,
+on the creator's slot, cost a third of the cluster's Redis CPU per gift.
+
+A transfer left behind (the relay died between steps, a shard failed over) is applied by
+the mover (:meth:`Steps.sweep`, which every relay worker runs: ``giftrelay.mover``): it
+takes outbox entries older than :data:`GRACE_MS` and runs the step after again; its record
+makes a second run a replay that moves nothing.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ import structlog
 from redis.asyncio import Redis
 
 from giftrelay.money import keys
-from giftrelay.money.common import MoneySettings
+from giftrelay.money.common import MoneySettings, ok
 from giftrelay.money.scripts import Script
 from giftrelay.money.shards import ClusterRouter, Router
 from giftrelay.wire.errors import Refused, Unavailable
@@ -46,15 +53,22 @@ BATCH = 256
 
 
 class Transfer(msgspec.Struct, frozen=True):
-    """The part of a transfer the steps' keys are made of (the rest goes to Lua as is)."""
+    """An outbox entry: a gift's (gift_debit.lua) or a collect's (collect.lua)."""
 
     id: str
     to: str
     stream: str
-    gift: str
-    coins: int
     diamonds: int
-    from_: str = msgspec.field(name="from")
+    ts: int
+    kind: str = "gift"
+    gift: str = ""
+    name: str = ""
+    count: int = 0
+    coins: int = 0
+    streakable: bool = False
+    coins_after: int = 0
+    confirmed: bool = False
+    from_: str = msgspec.field(default="", name="from")
 
 
 transfer_decoder = msgspec.json.Decoder(Transfer)
@@ -73,7 +87,8 @@ class Sweep:
 
 
 class Steps:
-    """Runs steps 2 and 3 of a transfer, and takes finished ones out of the outboxes."""
+    """Runs a transfer's last step, collects earnings, and takes finished transfers out
+    of the outboxes."""
 
     def __init__(
         self,
@@ -88,11 +103,11 @@ class Steps:
         self.settings = settings
         self.clock = clock
         self.applied = 0
-        """Transfers whose credit this process made (steps 2 and 3, by the relay or mover)."""
+        """Transfers whose last step this process ran (by the relay, a payout or the mover)."""
         self.replayed = 0
-        """Transfers found credited already (a retried gift, a mover after the relay)."""
+        """Transfers found applied already (a retried gift, a mover after the relay)."""
         self.observe: Callable[[bool], None] | None = None
-        """Told of each credit, with whether it was a replay (the process's metrics)."""
+        """Told of each transfer's last step, with whether it was a replay (the metrics)."""
         self._done: dict[str, list[str]] = {}
         self._cleaning: asyncio.Task[None] | None = None
         self._queued = 0
@@ -103,7 +118,7 @@ class Steps:
         """Set when an XDEL round ends (and replaced), for :meth:`settle`."""
 
     def after_debit(self, debit: asyncio.Future[Any]) -> asyncio.Future[Any]:
-        """The gift's steps 2 and 3 once step 1 (``debit``, gift_debit.lua's reply) moved
+        """The gift's second step once the first (``debit``, gift_debit.lua's reply) moved
         the coins: the future of a reply shaped as gift.lua's on one Redis, so that the
         callers read both alike. A refusal of step 1 is that reply."""
         result: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -116,91 +131,97 @@ class Steps:
                 result.set_result(reply)
                 return
             _, raw, outbox, entry, coins, balance, replayed = reply
-            self.finish(raw, outbox, entry).add_done_callback(
-                _guard(lambda steps: finished(steps, raw, coins, balance, replayed), result)
+            t = transfer_decoder.decode(raw)
+            self.finish(t, outbox, entry).add_done_callback(
+                _guard(lambda last: applied(last, t, coins, balance, replayed), result)
             )
 
-        def finished(
-            steps: asyncio.Future[tuple[Any, Any]],
-            raw: str,
-            coins: int,
-            balance: int,
-            replayed: int,
+        def applied(
+            last: asyncio.Future[Any], t: Transfer, coins: int, balance: int, replayed: int
         ) -> None:
-            if _failed(steps, result):
+            if _failed(last, result):
                 return
-            applied, credited = steps.result()
-            if credited is None or credited[0] != "ok":  # the coins moved; the rest is stuck
-                result.set_result(applied if credited is None else credited)
+            reply = last.result()
+            if reply[0] != "ok":  # the coins moved; the rest is stuck (the mover retries)
+                result.set_result(reply)
                 return
-            _, offset, combo, combo_id, _ = applied
-            diamonds = transfer_decoder.decode(raw).diamonds
-            result.set_result(["ok", offset, coins, balance, combo, combo_id, diamonds, replayed])
+            _, offset, combo, combo_id, _ = reply
+            result.set_result(["ok", offset, coins, balance, combo, combo_id, t.diamonds, replayed])
 
         debit.add_done_callback(_guard(debited, result))
         return result
 
-    def finish(self, raw: str, outbox: str, entry: str) -> asyncio.Future[tuple[Any, Any]]:
-        """Steps 2 and 3 of the transfer ``raw`` (JSON): the future of both replies
-        (apply's, credit's). Afterwards the transfer leaves its outbox."""
-        loop = asyncio.get_running_loop()
-        result: asyncio.Future[tuple[Any, Any]] = loop.create_future()
-        t = transfer_decoder.decode(raw)
+    def finish(self, t: Transfer, outbox: str, entry: str) -> asyncio.Future[Any]:
+        """The step after a transfer's first: a gift's ``gift_apply.lua``, a collect's
+        ``collect_credit.lua``; the future of its reply. Once it is ``ok`` the transfer
+        leaves its outbox."""
         settings = self.settings
-        applied = self.router.submit(
-            Script.GIFT_APPLY,
-            [
-                keys.stream(t.stream),
-                keys.top(t.stream),
-                keys.history(t.stream),
-                keys.combo(t.stream, t.from_, t.gift),
-                keys.channel(t.stream),
-                keys.applied(t.stream, t.from_, t.id),
-            ],
-            [raw, settings.combo_window_ms, settings.idempotency_ttl * 1000, settings.history_len],
-            idempotent=True,  # by the gift's record on the stream's slot
-        )
-
-        def credit(step: asyncio.Future[Any]) -> None:
-            if _failed(step, result):
-                return
-            reply = step.result()
-            if reply[0] != "ok":
-                result.set_result((reply, None))
-                return
-            _, offset, combo, combo_id, _ = reply
-            credited = self.router.submit(
-                Script.GIFT_CREDIT,
-                [keys.wallet(t.to), keys.credited(t.to, t.from_, t.id)],
+        retention = settings.idempotency_ttl * 1000
+        if t.kind == "collect":
+            last = self.router.submit(
+                Script.COLLECT_CREDIT,
+                [keys.wallet(t.to), keys.collected(t.to, t.stream, int(t.id[1:]))],
+                [t.diamonds, retention, settings.max_balance],
+                idempotent=True,  # by the collect's record on the creator's slot
+            )
+        else:
+            last = self.router.submit(
+                Script.GIFT_APPLY,
                 [
-                    raw,
-                    offset,
-                    combo,
-                    combo_id,
-                    settings.idempotency_ttl * 1000,
+                    keys.stream(t.stream),
+                    keys.top(t.stream),
+                    keys.history(t.stream),
+                    keys.combo(t.stream, t.from_, t.gift),
+                    keys.channel(t.stream),
+                    keys.applied(t.stream, t.from_, t.id),
+                ],
+                [
+                    *gift_fields(t),
+                    settings.combo_window_ms,
+                    retention,
+                    settings.history_len,
                     settings.max_balance,
                 ],
-                idempotent=True,  # by the gift's record on the creator's slot
+                idempotent=True,  # by the gift's record on the stream's slot
                 shard=(keys.ledger,),
             )
-            credited.add_done_callback(_guard(lambda last: done(reply, last), result))
 
-        def done(apply_reply: Any, last: asyncio.Future[Any]) -> None:
-            if _failed(last, result):
+        def done(step: asyncio.Future[Any]) -> None:
+            if step.cancelled() or step.exception() is not None:
                 return
-            reply = last.result()
+            reply = step.result()
             if reply[0] == "ok":
                 self.forget(outbox, entry)
-                if reply[2]:
+                replayed = bool(reply[-1])
+                if replayed:
                     self.replayed += 1
                 else:
                     self.applied += 1
                 if self.observe is not None:
-                    self.observe(bool(reply[2]))
-            result.set_result((apply_reply, reply))
+                    self.observe(replayed)
 
-        applied.add_done_callback(_guard(credit, result))
-        return result
+        last.add_done_callback(done)
+        return last
+
+    async def collect(self, stream: str) -> int | None:
+        """Move the creator's earnings on ``stream`` into their wallet (both steps): the
+        diamonds moved (0 when none were held), or None while a reconcile holds collects.
+        Raises :class:`Refused` or :class:`Unavailable` as the money core's calls do."""
+        reply = await self.router.call(
+            Script.COLLECT,
+            [keys.stream(stream)],
+            [stream, int(self.clock() * 1000)],
+            idempotent=False,  # a second run finds the earnings taken: nothing is held
+            shard=(keys.outbox, keys.hold),
+        )
+        if reply[0] == "err" and reply[1] == "held":
+            return None
+        _, raw, outbox, entry = ok(reply, "collect")
+        if not raw:
+            return 0
+        t = transfer_decoder.decode(raw)
+        ok(await self.finish(t, outbox, entry), "collect_credit")
+        return t.diamonds
 
     def forget(self, outbox: str, entry: str) -> None:
         """Take a finished transfer out of its outbox, with others, in one XDEL soon."""
@@ -255,21 +276,19 @@ class Steps:
 
     async def _move(self, outbox: str, entry: str, fields: dict[str, Any]) -> int:
         raw = fields.get("t")
-        if raw is None:  # not a transfer: kept for a person to look at
+        try:
+            t = transfer_decoder.decode(str(raw))
+        except (msgspec.DecodeError, msgspec.ValidationError):  # kept for a person to look at
             log.error("outbox entry without a transfer", outbox=outbox, entry=entry)
             return 0
         try:
-            apply_reply, credit_reply = await self.finish(str(raw), outbox, entry)
+            reply = await self.finish(t, outbox, entry)
         except (Refused, Unavailable) as exc:
             log.warning("transfer not applied yet", outbox=outbox, entry=entry, error=str(exc))
             return 0
-        if credit_reply is None or credit_reply[0] != "ok":
-            log.error(
-                "transfer refused; left in the outbox",
-                outbox=outbox,
-                entry=entry,
-                reply=credit_reply or apply_reply,
-            )
+        if reply[0] != "ok":
+            log.error("transfer refused; left in the outbox", outbox=outbox, entry=entry,
+                      reply=reply)  # fmt: skip
             return 0
         return 1
 
@@ -284,6 +303,12 @@ class Steps:
 
     async def aclose(self) -> None:
         await self.settle()
+
+
+def gift_fields(t: Transfer) -> list[str | int]:
+    """A gift's transfer as gift_apply.lua's ARGV[1..13]."""
+    return [t.id, t.from_, t.to, t.stream, t.gift, t.name, t.count, t.coins, t.diamonds,
+            int(t.streakable), t.ts, t.coins_after, int(t.confirmed)]  # fmt: skip
 
 
 def _guard(

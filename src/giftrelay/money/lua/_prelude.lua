@@ -232,8 +232,8 @@ end
 
 -- The stream's totals a gift adds to; (totals, nil) or (nil, problem) when one is no
 -- integer or would overflow.
-local function stream_totals(key, coins, diamonds, count)
-  local totals, problem = read_ints(key, {'diamonds', 'coins', 'gifts', 'combos'})
+local function stream_totals(key, coins, diamonds, count, fields)
+  local totals, problem = read_ints(key, fields or {'diamonds', 'coins', 'gifts', 'combos'})
   if problem then return nil, problem end
   problem = overflows(totals, 'diamonds', diamonds, MAX_INT)
     or overflows(totals, 'coins', coins, MAX_INT)
@@ -262,12 +262,19 @@ end
 
 -- Writes a checked gift's stream side: totals, top gifters, the combo, the history and
 -- the event. `g` holds the gift (viewer, id, gift, name, count, coins, diamonds, ts).
--- Returns the event's offset.
-local function show(k, g, totals, combo, combo_id, fresh, streakable, window, maxlen)
+-- `earnings`, on a Redis Cluster: the creator's diamonds held on the stream after the
+-- gift (gift_apply.lua). Returns the event's offset.
+local function show(k, g, totals, combo, combo_id, fresh, streakable, window, maxlen, earnings)
   local combos = totals.combos
   if fresh then combos = combos + 1 end
-  redis.call('HSET', k.stream, 'diamonds', totals.diamonds + g.diamonds,
-    'coins', totals.coins + g.coins, 'gifts', totals.gifts + g.count, 'combos', combos)
+  if earnings then
+    redis.call('HSET', k.stream, 'diamonds', totals.diamonds + g.diamonds,
+      'coins', totals.coins + g.coins, 'gifts', totals.gifts + g.count, 'combos', combos,
+      'earnings', earnings)
+  else
+    redis.call('HSET', k.stream, 'diamonds', totals.diamonds + g.diamonds,
+      'coins', totals.coins + g.coins, 'gifts', totals.gifts + g.count, 'combos', combos)
+  end
   redis.call('ZINCRBY', k.top, g.coins, g.from)
   if streakable then
     redis.call('SET', k.combo, combo_id .. '|' .. combo .. '|' .. g.ts, 'PX', window * 2)

@@ -1,6 +1,8 @@
--- gift_apply.lua: on a Redis Cluster, a gift's second step, on the stream's slot: the
--- totals, top gifters, combo, history and event of a transfer (gift_debit.lua), once per
--- gift whoever applies it (the relay at once, the mover for one left behind).
+-- gift_apply.lua: on a Redis Cluster, a gift's second and last step, on the stream's slot:
+-- the totals, top gifters, combo, history and event of a transfer (gift_debit.lua), the
+-- creator's diamonds earned on the stream (field `earnings`, collected into the wallet by
+-- collect.lua) and the gift's ledger entry, once per gift whoever applies it (the relay at
+-- once, the mover for one left behind).
 --
 -- KEYS[1] st:{stream}                      stream (hash)
 -- KEYS[2] top:{stream}                     top gifters (sorted set)
@@ -8,11 +10,15 @@
 -- KEYS[4] combo:{stream}:<viewer>:<gift>   running combo (string)
 -- KEYS[5] ev:{stream}                      sharded pub/sub channel
 -- KEYS[6] xf:{stream}:a:<viewer>:<id>      this gift's application (string)
--- ARGV[1] transfer (JSON)   ARGV[2] combo window (ms)   ARGV[3] retention (ms)
--- ARGV[4] history length
+-- ARGV[1..13] the transfer, as arguments (no JSON to decode): request id, viewer, creator,
+--   stream, gift id, gift name, count, coins, diamonds, streakable (1/0), ts (ms),
+--   the viewer's coins after, confirmed (1/0)
+-- ARGV[14] combo window (ms)   ARGV[15] retention (ms)   ARGV[16] history length
+-- ARGV[17] largest balance a wallet may hold (earnings too)
+-- ARGV[18] the ledger stream, a shard key (see _prelude.lua)
 -- Returns {'ok', offset, combo, combo_id, replayed} or {'err', code, detail}.
 
-local bad = wrong_type({[KEYS[2]] = 'zset', [KEYS[3]] = 'stream'})
+local bad = wrong_type({[KEYS[2]] = 'zset', [KEYS[3]] = 'stream', [ARGV[18]] = 'stream'})
 if bad then return refuse('internal', bad) end
 
 local done = redis.call('GET', KEYS[6])
@@ -22,15 +28,31 @@ if done then
   return reply
 end
 
-local g = cjson.decode(ARGV[1])
-local window = int(ARGV[2])
-local totals, problem = stream_totals(KEYS[1], g.coins, g.diamonds, g.count)
+local g = {id = ARGV[1], from = ARGV[2], to = ARGV[3], stream = ARGV[4], gift = ARGV[5],
+           name = ARGV[6], count = int(ARGV[7]), coins = int(ARGV[8]),
+           diamonds = int(ARGV[9]), ts = int(ARGV[11])}
+local streakable, window = ARGV[10] == '1', int(ARGV[14])
+local totals, problem = stream_totals(KEYS[1], g.coins, g.diamonds, g.count,
+  {'diamonds', 'coins', 'gifts', 'combos', 'earnings'})
 if problem then return refuse('internal', problem) end
-local combo, combo_id, fresh = combo_of(KEYS[4], g.streakable, g.count, g.ts, window, totals)
+problem = overflows(totals, 'earnings', g.diamonds, int(ARGV[17]))
+if problem then return refuse('internal', problem) end
+local combo, combo_id, fresh = combo_of(KEYS[4], streakable, g.count, g.ts, window, totals)
+
+local earnings = totals.earnings + g.diamonds
 local offset = show(
   {stream = KEYS[1], top = KEYS[2], combo = KEYS[4], history = KEYS[3], channel = KEYS[5]},
-  g, totals, combo, combo_id, fresh, g.streakable, window, ARGV[4])
+  g, totals, combo, combo_id, fresh, streakable, window, ARGV[16], earnings)
+-- The whole gift's entry, as gift.lua writes it on one Redis, but for where the diamonds
+-- went: `held` 'stream', and diamonds_after the stream's earnings after the gift.
+ledger(ARGV[18], {
+  kind = 'gift', id = g.id, ts = g.ts, stream = g.stream, offset = offset,
+  from = g.from, to = g.to, gift = g.gift, count = g.count, coins = g.coins,
+  diamonds = g.diamonds, coins_after = int(ARGV[12]), diamonds_after = earnings,
+  held = 'stream', combo = combo, combo_id = combo_id,
+  confirmed = ARGV[13] == '1' or nil,
+})
 local reply = {'ok', offset, combo, combo_id}
-redis.call('SET', KEYS[6], cjson.encode(reply), 'PX', int(ARGV[3]))
+redis.call('SET', KEYS[6], cjson.encode(reply), 'PX', int(ARGV[15]))
 reply[#reply + 1] = 0
 return reply

@@ -1,6 +1,6 @@
 -- gift_debit.lua: on a Redis Cluster, a gift's first step, on the viewer's slot: every
 -- check of the viewer's side, the debit, and the transfer that carries the rest (the
--- stream's side, gift_apply.lua; the creator's, gift_credit.lua) in the outbox.
+-- stream's side and the creator's earnings, gift_apply.lua) in the outbox.
 -- The stream was found live by the caller: its keys are on another slot.
 --
 -- KEYS[1] w:{viewer}               viewer's wallet (hash)
