@@ -6,6 +6,7 @@ rather than failing later on the money path.
 
 from __future__ import annotations
 
+import bisect
 import tomllib
 from collections.abc import Iterator
 from importlib import resources
@@ -16,6 +17,7 @@ import msgspec
 
 from giftrelay.money.packages import Package, check_package
 from giftrelay.money.rules import MAX_PRICE
+from giftrelay.wire.events import Boost
 from giftrelay.wire.ids import Ident
 
 DEFAULT_NAME = "catalog.toml (shipped default)"
@@ -70,9 +72,75 @@ class Overlay(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     )
 
 
+class Levels(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The catalog's ``[levels]``: a gifter reaches level n once their lifetime coins spent
+    reach the n-th threshold (level 0 below the first)."""
+
+    coins: Annotated[
+        list[Annotated[int, msgspec.Meta(ge=1, le=10**13)]], msgspec.Meta(max_length=100)
+    ] = msgspec.field(default_factory=lambda: [100, 1_000, 10_000, 100_000, 1_000_000])
+
+    def __post_init__(self) -> None:
+        if any(b <= a for a, b in zip(self.coins, self.coins[1:], strict=False)):
+            raise ValueError("levels.coins must rise strictly")
+
+    def level(self, lifetime: int) -> int:
+        """The level of a gifter who spent ``lifetime`` coins in all."""
+        return bisect.bisect_right(self.coins, lifetime)
+
+    @property
+    def argument(self) -> str:
+        """The thresholds as the gift scripts take them: ``100,1000,...``."""
+        return ",".join(str(c) for c in self.coins)
+
+
+class BattleBoost(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A multiplier window: gifts in the battle's last ``last_s`` seconds count
+    ``multiplier`` times (the largest applies where windows overlap)."""
+
+    last_s: Annotated[int, msgspec.Meta(ge=1, le=3600)]
+    multiplier: Annotated[int, msgspec.Meta(ge=2, le=10)]
+
+
+class Battle(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The catalog's ``[battle]``: how long battles may run and their boosted windows."""
+
+    min_s: Annotated[int, msgspec.Meta(ge=10, le=3600)] = 30
+    max_s: Annotated[int, msgspec.Meta(ge=10, le=3600)] = 900
+    invite_s: Annotated[int, msgspec.Meta(ge=5, le=3600)] = 60
+    """An invitation left unanswered this long closes."""
+    boost: Annotated[list[BattleBoost], msgspec.Meta(max_length=10)] = msgspec.field(
+        default_factory=lambda: [BattleBoost(last_s=30, multiplier=2)]
+    )
+
+    def __post_init__(self) -> None:
+        if self.max_s < self.min_s:
+            raise ValueError("battle.max_s is below battle.min_s")
+
+    def boosts(self, starts_at: int, ends_at: int) -> list[Boost]:
+        """The windows of a battle from ``starts_at`` to ``ends_at`` (ms), as events show them."""
+        return [
+            Boost(starts_at=max(starts_at, ends_at - b.last_s * 1000), ends_at=ends_at,
+                  multiplier=b.multiplier)
+            for b in self.boost
+        ]  # fmt: skip
+
+    @property
+    def argument(self) -> str:
+        """The windows as the gift scripts take them: ``<ms before the end>:<multiplier>,...``."""
+        return ",".join(f"{b.last_s * 1000}:{b.multiplier}" for b in self.boost)
+
+
+def multiplier_at(boosts: list[Boost], ts: int) -> int:
+    """The multiplier of a gift at ``ts``: the largest window holding it, else 1."""
+    return max((b.multiplier for b in boosts if b.starts_at <= ts < b.ends_at), default=1)
+
+
 class _File(msgspec.Struct, forbid_unknown_fields=True):
     gift: Annotated[list[Gift], msgspec.Meta(min_length=1, max_length=1000)]
     overlay: Overlay = msgspec.field(default_factory=Overlay)
+    levels: Levels = msgspec.field(default_factory=Levels)
+    battle: Battle = msgspec.field(default_factory=Battle)
     package: Annotated[list[Package], msgspec.Meta(max_length=1000)] = msgspec.field(
         default_factory=list
     )
@@ -86,6 +154,8 @@ class Catalog:
         gifts: list[Gift],
         overlay: Overlay | None = None,
         packages: list[Package] | None = None,
+        levels: Levels | None = None,
+        battle: Battle | None = None,
     ) -> None:
         self.gifts: tuple[Gift, ...] = tuple(sorted(gifts, key=lambda g: (g.coins, g.id)))
         self._by_id = {g.id: g for g in self.gifts}
@@ -96,6 +166,8 @@ class Catalog:
         self.packages: tuple[Package, ...] = tuple(packages or ())
         """Coin packages, in the file's order (the ``[[package]]`` entries)."""
         self._packages = {p.id: p for p in self.packages}
+        self.levels = levels or Levels()
+        self.battle = battle or Battle()
 
     def package(self, package_id: str) -> Package | None:
         return self._packages.get(package_id)
@@ -154,7 +226,7 @@ def parse(text: str, name: str = "catalog") -> Catalog:
             line = _gift_line(text, index, "[[package]]")
             raise CatalogError(f"catalog {name}: package #{index + 1} (line {line}): {problem}")
         ids.add(package.id)
-    return Catalog(gifts, parsed.overlay, parsed.package)
+    return Catalog(gifts, parsed.overlay, parsed.package, parsed.levels, parsed.battle)
 
 
 def _locate(message: str, text: str) -> str:

@@ -32,6 +32,10 @@ class Code(enum.StrEnum):
     # Mindful spending (issue 19): a viewer's own confirmation threshold and cool-down.
     CONFIRM_REQUIRED = "confirm_required"
     COOLING_DOWN = "cooling_down"
+    # v1.2: battles (issue 22).
+    UNKNOWN_BATTLE = "unknown_battle"
+    BATTLE_BUSY = "battle_busy"
+    BATTLE_CLOSED = "battle_closed"
 
 
 _MESSAGES: dict[Code, str] = {
@@ -57,6 +61,9 @@ _MESSAGES: dict[Code, str] = {
         "and the same id"
     ),
     Code.COOLING_DOWN: "you are cooling down: gifts resume at resume_at",
+    Code.UNKNOWN_BATTLE: "there is no such battle",
+    Code.BATTLE_BUSY: "a stream of this battle is in another battle or invitation",
+    Code.BATTLE_CLOSED: "this battle invitation is no longer open",
     Code.INTERNAL: "internal error",
 }
 

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import msgspec
 
 from giftrelay.wire.errors import Code, Refused
-from giftrelay.wire.events import LiveEvent, TopEntry
+from giftrelay.wire.events import BattleSide, Boost, LiveEvent, TopEntry
 from giftrelay.wire.ids import Ident, RequestId
 from giftrelay.wire.offsets import parse_offset
 
@@ -133,6 +133,23 @@ class SpendingRequest(Request, tag="spending", frozen=True):
     pass
 
 
+class BattleInvite(Request, tag="battle_invite", frozen=True):
+    """v1.2: the creator of ``stream`` invites the creator of ``opponent`` to a battle."""
+
+    stream: Ident
+    opponent: Ident
+    id: RequestId
+    duration_s: Annotated[int, msgspec.Meta(ge=1, le=86_400)]
+
+
+class BattleAccept(Request, tag="battle_accept", frozen=True):
+    battle: Ident
+
+
+class BattleDecline(Request, tag="battle_decline", frozen=True):
+    battle: Ident
+
+
 ClientMessage = (
     Join
     | Leave
@@ -151,6 +168,9 @@ ClientMessage = (
     | SetConfirm
     | SetCooldown
     | SpendingRequest
+    | BattleInvite
+    | BattleAccept
+    | BattleDecline
 )
 
 # -- server -> client -------------------------------------------------------------------------
@@ -173,6 +193,16 @@ class GoalState(msgspec.Struct, frozen=True):
     progress: int
 
 
+class BattleState(msgspec.Struct, frozen=True):
+    """v1.2: a running battle, as a join's snapshot carries it."""
+
+    battle: str
+    sides: list[BattleSide]
+    starts_at: int
+    ends_at: int
+    boosts: list[Boost]
+
+
 class Snapshot(msgspec.Struct, frozen=True):
     creator: str
     title: str
@@ -181,6 +211,8 @@ class Snapshot(msgspec.Struct, frozen=True):
     diamonds: int
     top: list[TopEntry]
     goal: GoalState | None
+    battle: BattleState | None = None
+    """v1.2: the battle the stream is in, if any."""
 
 
 class Joined(Reply, tag="joined", frozen=True):
@@ -288,6 +320,15 @@ class TestOk(Reply, tag="test_ok", frozen=True):
 
 class RevokeOk(Reply, tag="revoke_ok", frozen=True):
     stream: str
+
+
+class BattleOk(Reply, tag="battle_ok", frozen=True):
+    """v1.2: ``status`` is ``invited``, ``running`` or ``declined``; the times once it runs."""
+
+    battle: str
+    status: str
+    starts_at: int | None = None
+    ends_at: int | None = None
 
 
 class Error(Reply, tag="error", frozen=True):
