@@ -117,7 +117,7 @@ async def debit_only(core: Money, viewer: str, stream: str, count: int, request_
          keys.spending(viewer, now // rules.DAY_MS)],
         [request_id, viewer, creator, stream, "rose", item.name, count, coins,
          rules.diamonds_for(coins, core.diamond_rate), int(item.streakable), now,
-         RETENTION_MS, 0, ""],
+         RETENTION_MS, 0, "", core.level_thresholds],
         idempotent=True,
         shard=(keys.outbox,),
     )  # fmt: skip
@@ -332,6 +332,8 @@ async def test_recover_after_a_shard_lost_its_data(
     await drain(quick_consumer(redis, store))
     users = VIEWERS + CREATORS
     before = {u: await money.balance(u) for u in users}
+    lifetimes = {v: await redis.hget(keys.wallet(v), "lifetime") for v in VIEWERS}
+    assert set(lifetimes.values()) == {"40"}  # 20 gifts of 2 coins each: the gifter level
     assert (await reconcile(redis, store, wait=5)).ok
 
     # A shard loses everything: its primary flushed, and its replica with it.
@@ -385,6 +387,8 @@ async def test_recover_after_a_shard_lost_its_data(
         before["creator2"], diamonds=before["creator2"].diamonds + 1
     )
     assert after == before
+    lifetimes["viewer1"] = "42"  # and the gift swept from the outbox
+    assert {v: await redis.hget(keys.wallet(v), "lifetime") for v in VIEWERS} == lifetimes
     # A creator's diamonds are all in the wallet now: no stream holds earnings.
     held = [await redis.hget(keys.stream(stream), "earnings") for stream in STREAMS]
     assert {h for h in held if h is not None} == {"0"}  # (the lost shard's streams are gone)

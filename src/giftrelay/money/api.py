@@ -23,6 +23,7 @@ from redis.asyncio.cluster import RedisCluster
 
 from giftrelay.money import keys, rules
 from giftrelay.money.autopipe import AutoPipeline
+from giftrelay.money.battles import Battles
 from giftrelay.money.catalog import Catalog
 from giftrelay.money.common import (
     MoneySettings,
@@ -54,7 +55,7 @@ SCHEDULED_ID = re.compile(r"^run\.[0-9]{4}-(0[1-9]|1[0-2]|Q[1-4])$")
 """The id of a payout run's payout: ``run.2026-11``, ``run.2026-Q4``."""
 
 
-class Money(Streams):
+class Money(Streams, Battles):
     """Wallets, streams and gifts. One per process; safe for any number of tasks."""
 
     def __init__(
@@ -85,6 +86,7 @@ class Money(Streams):
         """On a cluster, streams found live, until when (monotonic): the viewer's step of
         a gift cannot see the stream's slot, so the caller looks first (at most each second)."""
         self.diamond_rate = settings.diamond_rate  # parsed once, not on every gift
+        self.level_thresholds = catalog.levels.argument
         self._creators: dict[str, str] = {}
         self._diamonds: dict[int, int] = {}
         """Diamonds per coins spent: the rate is a Fraction, slow to multiply per gift."""
@@ -182,6 +184,7 @@ class Money(Streams):
                 keys.LEDGER,
                 keys.channel(stream),
                 keys.spending(viewer, now // rules.DAY_MS),
+                keys.battle_top(stream),
             ],
             [
                 *gift_args,
@@ -190,6 +193,7 @@ class Money(Streams):
                 settings.history_len,
                 settings.max_balance,
                 int(confirm),
+                self.level_thresholds,
             ],
             idempotent=True,  # by the viewer's request id
         )
@@ -218,7 +222,13 @@ class Money(Streams):
                 keys.gift_idem(viewer, request_id),
                 keys.spending(viewer, now // rules.DAY_MS),
             ],
-            [*gift_args, self.settings.idempotency_ttl * 1000, int(confirm), state],
+            [
+                *gift_args,
+                self.settings.idempotency_ttl * 1000,
+                int(confirm),
+                state,
+                self.level_thresholds,
+            ],
             idempotent=True,  # by the viewer's request id
             shard=(keys.outbox,),
         )
