@@ -158,6 +158,8 @@ class Delivered(NamedTuple):
 
 
 async def delivered(redis: Redis) -> Delivered:
+    """How many entries the group's members have read, and of those how many they have not
+    acknowledged, over every ledger stream."""
     read = pending = 0
     for stream in ledger_streams(redis):
         group = await group_info(redis, stream)
@@ -187,7 +189,8 @@ async def busiest_stream(redis: Redis) -> str:
 
 async def add_raw(redis: Redis, body: str, stream: str | None = None) -> tuple[str, str]:
     """An entry written into a ledger stream as a money script writes one (``e``: the
-    body), by default into the busiest one, among the money core's: (stream, entry id)."""
+    body), by default into the stream holding the most entries, so that it lies among the
+    money core's: (stream, entry id)."""
     stream = stream or await busiest_stream(redis)
     return stream, str(await redis.xadd(stream, {"e": body}))
 
