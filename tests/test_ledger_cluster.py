@@ -24,7 +24,6 @@ from redis.crc import key_slot
 from giftrelay.config import Settings
 from giftrelay.embedded import LocalCluster
 from giftrelay.ledger.buckets import backlog, consuming, dead_letters, last_ids
-from giftrelay.ledger.consumer import LedgerConsumer
 from giftrelay.ledger.postgres import PostgresStore
 from giftrelay.ledger.postings import record
 from giftrelay.ledger.reconcile import Difference, reconcile
@@ -41,7 +40,14 @@ from giftrelay.redis_client import connect
 from giftrelay.wire.errors import Unavailable
 
 from .cluster_helpers import flush_cluster
-from .ledger_helpers import drop_postgres_database, postgres_database, quick_consumer
+from .ledger_helpers import (
+    caught_up,
+    drain,
+    drop_postgres_database,
+    postgres_database,
+    quick_consumer,
+    wait_for,
+)
 
 VIEWERS = [f"viewer{i}" for i in range(12)]
 STREAMS = [f"stream{i}" for i in range(6)]
@@ -73,36 +79,6 @@ def steps_of(core: Money) -> Steps:
 async def open_streams(core: Money) -> None:
     for i, stream in enumerate(STREAMS):
         await core.stream_open(stream, CREATORS[i % 3], f"stream {i}")
-
-
-async def written(redis: Redis) -> bool:
-    """Every bucket stream's entries read and acknowledged by the ledger group."""
-    async with redis.pipeline(transaction=False) as pipe:
-        for stream in keys.LEDGERS:
-            pipe.xinfo_groups(stream)
-            pipe.xrevrange(stream, count=1)
-        replies: list[Any] = await pipe.execute(raise_on_error=False)
-    for groups, last in zip(replies[::2], replies[1::2], strict=True):
-        if isinstance(groups, Exception):  # no stream: nothing was written there
-            continue
-        ours = [g for g in groups if g["name"] == keys.LEDGER_GROUP]
-        if last and not ours:
-            return False
-        if ours and (
-            int(ours[0]["pending"]) or (last and ours[0]["last-delivered-id"] != last[0][0])
-        ):
-            return False
-    return True
-
-
-async def drain(consumer: LedgerConsumer, *, within: float = 20) -> None:
-    await consumer.ensure_group()
-
-    async def go() -> None:
-        while not await written(consumer.redis):
-            await consumer.step()
-
-    await asyncio.wait_for(go(), within)
 
 
 async def debit_only(core: Money, viewer: str, stream: str, count: int, request_id: str) -> Any:
@@ -463,14 +439,14 @@ async def test_the_consumer_follows_a_bucket_that_moves_and_a_failover(
         await open_streams(core)
         await asyncio.gather(*(core.topup(v, 100, f"grant-{v}") for v in VIEWERS))
         await asyncio.gather(*(core.gift(v, "stream2", "rose", 1, f"gift-a-{v}") for v in VIEWERS))
-        await asyncio.wait_for(_until(lambda: written(redis)), 20)
+        await wait_for(lambda: caught_up(redis), within=20)
         # The bucket of viewer0's slot moves, with its ledger stream, group and outbox.
         bucket = key_slot(keys.wallet("viewer0").encode()) // keys.BUCKET_SLOT_SPAN
         source = own_cluster.owner_of_slot(256 * bucket)
         target = next(p for p in own_cluster.primary_ports() if p != source)
         await asyncio.to_thread(own_cluster.migrate_slot, 256 * bucket, target)
         await asyncio.gather(*(core.gift(v, "stream3", "rose", 1, f"gift-b-{v}") for v in VIEWERS))
-        await asyncio.wait_for(_until(lambda: written(redis)), 20)
+        await wait_for(lambda: caught_up(redis), within=20)
         assert await store.count() == 36
         # A primary dies (what it acknowledged had reached its replica); its replica serves.
         victim = own_cluster.owner_of_slot(key_slot(keys.wallet("viewer1").encode()))
@@ -479,7 +455,7 @@ async def test_the_consumer_follows_a_bucket_that_moves_and_a_failover(
         own_cluster.kill(victim)
         await asyncio.to_thread(own_cluster.wait_failover, victim)
         await asyncio.gather(*(_retried(core, v, "stream4", f"gift-c-{v}") for v in VIEWERS))
-        await asyncio.wait_for(_until(lambda: written(redis)), 30)
+        await wait_for(lambda: caught_up(redis), within=30)
         assert await store.count() == 48  # every movement once
         assert consumer.failures > 0  # it waited for the failover, and went on
         report = await reconcile(redis, store, wait=5)
@@ -501,11 +477,6 @@ async def _retried(core: Money, viewer: str, stream: str, request_id: str) -> No
         except Unavailable:
             await asyncio.sleep(0.1)
     raise AssertionError(f"{request_id} still unavailable")
-
-
-async def _until(condition: Any) -> None:
-    while not await condition():  # noqa: ASYNC110 - polls state in Redis
-        await asyncio.sleep(0.05)
 
 
 # -- the store: events keyed by (bucket, id) -----------------------------------------------
