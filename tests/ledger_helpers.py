@@ -256,10 +256,7 @@ async def gift_load(money: Money, *, viewers: int, gifts: int, stream: str = "s1
         money.gift(f"v{i % viewers}", stream, gift_ids[i % 4], 1 + i % 3, f"{stream}-{i:08d}")
         for i in range(gifts)
     ]
-    # The first alone: on a cluster the money core then knows the stream is live, where
-    # each gift of a burst would read the stream's state itself, a connection apiece.
-    await asyncio.gather(*sends[:1])
-    await asyncio.gather(*sends[1:])
+    await asyncio.gather(*sends)
     return viewers + gifts
 
 

@@ -82,6 +82,7 @@ class Money(Streams, Battles):
             self.pipe = Router(
                 AutoPipeline(redis, ack_replicas=replicas, ack_timeout_ms=timeout_ms)
             )
+        self._state_reads: dict[str, asyncio.Future[tuple[str, str]]] = {}
         self._live_until: dict[str, float] = {}
         """On a cluster, streams found live, until when (monotonic): the viewer's step of
         a gift cannot see the stream's slot, so the caller looks first (at most each second)."""
@@ -269,7 +270,15 @@ class Money(Streams, Battles):
 
     async def _stream_state(self, stream: str) -> tuple[str, str]:
         """On a cluster: the stream's creator ('' if none), and '' if it is live, else the
-        refusal a new gift gets. A live stream is remembered for a second."""
+        refusal a new gift gets. A live stream is remembered for a second; the gifts that
+        find it unknown meanwhile share one read (a burst would take a connection each)."""
+        reading = self._state_reads.get(stream)
+        if reading is None:
+            reading = self._state_reads[stream] = asyncio.ensure_future(self._read_state(stream))
+            reading.add_done_callback(lambda _: self._state_reads.pop(stream, None))
+        return await asyncio.shield(reading)
+
+    async def _read_state(self, stream: str) -> tuple[str, str]:
         creator, status = await guard(self.redis.hmget(keys.stream(stream), ["creator", "status"]))
         if creator is None:
             return "", Code.UNKNOWN_STREAM
