@@ -144,6 +144,8 @@ async def test_reconcile_sees_a_restored_redis_and_recover_brings_it_back(
         await drain(quick_consumer(redis, store))
         before = await money.balance("alice")
         creator_before = await money.balance("creator")
+        assert await money.levels(["alice"]) == {"alice": 2}  # the gifter level ...
+        assert await redis.hget(keys.wallet("alice"), "lifetime") == "2015"  # ... of coins spent
         report = await reconcile(redis, store, wait=5)
         assert report.ok, report.lines()
     finally:
@@ -178,6 +180,7 @@ async def test_reconcile_sees_a_restored_redis_and_recover_brings_it_back(
         assert outcome.streams == 1
         after = await money.balance("alice")
         assert after == before  # coins, spent today and the cap, as before the restore
+        assert await redis.hget(keys.wallet("alice"), "lifetime") == "2015"  # rebuilt
         assert (await money.balance("creator")).diamonds == creator_before.diamonds
         report = await reconcile(redis, store, wait=5)
         assert report.ok, report.lines()
