@@ -263,6 +263,7 @@ if (params.get("creator")) {
   // Battles: invite another live stream; an invitation to the stream watched (when it is
   // this creator's) shows Accept and Decline until it expires.
   let invitation = null; // the open battle_invite event
+  const started = new Set(); // battles whose battle_start came: its news is the latest
   let invitationTimer = 0;
   const battleStatus = (text, bad = false) => {
     $("battle-status").textContent = text;
@@ -290,9 +291,8 @@ if (params.get("creator")) {
     if (reply.type === "battle_ok") {
       invitation = null;
       showInvitation();
-      battleStatus(reply.status === "running"
-        ? `Battle against “${opponent}” on: ${clockText(reply.ends_at - reply.starts_at)}.`
-        : `You declined “${opponent}”’s battle.`);
+      if (reply.status !== "running") battleStatus(`You declined “${opponent}”’s battle.`);
+      else if (!started.has(id)) battleStatus(`Accepted: the battle against “${opponent}” starts.`);
     } else {
       if (reply.code === "battle_closed" || reply.code === "unknown_battle") invitation = null;
       showInvitation();
@@ -326,6 +326,7 @@ if (params.get("creator")) {
     } else if (e.kind === "battle_declined") {
       battleStatus(`“${e.opponent}” declined the battle.`);
     } else if (e.kind === "battle_start") {
+      started.add(e.battle);
       battleStatus(`Battle on: ${e.sides.map((side) => side.creator).join(" vs ")}.`);
     } else if (e.kind === "battle_end") {
       const won = e.sides.find((side) => side.stream === e.winner);
