@@ -201,6 +201,7 @@ async def event_pubsub(redis: Redis, channel: str) -> Any:
 
     client = redis
     if is_cluster(redis):
+        await redis.initialize()  # type: ignore[attr-defined]  # the slot map, if not read yet
         node = redis.get_node_from_key(channel)  # type: ignore[attr-defined]
         client = Redis(host=node.host, port=node.port, decode_responses=True)
     pubsub = client.pubsub()

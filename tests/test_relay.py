@@ -266,8 +266,9 @@ async def test_snapshot_has_creator_title_live_viewers_diamonds_top_goal(
         "live": True,
         "viewers": 1,
         "diamonds": 8,
-        "top": [{"user": "bob", "coins": 5}, {"user": "alice", "coins": 3}],
+        "top": [{"user": "bob", "coins": 5, "level": 0}, {"user": "alice", "coins": 3, "level": 0}],
         "goal": {"title": "new mic", "target": 100, "progress": 0},
+        "battle": None,
     }
 
 
@@ -289,7 +290,7 @@ async def test_viewers_and_top_events(relay: RelayHandle) -> None:
     await alice.request(type="gift", stream="s1", gift="donut", id="gift-top-1")
     await a.wait_for(lambda: any(e["kind"] == "top" for e in a.events["s1"]))
     top = [e for e in a.events["s1"] if e["kind"] == "top"][-1]
-    assert top["top"] == [{"user": "alice", "coins": 30}]
+    assert top["top"] == [{"user": "alice", "coins": 30, "level": 0}]
     gift = a.gifts("s1")[-1]
     assert top["offset"] == gift["offset"]  # not stored: carries the latest stored offset
 

@@ -107,13 +107,13 @@ def redis_benchmark(port: int, gifts: int, clients: int, *, max_balance: int) ->
     cmd = [
         binary, "-p", str(port), "-n", str(gifts), "-c", str(clients), "-P", "16",
         "-r", "100000000000", "-q",
-        "EVALSHA", SCRIPTS.sha[Script.GIFT], "10",
+        "EVALSHA", SCRIPTS.sha[Script.GIFT], "11",
         keys.wallet(viewer), keys.wallet(CREATOR), f"idem:{{{viewer}}}:g:{rnd}",
         keys.stream(STREAM), keys.top(STREAM), keys.history(STREAM),
         keys.combo(STREAM, viewer, "rose"), keys.LEDGER, keys.channel(STREAM),
-        keys.spending(viewer, now // 86_400_000),
+        keys.spending(viewer, now // 86_400_000), keys.battle_top(STREAM),
         f"rb-{rnd}", viewer, CREATOR, STREAM, "rose", "Rose", "1", "1", "1", "1",
-        str(now), "3000", "3600000", "1000", str(max_balance), "0",
+        str(now), "3000", "3600000", "1000", str(max_balance), "0", "100,1000,10000",
     ]  # fmt: skip
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     match = re.search(r"([\d.]+) requests per second", out)

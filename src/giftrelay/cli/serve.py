@@ -12,7 +12,7 @@ import socket
 import click
 import structlog
 
-from giftrelay import mover
+from giftrelay import mover, referee
 from giftrelay.api import server as api_server
 from giftrelay.cli import webhooks
 from giftrelay.cli.banner import DEMO_COINS, DEMO_CREATOR, DEMO_STREAM, DEMO_VIEWERS, print_urls
@@ -105,6 +105,7 @@ async def _serve(settings: Settings, secret: str, run_ledger: bool) -> None:
             stack.push_async_callback(hooks.outbox.redis.aclose)
             await hooks.outbox.ensure_group()  # before any movement of this serve
             tasks.append(asyncio.create_task(hooks.run(ledger_stop)))
+        tasks.append(asyncio.create_task(referee.run(core, ledger_stop)))  # battles' ends
         if core.steps is not None:  # a Redis Cluster: transfers left behind, applied
             tasks.append(asyncio.create_task(mover.run(core.steps, ledger_stop)))
             if not settings.ack_replicas:

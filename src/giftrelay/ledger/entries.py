@@ -106,6 +106,29 @@ class CooldownEntry(LedgerEntry, tag="cooldown", frozen=True):
     minutes: int | None
 
 
+class Contribution(msgspec.Struct, frozen=True):
+    user: str
+    points: int
+    level: int = 0
+
+
+class BattleEntry(LedgerEntry, tag="battle", frozen=True):
+    """A battle's result (no money moves): its two streams and creators, in the order of
+    the invitation, their scores, the winner's stream (None for a draw) and each side's
+    top contributors."""
+
+    id: str
+    user: str
+    """The inviting creator."""
+    streams: list[str]
+    creators: list[str]
+    scores: list[int]
+    winner: str | None
+    top: list[list[Contribution]]
+    starts_at: int
+    ends_at: int
+
+
 AnyLedgerEntry = (
     GiftEntry
     | TopupEntry
@@ -115,6 +138,7 @@ AnyLedgerEntry = (
     | VerificationEntry
     | ConfirmEntry
     | CooldownEntry
+    | BattleEntry
 )
 
 ledger_decoder = msgspec.json.Decoder(AnyLedgerEntry)

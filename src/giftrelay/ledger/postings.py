@@ -43,6 +43,7 @@ import msgspec
 
 from giftrelay.ledger.entries import (
     AnyLedgerEntry,
+    BattleEntry,
     CapEntry,
     ChargebackEntry,
     ConfirmEntry,
@@ -199,6 +200,10 @@ def _cooldown_identity(e: CooldownEntry) -> Identity:
     return None, "" if e.coins is None else f"{e.coins}|{e.minutes}"
 
 
+def _battle_identity(e: BattleEntry) -> Identity:
+    return f"battle:{e.id}", "|".join(str(s) for s in e.scores)
+
+
 def _chargeback_identity(e: ChargebackEntry) -> Identity:
     return f"chargeback:{e.id}", f"{e.user}|{e.coins}"
 
@@ -236,9 +241,9 @@ def _payout(e: PayoutEntry) -> tuple[Posting, ...]:
 
 
 def _setting(
-    e: CapEntry | VerificationEntry | ConfirmEntry | CooldownEntry,
+    e: CapEntry | VerificationEntry | ConfirmEntry | CooldownEntry | BattleEntry,
 ) -> tuple[Posting, ...]:
-    return ()  # a setting: no money moves
+    return ()  # a setting, or a battle's result: no money moves
 
 
 def _chargeback(e: ChargebackEntry) -> tuple[Posting, ...]:
@@ -259,6 +264,7 @@ _KINDS: dict[
     VerificationEntry: ("verification", _setting, _verification_identity),
     ConfirmEntry: ("confirm", _setting, _confirm_identity),
     CooldownEntry: ("cooldown", _setting, _cooldown_identity),
+    BattleEntry: ("battle", _setting, _battle_identity),
 }
 
 

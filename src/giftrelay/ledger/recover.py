@@ -7,8 +7,9 @@ records that make a retried request a replay. ``recover`` rebuilds, from the
 store alone:
 
 - every wallet: coins and diamonds (the sums of its postings), the day's spending
-  that the daily cap counts, the cap itself (the latest cap entry) and a creator's
-  verification (the latest verification entry, with the set payout runs list);
+  that the daily cap counts, the coins ever spent (the gifter level), the cap itself (the
+  latest cap entry) and a creator's verification (the latest verification entry, with
+  the set payout runs list);
 - a viewer's mindful-spending settings (the latest confirm and cooldown entries), the
   cool-down's log of recent gifts, and the per-creator spending of the last 30 days;
 - the idempotency record of every gift, top-up, payout and chargeback still within
@@ -92,6 +93,8 @@ class Wallet:
     diamonds: int = 0
     spent_day: int = 0
     spent: int = 0
+    lifetime: int = 0
+    """Coins ever spent on gifts: the gifter level (capped as gift.lua caps it)."""
     cap: int | None = None
     verified: int | None = None
     """Since when (ms) the creator's verification is on record."""
@@ -268,6 +271,7 @@ class Rebuild:
         day = max(e.ts // DAY_MS, sender.spent_day)
         sender.spent = (sender.spent if sender.spent_day == day else 0) + e.coins
         sender.spent_day = day
+        sender.lifetime = min(sender.lifetime + e.coins, rules.EXACT_LIMIT - 1)
         if sender.cool_coins is not None and sender.cool_minutes is not None:
             sender.cool_log = rules.cool_add(sender.cool_log, e.ts, e.coins, sender.cool_minutes)
         if e.ts // DAY_MS >= self.first_day:
@@ -442,7 +446,8 @@ async def _write(redis: Redis, rebuild: Rebuild, outcome: Outcome, tell: Progres
             w = rebuild.wallets.get(user, Wallet())
             key = keys.wallet(user)
             pipe.hset(key, mapping={"coins": w.coins, "diamonds": w.diamonds,
-                                    "spent_day": w.spent_day, "spent": w.spent})  # fmt: skip
+                                    "spent_day": w.spent_day, "spent": w.spent,
+                                    "lifetime": w.lifetime})  # fmt: skip
             if w.cap is None:
                 pipe.hdel(key, "cap")
             else:

@@ -23,6 +23,7 @@ from redis.asyncio.cluster import RedisCluster
 
 from giftrelay.money import keys, rules
 from giftrelay.money.autopipe import AutoPipeline
+from giftrelay.money.battles import Battles
 from giftrelay.money.catalog import Catalog
 from giftrelay.money.common import (
     MoneySettings,
@@ -54,7 +55,7 @@ SCHEDULED_ID = re.compile(r"^run\.[0-9]{4}-(0[1-9]|1[0-2]|Q[1-4])$")
 """The id of a payout run's payout: ``run.2026-11``, ``run.2026-Q4``."""
 
 
-class Money(Streams):
+class Money(Streams, Battles):
     """Wallets, streams and gifts. One per process; safe for any number of tasks."""
 
     def __init__(
@@ -81,10 +82,12 @@ class Money(Streams):
             self.pipe = Router(
                 AutoPipeline(redis, ack_replicas=replicas, ack_timeout_ms=timeout_ms)
             )
+        self._state_reads: dict[str, asyncio.Future[tuple[str, str]]] = {}
         self._live_until: dict[str, float] = {}
         """On a cluster, streams found live, until when (monotonic): the viewer's step of
         a gift cannot see the stream's slot, so the caller looks first (at most each second)."""
         self.diamond_rate = settings.diamond_rate  # parsed once, not on every gift
+        self.level_thresholds = catalog.levels.argument
         self._creators: dict[str, str] = {}
         self._diamonds: dict[int, int] = {}
         """Diamonds per coins spent: the rate is a Fraction, slow to multiply per gift."""
@@ -182,6 +185,7 @@ class Money(Streams):
                 keys.LEDGER,
                 keys.channel(stream),
                 keys.spending(viewer, now // rules.DAY_MS),
+                keys.battle_top(stream),
             ],
             [
                 *gift_args,
@@ -190,6 +194,7 @@ class Money(Streams):
                 settings.history_len,
                 settings.max_balance,
                 int(confirm),
+                self.level_thresholds,
             ],
             idempotent=True,  # by the viewer's request id
         )
@@ -218,7 +223,13 @@ class Money(Streams):
                 keys.gift_idem(viewer, request_id),
                 keys.spending(viewer, now // rules.DAY_MS),
             ],
-            [*gift_args, self.settings.idempotency_ttl * 1000, int(confirm), state],
+            [
+                *gift_args,
+                self.settings.idempotency_ttl * 1000,
+                int(confirm),
+                state,
+                self.level_thresholds,
+            ],
             idempotent=True,  # by the viewer's request id
             shard=(keys.outbox,),
         )
@@ -259,7 +270,15 @@ class Money(Streams):
 
     async def _stream_state(self, stream: str) -> tuple[str, str]:
         """On a cluster: the stream's creator ('' if none), and '' if it is live, else the
-        refusal a new gift gets. A live stream is remembered for a second."""
+        refusal a new gift gets. A live stream is remembered for a second; the gifts that
+        find it unknown meanwhile share one read (a burst would take a connection each)."""
+        reading = self._state_reads.get(stream)
+        if reading is None:
+            reading = self._state_reads[stream] = asyncio.ensure_future(self._read_state(stream))
+            reading.add_done_callback(lambda _: self._state_reads.pop(stream, None))
+        return await asyncio.shield(reading)
+
+    async def _read_state(self, stream: str) -> tuple[str, str]:
         creator, status = await guard(self.redis.hmget(keys.stream(stream), ["creator", "status"]))
         if creator is None:
             return "", Code.UNKNOWN_STREAM

@@ -73,8 +73,9 @@ HOLDS = tuple(hold(b) for b in range(BUCKETS))
 
 
 def wallet(user: str) -> str:
-    """Hash: coins, diamonds, spent_day, spent, cap, verified (ms, when a creator was verified),
-    and the mindful-spending settings: confirm, cool_coins, cool_minutes, cool_log."""
+    """Hash: coins, diamonds, spent_day, spent, lifetime (coins ever spent: the gifter level),
+    cap, verified (ms, when a creator was verified), and the mindful-spending settings:
+    confirm, cool_coins, cool_minutes, cool_log."""
     return f"w:{{{user}}}"
 
 
@@ -150,8 +151,10 @@ VERIFIED = "creators:verified"
 
 
 def stream(stream_id: str) -> str:
-    """Hash: creator, title, status, totals, goal; on a cluster also the creator's
-    ``earnings`` on the stream not yet collected into the wallet, and ``collects`` made."""
+    """Hash: creator, title, status, totals, goal; during a battle its id (``battle``),
+    times (``b_start``, ``b_end``), boost windows (``b_boosts``) and the side's score
+    (``b_score``); on a cluster also the creator's ``earnings`` on the stream not yet
+    collected into the wallet, and ``collects`` made."""
     return f"st:{{{stream_id}}}"
 
 
@@ -187,6 +190,22 @@ def channel(stream_id: str) -> str:
 def channel_stream(channel_name: str) -> str:
     """The stream whose events ``channel_name`` carries (the inverse of :func:`channel`)."""
     return channel_name[len("ev:{") : -1]
+
+
+def battle_top(stream_id: str) -> str:
+    """Sorted set: the points each gifter scored for the stream's side of its running
+    battle (emptied when the next battle starts)."""
+    return f"btop:{{{stream_id}}}"
+
+
+def battle(battle_id: str) -> str:
+    """Hash: a battle's two streams and creators, status (invited, running, ended,
+    declined, expired, cancelled), times and, once ended, its result."""
+    return f"bt:{{{battle_id}}}"
+
+
+BATTLES = "battles"
+"""Sorted set: running battles by the time they end (ms), for the referee."""
 
 
 def viewers(stream_id: str) -> str:

@@ -89,3 +89,5 @@ class StreamInfo(msgspec.Struct, frozen=True):
     coins: int
     gifts: int
     goal: protocol.GoalState | None
+    battle: str | None = None
+    """The battle the stream is in (or was in, until the referee ends it)."""

@@ -33,6 +33,12 @@ class Script(enum.Enum):
     TEST_ALERT = "test_alert"
     REVOKE_OVERLAYS = "revoke_overlays"
     VIEWERS = "viewers"
+    ANNOUNCE = "announce"
+    BATTLE_INVITE = "battle_invite"
+    BATTLE_ANSWER = "battle_answer"
+    BATTLE_JOIN = "battle_join"
+    BATTLE_LEAVE = "battle_leave"
+    BATTLE_CLOSE = "battle_close"
 
 
 def _read(name: str) -> str:

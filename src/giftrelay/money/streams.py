@@ -4,6 +4,7 @@ viewer counts, top gifters and a stream's state. A part of :class:`~giftrelay.mo
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import Callable
 from fractions import Fraction
@@ -26,6 +27,7 @@ from giftrelay.money.scripts import Script
 from giftrelay.money.shards import Router
 from giftrelay.wire import protocol
 from giftrelay.wire.errors import Code, Refused
+from giftrelay.wire.events import TopEntry
 
 
 class Streams:
@@ -154,6 +156,23 @@ class Streams:
         raw = await guard(self.redis.zrevrange(keys.top(stream), 0, n - 1, withscores=True))
         return [(str(user), int(score)) for user, score in cast(list[tuple[str, float]], raw)]
 
+    async def levels(self, users: list[str]) -> dict[str, int]:
+        """Each user's gifter level, from the coins they spent in all (their wallets)."""
+        if not users:
+            return {}
+        lifetimes = await guard(
+            asyncio.gather(*(self.redis.hget(keys.wallet(u), "lifetime") for u in users))
+        )
+        return {
+            u: self.catalog.levels.level(int(t or 0)) for u, t in zip(users, lifetimes, strict=True)
+        }
+
+    async def top_entries(self, stream: str, n: int = 10) -> list[TopEntry]:
+        """The stream's top gifters with their levels, as ``top`` events show them."""
+        top = await self.top(stream, n)
+        levels = await self.levels([user for user, _ in top])
+        return [TopEntry(user=u, coins=c, level=levels.get(u, 0)) for u, c in top]
+
     async def stream_info(self, stream: str) -> StreamInfo:
         check_ident("stream", stream)
         raw = cast(dict[str, str], await guard(self.redis.hgetall(keys.stream(stream))))
@@ -180,5 +199,6 @@ class Streams:
             diamonds=diamonds,
             coins=int(raw.get("coins", 0)),
             gifts=int(raw.get("gifts", 0)),
+            battle=raw.get("battle"),
             goal=goal,
         )

@@ -68,6 +68,8 @@ class Transfer(msgspec.Struct, frozen=True):
     streakable: bool = False
     coins_after: int = 0
     confirmed: bool = False
+    level: int = 0
+    level_up: bool = False
     from_: str = msgspec.field(default="", name="from")
 
 
@@ -174,6 +176,7 @@ class Steps:
                     keys.combo(t.stream, t.from_, t.gift),
                     keys.channel(t.stream),
                     keys.applied(t.stream, t.from_, t.id),
+                    keys.battle_top(t.stream),
                 ],
                 [
                     *gift_fields(t),
@@ -306,9 +309,10 @@ class Steps:
 
 
 def gift_fields(t: Transfer) -> list[str | int]:
-    """A gift's transfer as gift_apply.lua's ARGV[1..13]."""
+    """A gift's transfer as gift_apply.lua's ARGV[1..15]."""
     return [t.id, t.from_, t.to, t.stream, t.gift, t.name, t.count, t.coins, t.diamonds,
-            int(t.streakable), t.ts, t.coins_after, int(t.confirmed)]  # fmt: skip
+            int(t.streakable), t.ts, t.coins_after, int(t.confirmed), t.level,
+            int(t.level_up)]  # fmt: skip
 
 
 def _guard(

@@ -226,8 +226,8 @@ class Fanout:
     ) -> tuple[protocol.Joined, str]:
         """The reply and its marker's offset (:func:`~giftrelay.relay.reads.read_join`)."""
         async with self.join_reads:
-            redis = self.money.redis
-            return await read_join(redis, room, token, since, ref, issued_ms, self.history_limit)
+            money = self.money
+            return await read_join(money, room, token, since, ref, issued_ms, self.history_limit)
 
     # -- reading the channel ---------------------------------------------------------------
 
@@ -343,6 +343,10 @@ class Fanout:
             if not head.test:
                 room.top_dirty = True
             self.combos.extend(room, head)
+        elif head.kind == "battle_start":  # its state is read each beat from now on
+            room.battle, room.battle_seen = head.battle, None
+        elif head.kind == "battle_end" and room.battle == head.battle:
+            room.battle = None
 
     # -- flushing --------------------------------------------------------------------------
 

@@ -1,9 +1,10 @@
-"""Presence: each stream's viewer count and top gifters, kept up to date.
+"""Presence: each stream's viewer count, top gifters and battle, kept up to date.
 
 Every worker writes its audience of each stream to the stream's viewer hash with an
 expiry (a heartbeat); the count viewers see is the sum over live workers. The top
-gifters are read again after gifts. A change becomes a live ``viewers`` or ``top``
-event in the room.
+gifters are read again after gifts. A running battle's two sides are read each beat (the
+other stream's gifts are not on this room's channel). A change becomes a live
+``viewers``, ``top`` or ``battle`` event in the room.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from collections.abc import Awaitable
 from typing import Any
 
 from giftrelay.money.api import Money
+from giftrelay.money.catalog import multiplier_at
 from giftrelay.relay.room import Room
-from giftrelay.wire import events
+from giftrelay.wire import events, protocol
 
 
 class Presence:
@@ -42,7 +44,9 @@ class Presence:
         tops = [room for room in rooms if room.top_dirty]
         for room in tops:
             room.top_dirty = False
-            calls.append(self.money.top(room.stream))
+            calls.append(self.money.top_entries(room.stream))
+        battles = sorted({room.battle for room in rooms if room.battle is not None})
+        calls.extend(self.money.battle_state(battle) for battle in battles)
         results = await asyncio.gather(*calls, return_exceptions=True)
         ts = time.time_ns() // 1_000_000
         for (room, count), total in zip(beating, results[: len(beating)], strict=True):
@@ -53,13 +57,42 @@ class Presence:
                 room.viewers_total = total
                 room.add_live(events.ViewersEvent(offset=room.last_offset, ts=ts, count=int(total)))
                 changed.append(room)
-        for room, top in zip(tops, results[len(beating) :], strict=True):
-            if isinstance(top, BaseException):
+        done = len(beating) + len(tops)
+        for room, entries in zip(tops, results[len(beating) : done], strict=True):
+            if isinstance(entries, BaseException):
                 room.top_dirty = True
                 continue
-            entries = [events.TopEntry(user=u, coins=c) for u, c in top]
             if entries != room.top:
                 room.top = entries
                 room.add_live(events.TopEvent(offset=room.last_offset, ts=ts, top=entries))
                 changed.append(room)
+        states = dict(zip(battles, results[done:], strict=True))
+        for room in rooms:
+            state = states.get(room.battle or "", ValueError())  # a battle that began since
+            if isinstance(state, BaseException):
+                continue
+            if state is None:  # over: its battle_end event is on its way
+                room.battle = None
+                continue
+            multiplier = multiplier_at(state.boosts, ts)
+            seen = (state.sides, multiplier)
+            if seen != room.battle_seen:
+                room.battle_seen = seen
+                room.add_live(battle_event(state, room.last_offset, ts, multiplier))
+                changed.append(room)
         return changed
+
+
+def battle_event(
+    state: protocol.BattleState, offset: str, ts: int, multiplier: int
+) -> events.BattleEvent:
+    return events.BattleEvent(
+        offset=offset,
+        ts=ts,
+        battle=state.battle,
+        sides=state.sides,
+        starts_at=state.starts_at,
+        ends_at=state.ends_at,
+        boosts=state.boosts,
+        multiplier=multiplier,
+    )

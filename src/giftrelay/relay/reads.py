@@ -62,7 +62,7 @@ async def stream_exists(redis: Redis, stream: str) -> bool:
 
 
 async def read_join(
-    redis: Redis,
+    money: Money,
     room: Room,
     token: str,
     since: str | None,
@@ -75,7 +75,7 @@ async def read_join(
     One MULTI reads the latest offset, the history and the snapshot, and
     publishes the marker: all at one instant of the stream.
     """
-    stream = room.stream
+    stream, redis = room.stream, money.redis
     hist = keys.history(stream)
     marker = msgspec.json.encode({"kind": "sync", "token": token})
     try:
@@ -101,7 +101,15 @@ async def read_join(
         raise Refused(Code.UNAUTHORIZED, "this overlay token was revoked")
     latest = latest_raw[0][0] if latest_raw else "0-0"
     info = Money.parse_stream(stream, info_raw)
-    snapshot = snapshot_of(info, top_raw, viewers_total(viewers_raw))
+    # Read after the MULTI, live as viewers are: the gifters' levels (their wallets), and
+    # a battle's both sides (the other stream is on another slot).
+    try:
+        levels = await money.levels([str(user) for user, _ in top_raw])
+        battle = await money.battle_state(info.battle) if info.battle else None
+    except UNREACHABLE as exc:
+        raise Unavailable() from exc
+    room.battle = battle.battle if battle is not None else room.battle
+    snapshot = snapshot_of(info, top_raw, viewers_total(viewers_raw), levels, battle)
     missed: list[msgspec.Raw] = []
     recovered = True
     if since is not None:

@@ -139,6 +139,27 @@ async def _revoke_overlays(c: Context, w: Perform) -> protocol.Reply:
     return protocol.RevokeOk(ref=m.ref, stream=m.stream)
 
 
+async def _battle_invite(c: Context, w: Perform) -> protocol.Reply:
+    m = w.message
+    assert isinstance(m, protocol.BattleInvite)
+    reply = await c.relay.money.battle_invite(m.stream, m.opponent, m.duration_s, m.id, w.actor)
+    return msgspec.structs.replace(reply, ref=m.ref)
+
+
+async def _battle_accept(c: Context, w: Perform) -> protocol.Reply:
+    m = w.message
+    assert isinstance(m, protocol.BattleAccept)
+    reply = await c.relay.money.battle_answer(m.battle, True, w.actor)
+    return msgspec.structs.replace(reply, ref=m.ref)
+
+
+async def _battle_decline(c: Context, w: Perform) -> protocol.Reply:
+    m = w.message
+    assert isinstance(m, protocol.BattleDecline)
+    reply = await c.relay.money.battle_answer(m.battle, False, w.actor)
+    return msgspec.structs.replace(reply, ref=m.ref)
+
+
 async def _join(c: Context, w: Perform) -> None:
     m = w.message
     assert isinstance(m, protocol.Join)
@@ -184,6 +205,9 @@ HANDLERS: dict[type[protocol.ClientMessage], Handler] = {
     protocol.SetGoal: _set_goal,
     protocol.TestAlert: _test_alert,
     protocol.RevokeOverlays: _revoke_overlays,
+    protocol.BattleInvite: _battle_invite,
+    protocol.BattleAccept: _battle_accept,
+    protocol.BattleDecline: _battle_decline,
     protocol.Join: _join,
     protocol.Leave: _leave,
 }

@@ -47,6 +47,8 @@ class Head(msgspec.Struct):
     """``revoke_overlays``: overlay tokens issued before this (ms) are revoked."""
     token: str = ""
     """``sync``: the marker a join published."""
+    battle: str = ""
+    """``battle_start``, ``battle_end``: the battle."""
 
 
 head_decoder = msgspec.json.Decoder(Head)
@@ -114,6 +116,10 @@ class Room:
         self.recent: set[int] = set()
         """The latest RECENT_GIFTS gifts' :func:`gift_key`, oldest first in ``recent_order``."""
         self.recent_order: deque[int] = deque()
+        self.battle: str | None = None
+        """The battle the stream is in: its state is read each beat (both sides)."""
+        self.battle_seen: tuple[object, ...] | None = None
+        """The battle's state last sent (sides and multiplier)."""
 
     @property
     def channel(self) -> str:
@@ -207,13 +213,22 @@ def viewers_total(raw: dict[str, str]) -> int:
     return total
 
 
-def snapshot_of(info: StreamInfo, top: list[Any], viewers: int) -> protocol.Snapshot:
+def snapshot_of(
+    info: StreamInfo,
+    top: list[Any],
+    viewers: int,
+    levels: dict[str, int],
+    battle: protocol.BattleState | None,
+) -> protocol.Snapshot:
     return protocol.Snapshot(
         creator=info.creator,
         title=info.title,
         live=info.live,
         viewers=viewers,
         diamonds=info.diamonds,
-        top=[events.TopEntry(user=str(u), coins=int(c)) for u, c in top],
+        top=[
+            events.TopEntry(user=str(u), coins=int(c), level=levels.get(str(u), 0)) for u, c in top
+        ],
         goal=info.goal,
+        battle=battle,
     )

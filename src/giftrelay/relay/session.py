@@ -46,6 +46,9 @@ WHO_MAY: dict[type[protocol.ClientMessage], tuple[Role, ...] | None] = {
     protocol.SetGoal: MANAGERS,
     protocol.TestAlert: MANAGERS,
     protocol.RevokeOverlays: MANAGERS,
+    protocol.BattleInvite: MANAGERS,  # a creator only from their own stream: in money.battles
+    protocol.BattleAccept: MANAGERS,  # ... and only the invited stream's creator answers
+    protocol.BattleDecline: MANAGERS,
 }
 """Who may send each message: the roles, or ANYONE (anonymous connections too). Every
 message type is listed (a test checks), so a new one must say who may send it."""

@@ -132,15 +132,35 @@ local function announce(hist_key, channel, maxlen, event)
   return offset
 end
 
+-- `announce` for an event the caller encoded (JSON, an object with kind and ts): stored as
+-- it is, published with its offset put in front (cjson would turn an empty list into {}).
+local function announce_json(hist_key, channel, maxlen, event)
+  local offset = redis.call('XADD', hist_key, 'MAXLEN', '~', maxlen, '*', 'e', event)
+  redis.call('SPUBLISH', channel, '{"offset":"' .. offset .. '",' .. string.sub(event, 2))
+  return offset
+end
+
 -- A gift's viewer side ------------------------------------------------------------------
 
 -- The viewer's wallet as a gift reads it: the mindful-spending settings are wallet
 -- fields, read by the HMGET a gift makes anyway. Returns (values, nil) or (nil, problem).
 local function payer(key)
   return read_ints(key,
-    {'coins', 'spent_day', 'spent', 'cap', 'confirm', 'cool_coins', 'cool_minutes', 'cool_log'},
+    {'coins', 'spent_day', 'spent', 'cap', 'confirm', 'cool_coins', 'cool_minutes', 'cool_log',
+     'lifetime'},
     {cap = true, confirm = true, cool_coins = true, cool_minutes = true, cool_log = true},
     {cool_log = true})
+end
+
+-- The gifter level of `lifetime` coins spent: how many of the thresholds ('100,1000,...',
+-- rising; the catalog's [levels]) it reached.
+local function level_of(lifetime, thresholds)
+  local level = 0
+  for t in string.gmatch(thresholds, '%d+') do
+    if lifetime < tonumber(t) then break end
+    level = level + 1
+  end
+  return level
 end
 
 -- The viewer's limits on a gift of `coins` at `now`: the daily cap, the cool-down, then
@@ -217,28 +237,60 @@ local function pay(wallet_key, spending_key, w, charge, creator, coins, now)
   end
   local balance = w.coins - coins
   -- Each hash is written once, with the values read above (the script runs alone,
-  -- so they are current): one HSET a hash instead of an HINCRBY a field.
+  -- so they are current): one HSET a hash instead of an HINCRBY a field. `lifetime`
+  -- (every coin ever spent: the gifter level) stops at MAX_EXACT.
+  local lifetime = math.min(w.lifetime + coins, MAX_EXACT)
   if charge.cool_log then
     redis.call('HSET', wallet_key, 'coins', balance, 'spent_day', charge.day,
-      'spent', charge.spent + coins, 'cool_log', charge.cool_log)
+      'spent', charge.spent + coins, 'lifetime', lifetime, 'cool_log', charge.cool_log)
   else
     redis.call('HSET', wallet_key, 'coins', balance, 'spent_day', charge.day,
-      'spent', charge.spent + coins)
+      'spent', charge.spent + coins, 'lifetime', lifetime)
   end
   return balance
+end
+
+-- The gifter's level after a gift of `coins` (the wallet as payer read it), and whether
+-- the gift took them past a threshold.
+local function levels(w, coins, thresholds)
+  local before = level_of(w.lifetime, thresholds)
+  local after = level_of(math.min(w.lifetime + coins, MAX_EXACT), thresholds)
+  return after, after > before
 end
 
 -- A gift's stream side --------------------------------------------------------------------
 
 -- The stream's totals a gift adds to; (totals, nil) or (nil, problem) when one is no
 -- integer or would overflow.
-local function stream_totals(key, coins, diamonds, count, fields)
-  local totals, problem = read_ints(key, fields or {'diamonds', 'coins', 'gifts', 'combos'})
+local function stream_totals(key, coins, diamonds, count, earnings)
+  local fields = {'diamonds', 'coins', 'gifts', 'combos', 'battle', 'b_start', 'b_end',
+                  'b_boosts', 'b_score'}
+  if earnings then fields[#fields + 1] = 'earnings' end
+  local totals, problem = read_ints(key, fields, nil, {battle = true, b_boosts = true})
   if problem then return nil, problem end
   problem = overflows(totals, 'diamonds', diamonds, MAX_INT)
     or overflows(totals, 'coins', coins, MAX_INT)
     or overflows(totals, 'gifts', count, MAX_INT)
   return totals, problem
+end
+
+-- A gift's points for its stream's side of a running battle: its diamonds times the
+-- multiplier of the boost window it falls in ('<ms before the end>:<multiplier>,...'),
+-- or nil outside a battle (the stream's fields, as stream_totals read them; the gift's
+-- time, the server's clock, decides). (points, nil), or (nil, problem); `top_key`, the
+-- side's points by gifter, is checked before any write.
+local function battle_points(totals, g, top_key)
+  if not totals.battle or g.ts < totals.b_start or g.ts >= totals.b_end then return nil, nil end
+  local bad = wrong_type({[top_key] = 'zset'})
+  if bad then return nil, bad end
+  local multiplier = 1
+  for before, m in string.gmatch(totals.b_boosts or '', '(%d+):(%d+)') do
+    if totals.b_end - g.ts <= tonumber(before) and tonumber(m) > multiplier then
+      multiplier = tonumber(m)
+    end
+  end
+  local points = g.diamonds * multiplier
+  return points, overflows(totals, 'b_score', points, MAX_EXACT)
 end
 
 -- A combo continues while the same viewer sends the same streakable gift within the
@@ -261,27 +313,36 @@ local function combo_of(key, streakable, count, now, window, totals)
 end
 
 -- Writes a checked gift's stream side: totals, top gifters, the combo, the history and
--- the event. `g` holds the gift (viewer, id, gift, name, count, coins, diamonds, ts).
--- `earnings`, on a Redis Cluster: the creator's diamonds held on the stream after the
--- gift (gift_apply.lua). Returns the event's offset.
-local function show(k, g, totals, combo, combo_id, fresh, streakable, window, maxlen, earnings)
+-- the event, the battle's points (`points`, from battle_points) and a `level_up` event.
+-- `g` holds the gift (viewer, id, gift, name, count, coins, diamonds, ts, level,
+-- level_up). `earnings`, on a Redis Cluster: the creator's diamonds held on the stream
+-- after the gift (gift_apply.lua). Returns the gift event's offset.
+local function show(k, g, totals, combo, combo_id, fresh, streakable, window, maxlen,
+                    earnings, points)
   local combos = totals.combos
   if fresh then combos = combos + 1 end
+  local fields = {'diamonds', totals.diamonds + g.diamonds, 'coins', totals.coins + g.coins,
+                  'gifts', totals.gifts + g.count, 'combos', combos}
   if earnings then
-    redis.call('HSET', k.stream, 'diamonds', totals.diamonds + g.diamonds,
-      'coins', totals.coins + g.coins, 'gifts', totals.gifts + g.count, 'combos', combos,
-      'earnings', earnings)
-  else
-    redis.call('HSET', k.stream, 'diamonds', totals.diamonds + g.diamonds,
-      'coins', totals.coins + g.coins, 'gifts', totals.gifts + g.count, 'combos', combos)
+    fields[#fields + 1], fields[#fields + 2] = 'earnings', earnings
   end
+  if points then
+    fields[#fields + 1], fields[#fields + 2] = 'b_score', totals.b_score + points
+    redis.call('ZINCRBY', k.battle_top, points, g.from)
+  end
+  redis.call('HSET', k.stream, unpack(fields))
   redis.call('ZINCRBY', k.top, g.coins, g.from)
   if streakable then
     redis.call('SET', k.combo, combo_id .. '|' .. combo .. '|' .. g.ts, 'PX', window * 2)
   end
-  return announce(k.history, k.channel, maxlen, {
+  local offset = announce(k.history, k.channel, maxlen, {
     kind = 'gift', ts = g.ts, id = g.id, from = g.from, gift = g.gift, name = g.name,
     count = g.count, coins = g.coins, diamonds = g.diamonds, combo = combo,
-    combo_id = combo_id,
+    combo_id = combo_id, level = g.level,
   })
+  if g.level_up then
+    announce(k.history, k.channel, maxlen, {kind = 'level_up', ts = g.ts, user = g.from,
+                                            level = g.level})
+  end
+  return offset
 end

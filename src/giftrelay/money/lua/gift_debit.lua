@@ -12,13 +12,14 @@
 -- ARGV[13] confirmed by the viewer (1/0)
 -- ARGV[14] '' when the caller found the stream live, else the refusal for a gift that is no
 --          retry ('stream_not_live', 'unknown_stream'): a retry still gets its first reply
--- ARGV[15] out:{bucket}, the outbox, a shard key (see _prelude.lua)
+-- ARGV[15] the gifter levels' thresholds ('100,1000,...')
+-- ARGV[16] out:{bucket}, the outbox, a shard key (see _prelude.lua)
 -- Returns {'ok', transfer (JSON), outbox, entry id, coins, balance, replayed}
 --      or {'err', code, detail} ('cooling_down' and 'confirm_required' as gift.lua).
 
 local id, viewer, creator, stream = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local gift, count, coins = ARGV[5], int(ARGV[7]), int(ARGV[8])
-local now, outbox = int(ARGV[11]), ARGV[15]
+local now, outbox = int(ARGV[11]), ARGV[16]
 
 local bad = wrong_type({[outbox] = 'stream'})
 if bad then return refuse('internal', bad) end
@@ -35,11 +36,13 @@ if w.coins < coins then return refuse('insufficient_coins') end
 local charge, refusal = limits(KEYS[1], w, coins, now, ARGV[13] == '1')
 if refusal then return refusal end
 
+local level, level_up = levels(w, coins, ARGV[15])
 local balance = pay(KEYS[1], KEYS[3], w, charge, creator, coins, now)
 local transfer = cjson.encode({
   id = id, from = viewer, to = creator, stream = stream, gift = gift, name = ARGV[6],
   count = count, coins = coins, diamonds = int(ARGV[9]), ts = now,
   streakable = ARGV[10] == '1', coins_after = balance, confirmed = charge.confirmed,
+  level = level, level_up = level_up or nil,
 })
 local entry = redis.call('XADD', outbox, '*', 't', transfer)
 return remember(KEYS[2], fingerprint, {'ok', transfer, outbox, entry, coins, balance},
