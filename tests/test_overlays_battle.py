@@ -11,6 +11,7 @@ sleeps.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import math
@@ -25,6 +26,7 @@ import pytest
 from playwright.async_api import Browser, Page, expect
 from redis.asyncio import Redis
 
+from giftrelay import referee
 from giftrelay.auth import Role
 from giftrelay.config import Settings
 from giftrelay.embedded import RedisServer, free_port
@@ -82,8 +84,9 @@ def catalog_file(folder: Path) -> Path:
 
 @contextlib.asynccontextmanager
 async def battle_relay(url: str, path: Path, port: int = 0) -> AsyncIterator[RelayHandle]:
-    """A relay worker over the Redis at ``url`` with the catalog at ``path``; ``port`` 0 for
-    a free one, or a given one (a test stops it and starts another in its place)."""
+    """A relay worker over the Redis at ``url`` with the catalog at ``path``, and the
+    referee that ends battles (as ``giftrelay serve`` runs them); ``port`` 0 for a free
+    one, or a given one (a test stops it and starts another in its place)."""
     settings = Settings.load(
         {}, secret=SECRET, redis_url=url, catalog=str(path), combo_window_ms=1500, **FAST
     )
@@ -91,10 +94,14 @@ async def battle_relay(url: str, path: Path, port: int = 0) -> AsyncIterator[Rel
     core = Money(redis, settings, catalog.load(path))
     await core.start()
     relay = Relay(settings, SECRET, url, core, core.catalog)
+    stop = asyncio.Event()
+    ending = asyncio.create_task(referee.run(core, stop))
     try:
         port = await relay.start("127.0.0.1", port)
         yield RelayHandle(relay=relay, money=core, port=port)
     finally:
+        stop.set()
+        await ending
         await relay.shutdown()
         await core.aclose()
         await redis.aclose()
@@ -355,7 +362,7 @@ async def test_the_battle_widget_through_a_whole_battle(
     await expect(result).to_be_visible()
     await expect(still.page.locator("#battle .battle-result")).to_be_visible()
     assert await still.page.locator(".confetti").count() == 0
-    await w.screenshot("battle-end")
+    await still.showcase("battle-end")  # still: no confetti caught mid-flight
     await expect(box).to_be_hidden(timeout=10_000)  # stay=3
     await expect(box).to_have_attribute("data-phase", "idle")
     await watch.close()
