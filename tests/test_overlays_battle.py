@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import pytest
-from playwright.async_api import Browser, Page, expect
+from playwright.async_api import Browser, Locator, Page, expect
 from redis.asyncio import Redis
 
 from giftrelay import referee
@@ -35,7 +35,14 @@ from giftrelay.money.api import Money
 from giftrelay.redis_client import connect as redis_connect
 from giftrelay.relay.server import Relay
 
-from .browser_helpers import CHROMIUM, EXPECTED_WHEN_REFUSED, Watched, chromium, open_page
+from .browser_helpers import (
+    BACKDROP,
+    CHROMIUM,
+    EXPECTED_WHEN_REFUSED,
+    Watched,
+    chromium,
+    open_page,
+)
 from .relay_helpers import SECRET, Client, RelayHandle, token
 
 pytestmark = pytest.mark.skipif(
@@ -214,6 +221,22 @@ async def clock_agrees(page: Page, ends_at: int) -> None:
     assert abs(shown - math.ceil(left)) <= 1, (text, left)
 
 
+async def clip_shot(w: Watched, element: Locator, name: str, margin: int = 28) -> None:
+    """A screenshot of ``element`` and its glow over the dark backdrop (for the docs)."""
+    await w.page.add_style_tag(content=f"html {{ background: {BACKDROP} !important; }}")
+    box = await element.bounding_box()
+    assert box is not None
+    size = w.page.viewport_size or {"width": 0, "height": 0}
+    x, y = max(0, box["x"] - margin), max(0, box["y"] - margin)
+    clip = {
+        "x": x,
+        "y": y,
+        "width": min(size["width"] - x, box["width"] + 2 * margin),
+        "height": min(size["height"] - y, box["height"] + 2 * margin),
+    }
+    await w.screenshot(name, clip=clip)
+
+
 # -- gifter levels -----------------------------------------------------------------------------
 
 # Records, in the page, every alert put on screen: its gifter and what it says.
@@ -233,7 +256,9 @@ ALERT_PROBE = """() => {
 async def test_levels_show_on_alerts_and_the_top_list_and_a_level_up_has_its_alert(
     relay: RelayHandle, browser: Browser
 ) -> None:
-    alerts = await open_page(browser, widget(relay, "alerts", duration=2), size=(960, 420))
+    alerts = await open_page(
+        browser, widget(relay, "alerts", duration=3), size=(960, 420), reduced_motion="reduce"
+    )  # still: the screenshots catch no entrance half-way
     quiet = await open_page(browser, widget(relay, "alerts", duration=1, levelups=0))
     top = await open_page(browser, widget(relay, "top"), size=(420, 300))
     for w in (alerts, quiet, top):
@@ -241,25 +266,27 @@ async def test_levels_show_on_alerts_and_the_top_list_and_a_level_up_has_its_ale
     for w in (alerts, quiet):
         await w.page.evaluate(ALERT_PROBE)
 
-    await gift(relay.money, "bob", "s1", "heart")  # 5 coins in all: level 0, no badge
     await gift(relay.money, "alice", "s1", "donut")  # 30: level 1 (10 coins), a level_up
-    alert = alerts.page.locator(".alert").first
-    await expect(alert.locator(".from")).to_have_text("bob")
-    await expect(alert.locator(".level")).to_have_count(0)
+    await gift(relay.money, "bob", "s1", "heart")  # 5 coins in all: level 0, no badge
     donut = alerts.page.locator(".alert", has_text="Donut")
+    await expect(donut.locator(".who .from")).to_have_text("alice")
     await expect(donut.locator(".who .level")).to_have_text("Lv 1")
     await expect(donut.locator(".who .level")).to_be_visible()
-    await alerts.screenshot("alert-level")
+    await clip_shot(alerts, donut, "alert-level")
 
-    # The level-up is a short alert of its own, queued after the gift that got there.
+    # The level-up is a short alert of its own, queued right after the gift that got there.
     level_up = alerts.page.locator(".alert.level-up")
     await expect(level_up.locator(".from")).to_have_text("alice")
     await expect(level_up.locator(".line")).to_have_text("reached level 1")
     await expect(level_up.locator(".level-star")).to_have_text("1")
+    await clip_shot(alerts, level_up, "level-up")
+    heart = alerts.page.locator(".alert", has_text="Heart")
+    await expect(heart.locator(".from")).to_have_text("bob", timeout=10_000)
+    await expect(heart.locator(".level")).to_have_count(0)
     assert await alerts.page.evaluate("window.shown") == [
-        "bob Heart",
         "alice Donut",
         "alice level 1",
+        "bob Heart",
     ]
 
     # The top list: each gifter's level from the `top` event.
@@ -273,7 +300,7 @@ async def test_levels_show_on_alerts_and_the_top_list_and_a_level_up_has_its_ale
 
     # ?levelups=0: the gifts only, in order.
     await quiet.page.wait_for_function("window.shown.length === 3")
-    assert await quiet.page.evaluate("window.shown") == ["bob Heart", "alice Donut", "bob Rocket"]
+    assert await quiet.page.evaluate("window.shown") == ["alice Donut", "bob Heart", "bob Rocket"]
     # A snapshot's top list carries the levels too.
     again = await open_page(browser, widget(relay, "top"), size=(420, 300))
     await expect(again.page.locator(".level")).to_have_text(["Lv 3", "Lv 1"])
@@ -489,12 +516,6 @@ async def test_a_battle_is_played_from_the_demo_page(relay: RelayHandle, browser
     await expect(a.locator("#creator-name")).to_have_text("as nova (creator)")
     await expect(b.locator("#creator-name")).to_have_text("as kai (creator)")
 
-    # A stream that is not live cannot be invited: the error shows.
-    await a.locator("#battle-opponent").fill("nowhere")
-    await a.get_by_role("button", name="Invite to battle").click()
-    await expect(a.locator("#battle-status")).to_contain_text("Refused")
-    await expect(a.locator("#battle-status")).to_have_class(re.compile(r"\bbad\b"))
-
     # Invited, declined: the inviter reads it.
     await a.locator("#battle-opponent").fill("s2")
     await a.locator("#battle-duration").fill("60")
@@ -531,8 +552,13 @@ async def test_a_battle_is_played_from_the_demo_page(relay: RelayHandle, browser
     await a.evaluate("scrollTo(0, 0)")
     await nova.screenshot("demo-battle", full_page=True)
 
-    # Busy: a stream already in a battle cannot be invited again.
+    # Refusals show: a stream already in a battle, a stream that does not exist.
     await a.get_by_role("button", name="Invite to battle").click()
     await expect(a.locator("#battle-status")).to_contain_text("battle_busy")
+    await expect(a.locator("#battle-status")).to_have_class(re.compile(r"\bbad\b"))
+    await a.locator("#battle-opponent").fill("nowhere")
+    await a.get_by_role("button", name="Invite to battle").click()
+    await expect(a.locator("#battle-status")).to_contain_text("unknown_stream")
+    await expect(a.locator("#toast")).to_contain_text("unknown_stream")
     for w in (nova, kai, overlay):
         assert w.unexpected_errors() == []
