@@ -69,7 +69,7 @@ last_s = {BOOST_S}
 multiplier = 2
 """
 BATTLE_WIDGET = (720, 260)
-TIMES = "\u00d7"  # the multiplication sign of the boost badge: "x2" as the widget writes it
+TIMES = "\u00d7"  # the multiplication sign, as the pages write "x2" and "720 x 260"
 LONG_WAIT = (BATTLE_S + 10) * 1000  # ms: an expectation that waits for the battle's clock
 
 
@@ -562,3 +562,31 @@ async def test_a_battle_is_played_from_the_demo_page(relay: RelayHandle, browser
     await expect(a.locator("#toast")).to_contain_text("unknown_stream")
     for w in (nova, kai, overlay):
         assert w.unexpected_errors() == []
+
+
+async def test_the_configurator_offers_the_battle_widget(
+    relay: RelayHandle, browser: Browser
+) -> None:
+    link = widget(relay, "alerts")  # any widget's link, as `giftrelay token` prints them
+    query = urlencode({"token": token("nova", Role.CREATOR), "overlay": link})
+    w = await open_page(browser, f"{relay.http}/overlay/setup?{query}", size=(1180, 1000))
+    page = w.page
+    await page.get_by_role("radio", name="battle").click()
+    await expect(page.locator("#widget-note")).to_contain_text("only while the stream is in")
+    await expect(page.locator("#size")).to_have_text(f"720 {TIMES} 260")
+    await page.locator("select[name=own]").select_option("right")
+    await page.locator("input[name=top]").fill("2")
+    url = page.locator("#url")
+    await expect(url).to_have_value(re.compile(r"/overlay/battle\?token=[^&]+&own=right&top=2$"))
+    preview = page.frame_locator("#preview")
+    await expect(preview.locator("body")).to_have_attribute("data-state", "live")
+    await expect(preview.locator("#battle")).to_be_hidden()
+    await start_battle(relay, 60)
+    await gift(relay.money, "alice", "s1", "rocket")  # 1,000 coins: level 3
+    await gift(relay.money, "bob", "s1", "donut")
+    await gift(relay.money, "carol", "s1", "heart")
+    box = preview.locator("#battle")
+    await expect(box.locator(".side-name.right .creator")).to_have_text("nova")  # own=right
+    await expect(box.locator(".battle-top ol.right .user")).to_have_text(["alice", "bob"])
+    await expect(box.locator(".part.right .score")).to_have_text("1,035")
+    assert w.unexpected_errors() == []

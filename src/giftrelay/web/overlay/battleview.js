@@ -12,6 +12,10 @@
 import { celebrate, clockText, el, fmt, levelBadge, ServerClock } from "./overlay.js";
 
 const TICK_MS = 250;
+/** Text that changes only when it does (the clock ticks four times a second). */
+const setText = (node, text) => {
+  if (node.textContent !== text) node.textContent = text;
+};
 const HURRY_MS = 10_000; // the last seconds: the clock turns red
 
 export class BattleView {
@@ -200,11 +204,7 @@ export class BattleView {
     const { starts_at: start, ends_at: end, boosts = [] } = this.battle;
     const now = this.clock.now();
     const { clock, boost } = this.parts;
-    if (now < start) {
-      clock.textContent = `starts in ${clockText(start - now)}`;
-    } else {
-      clock.textContent = clockText(end - now);
-    }
+    setText(clock, now < start ? `starts in ${clockText(start - now)}` : clockText(end - now));
     this.box.classList.toggle("hurry", now >= start && end - now <= HURRY_MS);
     // The multiplier now: the largest window holding now (as the relay counts a gift).
     const multiplier = Math.max(1, ...boosts
@@ -216,9 +216,9 @@ export class BattleView {
     this.box.classList.toggle("boosted", multiplier > 1);
     boost.classList.toggle("active", multiplier > 1);
     boost.classList.toggle("soon", multiplier === 1 && Boolean(soon));
-    if (multiplier > 1) boost.textContent = `×${multiplier}`;
-    else if (soon) boost.textContent = `×${soon.multiplier} in ${clockText(soon.starts_at - now)}`;
-    else boost.textContent = "";
+    if (multiplier > 1) setText(boost, `×${multiplier}`);
+    else if (soon) setText(boost, `×${soon.multiplier} in ${clockText(soon.starts_at - now)}`);
+    else setText(boost, "");
     boost.hidden = !boost.textContent;
   }
 
