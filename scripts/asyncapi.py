@@ -54,6 +54,9 @@ REPLIES: dict[str, tuple[str, ...]] = {
     "set_confirm": ("confirm_ok",),
     "set_cooldown": ("cooldown_ok",),
     "spending": ("spending",),
+    "battle_invite": ("battle_ok",),
+    "battle_accept": ("battle_ok",),
+    "battle_decline": ("battle_ok",),
 }
 """Each request's reply; any request may instead be answered with ``error``."""
 
@@ -85,6 +88,12 @@ SUMMARIES: dict[str, str] = {
         " reach `coins`, gifts are refused with `cooling_down` until the window allows."
     ),
     "SpendingRequest": "Ask what you spent: today, over 7 and 30 days, per creator.",
+    "BattleInvite": (
+        "Creator (own stream) or admin: invite the creator of `opponent` to a battle of"
+        " `duration_s`. Idempotent by `id`."
+    ),
+    "BattleAccept": "The invited stream's creator (or an admin): start the battle now.",
+    "BattleDecline": "The invited stream's creator (or an admin): decline the invitation.",
     # server -> client
     "Hello": "Sent once, first, on every connection.",
     "Joined": "You joined: latest offset, what you missed, and a snapshot of the stream.",
@@ -106,6 +115,7 @@ SUMMARIES: dict[str, str] = {
     "GoalOk": "The goal now in force.",
     "TestOk": "The test alert was sent to the stream's viewers.",
     "RevokeOk": "Overlay tokens issued before now stop working.",
+    "BattleOk": "The battle's status: invited, running (with its start and end) or declined.",
     "Error": (
         "A request was refused: nothing moved; or, with code `unavailable`, it may or may"
         " not have taken effect (retry with the same `id`). Carries the request's `ref` and `id`."

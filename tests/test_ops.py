@@ -935,6 +935,25 @@ async def test_real_traffic_matches_the_asyncapi_schemas(
             ),
             what="gift, goal, top and combo_end events",
         )
+        # A battle: invited, one declined, one accepted, played and ended (v1.2).
+        rival = await open_client(token("cre2", Role.CREATOR))
+        assert (await ask(rival, type="stream_open", stream="s2", title="Rival"))[
+            "type"
+        ] == "stream_ok"
+        for n, answer in enumerate(("battle_decline", "battle_accept")):
+            invite = dict(type="battle_invite", stream="s1", opponent="s2", duration_s=60)
+            invited = await ask(creator, **invite, id=f"invite-{n:04}")
+            assert invited["type"] == "battle_ok"
+            assert (await ask(rival, type=answer, battle=invited["battle"]))["type"] == "battle_ok"
+        gift = dict(type="gift", stream="s1", gift="rose", count=5, id="battle-gift-1")
+        assert (await ask(viewer, **gift))["type"] == "gift_ok"
+        await viewer.wait_for(
+            lambda: any(e["kind"] == "battle" for e in viewer.events["s1"]), what="battle"
+        )
+        assert await h.money.end_battles(grace_ms=-61_000) == 1  # as the referee, a minute on
+        await viewer.wait_for(
+            lambda: any(e["kind"] == "battle_end" for e in viewer.events["s1"]), what="its end"
+        )
         assert (await ask(creator, type="revoke_overlays", stream="s1"))["type"] == "revoke_ok"
         assert (await ask(creator, type="stream_close", stream="s1"))["type"] == "stream_ok"
         await viewer.wait_for(lambda: any(e["kind"] == "stream_ended" for e in viewer.events["s1"]))
@@ -955,7 +974,8 @@ async def test_real_traffic_matches_the_asyncapi_schemas(
         assert not errors, f"{message}: {errors}"
         for event in message.get("events", []) + message.get("missed", []):
             kinds.add(event["kind"])
-    assert kinds >= {"gift", "goal", "top", "combo_end", "stream_ended"}
+    assert kinds >= {"gift", "goal", "top", "combo_end", "stream_ended", "level_up",
+                     "battle_declined", "battle_start", "battle", "battle_end"}  # fmt: skip
     for message in sent:
         errors = [e.message for e in schema_of(message["type"], client=True).iter_errors(message)]
         assert not errors, f"{message}: {errors}"
