@@ -12,11 +12,12 @@
 import { celebrate, clockText, el, fmt, levelBadge, ServerClock } from "./overlay.js";
 
 const TICK_MS = 250;
+const HURRY_MS = 10_000; // the last seconds: the clock turns red
+
 /** Text that changes only when it does (the clock ticks four times a second). */
 const setText = (node, text) => {
   if (node.textContent !== text) node.textContent = text;
 };
-const HURRY_MS = 10_000; // the last seconds: the clock turns red
 
 export class BattleView {
   /**
@@ -41,7 +42,8 @@ export class BattleView {
     this.#show();
   }
 
-  /** A join's snapshot (after every reconnect too): the running battle, or none. */
+  /** A join's snapshot (after every reconnect too): the running battle, or none. Null
+   * (another stream is about to be watched) clears the view, a result on screen too. */
   reset(snapshot) {
     const running = snapshot?.battle;
     if (running && !this.ended.has(running.battle)) {
@@ -49,6 +51,7 @@ export class BattleView {
       this.result = null;
     } else {
       this.battle = null; // a result on screen stays its time
+      if (snapshot === null) this.result = null;
     }
     this.#show();
   }
