@@ -174,3 +174,29 @@ async def test_battle_refusals_move_nothing(live: Money, redis: Redis, clock: Cl
         Code.BATTLE_BUSY
     )
     assert (await live.balance("v1")).coins == 100_000  # no battle call moved money
+
+
+async def test_a_stream_busy_at_the_accept_cancels_the_battle(
+    live: Money, redis: Redis, clock: Clock
+) -> None:
+    """Invitations do not hold a stream: one accepted elsewhere first makes the other's
+    accept refused, and the stream that had joined announces the end, cancelled."""
+    await live.stream_open("s3", "cid", "Cid live")
+    first = await live.battle_invite("s1", "s2", 60, "invite-000020", "ann")
+    other = await live.battle_invite("s3", "s2", 60, "invite-000021", "cid")
+    await live.battle_answer(other.battle, True, "bea")  # s2 is in s3's battle now
+    with pytest.raises(Refused) as refused:
+        await live.battle_answer(first.battle, True, "bea")
+    assert refused.value.code == Code.BATTLE_BUSY
+    [start] = await stored(redis, "s1", "battle_start")
+    [end] = await stored(redis, "s1", "battle_end")
+    assert (start["battle"], end["battle"], end["cancelled"], end["winner"]) == (
+        first.battle, first.battle, True, None,
+    )  # fmt: skip
+    assert [e["battle"] for e in await stored(redis, "s2", "battle_start")] == [other.battle]
+    assert await stored(redis, "s2", "battle_end") == []  # s2's battle goes on
+    assert await live.battle_state(first.battle) is None
+    await live.gift("v1", "s1", "rose", 3, "after-cancel")  # s1 scores for nothing now
+    clock.advance(61_000)
+    assert await live.end_battles(grace_ms=0) == 1  # only s3's battle was running
+    assert [e["id"] for e in await ledger_entries(redis, "battle")] == [other.battle]

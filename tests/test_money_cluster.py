@@ -22,7 +22,7 @@ from giftrelay.money import catalog, keys, rules
 from giftrelay.money.api import Money
 from giftrelay.money.platform import Platform
 from giftrelay.money.scripts import Script
-from giftrelay.money.transfers import Steps, gift_fields, transfer_decoder
+from giftrelay.money.transfers import Steps, Transfer, gift_fields, transfer_decoder
 from giftrelay.redis_client import connect
 from giftrelay.wire.errors import Refused, Unavailable
 
@@ -236,7 +236,27 @@ async def test_a_transfer_a_relay_left_is_applied_once_by_the_mover(
             keys.applied("stream2", "viewer3", "gift-half-001"),
             keys.battle_top("stream2"),
         ],
-        [*gift_fields(transfer_decoder.decode(half[1])), 10_000, 3_600_000, 1000, 10**9],
+        [
+            *gift_fields(
+                Transfer(
+                    id="gift-half-001",
+                    to="creator2",
+                    stream="stream2",
+                    diamonds=1,
+                    ts=half[5],
+                    gift="rose",
+                    name="Rose",
+                    count=1,
+                    coins=1,
+                    coins_after=half[4],
+                    from_="viewer3",
+                )
+            ),
+            10_000,
+            3_600_000,
+            1000,
+            10**9,
+        ],
         idempotent=True,
         shard=(keys.ledger,),
     )

@@ -81,7 +81,7 @@ from giftrelay.money import catalog, keys, rules
 from giftrelay.money.api import Money
 from giftrelay.money.autopipe import AutoPipeline
 from giftrelay.money.shards import ClusterRouter
-from giftrelay.money.transfers import Steps, transfer_decoder
+from giftrelay.money.transfers import Steps, Transfer
 from giftrelay.redis_client import connect
 from giftrelay.wire.errors import Refused, Unavailable
 
@@ -306,15 +306,15 @@ class TracedSteps(Steps):
 
     debited: dict[str, float]
 
-    def after_debit(self, debit: asyncio.Future[Any]) -> asyncio.Future[Any]:
+    def after_debit(self, debit: asyncio.Future[Any], gift: Transfer) -> asyncio.Future[Any]:
         def noted(step: asyncio.Future[Any]) -> None:
             if not step.cancelled() and step.exception() is None:
                 reply = step.result()
                 if reply[0] == "ok":
-                    self.debited[transfer_decoder.decode(reply[1]).id] = time.perf_counter()
+                    self.debited[gift.id] = time.perf_counter()
 
         debit.add_done_callback(noted)
-        return super().after_debit(debit)
+        return super().after_debit(debit, gift)
 
 
 class NoBackoffRouter(ClusterRouter):

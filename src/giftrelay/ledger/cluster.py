@@ -470,7 +470,7 @@ async def _debits(
         try:
             reply = json.loads(text(value).partition("\n")[2])
             if reply[0] == "ok":
-                found[gift] = (str(reply[2]), parse_offset(str(reply[3])))
+                found[gift] = (str(reply[1]), parse_offset(str(reply[2])))
         except (ValueError, IndexError, TypeError):
             log.warning("gift record unreadable", viewer=gift[0], gift=gift[1])
     return found

@@ -146,24 +146,12 @@ RECORDED_OUTBOX_ENTRY = "0-1"
 it finishes (XDEL), and no outbox ever holds it (entry ids are times)."""
 
 
-def _transfer(e: GiftEntry, catalog: Catalog | None) -> str:
-    """The gift's transfer as gift_debit.lua wrote it (name and streakable from the catalog;
-    a retry reads only the amounts and keys, the other steps being recorded)."""
-    item = catalog.get(e.gift) if catalog is not None else None
-    transfer: dict[str, Any] = {
-        "id": e.id, "from": e.sender, "to": e.to, "stream": e.stream, "gift": e.gift,
-        "name": item.name if item is not None else e.gift, "count": e.count, "coins": e.coins,
-        "diamonds": e.diamonds, "ts": e.ts, "coins_after": e.coins_after,
-        "streakable": bool(item is not None and item.streakable),
-    }  # fmt: skip
-    if e.confirmed:
-        transfer["confirmed"] = True
-    return _json(transfer)
-
-
-def _debit_record(e: GiftEntry, catalog: Catalog | None) -> str:
+def _debit_record(e: GiftEntry, level: int) -> str:
+    """gift_debit.lua's record of the gift (``level``: the sender's after it); the outbox
+    entry it names is none (RECORDED_OUTBOX_ENTRY): the stream's step is recorded too."""
     outbox = keys.outbox(key_slot(keys.wallet(e.sender).encode()) // keys.BUCKET_SLOT_SPAN)
-    reply = ["ok", _transfer(e, catalog), outbox, RECORDED_OUTBOX_ENTRY, e.coins, e.coins_after]
+    reply = ["ok", outbox, RECORDED_OUTBOX_ENTRY, e.coins, e.coins_after, e.ts, level, 0,
+             int(e.confirmed)]  # fmt: skip
     return f"gift|{e.stream}|{e.gift}|{e.count}\n{_json(reply)}"
 
 
@@ -226,7 +214,10 @@ class Rebuild:
             self._gift(entry)
             if left > 0 and self.cluster:
                 g = entry
-                records[keys.gift_idem(g.sender, g.id)] = (_debit_record(g, self.catalog), left)
+                level = (
+                    self.catalog.levels.level(self.wallet(g.sender).lifetime) if self.catalog else 0
+                )
+                records[keys.gift_idem(g.sender, g.id)] = (_debit_record(g, level), left)
                 records[keys.applied(g.stream, g.sender, g.id)] = (_applied_record(g), left)
             elif left > 0:
                 records[keys.gift_idem(entry.sender, entry.id)] = (_gift_record(entry), left)

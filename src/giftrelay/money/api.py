@@ -43,7 +43,7 @@ from giftrelay.money.receipts import (
 from giftrelay.money.scripts import Script
 from giftrelay.money.shards import ClusterRouter, Router
 from giftrelay.money.streams import Streams
-from giftrelay.money.transfers import Steps
+from giftrelay.money.transfers import Steps, Transfer
 from giftrelay.wire import protocol
 from giftrelay.wire.errors import Code, Refused, Unavailable
 
@@ -83,6 +83,7 @@ class Money(Streams, Battles):
                 AutoPipeline(redis, ack_replicas=replicas, ack_timeout_ms=timeout_ms)
             )
         self._state_reads: dict[str, asyncio.Future[tuple[str, str]]] = {}
+        self._collects: dict[str, asyncio.Future[bool]] = {}
         self._live_until: dict[str, float] = {}
         """On a cluster, streams found live, until when (monotonic): the viewer's step of
         a gift cannot see the stream's slot, so the caller looks first (at most each second)."""
@@ -233,7 +234,20 @@ class Money(Streams, Battles):
             idempotent=True,  # by the viewer's request id
             shard=(keys.outbox,),
         )
-        return self.steps.after_debit(debit)
+        request = Transfer(
+            id=request_id,
+            to=creator,
+            stream=stream,
+            diamonds=int(gift_args[8]),
+            ts=now,
+            gift=gift,
+            name=str(gift_args[5]),
+            count=count,
+            coins=int(gift_args[7]),
+            streakable=bool(gift_args[9]),
+            from_=viewer,
+        )
+        return self.steps.after_debit(debit, request)
 
     def _gift_args(
         self,
@@ -397,9 +411,11 @@ class Money(Streams, Battles):
             raise Refused(Code.BAD_REQUEST, f"diamonds must be 1 to {self.settings.max_balance}")
         quote = rules.payout_quote(diamonds, self.settings.cent_rate, self.settings.fee_rate)
         verify = scheduled or self.settings.payout_requires_verification
-        held = False
-        if self.steps is not None and await self._will_pay(creator, diamonds, request_id, verify):
-            held = await self.collect(creator)
+        collected = self.steps is not None and await self._will_pay(
+            creator, diamonds, request_id, verify
+        )
+        if collected:
+            await self.collect(creator)
         reply = await self.pipe.call(
             Script.PAYOUT,
             [keys.wallet(creator), keys.payout_idem(creator, request_id)],
@@ -418,8 +434,11 @@ class Money(Streams, Battles):
             idempotent=True,  # by the creator's request id
             shard=(keys.ledger,),
         )
-        if held and reply[0] == "err" and reply[1] == Code.INSUFFICIENT_DIAMONDS:
-            raise Unavailable("a reconcile is counting the diamonds: try again in a moment")
+        if collected and reply[0] == "err" and reply[1] == Code.INSUFFICIENT_DIAMONDS:
+            # The diamonds were there, wallet and earnings: some are still on their way to
+            # the wallet (a reconcile holds collects, another process's collect is half
+            # done), or a concurrent payout took them. The retry tells which.
+            raise Unavailable("the creator's diamonds are moving: retry with the same id")
         _, paid, cash, fee, left, replayed = ok(reply, "payout")
         return PayoutReceipt(
             id=request_id,
@@ -445,7 +464,16 @@ class Money(Streams, Battles):
 
     async def collect(self, creator: str) -> bool:
         """On a cluster, move the creator's earnings on each of their streams into the wallet
-        (money.transfers); True if some could not move yet (a reconcile holds collects)."""
+        (money.transfers); True if some could not move yet (a reconcile holds collects).
+        Concurrent calls for one creator share one collect: a payout does not find the
+        earnings gone while another's collect is still crediting them."""
+        running = self._collects.get(creator)
+        if running is None:
+            running = self._collects[creator] = asyncio.ensure_future(self._collect(creator))
+            running.add_done_callback(lambda _: self._collects.pop(creator, None))
+        return await asyncio.shield(running)
+
+    async def _collect(self, creator: str) -> bool:
         assert self.steps is not None
         streams = await guard(self.redis.smembers(keys.creator_streams(creator)))
         moved = await asyncio.gather(*(self.steps.collect(str(s)) for s in sorted(streams)))

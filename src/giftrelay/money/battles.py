@@ -224,7 +224,14 @@ class Battles:
         refusal = next((r for r in joined if r[0] != "ok"), None)
         if refusal is None:
             return
-        await asyncio.gather(*(self._leave(s, battle, "") for s in (stored.a, stored.b)))
+        cancelled = msgspec.json.encode(
+            {"kind": "battle_end", "ts": self.clock(), "battle": battle,
+             "sides": [BattleSide(stored.a, stored.creator_a, 0, []),
+                       BattleSide(stored.b, stored.creator_b, 0, [])],
+             "winner": None, "starts_at": starts, "ends_at": ends, "cancelled": True}
+        ).decode()  # fmt: skip
+        # A stream that joined announced the start: it announces the end (the other, none).
+        await asyncio.gather(*(self._leave(s, battle, cancelled) for s in (stored.a, stored.b)))
         await self.pipe.call(
             Script.BATTLE_ANSWER,
             [keys.battle(battle)],

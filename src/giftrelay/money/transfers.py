@@ -119,10 +119,12 @@ class Steps:
         self._round: asyncio.Event | None = None
         """Set when an XDEL round ends (and replaced), for :meth:`settle`."""
 
-    def after_debit(self, debit: asyncio.Future[Any]) -> asyncio.Future[Any]:
+    def after_debit(self, debit: asyncio.Future[Any], gift: Transfer) -> asyncio.Future[Any]:
         """The gift's second step once the first (``debit``, gift_debit.lua's reply) moved
         the coins: the future of a reply shaped as gift.lua's on one Redis, so that the
-        callers read both alike. A refusal of step 1 is that reply."""
+        callers read both alike. A refusal of step 1 is that reply. ``gift``: the transfer
+        as the request made it; the debit's reply adds the rest (its time, the balance
+        after, the level, the confirmation)."""
         result: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
 
         def debited(step: asyncio.Future[Any]) -> None:
@@ -132,8 +134,15 @@ class Steps:
             if reply[0] != "ok":
                 result.set_result(reply)
                 return
-            _, raw, outbox, entry, coins, balance, replayed = reply
-            t = transfer_decoder.decode(raw)
+            _, outbox, entry, coins, balance, ts, level, level_up, confirmed, replayed = reply
+            t = msgspec.structs.replace(
+                gift,
+                ts=ts,
+                coins_after=balance,
+                level=level,
+                level_up=bool(level_up),
+                confirmed=bool(confirmed),
+            )
             self.finish(t, outbox, entry).add_done_callback(
                 _guard(lambda last: applied(last, t, coins, balance, replayed), result)
             )

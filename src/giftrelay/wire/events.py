@@ -113,6 +113,8 @@ class BattleEndEvent(StreamEvent, tag="battle_end", frozen=True):
     winner: str | None
     starts_at: int
     ends_at: int
+    cancelled: bool = False
+    """The battle never got going: the other stream could not join (scores stay 0)."""
 
 
 AnyStoredEvent = (

@@ -14,8 +14,10 @@
 --          retry ('stream_not_live', 'unknown_stream'): a retry still gets its first reply
 -- ARGV[15] the gifter levels' thresholds ('100,1000,...')
 -- ARGV[16] out:{bucket}, the outbox, a shard key (see _prelude.lua)
--- Returns {'ok', transfer (JSON), outbox, entry id, coins, balance, replayed}
---      or {'err', code, detail} ('cooling_down' and 'confirm_required' as gift.lua).
+-- Returns {'ok', outbox, entry id, coins, balance, now, level, level up (1/0),
+--   confirmed (1/0), replayed} or {'err', code, detail} ('cooling_down' and
+--   'confirm_required' as gift.lua): the caller holds the rest of the transfer (the
+--   request's own arguments), so neither the reply nor its record repeats it.
 
 local id, viewer, creator, stream = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local gift, count, coins = ARGV[5], int(ARGV[7]), int(ARGV[8])
@@ -45,5 +47,6 @@ local transfer = cjson.encode({
   level = level, level_up = level_up or nil,
 })
 local entry = redis.call('XADD', outbox, '*', 't', transfer)
-return remember(KEYS[2], fingerprint, {'ok', transfer, outbox, entry, coins, balance},
-  int(ARGV[12]))
+return remember(KEYS[2], fingerprint,
+  {'ok', outbox, entry, coins, balance, now, level, level_up and 1 or 0,
+   charge.confirmed and 1 or 0}, int(ARGV[12]))
