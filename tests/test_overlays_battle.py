@@ -50,7 +50,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 FAST = {"gift_rate": 100_000.0, "gift_burst": 100_000, "message_rate": 100_000.0}
-CREATORS = {"s1": "nova", "s2": "kai"}
+CREATORS = {"s1": "nova", "s2": "kai", "s3": "cid"}
 VIEWERS = ("alice", "bob", "carol", "dan", "eve", "finn")
 BATTLE_S = 15  # long enough that gifts sent at once land before the boost
 BOOST_S = 5
@@ -410,6 +410,35 @@ async def test_a_draw_says_draw(relay: RelayHandle, browser: Browser) -> None:
     )
     await expect(w.page.locator(".battle-result .winner")).to_have_text("Draw")
     await expect(w.page.locator(".battle-result .final")).to_have_text("5 : 5")
+    assert w.unexpected_errors() == []
+
+
+async def test_a_battle_cancelled_at_the_accept_says_so(
+    relay: RelayHandle, browser: Browser
+) -> None:
+    """s2 is invited by s1 and by s3 and accepts s3 first: accepting s1 then is refused
+    (battle_busy), and s1, which had announced the start, announces the end, cancelled."""
+    w = await open_page(browser, widget(relay, "battle", stay=30), size=BATTLE_WIDGET)
+    await live(w)
+    nova, kai, cid = [await creator(relay, s) for s in ("s1", "s2", "s3")]
+    invites = []
+    for client, stream in ((nova, "s1"), (cid, "s3")):
+        reply = await client.request(
+            type="battle_invite", stream=stream, opponent="s2", duration_s=60,
+            id=f"bi-{uuid.uuid4().hex}",
+        )  # fmt: skip
+        invites.append(reply["battle"])
+    assert (await kai.request(type="battle_accept", battle=invites[1]))["status"] == "running"
+    refused = await kai.request(type="battle_accept", battle=invites[0])
+    assert (refused["type"], refused["code"]) == ("error", "battle_busy")
+    box = w.page.locator("#battle")
+    await expect(box).to_have_attribute("data-phase", "ended")
+    await expect(box).to_have_attribute("data-battle", invites[0])
+    await expect(box).to_have_class(re.compile(r"\bcancelled\b"))
+    await expect(box.locator(".battle-result .winner")).to_have_text("Cancelled")
+    await expect(box.locator(".battle-result .final")).to_have_text("kai could not join")
+    for client in (nova, kai, cid):
+        await client.close()
     assert w.unexpected_errors() == []
 
 

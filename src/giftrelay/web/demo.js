@@ -112,11 +112,17 @@ const BATTLE_TEXT = {
   battle_start: (e) =>
     `⚔ Battle on: ${e.sides.map(sideName).join(" vs ")}, ${clockText(e.ends_at - e.starts_at)}`,
   battle_end: (e) => {
+    if (e.cancelled) return `⚔ ${cancelled(e)}`;
     const [a, b] = e.sides;
     const won = e.sides.find((side) => side.stream === e.winner);
     return `⚔ Battle over: ${won ? `${won.creator} wins` : "a draw"}, ${fmt(a.score)} to ${fmt(b.score)}`;
   },
 };
+/** A battle_end with `cancelled`: the other stream could not join after all. */
+function cancelled(e) {
+  const other = e.sides.find((side) => side.stream !== stream) ?? e.sides[1];
+  return `Battle cancelled: “${other.stream}” could not join`;
+}
 
 function renderBalance(coins) {
   $("balance").textContent = coins === null ? "–" : fmt(coins);
@@ -328,6 +334,8 @@ if (params.get("creator")) {
     } else if (e.kind === "battle_start") {
       started.add(e.battle);
       battleStatus(`Battle on: ${e.sides.map((side) => side.creator).join(" vs ")}.`);
+    } else if (e.kind === "battle_end" && e.cancelled) {
+      battleStatus(`${cancelled(e)}.`);
     } else if (e.kind === "battle_end") {
       const won = e.sides.find((side) => side.stream === e.winner);
       battleStatus(`Battle over: ${won ? `${won.creator} wins` : "a draw"}.`);

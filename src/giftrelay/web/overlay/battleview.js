@@ -2,7 +2,8 @@
 // (v1.2, docs/protocol.md "Gifter levels and battles"): a bar split in the two sides'
 // colours by their scores, the scores, both creators and streams, the time left, the
 // boosted window (a "×2" badge, counting down to it before it starts), each side's top
-// contributors with their levels, and at the end the winner (or "Draw") for a few seconds.
+// contributors with their levels, and at the end the winner (or "Draw") for a few seconds
+// ("Cancelled" when the other stream could not join after all: `battle_end.cancelled`).
 //
 // The relay's clock decides: the time left is `ends_at` minus the relay's now, which a
 // ServerClock keeps from the `ts` of live events. A join's snapshot carries the running
@@ -238,10 +239,21 @@ export class BattleView {
       this.parts[where].classList.toggle("lost", Boolean(winner) && side.stream !== winner);
     }
     const text = this.parts.result.querySelector(".winner");
-    text.textContent = won ? `${won.creator} wins!` : "Draw";
+    const final = this.parts.result.querySelector(".final");
     text.classList.toggle("own", won?.stream === this.stream);
     text.classList.toggle("draw", !won);
+    this.box.classList.toggle("cancelled", Boolean(this.result.cancelled));
+    if (this.result.cancelled) {
+      // The other stream could not join after all (it was taken by another battle).
+      const other = sides.find((s) => s.stream !== this.stream) ?? b;
+      this.parts.result.querySelector(".over").textContent = "Battle";
+      text.textContent = "Cancelled";
+      final.textContent = `${other.creator} could not join`;
+      return;
+    }
+    this.parts.result.querySelector(".over").textContent = "Battle over";
+    text.textContent = won ? `${won.creator} wins!` : "Draw";
     const score = (side) => el("span", side.stream === this.stream ? "own" : "opponent", fmt(side.score));
-    this.parts.result.querySelector(".final").replaceChildren(score(a), " : ", score(b));
+    final.replaceChildren(score(a), " : ", score(b));
   }
 }
