@@ -21,6 +21,7 @@ from redis.asyncio import Redis
 
 from giftrelay import auth
 from giftrelay.auth import Role
+from giftrelay.cli.banner import OVERLAY_WIDGETS
 from giftrelay.config import Settings
 from giftrelay.embedded import RedisServer, free_port
 from giftrelay.money import catalog, keys
@@ -44,7 +45,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 FAST = {"gift_rate": 100_000.0, "gift_burst": 100_000, "message_rate": 100_000.0}
-WIDGETS = ("alerts", "top", "goal", "viewers")
+WIDGETS = ("alerts", "top", "goal", "viewers", "battle")
 VIEWERS = ("alice", "bob", "carol")
 
 # Records, in the page, every alert put on screen and the most on screen at once.
@@ -322,7 +323,8 @@ async def test_widgets_reconnect_after_the_relay_restarts_and_catch_up(
             await expect(goal.page.locator("#progress")).to_have_text("51 / 1,000 diamonds")
             await gift(third.money, "alice", "crown")
             await alerts.page.wait_for_function("window.shown.length === 4")
-            assert (await alerts.page.evaluate("window.shown"))[3:] == ["alice Crown"]
+            # (then "alice level 1": the crown took her past 100 coins, a level-up alert)
+            assert (await alerts.page.evaluate("window.shown"))[3:4] == ["alice Crown"]
     finally:
         await other.aclose()
         await other.redis.aclose()
@@ -353,7 +355,7 @@ async def test_token_command_prints_obs_links_that_work(
     minted = result.stdout.strip()  # the token alone on stdout, as for every role
     assert auth.verify(SECRET, minted).stream == "s1"
     links = re.findall(r"http://\S+", result.stderr)
-    assert links == [f"{relay.http}/overlay/{name}?token={minted}" for name in WIDGETS]
+    assert links == [f"{relay.http}/overlay/{name}?token={minted}" for name in OVERLAY_WIDGETS]
     w = await open_page(browser, links[0])
     await live(w)
     assert w.unexpected_errors() == []

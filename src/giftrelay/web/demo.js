@@ -1,8 +1,12 @@
 // The demo page: watch a stream's gifts arrive, send gifts as a viewer, and (with a
-// creator token) open the stream, set a goal and send test alerts.
+// creator token) open the stream, set a goal, send test alerts and play battles: invite
+// another stream, accept or decline an invitation to the stream watched (its creator's),
+// and watch the battle run (the battle widget's view).
 // Link: /?token=VIEWER_TOKEN&creator=CREATOR_TOKEN&stream=demo (all optional).
+import { BattleView } from "/overlay/battleview.js";
 import {
-  Feed, amount, drawGoal, el, fmt, giftImage, loadCatalog, topRows,
+  Feed, ServerClock, amount, clockText, drawGoal, el, fmt, giftImage, levelBadge, loadCatalog,
+  topRows,
 } from "/overlay/overlay.js";
 
 const params = new URLSearchParams(location.search);
@@ -16,6 +20,10 @@ let info = null; // the stream as the snapshot and events describe it
 let canSpend = false;
 
 const catalog = await loadCatalog();
+const clock = new ServerClock(); // the relay's clock, for battles and invitations
+const battle = new BattleView($("battle-view"), { stream, clock });
+let onBattleEvent = null; // the creator tools' battle controls, when the page has them
+let onBattleNews = null;
 
 // -- a little UI ------------------------------------------------------------------------
 
@@ -76,7 +84,9 @@ function addToFeed(e) {
     li.dataset.combo = e.combo_id;
     const from = el("b", "from", e.from);
     from.title = e.from;
-    li.append(giftImage(e.gift), from, el("span", "what", ` sent ${e.name}`));
+    li.append(giftImage(e.gift), from);
+    if (e.level > 0) li.append(levelBadge(e.level));
+    li.append(el("span", "what", ` sent ${e.name}`));
     if (e.combo > 1) li.append(el("b", "count", ` x${e.combo}`));
     li.append(el("span", "amount", ` ${amount((e.coins / e.count) * e.combo)}`));
     if (e.test) li.append(el("span", "tag", "test"));
@@ -84,9 +94,34 @@ function addToFeed(e) {
     li.append(`${e.from}’s ${catalog.get(e.gift)?.name ?? e.gift} combo: ${e.total} gifts, ${amount(e.coins)}`);
   } else if (e.kind === "stream_ended") {
     li.append("The stream ended.");
+  } else if (e.kind === "level_up") {
+    li.append(el("b", "from", e.user), " reached ", levelBadge(e.level));
+  } else if (e.kind in BATTLE_TEXT) {
+    li.classList.add("battle-row");
+    li.append(BATTLE_TEXT[e.kind](e));
   } else return;
   $("feed").prepend(li);
   while ($("feed").children.length > FEED_ROWS) $("feed").lastChild.remove();
+}
+
+const sideName = (side) => `${side.creator} (“${side.stream}”)`;
+const BATTLE_TEXT = {
+  battle_invite: (e) =>
+    `⚔ ${e.opponent_creator} (“${e.opponent}”) invites this stream to a ${clockText(e.duration_s * 1000)} battle`,
+  battle_declined: (e) => `⚔ “${e.opponent}” declined the battle`,
+  battle_start: (e) =>
+    `⚔ Battle on: ${e.sides.map(sideName).join(" vs ")}, ${clockText(e.ends_at - e.starts_at)}`,
+  battle_end: (e) => {
+    if (e.cancelled) return `⚔ ${cancelled(e)}`;
+    const [a, b] = e.sides;
+    const won = e.sides.find((side) => side.stream === e.winner);
+    return `⚔ Battle over: ${won ? `${won.creator} wins` : "a draw"}, ${fmt(a.score)} to ${fmt(b.score)}`;
+  },
+};
+/** A battle_end with `cancelled`: the other stream could not join after all. */
+function cancelled(e) {
+  const other = e.sides.find((side) => side.stream !== stream) ?? e.sides[1];
+  return `Battle cancelled: “${other.stream}” could not join`;
 }
 
 function renderBalance(coins) {
@@ -114,10 +149,19 @@ const viewer = new Feed({
     info = { ...snapshot, goal: snapshot.goal && { ...snapshot.goal } };
     renderStream();
     renderTop(snapshot.top);
+    battle.reset(snapshot);
+    onBattleNews?.(snapshot);
   },
-  onMissed: (events) => events.slice(-FEED_ROWS).forEach(addToFeed),
+  onMissed(events) {
+    events.slice(-FEED_ROWS).forEach(addToFeed);
+    battle.missed(events);
+    events.forEach((e) => onBattleEvent?.(e, false));
+  },
   onEvent(e) {
+    clock.observe(e.ts);
     addToFeed(e);
+    battle.event(e);
+    onBattleEvent?.(e, true);
     if (!info) return;
     if (e.kind === "gift" && !e.test) {
       info.diamonds += e.diamonds;
@@ -170,15 +214,23 @@ $("watch").addEventListener("submit", (event) => {
   $("feed").replaceChildren();
   renderStream();
   renderTop([]);
+  battle.stream = stream;
+  battle.reset(null);
+  onBattleNews?.(null);
   viewer.join(stream);
 });
 
 // -- the creator's connection (only with &creator=TOKEN) ------------------------------------
 
 if (params.get("creator")) {
+  let me = null; // the creator's hello: who may answer an invitation
   const creator = new Feed({
     token: params.get("creator"),
-    onHello: (hello) => ($("creator-name").textContent = `as ${hello.user} (${hello.role})`),
+    onHello(hello) {
+      me = hello;
+      $("creator-name").textContent = `as ${hello.user} (${hello.role})`;
+      showInvitation();
+    },
     onStatus: (state) => {
       if (!["connecting", "live", "reconnecting"].includes(state)) {
         $("creator-name").textContent = `: ${STATUS[state] ?? state}`;
@@ -213,4 +265,82 @@ if (params.get("creator")) {
     const reply = await ask(creator, { type: "stream_close", stream });
     toast(reply.type === "error" ? reply.message : `“${stream}” ended`, reply.type === "error");
   });
+
+  // Battles: invite another live stream; an invitation to the stream watched (when it is
+  // this creator's) shows Accept and Decline until it expires.
+  let invitation = null; // the open battle_invite event
+  const started = new Set(); // battles whose battle_start came: its news is the latest
+  let invitationTimer = 0;
+  const battleStatus = (text, bad = false) => {
+    $("battle-status").textContent = text;
+    $("battle-status").classList.toggle("bad", bad);
+    if (bad) toast(text, true);
+  };
+  const refused = (reply) => `Refused: ${reply.message || reply.code}${reply.code ? ` (${reply.code})` : ""}`;
+
+  function showInvitation() {
+    clearInterval(invitationTimer);
+    const left = invitation ? invitation.expires_at - clock.now() : 0;
+    const mine = me && info && (me.role === "admin" || me.user === info.creator);
+    $("battle-invite").hidden = !(invitation && mine && left > 0);
+    if ($("battle-invite").hidden) return;
+    const { opponent_creator: who, opponent, duration_s: seconds } = invitation;
+    $("battle-invite-text").textContent = `⚔ ${who} (“${opponent}”) invites you to a ` +
+      `${clockText(seconds * 1000)} battle. Answer within ${clockText(left)}.`;
+    invitationTimer = setInterval(showInvitation, 1000);
+  }
+
+  async function answer(type) {
+    const { battle: id, opponent } = invitation ?? {};
+    if (!id) return;
+    const reply = await ask(creator, { type, battle: id });
+    if (reply.type === "battle_ok") {
+      invitation = null;
+      showInvitation();
+      if (reply.status !== "running") battleStatus(`You declined “${opponent}”’s battle.`);
+      else if (!started.has(id)) battleStatus(`Accepted: the battle against “${opponent}” starts.`);
+    } else {
+      if (reply.code === "battle_closed" || reply.code === "unknown_battle") invitation = null;
+      showInvitation();
+      battleStatus(refused(reply), true);
+    }
+  }
+  $("battle-accept").addEventListener("click", () => answer("battle_accept"));
+  $("battle-decline").addEventListener("click", () => answer("battle_decline"));
+
+  $("battle-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const opponent = $("battle-opponent").value.trim();
+    const seconds = Math.floor(Number($("battle-duration").value));
+    const reply = await ask(creator,
+      { type: "battle_invite", stream, opponent, duration_s: seconds, id: newId() });
+    if (reply.type === "battle_ok") {
+      battleStatus(`Invited “${opponent}” to a ${clockText(seconds * 1000)} battle: ` +
+        "waiting for its creator to accept.");
+    } else battleStatus(refused(reply), true);
+  });
+
+  onBattleNews = (snapshot) => {
+    if (!snapshot || snapshot.battle) invitation = null; // another stream, or already on
+    showInvitation();
+  };
+  onBattleEvent = (e, live) => {
+    if (e.kind === "battle_invite") {
+      invitation = e;
+    } else if (!live) {
+      // The history on load or after a drop: only what closes an invitation counts.
+    } else if (e.kind === "battle_declined") {
+      battleStatus(`“${e.opponent}” declined the battle.`);
+    } else if (e.kind === "battle_start") {
+      started.add(e.battle);
+      battleStatus(`Battle on: ${e.sides.map((side) => side.creator).join(" vs ")}.`);
+    } else if (e.kind === "battle_end" && e.cancelled) {
+      battleStatus(`${cancelled(e)}.`);
+    } else if (e.kind === "battle_end") {
+      const won = e.sides.find((side) => side.stream === e.winner);
+      battleStatus(`Battle over: ${won ? `${won.creator} wins` : "a draw"}.`);
+    } else return;
+    if (e.kind !== "battle_invite" && invitation?.battle === e.battle) invitation = null;
+    showInvitation();
+  };
 }

@@ -9,9 +9,14 @@
 // be worth to be shown; ?position=center|top|bottom|left|right|top-left|top-right|
 // bottom-left|bottom-right; ?unit=coins|diamonds the amount shown; ?tiers=C1,C2,... the
 // coins where each tier starts; ?tierN.scale|duration|color|animation|sound=... (N from 1);
-// ?recent=N (3) the last gifts (combos) of the past minute shown on load, 0 for none.
+// ?recent=N (3) the last gifts (combos) of the past minute shown on load, 0 for none;
+// ?levelups=0 hides the short "bob reached level 3" alerts (shown by default).
+//
+// v1.2: a gifter's level shows as a badge ("Lv 3") next to their name, and a `level_up`
+// event is a short alert of its own, in the same queue as the gifts.
 import {
-  amount, choiceOption, el, giftImage, loadCatalog, numberOption, startOverlay, textOption, tiers,
+  amount, choiceOption, el, giftImage, levelBadge, loadCatalog, numberOption, startOverlay,
+  textOption, tiers,
 } from "./overlay.js";
 
 const POSITIONS = ["center", "top", "bottom", "left", "right",
@@ -20,6 +25,8 @@ const ANIMATIONS = ["fade", "pop", "bounce", "burst"];
 const unit = choiceOption("unit", "coins", ["coins", "diamonds"]);
 const recent = numberOption("recent", 3, 0, 20);
 const minCoins = numberOption("min", 0, 0, Number.MAX_SAFE_INTEGER);
+const levelUps = numberOption("levelups", 1, 0, 1) === 1;
+const LEVEL_UP_SECONDS = numberOption("duration", 5, 1, 120);
 const EXIT_MS = 250; // the .leaving animation
 const MAX_QUEUE = 100; // a flood drops its oldest waiting alerts rather than lag for minutes
 const MISSED_MAX_AGE_MS = 60000; // after a long drop, old gifts are news no more
@@ -80,22 +87,33 @@ function find(comboId) {
   return queue.find((a) => a.comboId === comboId);
 }
 
+function enqueue(alert) {
+  queue.push(alert);
+  if (queue.length > MAX_QUEUE) queue.shift();
+  next();
+}
+
 function onGift(e) {
   if (comboCoins(e) < minCoins) return;
   const known = find(e.combo_id);
   if (known) {
     known.combo = Math.max(known.combo, e.combo);
+    known.level = Math.max(known.level, e.level ?? 0);
     if (current?.alert === known) {
       paint(true);
       hold(); // a combo still growing stays on screen
     }
     return;
   }
-  queue.push({ comboId: e.combo_id, from: e.from, gift: e.gift, name: e.name,
-    combo: e.combo, test: Boolean(e.test), ended: false,
+  enqueue({ comboId: e.combo_id, from: e.from, gift: e.gift, name: e.name,
+    combo: e.combo, test: Boolean(e.test), ended: false, level: e.level ?? 0,
     unitCoins: e.coins / e.count, unitAmount: (unit === "coins" ? e.coins : e.diamonds) / e.count });
-  if (queue.length > MAX_QUEUE) queue.shift();
-  next();
+}
+
+/** "bob reached level 3": a short alert after the gift that got there. */
+function onLevelUp(e) {
+  if (!levelUps) return;
+  enqueue({ levelUp: true, from: e.user, level: e.level });
 }
 
 function onComboEnd(e) {
@@ -109,13 +127,34 @@ function onComboEnd(e) {
   }
 }
 
+/** The gifter's name and, from level 1, their level badge. */
+function who(alert) {
+  const box = el("span", "who");
+  box.append(el("span", "from", alert.from));
+  if (alert.level > 0) box.append(levelBadge(alert.level));
+  return box;
+}
+
+function renderLevelUp(alert) {
+  const node = el("div", "alert card level-up");
+  const text = el("div", "text");
+  const line = el("span", "line", "reached ");
+  line.append(el("span", "name", `level ${alert.level}`));
+  const name = el("span", "who");
+  name.append(el("span", "from", alert.from)); // the medal shows the level
+  text.append(name, line);
+  node.append(el("span", "level-star", `${alert.level}`), text);
+  return node;
+}
+
 function render(alert) {
+  if (alert.levelUp) return renderLevelUp(alert);
   const node = el("div", "alert card");
   node.dataset.combo = alert.comboId;
   const text = el("div", "text");
   const line = el("span", "line", "sent ");
   line.append(el("span", "name", alert.name));
-  text.append(el("span", "from", alert.from), line, el("span", "amount"));
+  text.append(who(alert), line, el("span", "amount"));
   node.append(giftImage(alert.gift), text, el("span", "count"));
   if (alert.test) {
     node.classList.add("test");
@@ -130,7 +169,15 @@ const still = matchMedia("(prefers-reduced-motion: reduce)");
 /** The count, the amount and the tier of the alert on screen. */
 function paint(bump) {
   const { alert, node } = current;
+  if (alert.levelUp) {
+    current.tier = { duration: LEVEL_UP_SECONDS, sound: "" };
+    return;
+  }
   current.tier = applyTier(node, alert);
+  const badge = node.querySelector(".who .level");
+  if (alert.level > 0 && badge?.dataset.level !== `${alert.level}`) {
+    node.querySelector(".who").replaceChildren(...who(alert).childNodes); // a combo that levelled up
+  }
   node.querySelector(".amount").textContent = amount(alert.unitAmount * alert.combo, unit);
   const count = node.querySelector(".count");
   const text = `x${alert.combo}`;
@@ -170,6 +217,7 @@ function leave() {
 function onEvent(e) {
   if (e.kind === "gift") onGift(e);
   else if (e.kind === "combo_end") onComboEnd(e);
+  else if (e.kind === "level_up") onLevelUp(e);
 }
 
 await loadCatalog();
@@ -179,9 +227,10 @@ startOverlay({
   backfillMs: recent ? MISSED_MAX_AGE_MS : 0,
   onMissed(events, { backfill }) {
     const since = Date.now() - MISSED_MAX_AGE_MS;
-    let shown = events.filter((e) => e.kind === "gift" && e.ts >= since);
+    let shown = events.filter((e) => (e.kind === "gift" || e.kind === "level_up") && e.ts >= since);
     if (backfill) {
       // On load: only the last `recent` combos, each at the count it reached.
+      shown = shown.filter((e) => e.kind === "gift");
       const last = [...new Set(shown.map((e) => e.combo_id))].slice(-recent);
       shown = shown.filter((e) => last.includes(e.combo_id));
     }

@@ -8,7 +8,11 @@ const REFUSED_RETRY_MS = 30000; // a refused link is retried rarely: it may be f
 const STABLE_MS = 10000; // a connection up this long starts the backoff over
 const TRY_LATER_ATTEMPT = 2; // after 1013 ("try again later"), wait at least RETRY_MS[2]
 const NO_STREAM_RETRY_MS = 10000;
-const STORED = new Set(["gift", "goal", "stream_ended"]); // kinds with their own offset
+// Kinds with their own offset (stored in the history); the others carry the latest one.
+const STORED = new Set([
+  "gift", "goal", "stream_ended",
+  "level_up", "battle_invite", "battle_declined", "battle_start", "battle_end", // v1.2
+]);
 
 // -- tokens ---------------------------------------------------------------------------
 
@@ -361,16 +365,63 @@ export const textOption = (name, fallback) => params.get(name) ?? fallback;
 
 // -- widgets drawn the same on the overlays and the demo page ---------------------------------
 
-/** The rows of a top-gifters list: rank, name (cut with an ellipsis by CSS) and coins. */
+/** The rows of a top-gifters list: rank, name (cut with an ellipsis by CSS), level and coins. */
 export function topRows(top, rows = 10) {
-  const items = top.slice(0, rows).map(({ user, coins }, i) => {
+  const items = top.slice(0, rows).map(({ user, coins, level }, i) => {
     const li = el("li");
     const name = el("span", "user", user);
     name.title = user;
-    li.append(el("span", "rank", `${i + 1}`), name, el("span", "coins", amount(coins)));
+    li.append(el("span", "rank", `${i + 1}`), name);
+    if (level > 0) li.append(levelBadge(level));
+    li.append(el("span", "coins", amount(coins)));
     return li;
   });
   return items.length ? items : [el("li", "empty", "No gifts yet")];
+}
+
+const LEVEL_COLORS = ["#7ee0ff", "#9dff8a", "#ffd84f", "#ff8a4f", "#ff4f8b", "#c77dff"];
+
+/**
+ * A gifter's level as a small badge, "Lv 3" (levels.css draws it), its colour warmer as
+ * the level rises. Only for levels above 0: level 0 is every new viewer.
+ */
+export function levelBadge(level) {
+  const badge = el("span", "level", `Lv ${fmt(level)}`);
+  badge.dataset.level = `${level}`;
+  badge.style.setProperty("--level-color", LEVEL_COLORS[Math.min(level, LEVEL_COLORS.length) - 1]);
+  badge.title = `gifter level ${level}`;
+  return badge;
+}
+
+/**
+ * The relay's clock, from the `ts` of live events: battles start, boost and end by it,
+ * whatever the clock of the PC running OBS says. Each live event's `ts` minus the
+ * monotonic local time when it arrived is a lower bound of the offset (the event took
+ * some time to arrive), so the largest of the last few is kept. Until an event has
+ * arrived, the local clock stands in.
+ */
+export class ServerClock {
+  #samples = [];
+
+  /** A live event arrived now, stamped `ts` by the relay. */
+  observe(ts) {
+    if (typeof ts !== "number" || !Number.isFinite(ts)) return;
+    this.#samples.push(ts - performance.now());
+    if (this.#samples.length > 20) this.#samples.shift();
+  }
+
+  /** The relay's time now, in ms since the epoch. */
+  now() {
+    return this.#samples.length ? performance.now() + Math.max(...this.#samples) : Date.now();
+  }
+}
+
+/** A countdown as the widgets show it: "4:59", "0:07", "1:02:03"; never below 0:00. */
+export function clockText(ms) {
+  const total = Math.max(0, Math.ceil(ms / 1000));
+  const [h, m, s] = [Math.floor(total / 3600), Math.floor(total / 60) % 60, total % 60];
+  const mm = h ? `${h}:${String(m).padStart(2, "0")}` : `${m}`;
+  return `${mm}:${String(s).padStart(2, "0")}`;
 }
 
 /**

@@ -22,6 +22,7 @@ const WIDGETS = {
       ["tiers", "Tiers start at (coins)", "text", "0,100,1000,10000"],
       ...ALERT_TIERS,
       ["tier4.sound", "Sound of the top tier (URL)", "text", "none"],
+      ["levelups", "Level-up alerts", "select", "1", ["1", "0"]],
     ],
   },
   top: { size: [400, 320], options: [["n", "Rows", "number", "5"], ["title", "Title", "text", "Top gifters"]] },
@@ -31,6 +32,18 @@ const WIDGETS = {
       ["reached", "Text when reached", "text", "Goal reached!"]],
   },
   viewers: { size: [320, 100], options: [["label", "Label", "text", "watching"]] },
+  battle: {
+    size: [720, 260],
+    note: "It shows only while the stream is in a battle (and its result for a few seconds): "
+      + "the preview stays empty until then.",
+    options: [
+      ["own", "Your side", "select", "left", ["left", "right", "as-sent"]],
+      ["stay", "Seconds the result stays", "number", "8"],
+      ["top", "Contributors per side", "number", "3"],
+      ["own.color", "Your colour", "text", "#ff4f8b"],
+      ["opponent.color", "Opponent's colour", "text", "#3da5ff"],
+    ],
+  },
 };
 
 let widget = WIDGETS[params.get("widget")] ? params.get("widget") : "alerts";
@@ -78,6 +91,7 @@ function showOptions() {
     return box;
   });
   $("options").replaceChildren(...fields);
+  $("widget-note").textContent = WIDGETS[widget].note ?? "";
   $("test-form").hidden = widget !== "alerts" && widget !== "goal" && widget !== "top";
   update();
 }
