@@ -100,13 +100,19 @@ def test_serve_on_the_embedded_default(tmp_path: Path) -> None:
         secret = (tmp_path / "var" / "secret").read_text().strip()
         viewer_token = next(x for x in lines if "viewer  demo_viewer" in x).split()[-1]
         assert auth.verify(secret, viewer_token).sub == "demo_viewer"
-        # The banner: the demo page, the four OBS links as `giftrelay token` prints them,
-        # and where the data lives; every line but a URL, token or path fits in 80 columns.
-        page = lines[lines.index(next(x for x in lines if "Demo page" in x)) + 1].strip()
+        # The banner: the demo page and the rival's (for a battle), the OBS links as
+        # `giftrelay token` prints them, and where the data lives; every line but a URL,
+        # token or path fits in 80 columns.
+        start = lines.index(next(x for x in lines if "Demo page" in x))
+        page = lines[start + 1].strip()
         assert page.startswith("http://127.0.0.1:")
         assert "/?token=" in page
+        rival = lines[start + 3].strip()
+        assert rival.endswith("&stream=rival")
+        creator = auth.verify(secret, rival.partition("&creator=")[2].partition("&")[0])
+        assert (creator.sub, creator.role) == ("rival_creator", "creator")
         links = {x.split()[0]: x.split()[1] for x in lines if "/overlay/" in x}
-        assert list(links) == ["alerts", "top", "goal", "viewers"]
+        assert list(links) == ["alerts", "top", "goal", "viewers", "battle"]
         overlay = links["alerts"].partition("?token=")[2]
         claims = auth.verify(secret, overlay)
         assert (claims.role, claims.stream) == ("overlay", "demo")
@@ -120,6 +126,10 @@ def test_serve_on_the_embedded_default(tmp_path: Path) -> None:
             "wallet", "show", "demo_viewer", env={"GIFTRELAY_VAR_DIR": env["GIFTRELAY_VAR_DIR"]}
         )
         assert msgspec.json.decode(shown.stdout)["coins"] == 10_000
+        rival_stream = run(
+            "stream", "show", "rival", env={"GIFTRELAY_VAR_DIR": env["GIFTRELAY_VAR_DIR"]}
+        )
+        assert msgspec.json.decode(rival_stream.stdout)["live"] is True
 
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0

@@ -13,8 +13,11 @@ DEMO_STREAM = "demo"
 DEMO_CREATOR = "demo_creator"
 DEMO_VIEWERS = ("demo_viewer", "demo_viewer2")
 DEMO_COINS = 10_000
+DEMO_RIVAL_STREAM = "rival"
+DEMO_RIVAL = "rival_creator"
+"""A second live stream and its creator, for a battle against the demo stream."""
 
-OVERLAY_WIDGETS = ("alerts", "top", "goal", "viewers")
+OVERLAY_WIDGETS = ("alerts", "top", "goal", "viewers", "battle")
 OVERLAY_TTL = 30 * 86400
 """An OBS link must outlive a stream; a leaked one is ended with revoke_overlays."""
 
@@ -26,7 +29,7 @@ def browser_url(settings: Settings, port: int) -> str:
 
 
 def overlay_links(base_url: str, token: str) -> list[str]:
-    """The four OBS Browser Source lines for an overlay token, as ``token`` prints them."""
+    """The OBS Browser Source lines for an overlay token, as ``token`` prints them."""
     return [f"  {w:<8} {base_url}/overlay/{w}?token={token}" for w in OVERLAY_WIDGETS]
 
 
@@ -63,6 +66,10 @@ def print_demo(secret: str, base: str) -> None:
     click.echo("")
     click.echo("Demo page: open in a browser (valid 24 h)")
     click.echo(f"  {base}/?token={viewer}&creator={creator}")
+    rival = token(DEMO_RIVAL, auth.Role.CREATOR)
+    viewer2 = token(DEMO_VIEWERS[1], auth.Role.VIEWER)
+    click.echo(f"  a battle: invite {DEMO_RIVAL_STREAM!r} from it, accept on the rival's page:")
+    click.echo(f"  {base}/?token={viewer2}&creator={rival}&stream={DEMO_RIVAL_STREAM}")
     click.echo("")
     click.echo(f"OBS overlays for stream {DEMO_STREAM!r}: paste into a Browser Source (30 days)")
     for line in overlay_links(base, overlay):

@@ -15,7 +15,15 @@ import structlog
 from giftrelay import mover, referee
 from giftrelay.api import server as api_server
 from giftrelay.cli import webhooks
-from giftrelay.cli.banner import DEMO_COINS, DEMO_CREATOR, DEMO_STREAM, DEMO_VIEWERS, print_urls
+from giftrelay.cli.banner import (
+    DEMO_COINS,
+    DEMO_CREATOR,
+    DEMO_RIVAL,
+    DEMO_RIVAL_STREAM,
+    DEMO_STREAM,
+    DEMO_VIEWERS,
+    print_urls,
+)
 from giftrelay.cli.errors import friendly
 from giftrelay.cli.running import load_settings, run, stop_on_signals
 from giftrelay.config import ConfigError, Settings
@@ -227,5 +235,6 @@ def worker() -> None:
 async def _seed_demo(core: Money) -> None:
     """A live demo stream and demo viewers with demo coins: embedded default only."""
     await core.stream_open(DEMO_STREAM, DEMO_CREATOR, "giftrelay demo stream")
+    await core.stream_open(DEMO_RIVAL_STREAM, DEMO_RIVAL, "the demo's rival stream")
     for viewer in DEMO_VIEWERS:
         await core.topup(viewer, DEMO_COINS, f"demo-grant-{viewer}")

@@ -162,12 +162,15 @@ class Catalog:
         self.overlay = overlay or Overlay()
         self.tiers: tuple[Tier, ...] = tuple(sorted(self.overlay.tier, key=lambda t: t.coins))
         overlay_json = {"tiers": self.tiers}
-        self.json: bytes = msgspec.json.encode({"gifts": self.gifts, "overlay": overlay_json})
         self.packages: tuple[Package, ...] = tuple(packages or ())
         """Coin packages, in the file's order (the ``[[package]]`` entries)."""
         self._packages = {p.id: p for p in self.packages}
         self.levels = levels or Levels()
         self.battle = battle or Battle()
+        self.json: bytes = msgspec.json.encode(
+            {"gifts": self.gifts, "overlay": overlay_json, "levels": self.levels,
+             "battle": self.battle}
+        )  # fmt: skip
 
     def package(self, package_id: str) -> Package | None:
         return self._packages.get(package_id)

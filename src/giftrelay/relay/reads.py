@@ -126,6 +126,7 @@ async def read_join(
         recovered=recovered,
         missed=missed,
         snapshot=snapshot,
+        ts=money.clock(),
     )
     return reply, latest
 

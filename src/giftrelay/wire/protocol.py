@@ -221,6 +221,9 @@ class Joined(Reply, tag="joined", frozen=True):
     recovered: bool
     missed: list[msgspec.Raw]
     snapshot: Snapshot
+    ts: int = 0
+    """v1.2: the server's clock when the snapshot was read (ms), e.g. for a battle's
+    countdown before its first live event."""
 
 
 class Left(Reply, tag="left", frozen=True):
