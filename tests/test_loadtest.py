@@ -506,7 +506,7 @@ DOCUMENTED = [
     "bench --peers giftrelay,naive --viewers 100 --gift-rate -1 --inflight 16 --duration 10 "
     "--repeat 3",
     "bench --peers giftrelay,socketio --viewers 5000 --gift-rate 10 --duration 10",
-    "battle --url ws://127.0.0.1:8080/ws --secret S --viewers 2000 --gift-rate 100 "
+    "battle --url ws://127.0.0.1:8080/ws --secret S --viewers 2000 --gift-rate 30 "
     "--battle-seconds 30",
     "gifts --duration 10 --repeat 3",
     "gifts --targets giftrelay --rate 5000 --duration 10",
