@@ -256,6 +256,18 @@ async def test_battle_scores_are_checked_against_the_gifts_the_viewers_received(
     )
 
 
+async def test_a_battle_the_relay_catalog_does_not_allow_fails_with_2(
+    redis: Redis, redis_server: RedisServer, loadtest: Loadtest
+) -> None:
+    async with running_relay(redis_server.url, **RELAY) as h:  # the shipped catalog: 30..900 s
+        status, output = await run_cli(
+            loadtest, "battle", "--url", h.ws, "--viewers", "2", "--gift-rate", "5",
+            "--battle-seconds", "10", "--processes", "1", "--out", "",
+        )  # fmt: skip
+    assert status == 2, output
+    assert "--battle-seconds 10: the relay refused it (duration_s must be 30 to 900" in output
+
+
 async def score_from_history(redis: Redis, stream: str) -> int:
     """docs/protocol.md's rule over the stream's stored history: the gifts between its
     battle_start and battle_end whose ts is in [starts_at, ends_at), diamonds x the largest

@@ -262,7 +262,9 @@ async def start(
         invited = await request(url, tokens[0], invite)
     except RelayError as exc:
         if exc.code == "bad_request":  # a duration outside the relay catalog's bounds
-            raise UsageError(f"--battle-seconds {seconds}: the relay refused it ({exc})") from None
+            raise UsageError(
+                f"--battle-seconds {seconds}: the relay refused it ({exc.message})"
+            ) from None
         raise
     accepted = await request(url, tokens[1], protocol.BattleAccept(battle=invited.battle))
     if accepted.status != "running" or accepted.starts_at is None or accepted.ends_at is None:
