@@ -2,6 +2,7 @@
 
     giftrelay-loadtest busy-stream --url ws://127.0.0.1:8080/ws --secret "$GIFTRELAY_SECRET" \\
         --viewers 1000 --gift-rate 200 --duration 20
+    giftrelay-loadtest battle --secret "$GIFTRELAY_SECRET" --viewers 2000 --gift-rate 30
     giftrelay-loadtest fanout --viewers 1000,5000 --rate 1000 --seconds 10
     giftrelay-loadtest bench --peers giftrelay,naive --viewers 100 --gift-rate -1
     giftrelay-loadtest gifts --duration 10 --repeat 3

@@ -46,10 +46,11 @@ class RelayHandle(msgspec.Struct):
 async def running_relay(
     url: str, drop_hook: Callable[[str, bytes], bool] | None = None, **overrides: Any
 ) -> AsyncIterator[RelayHandle]:
-    """A relay worker in this process over the Redis at ``url``, on a free port."""
+    """A relay worker in this process over the Redis at ``url``, on a free port (a
+    ``catalog=`` path among the overrides replaces the shipped catalog)."""
     settings = Settings.load({}, secret=SECRET, redis_url=url, **overrides)
     redis = redis_connect(url, timeout=settings.redis_timeout)
-    core = Money(redis, settings, catalog.load())
+    core = Money(redis, settings, catalog.load(settings.catalog))
     await core.start()
     relay = Relay(settings, SECRET, url, core, core.catalog)
     if drop_hook is not None:

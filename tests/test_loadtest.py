@@ -23,13 +23,17 @@ from playwright.async_api import expect
 from redis.asyncio import Redis
 from rich.console import Console
 
+from giftrelay import referee
 from giftrelay.client import Client, RelayError
 from giftrelay.embedded import RedisServer
+from giftrelay.money import keys
+from giftrelay.wire.events import Boost
 from loadtest.drivers.gifter import resend
 from loadtest.scenarios import harness
 from loadtest.scenarios.harness import (
     Options,
     UsageError,
+    battle,
     check_target,
     cli,
     preflight,
@@ -177,6 +181,205 @@ async def test_a_relay_that_drops_an_event_fails_the_run(
     assert not result.passed
 
 
+BATTLE_CATALOG = """
+[battle]
+min_s = 10
+
+[[battle.boost]]
+last_s = 5
+multiplier = 2
+
+[[gift]]
+id = "rose"
+name = "Rose"
+coins = 1
+streakable = true
+image = "R"
+"""
+
+
+async def test_battle_scores_are_checked_against_the_gifts_the_viewers_received(
+    redis: Redis, redis_server: RedisServer, tmp_path: Path, loadtest: Loadtest
+) -> None:
+    """``battle`` end to end: a 10-second battle (a catalog whose shortest is 10 s, x2 in
+    its last 5 s) between the harness's two streams, the referee beside the relay as in
+    ``giftrelay serve``; gifts before, through and just after it."""
+    catalog = tmp_path / "catalog.toml"
+    catalog.write_text(BATTLE_CATALOG)
+    stop = asyncio.Event()
+    async with running_relay(redis_server.url, catalog=str(catalog), **RELAY) as h:
+        judge = asyncio.create_task(referee.run(h.money, stop))
+        try:
+            status, output = await run_cli(
+                loadtest, "battle", "--url", h.ws, "--viewers", "20", "--gift-rate", "40",
+                "--battle-seconds", "10", "--processes", "2", "--out", str(tmp_path),
+                "--name", "battle",
+            )  # fmt: skip
+        finally:
+            stop.set()
+            await judge
+    assert status == 0, output
+    [json_path] = files(tmp_path, "battle-*.json")
+    result = result_decoder.decode(json_path.read_bytes())
+    b = result.battle
+    assert b is not None
+    assert (b.duration_s, b.ends_at - b.starts_at) == (10, 10_000)
+    assert b.boosts == [Boost(starts_at=b.ends_at - 5_000, ends_at=b.ends_at, multiplier=2)]
+    # Each side's final score is what its stream's stored gifts make, read here from the
+    # stream's history in Redis: the harness's sum from what its viewers received agrees.
+    for side in b.sides:
+        assert side.score == side.expected == await score_from_history(redis, side.stream)
+        assert 0 < side.gifts_boosted < side.gifts  # gifts before and in the boosted window
+    a, z = b.sides
+    assert a.score > z.score  # 3 of 5 gifts go to the inviting side
+    assert b.winner == a.stream
+    assert b.gifts == a.gifts + z.gifts < result.gifts.acked  # some before or after it
+    assert b.gifts_boosted == a.gifts_boosted + z.gifts_boosted
+    assert b.viewers == b.viewers_started == b.viewers_ended == 20
+    assert (b.distinct_ends, b.extra_starts, b.extra_ends) == (1, 0, 0)
+    assert b.events_per_viewer_min >= 2  # live scores, each viewer
+    assert (b.score_falls, b.late_events) == (0, 0)
+    assert b.end_latency_ms.count == 20
+    assert sum(t.battle_events for t in result.timeline) == b.events
+    c = result.checks
+    battle_checks = (c.battle_start_everywhere, c.battle_end_everywhere, c.battle_scores,
+                     c.battle_scores_never_fall, c.battle_winner)  # fmt: skip
+    assert battle_checks == (True, True, True, True, True)
+    assert result.delivery.lost == 0
+    assert result.conservation.ok
+    assert result.passed
+    for row in ("battle scores", "battle_end", "battle events"):
+        assert row in output
+    [html_path] = files(tmp_path, "battle-*.html")
+    assert_self_contained_with_charts(
+        html_path.read_text(), extra=("battle-scores", "battle-events")
+    )
+
+
+async def test_a_battle_the_relay_catalog_does_not_allow_fails_with_2(
+    redis: Redis, redis_server: RedisServer, loadtest: Loadtest
+) -> None:
+    async with running_relay(redis_server.url, **RELAY) as h:  # the shipped catalog: 30..900 s
+        status, output = await run_cli(
+            loadtest, "battle", "--url", h.ws, "--viewers", "2", "--gift-rate", "5",
+            "--battle-seconds", "10", "--processes", "1", "--out", "",
+        )  # fmt: skip
+    assert status == 2, output
+    assert "--battle-seconds 10: the relay refused it (duration_s must be 30 to 900" in output
+
+
+async def score_from_history(redis: Redis, stream: str) -> int:
+    """docs/protocol.md's rule over the stream's stored history: the gifts between its
+    battle_start and battle_end whose ts is in [starts_at, ends_at), diamonds x the largest
+    boost window holding the ts (else 1)."""
+    score, start = 0, None
+    for _, fields in await redis.xrange(keys.history(stream)):
+        event = json.loads(fields["e"])
+        if event["kind"] == "battle_start":
+            start = event
+        elif event["kind"] == "battle_end":
+            return score
+        elif (
+            event["kind"] == "gift"
+            and start
+            and start["starts_at"] <= event["ts"] < start["ends_at"]
+        ):
+            ts = event["ts"]
+            boosts = [
+                b["multiplier"] for b in start["boosts"] if b["starts_at"] <= ts < b["ends_at"]
+            ]
+            score += event["diamonds"] * max(boosts, default=1)
+    raise AssertionError(f"no battle_end in {stream}'s history")
+
+
+def battle_seen(**changes: object) -> list[wire.BattleSeen]:
+    """Two workers' battle: 1,000 ms to 11,000 ms, x2 from 6,000 ms; side a's gifts cost
+    10 at 1,000 ms (x1), 5 at 6,000 ms (x2) and 1 at 10,999 ms (x2) = 22; side b's one 7."""
+    boosts = [Boost(starts_at=6_000, ends_at=11_000, multiplier=2)]
+
+    def start(offset: str) -> wire.BattleStart:
+        return wire.BattleStart(battle="bt1", offset=offset, starts_at=1_000, ends_at=11_000,
+                                boosts=boosts)  # fmt: skip
+
+    end = changes.pop("end", None) or wire.BattleEnd(
+        battle="bt1", offset="", streams=["a", "b"], scores=[22, 7], winner="a"
+    )
+    a_end, b_end = (
+        msgspec.structs.replace(end, offset="50-0"),
+        msgspec.structs.replace(end, offset="60-0"),
+    )
+    w1 = wire.BattleSeen(
+        viewers=3, viewers_by_stream={"a": 2, "b": 1},
+        starts=[wire.StartSeen(stream="a", start=start("10-0"), viewers=2),
+                wire.StartSeen(stream="b", start=start("20-0"), viewers=1)],
+        ends=[wire.EndSeen(stream="a", end=a_end, viewers=2),
+              wire.EndSeen(stream="b", end=b_end, viewers=1)],
+        events=7, events_min=2, events_max=3,
+        gifts={"a": [("9-0", 2_000, 100),  # before battle_start: not the battle's
+                     ("11-0", 1_000, 10), ("12-0", 6_000, 5)],
+               "b": [("21-0", 999, 3),  # before starts_at
+                     ("22-0", 5_000, 7), ("61-0", 10_000, 4)]},  # 61-0: after battle_end
+    )  # fmt: skip
+    w2 = wire.BattleSeen(
+        viewers=1, viewers_by_stream={"a": 1},
+        starts=[wire.StartSeen(stream="a", start=start("10-0"), viewers=1)],
+        ends=[wire.EndSeen(stream="a", end=a_end, viewers=1)],
+        events=2, events_min=2, events_max=2,
+        gifts={"a": [("12-0", 6_000, 5), ("13-0", 10_999, 1), ("14-0", 11_000, 50)]},
+    )  # fmt: skip
+    for name, value in changes.items():
+        setattr(w2, name, value)
+    return [w1, w2]
+
+
+STARTED = battle.Started(battle="bt1", starts_at=1_000, ends_at=11_000, duration_s=10,
+                         start_ms=12.0)  # fmt: skip
+
+
+def test_the_battle_verdict_prices_each_gift_by_its_time_and_place_in_the_stream() -> None:
+    verdict = battle.judge(STARTED, ["a", "b"], {"a": "ca", "b": "cb"}, battle_seen())
+    assert verdict[1:] == (True, True, True, True, True)
+    a, b = verdict.figures.sides
+    assert (a.score, a.expected, a.gifts, a.gifts_boosted, a.points_boosted) == (22, 22, 3, 2, 12)
+    assert a.stamped_outside == 1  # 9-0: in the battle's time, before its battle_start
+    assert (b.score, b.expected, b.gifts, b.stamped_outside) == (7, 7, 1, 1)
+    f = verdict.figures
+    assert (f.viewers, f.viewers_started, f.viewers_ended, f.distinct_ends) == (4, 4, 4, 1)
+    assert (f.events, f.events_per_viewer, f.events_per_viewer_min) == (9, 2.25, 2)
+    assert f.winner == "a"
+
+
+@pytest.mark.parametrize(
+    ("changes", "failed"),
+    [
+        ({"end": wire.BattleEnd(battle="bt1", offset="", streams=["a", "b"], scores=[21, 7],
+                                winner="a")}, "scores"),
+        ({"end": wire.BattleEnd(battle="bt1", offset="", streams=["a", "b"], scores=[22, 7],
+                                winner=None)}, "winner"),
+        ({"score_falls": 1, "viewers_with_falls": 1}, "never_fall"),
+        ({"viewers_by_stream": {"a": 2}}, "start_everywhere end_everywhere"),  # one missed both
+        ({"extra_ends": 1}, "end_everywhere"),
+    ],
+)  # fmt: skip
+def test_the_battle_verdict_fails_the_check_that_names_what_went_wrong(
+    changes: dict[str, object], failed: str
+) -> None:
+    verdict = battle.judge(STARTED, ["a", "b"], {"a": "ca", "b": "cb"}, battle_seen(**changes))
+    checks = verdict._asdict()
+    del checks["figures"]
+    assert {name for name, ok in checks.items() if not ok} == set(failed.split())
+
+
+def test_battle_ends_that_differ_between_the_streams_fail_the_end_check() -> None:
+    seen = battle_seen()
+    other = msgspec.structs.replace(seen[0].ends[1].end, scores=[22, 8])
+    seen[0].ends[1] = msgspec.structs.replace(seen[0].ends[1], end=other)
+    verdict = battle.judge(STARTED, ["a", "b"], {"a": "ca", "b": "cb"}, seen)
+    assert not verdict.end_everywhere
+    assert verdict.figures.distinct_ends == 2
+    assert not verdict.scores  # b's final score is no longer what its gifts make
+
+
 class Tags(HTMLParser):
     def __init__(self) -> None:
         super().__init__()
@@ -315,6 +518,8 @@ DOCUMENTED = [
     "bench --peers giftrelay,naive --viewers 100 --gift-rate -1 --inflight 16 --duration 10 "
     "--repeat 3",
     "bench --peers giftrelay,socketio --viewers 5000 --gift-rate 10 --duration 10",
+    "battle --url ws://127.0.0.1:8080/ws --secret S --viewers 2000 --gift-rate 30 "
+    "--battle-seconds 30",
     "gifts --duration 10 --repeat 3",
     "gifts --targets giftrelay --rate 5000 --duration 10",
     "gifts --targets giftrelay,naive --workers 2 --duration 10",

@@ -1,5 +1,5 @@
 """The harness's subcommands: ``busy-stream``, ``many-streams``, ``reconnect-storm``,
-``slow-readers``, ``ramp`` (docs/loadtest.md).
+``slow-readers``, ``ramp``, ``battle`` (docs/loadtest.md).
 
     giftrelay-loadtest busy-stream --url ws://127.0.0.1:8080/ws --secret "$GIFTRELAY_SECRET" \\
         --viewers 1000 --gift-rate 200 --duration 20
@@ -39,6 +39,7 @@ HELP = {
     "reconnect-storm": "every viewer drops and rejoins with since within --storm-window s",
     "slow-readers": "a share of viewers read slowly (--slow-share, --slow-delay)",
     "ramp": "viewers and gift rate grow step by step until p99 or delivery fails: the knee",
+    "battle": "two streams in a battle started over the protocol; its scores checked",
 }
 
 
@@ -133,18 +134,39 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")  # fmt: skip
 
 
+def add_battle_options(p: argparse.ArgumentParser) -> None:
+    d = Options()
+    p.add_argument(
+        "--battle-seconds",
+        type=int,
+        default=d.battle_seconds,
+        help="the battle's duration_s: within the relay catalog's [battle] min_s..max_s "
+        "[%(default)s, the default catalog's shortest]",
+    )
+    p.add_argument(
+        "--end-timeout",
+        type=float,
+        default=d.end_timeout,
+        help="seconds past the battle's end to wait for every viewer's battle_end [%(default)s]",
+    )
+
+
 def options_from(args: argparse.Namespace) -> Options:
     tokens = None
     if args.gifter_tokens is not None:
         tokens = [t.strip() for t in args.gifter_tokens.read_text().splitlines() if t.strip()]
     scenario = args.command
-    streams = args.streams or (10 if scenario == "many-streams" else 1)
+    streams = args.streams or {"many-streams": 10, "battle": 2}.get(scenario, 1)
     slow = args.slow_share if args.slow_share is not None else 0.1
+    duration, battle = args.duration, {}
+    if scenario == "battle":  # the run lasts the battle, not --duration
+        duration = float(args.battle_seconds)
+        battle = {"battle_seconds": args.battle_seconds, "end_timeout": args.end_timeout}
     return Options(
         scenario=scenario, url=args.url, flavour=args.flavour, secret=args.secret,
         admin_token=args.admin_token, gifter_tokens=tokens, allow_host=args.allow_host,
         viewers=args.viewers, gift_rate=args.gift_rate, inflight=args.inflight,
-        duration=args.duration, streams=streams, processes=args.processes,
+        duration=duration, streams=streams, processes=args.processes,
         gifts_per_user=args.gifts_per_user, gifters=args.gifters, gift=args.gift,
         diamonds_per_coin=args.diamonds_per_coin,
         slow_share=slow if scenario == "slow-readers" else 0.0, slow_delay=args.slow_delay,
@@ -152,7 +174,7 @@ def options_from(args: argparse.Namespace) -> Options:
         max_steps=args.max_steps, limit_p99=args.limit_p99, max_p99=args.max_p99,
         drain_timeout=args.drain_timeout, connect_rate=args.connect_rate,
         relay_pid=args.relay_pid, metrics_url=args.metrics_url, reconcile=args.reconcile,
-        out=args.out, name=args.name, quiet=args.quiet,
+        out=args.out, name=args.name, quiet=args.quiet, **battle,
     )  # fmt: skip
 
 
@@ -172,9 +194,10 @@ async def run_with_progress(options: Options, console: Console) -> Result:
                 if tick is None or tick.second % 5 == 0 else None
             )  # fmt: skip
         return await harness.run()
-    total = options.duration if options.scenario != "ramp" else (
-        options.step_seconds * options.max_steps
-    )  # fmt: skip
+    total = {
+        "ramp": options.step_seconds * options.max_steps,
+        "battle": options.battle_lead + options.battle_seconds + 1.5,  # to its battle_end
+    }.get(options.scenario, options.duration)
     with progress_bar(console) as progress:
         task = progress.add_task(options.scenario, total=total, rates="setting up")
         started: list[float] = []
@@ -240,9 +263,12 @@ def rates(tick: wire.Tick, width: int) -> str:
 
 
 def add_parser(commands: Any) -> None:
-    """The five scenarios' subcommands."""
+    """The harness's scenarios' subcommands."""
     for scenario in SCENARIOS:
-        add_run_options(commands.add_parser(scenario, help=HELP[scenario], epilog=EXIT_STATUS))
+        p = commands.add_parser(scenario, help=HELP[scenario], epilog=EXIT_STATUS)
+        add_run_options(p)
+        if scenario == "battle":
+            add_battle_options(p)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -24,7 +24,7 @@ from giftrelay import auth
 from giftrelay.client import Client
 
 from ...drivers.viewer import percentile
-from . import preflight, wire
+from . import battle, preflight, wire
 from .options import Options, UsageError, check_target, metrics_url_for
 from .outcome import FUNDS, conserve, reconcile, result
 from .relaystats import RelaySampler, Sample
@@ -158,10 +158,12 @@ class Harness:
         within = 30 + total / max(1.0, self.o.connect_rate * len(self.workers)) * 3
         return await self.gather(wire.ViewersReady, within)
 
-    async def wait(self, seconds: float) -> None:
+    async def wait(self, seconds: float, until: Callable[[], bool] | None = None) -> None:
+        """``seconds``, or until ``until()`` holds (looked at as each worker's tick comes
+        in); the progress line is drawn meanwhile."""
         loop = asyncio.get_running_loop()
         end = loop.time() + seconds
-        while (left := end - loop.time()) > 0:
+        while (left := end - loop.time()) > 0 and not (until is not None and until()):
             self.timeline.changed.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(left):
@@ -201,6 +203,8 @@ class Harness:
                     slow_delay=o.slow_delay,
                     connect_rate=o.connect_rate,
                     retry_for=o.retry_for,
+                    gift_streams=battle_split(streams) if o.scenario == "battle" else None,
+                    battle=o.scenario == "battle",
                 )
                 self.workers.append(await start_worker(plan, self.timeline.add))
             before_viewers = await self._sample()
@@ -214,7 +218,11 @@ class Harness:
             connected = sum(r.count for r in ready)
             failed = sum(r.failed for r in ready)
             run_start = time.time()
-            if o.scenario == "ramp":
+            started: battle.Started | None = None
+            if o.scenario == "battle":
+                viewers_total = first_viewers
+                started = await self._battle(streams, creators, connected)
+            elif o.scenario == "ramp":
                 steps = await self._ramp(first_viewers, len(streams))
                 viewers_total = steps[-1].viewers if steps else first_viewers
             else:
@@ -248,6 +256,10 @@ class Harness:
                 o.diamonds_per_coin,
             )  # fmt: skip
             reconciled = await reconcile() if o.reconcile else None
+            verdict = None
+            if started is not None:
+                seen = [f.battle for f in finals if f.battle is not None]
+                verdict = battle.judge(started, streams, creators, seen)
             return result(
                 self,
                 started_at=started_at,
@@ -263,6 +275,7 @@ class Harness:
                 conservation=conservation,
                 reconcile=reconciled,
                 steps=steps,
+                battle=verdict,
             )
         finally:
             if sampling is not None:
@@ -284,6 +297,25 @@ class Harness:
                 w.proc.kill()
                 await w.proc.wait()
             w.reader.cancel()
+
+    async def _battle(
+        self, streams: list[str], creators: dict[str, str], viewers: int
+    ) -> battle.Started:
+        """Gifts on both sides; a moment later the battle, invited by the first stream's
+        creator and accepted by the other's; gifts go on until every viewer has received
+        ``battle_end`` (or ``end_timeout`` s past the end)."""
+        o = self.o
+        self.set_rate(o.gift_rate)
+        await self.wait(o.battle_lead)  # gifts before the battle: they must not count
+        tokens = [self._mint(creators[s], auth.Role.CREATOR) for s in streams]
+        started = await battle.start(
+            o.url, streams, tokens, o.battle_seconds, f"lt{self.run_id}-battle"
+        )
+        if self.progress:
+            self.progress(f"battle {started.battle} running", None)
+        await self.wait(started.ends_at / 1000 - time.time())
+        await self.wait(o.end_timeout, until=lambda: self.timeline.battle_ends >= viewers)
+        return started
 
     async def _ramp(self, viewers0: int, streams: int) -> list[Step]:
         """Step viewers and gift rate up until a step misses the limits; the knee is before it."""
@@ -338,6 +370,13 @@ class Harness:
             if reason:
                 break
         return steps
+
+
+def battle_split(streams: list[str]) -> list[str]:
+    """The streams gifts go to in turn in a battle: 3 of 5 to the inviting side, so that
+    a side wins (an even split of one gift would often draw)."""
+    a, b = streams
+    return [a, b, a, b, a]
 
 
 def _subject(token: str) -> str:

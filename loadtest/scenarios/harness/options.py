@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-SCENARIOS = ("busy-stream", "many-streams", "reconnect-storm", "slow-readers", "ramp")
+SCENARIOS = ("busy-stream", "many-streams", "reconnect-storm", "slow-readers", "ramp", "battle")
 
 
 class Options(msgspec.Struct, kw_only=True):
@@ -49,6 +49,12 @@ class Options(msgspec.Struct, kw_only=True):
     relay_pid: list[int] | None = None
     metrics_url: str | None = None
     reconcile: bool = False
+    battle_seconds: int = 30
+    """``battle``: its length (the default catalog's shortest)."""
+    battle_lead: float = 1.0
+    """``battle``: seconds of gifts before the invitation (they must not count)."""
+    end_timeout: float = 30.0
+    """``battle``: how long past ``ends_at`` to wait for every viewer's ``battle_end``."""
     out: str | None = "loadtest-results"
     name: str | None = None
     quiet: bool = False
@@ -64,7 +70,17 @@ class Options(msgspec.Struct, kw_only=True):
             (0 <= self.slow_share <= 1, "--slow-share must be 0..1"),
             (1 <= self.max_steps <= 100, "--max-steps must be 1..100"),
             (self.gift_rate != 0 or self.scenario == "ramp", "--gift-rate must not be 0"),
+            (1 <= self.battle_seconds <= 3600, "--battle-seconds must be 1..3600"),
+            (0 < self.end_timeout <= 600, "--end-timeout must be in (0, 600] seconds"),
         ]
+        if self.scenario == "battle":
+            checks += [
+                (self.streams == 2, "battle is two streams"),
+                (self.viewers >= 2, "--viewers must be 2 or more: both sides have viewers"),
+                (self.flavour == "giftrelay", "battle speaks giftrelay's protocol only"),
+                (self.secret is not None, "battle needs --secret: each side's creator "
+                 "answers with a creator token"),
+            ]  # fmt: skip
         for ok, message in checks:
             if not ok:
                 raise UsageError(message)

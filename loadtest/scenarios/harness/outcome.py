@@ -27,6 +27,7 @@ from .result import (
 )
 
 if TYPE_CHECKING:
+    from .battle import Verdict
     from .coordinator import Harness
 
 FUNDS = 10**9
@@ -100,6 +101,7 @@ def result(
     conservation: Conservation,
     reconcile: Reconcile | None,
     steps: list[Step],
+    battle: Verdict | None = None,
 ) -> Result:
     o = h.o
     tl = h.timeline
@@ -146,6 +148,12 @@ def result(
         all_viewers_connected=failed == 0,
         gifts_applied=gifts_acked > 0 and set(tl.errors) <= PASSING_ERRORS,
     )
+    if battle is not None:
+        checks.battle_start_everywhere = battle.start_everywhere
+        checks.battle_end_everywhere = battle.end_everywhere
+        checks.battle_scores = battle.scores
+        checks.battle_scores_never_fall = battle.never_fall
+        checks.battle_winner = battle.winner
     timeline = [
         TimePoint(
             second=s,
@@ -157,6 +165,8 @@ def result(
             p99_ms=percentile(tl.per_second_latency.get(s, {}), 99),
             max_ms=percentile(tl.per_second_latency.get(s, {}), 100),
             errors=sum(t.errors.values()),
+            battle_events=t.battle_events,
+            battle_scores=t.battle_scores,
         )
         for s, t in sorted(tl.seconds.items())
     ]
@@ -224,6 +234,7 @@ def result(
         knee=knee,
         checks=checks,
         passed=checks.passed(),
+        battle=battle.figures if battle is not None else None,
     )
 
 

@@ -19,7 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ...drivers.viewer import Latency
-from .result import Result
+from .result import BattleFigures, Result
 
 
 def write_json(result: Result, path: Path) -> None:
@@ -83,6 +83,8 @@ def summary_rows(r: Result) -> list[tuple[str, str]]:
         ]  # fmt: skip
     c = r.conservation
     rows.append(("conservation", f"{_mark(c.ok)} {c.detail}"))
+    if r.battle is not None:
+        rows += battle_rows(r.battle, r)
     if r.reconcile is not None:
         rows.append(("reconcile", _mark(r.reconcile.ok)))
     if r.checks.p99 is not None:
@@ -99,6 +101,40 @@ def summary_rows(r: Result) -> list[tuple[str, str]]:
             )
         )
     return rows
+
+
+def battle_rows(b: BattleFigures, r: Result) -> list[tuple[str, str]]:
+    """The ``battle`` scenario's rows: the battle, its scores against the gifts, its events."""
+    k = r.checks
+    boosts = ", ".join(f"x{x.multiplier} in the last {(x.ends_at - x.starts_at) / 1000:g} s"
+                       for x in b.boosts) or "no boost"  # fmt: skip
+    scores = "  ".join(
+        f"{s.stream} {s.score:,} (gifts make {s.expected:,}: {s.gifts:,} gifts, "
+        f"{s.gifts_boosted:,} boosted)"
+        for s in b.sides
+    )
+    outside = sum(s.stamped_outside for s in b.sides)
+    lat = b.end_latency_ms
+    return [
+        ("battle", f"{b.battle}: {b.duration_s} s, {boosts}; winner {b.winner or 'none'} "
+                   f"{_mark(k.battle_winner)}; started in {b.start_ms:,.0f} ms"),
+        ("battle scores", f"{_mark(k.battle_scores)} {scores}"),
+        ("battle gifts", f"{b.gifts:,} in the battle, {b.gifts_boosted:,} in the boosted window"
+                         + (f"; {outside} stamped in it but outside its stretch of the stream"
+                            if outside else "")),
+        ("battle_start", f"{_mark(k.battle_start_everywhere)} {b.viewers_started:,} of "
+                         f"{b.viewers:,} viewers" + (f", {b.extra_starts} twice"
+                                                     if b.extra_starts else "")),
+        ("battle events", f"{_mark(k.battle_scores_never_fall)} {b.events:,} received, "
+                          f"{b.events_per_viewer:,.1f} per viewer ({b.events_per_viewer_min:,}"
+                          f"..{b.events_per_viewer_max:,}); {b.score_falls} score falls "
+                          f"({b.viewers_with_falls} viewers); {b.late_events} after battle_end"),
+        ("battle_end", f"{_mark(k.battle_end_everywhere)} {b.viewers_ended:,} of "
+                       f"{b.viewers:,} viewers, {b.distinct_ends} result(s)"
+                       + (f", {b.extra_ends} twice" if b.extra_ends else "")
+                       + (f"; arrived {lat.p50:,.0f} ms (p50) .. {lat.max:,.0f} ms (max) "
+                          f"after ends_at" if lat.count else "")),
+    ]  # fmt: skip
 
 
 def summary_table(r: Result) -> Table:
@@ -223,6 +259,24 @@ def charts(r: Result) -> list[Chart]:
             ],
         ),
     ]  # fmt: skip
+    if r.battle is not None:
+        streams = [side.stream for side in r.battle.sides]
+        out += [
+            Chart(
+                id="battle-scores", title="Battle scores (live battle events)", x="second",
+                x_label=t, axes=[Axis(label="points")],
+                series=[Series(label=f"{stream}", column=f"battle_score_{i}", colour=colour,
+                               unit="points")
+                        for i, (stream, colour) in enumerate(zip(streams, ("#c2255c", "#1971c2"),
+                                                                 strict=False))],
+            ),
+            Chart(
+                id="battle-events", title="Battle events delivered per second", x="second",
+                x_label=t, axes=[Axis(label="battle events/s")],
+                series=[Series(label="battle events", column="battle_events", colour="#e67700",
+                               unit="events/s")],
+            ),
+        ]  # fmt: skip
     if r.steps:
         out.append(
             Chart(
@@ -240,7 +294,7 @@ def charts(r: Result) -> list[Chart]:
     return out
 
 
-def chart_data(r: Result) -> dict[str, list[float]]:
+def chart_data(r: Result) -> dict[str, list[float | None]]:
     """The columns the charts read, by name."""
     tl = r.timeline
     return {
@@ -259,7 +313,18 @@ def chart_data(r: Result) -> dict[str, list[float]]:
         "step": [s.index for s in r.steps],
         "step_p99_ms": [s.p99_ms for s in r.steps],
         "step_gifts_per_s": [s.gifts_per_s for s in r.steps],
-    }
+        "battle_events": [t.battle_events for t in tl],
+        **{f"battle_score_{i}": _held([t.battle_scores[i] if len(t.battle_scores) > i else None
+                                       for t in tl]) for i in range(2)},
+    }  # fmt: skip
+
+
+def _held(values: list[float | None]) -> list[float | None]:
+    """A score holds from one live event to the next: a second without one repeats it."""
+    out: list[float | None] = []
+    for v in values:
+        out.append(v if v is not None or not out else out[-1])
+    return out
 
 
 def _figure(c: Chart) -> str:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import msgspec
 
+from giftrelay.wire.events import Boost
+
 from ...drivers.viewer import Delivery
 
 
@@ -31,6 +33,10 @@ class WorkerPlan(msgspec.Struct, kw_only=True):
     """New connections per second per worker, so a big run does not SYN-flood itself."""
     retry_for: float = 10.0
     max_inflight: int = 20_000
+    gift_streams: list[str] | None = None
+    """The streams gifts go to, in turn (``streams`` when None): battle's 3:2 split."""
+    battle: bool = False
+    """``battle``: viewers also follow the battle's events (:mod:`.battle`)."""
 
 
 # -- coordinator -> worker ------------------------------------------------------------------
@@ -92,6 +98,12 @@ class Tick(Report, tag="tick"):
     reconnects: int = 0
     viewers: int = 0
     """Viewer connections open at the end of the second."""
+    battle_events: int = 0
+    """``battle``: live ``battle`` events received."""
+    battle_ends: int = 0
+    """``battle``: viewers that received ``battle_end`` in this second."""
+    battle_scores: list[int] = msgspec.field(default_factory=list)
+    """``battle``: the highest score of each side (inviting side first) viewers saw."""
 
 
 class ViewersReady(Report, tag="viewers_ready"):
@@ -116,8 +128,69 @@ class ViewerTotals(Delivery, kw_only=True):
     close_codes: dict[int, int] = msgspec.field(default_factory=dict)
 
 
+class BattleStart(msgspec.Struct, frozen=True, kw_only=True):
+    """A ``battle_start`` event as viewers received it."""
+
+    battle: str
+    offset: str
+    starts_at: int
+    ends_at: int
+    boosts: list[Boost]
+
+
+class BattleEnd(msgspec.Struct, frozen=True, kw_only=True):
+    """A ``battle_end`` event as viewers received it: sides' streams and scores in order."""
+
+    battle: str
+    offset: str
+    streams: list[str]
+    scores: list[int]
+    winner: str | None
+
+
+class StartSeen(msgspec.Struct, kw_only=True):
+    stream: str
+    start: BattleStart
+    viewers: int
+
+
+class EndSeen(msgspec.Struct, kw_only=True):
+    stream: str
+    end: BattleEnd
+    viewers: int
+
+
+class BattleSeen(msgspec.Struct, kw_only=True):
+    """A worker's viewers' battle: what they received of it, added up."""
+
+    viewers: int = 0
+    viewers_by_stream: dict[str, int] = msgspec.field(default_factory=dict)
+    starts: list[StartSeen] = msgspec.field(default_factory=list)
+    """Each distinct ``battle_start`` of each stream, and how many viewers received it."""
+    ends: list[EndSeen] = msgspec.field(default_factory=list)
+    """Likewise ``battle_end``."""
+    extra_starts: int = 0
+    """``battle_start`` events a viewer received after its first."""
+    extra_ends: int = 0
+    events: int = 0
+    """Live ``battle`` events received, all viewers."""
+    events_min: int = 0
+    """The fewest a viewer received."""
+    events_max: int = 0
+    score_falls: int = 0
+    """A side's score lower than the one before it (live events, then ``battle_end``)."""
+    viewers_with_falls: int = 0
+    late_events: int = 0
+    """Live ``battle`` events received after the viewer's ``battle_end``."""
+    end_latency: dict[int, int] = msgspec.field(default_factory=dict)
+    """``battle_end`` arrival - ``ends_at``, counts per 0.1 ms bucket."""
+    gifts: dict[str, list[tuple[str, int, int]]] = msgspec.field(default_factory=dict)
+    """Every gift event the viewers received, by stream: (offset, ts, diamonds), once each."""
+
+
 class Final(Report, tag="final"):
     totals: ViewerTotals
+    battle: BattleSeen | None = None
 
 
 class Failed(Report, tag="failed"):

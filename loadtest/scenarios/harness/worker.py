@@ -25,6 +25,7 @@ from giftrelay.client import Client, Event, EventsHandler, GiftOk, Joined
 from ...drivers.gifter import Book, Gifter, error_code, pace
 from ...drivers.viewer import Expected, Meter, Viewer, drain
 from . import wire
+from .battle import BattleClient, BattleLog, BattleViewer
 
 
 class Connection(Protocol):
@@ -82,6 +83,8 @@ class Worker:
         self.global_viewer = plan.index
         self.rng = random.Random(plan.index)
         self.reconnects_seen = 0
+        self.battle = BattleLog() if plan.battle else None
+        """``battle``: the viewers' battle, added up (their viewers are BattleViewers)."""
 
     def send(self, report: wire.Report) -> None:
         self.out.write(wire.encoder.encode(report) + b"\n")
@@ -90,6 +93,8 @@ class Worker:
     # -- viewers ---------------------------------------------------------------------------
 
     def _seat(self, stream: str, slow: bool) -> Seat:
+        if self.battle is not None:
+            return self._battle_seat(stream)
         viewer = Viewer(stream, self.slow_meter if slow else self.meter)
         on_events: EventsHandler = viewer.on_events
         if slow:
@@ -103,6 +108,15 @@ class Worker:
             self.plan.flavour, self.plan.url, None, on_events=on_events, on_joined=viewer.joined
         )
         return Seat(viewer, client, slow)
+
+    def _battle_seat(self, stream: str) -> Seat:
+        assert self.battle is not None
+        viewer = BattleViewer(stream, self.meter, self.battle)
+        client = BattleClient(
+            self.plan.url, None, dedupe=False, on_events=viewer.on_events,
+            on_joined=viewer.joined, on_battle=viewer.on_battle,
+        )  # fmt: skip
+        return Seat(viewer, client, False)
 
     async def set_viewers(self, count: int) -> None:
         started = time.monotonic()
@@ -158,7 +172,7 @@ class Worker:
             self.pacer.cancel()
             self.pacer = None
         turn = itertools.cycle(self.gifters)
-        streams = itertools.cycle(self.plan.streams)
+        streams = itertools.cycle(self.plan.gift_streams or self.plan.streams)
         if rate > 0:  # open loop: at ``rate`` whatever the answers do (as real viewers would)
 
             def start() -> None:
@@ -224,8 +238,12 @@ class Worker:
             totals.reconnects += seat.client.reconnects
             codes.update(seat.client.close_codes)
         totals.close_codes = dict(codes)
+        battle = None
+        if self.battle is not None:
+            viewers = [seat.viewer for seat in self.seats]
+            battle = self.battle.seen(v for v in viewers if isinstance(v, BattleViewer))
         self.flush_tick()
-        self.send(wire.Final(worker=self.plan.index, totals=totals))
+        self.send(wire.Final(worker=self.plan.index, totals=totals, battle=battle))
 
     # -- the loop --------------------------------------------------------------------------
 
@@ -247,6 +265,9 @@ class Worker:
         errors.update(gifts.errors)
         reconnects = sum(seat.client.reconnects for seat in self.seats)
         new_reconnects, self.reconnects_seen = reconnects - self.reconnects_seen, reconnects
+        battle_events, battle_ends, battle_scores = (
+            self.battle.take() if self.battle is not None else (0, 0, [])
+        )
         self.send(
             wire.Tick(
                 worker=plan.index,
@@ -263,6 +284,9 @@ class Worker:
                 errors=dict(errors),
                 reconnects=new_reconnects,
                 viewers=sum(1 for seat in self.seats if seat.client.connected),
+                battle_events=battle_events,
+                battle_ends=battle_ends,
+                battle_scores=battle_scores,
             )
         )
 

@@ -76,12 +76,19 @@ class Timeline:
         self.per_second_latency: dict[int, Counter[int]] = {}
         self.errors: Counter[str] = Counter()
         self.viewers: dict[tuple[int, int], int] = {}
+        self.battle_ends = 0
+        """``battle``: viewers that have received ``battle_end``, so far."""
         self.changed = asyncio.Event()
 
     def add(self, tick: wire.Tick) -> None:
         total = self.seconds.setdefault(tick.second, wire.Tick(worker=-1, second=tick.second))
-        for name in ("gifts_sent", "gifts_acked", "coins_acked", "events", "gift_events"):
+        for name in ("gifts_sent", "gifts_acked", "coins_acked", "events", "gift_events",
+                     "battle_events", "battle_ends"):  # fmt: skip
             setattr(total, name, getattr(total, name) + getattr(tick, name))
+        if tick.battle_scores:
+            mine = total.battle_scores or [0] * len(tick.battle_scores)
+            total.battle_scores = [max(a, b) for a, b in zip(mine, tick.battle_scores, strict=True)]
+        self.battle_ends += tick.battle_ends
         total.frames += tick.frames
         total.reconnects += tick.reconnects
         self.viewers[(tick.second, tick.worker)] = tick.viewers
