@@ -12,7 +12,17 @@ from redis.asyncio import Redis
 from websockets.asyncio.server import serve
 
 from giftrelay.auth import Role
-from giftrelay.client import Client, Event, GiftEvent, Joined, RelayError, ViewersEvent
+from giftrelay.client import (
+    BattleEvent,
+    BattleStartEvent,
+    Client,
+    Event,
+    GiftEvent,
+    Joined,
+    LevelUpEvent,
+    RelayError,
+    ViewersEvent,
+)
 from giftrelay.embedded import RedisServer
 
 from .conftest import ledger_entries
@@ -298,4 +308,35 @@ async def test_mindful_spending_with_the_typed_client(relay: RelayHandle, redis:
         assert spending.confirm_coins == 20
         assert (await alice.set_cooldown(None)).coins is None
     assert len(await ledger_entries(redis, "gift")) == 3
+    await admin.close()
+
+
+async def test_a_battle_with_the_typed_client(relay: RelayHandle) -> None:
+    """v1.2 through the client: invite and accept, then typed battle and level events."""
+    admin = await setup_stream(relay, "alice")
+    await admin.stream_open("s2", "rival", creator="rival")
+    seen = Seen()
+    async with (
+        Client(relay.ws, on_events=seen.on_events) as viewer,
+        Client(relay.ws, token("cre", Role.CREATOR)) as creator,
+        Client(relay.ws, token("rival", Role.CREATOR)) as rival,
+        Client(relay.ws, token("alice")) as alice,
+    ):
+        await viewer.join("s1")
+        invited = await creator.battle_invite("s1", "s2", 60, id="invite-00001")
+        assert invited.status == "invited"
+        running = await rival.battle_answer(invited.battle, accept=True)
+        assert (running.status, running.battle) == ("running", invited.battle)
+        await alice.gift("s1", "donut", count=4)  # 120 coins: level 1, 120 points
+        await seen.until(lambda: any(isinstance(e, BattleEvent) for e in seen.other))
+        [start] = [e for e in seen.other if isinstance(e, BattleStartEvent)]
+        assert [s.stream for s in start.sides] == ["s1", "s2"]
+        [level] = [e for e in seen.other if isinstance(e, LevelUpEvent)]
+        assert (level.user, level.level, seen.gifts[0].level) == ("alice", 1, 1)
+        await seen.until(
+            lambda: any(isinstance(e, BattleEvent) and e.sides[0].score == 120 for e in seen.other)
+        )
+        with pytest.raises(RelayError) as refused:
+            await rival.battle_answer(invited.battle, accept=False)
+        assert refused.value.code == "battle_closed"
     await admin.close()

@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 
 from giftrelay.money import keys
 from giftrelay.money.api import Money
+from giftrelay.money.scripts import Script
 from giftrelay.wire.errors import Code, Refused
 
 from .conftest import Clock, ledger_entries
@@ -200,3 +201,21 @@ async def test_a_stream_busy_at_the_accept_cancels_the_battle(
     clock.advance(61_000)
     assert await live.end_battles(grace_ms=0) == 1  # only s3's battle was running
     assert [e["id"] for e in await ledger_entries(redis, "battle")] == [other.battle]
+
+
+async def test_a_battle_being_ended_reads_as_over_not_as_zero(live: Money, clock: Clock) -> None:
+    """The referee lets the streams go one after the other: a state read in between sees
+    the battle over (its battle_end is on its way), not a side fallen to 0."""
+    battle = await started(live, clock)
+    await live.gift("v1", "s1", "rose", 10, "scored-00001")
+    state = await live.battle_state(battle)
+    assert state is not None
+    assert [s.score for s in state.sides] == [10, 0]
+    left = await live.pipe.call(
+        Script.BATTLE_LEAVE,
+        [keys.stream("s1"), keys.history("s1"), keys.channel("s1")],
+        [battle, "", live.settings.history_len],
+        idempotent=True,
+    )
+    assert left == ["ok", 1]  # s1 let go, s2 not yet, the record still running
+    assert await live.battle_state(battle) is None

@@ -1,10 +1,8 @@
 """The ``battle`` scenario's own parts (docs/loadtest.md, "The battle").
 
-In the worker processes: :class:`BattleClient`, giftrelay's client that also hands the
-battle events whole to its viewer (the client knows the protocol before v1.2, so it
-delivers them as ``UnknownEvent``: kind, offset and ts only); :class:`BattleViewer`, a
-measuring viewer that also follows the battle; :class:`BattleLog`, a worker's viewers'
-battle, added up into a :class:`~.wire.BattleSeen`.
+In the worker processes: :class:`BattleViewer`, a measuring viewer that also follows the
+battle (giftrelay's client delivers the v1.2 events typed); :class:`BattleLog`, a
+worker's viewers' battle, added up into a :class:`~.wire.BattleSeen`.
 
 In the coordinator: :func:`start`, the invitation by one stream's creator and the
 acceptance by the other's, over the protocol; :func:`judge`, the figures and the
@@ -17,7 +15,6 @@ the boost windows holding its ``ts`` (1 outside them).
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
 from collections import Counter
@@ -25,7 +22,6 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
 import msgspec
-from websockets.asyncio.client import connect
 
 from giftrelay.client import Client, Event, GiftEvent, RelayError
 from giftrelay.wire import protocol
@@ -37,61 +33,6 @@ from .options import UsageError
 from .result import BattleFigures, BattleSideFigures
 
 AnyBattleEvent = BattleStartEvent | BattleEvent | BattleEndEvent
-BattleHandler = Callable[[str, list[AnyBattleEvent]], None]
-KINDS = frozenset({"battle_start", "battle", "battle_end"})
-MARK = '"kind":"battle'
-"""In every frame that holds a battle event (the relay writes events without spaces);
-a frame without it is not decoded a second time."""
-
-
-class _Carrier(msgspec.Struct):
-    """An ``events`` frame or a ``joined`` reply: the events it carries, undecoded."""
-
-    type: str
-    stream: str = ""
-    events: list[msgspec.Raw] = []
-    missed: list[msgspec.Raw] = []
-
-
-class _Kind(msgspec.Struct):
-    kind: str = ""
-
-
-_carrier = msgspec.json.Decoder(_Carrier)
-_kind = msgspec.json.Decoder(_Kind)
-_battle = msgspec.json.Decoder(AnyBattleEvent)
-
-
-def battle_events(data: str | bytes) -> tuple[str, list[AnyBattleEvent]]:
-    """The stream and the battle events of a frame, in the frame's order."""
-    carrier = _carrier.decode(data)
-    if carrier.type not in ("events", "joined"):
-        return carrier.stream, []
-    found: list[AnyBattleEvent] = []
-    for raw in (*carrier.missed, *carrier.events):
-        if _kind.decode(raw).kind in KINDS:
-            found.append(_battle.decode(raw))
-    return carrier.stream, found
-
-
-class BattleClient(Client):
-    """:class:`giftrelay.client.Client` that also gives ``on_battle`` the battle events
-    of each frame, typed and whole, once the frame was delivered as usual (so that a
-    battle event it cannot read costs no gift: the client logs the error)."""
-
-    def __init__(
-        self, url: str, token: str | None = None, *, on_battle: BattleHandler, **kwargs: Any
-    ) -> None:
-        super().__init__(url, token, **kwargs)
-        self.on_battle = on_battle
-
-    async def _on_frame(self, data: str | bytes) -> None:
-        await super()._on_frame(data)
-        marked = MARK.encode() in data if isinstance(data, bytes) else MARK in data
-        if marked:
-            stream, events = battle_events(data)
-            if events:
-                self.on_battle(stream, events)
 
 
 # -- the viewers' side (worker processes) ------------------------------------------------------
@@ -175,9 +116,14 @@ class BattleViewer(Viewer):
     def on_events(self, stream: str, events: list[Event], live: bool = True) -> None:
         super().on_events(stream, events, live)
         received = self.received
+        battle: list[AnyBattleEvent] = []
         for e in events:
             if type(e) is GiftEvent and not e.test and e.offset not in received:
                 received[e.offset] = (e.ts, e.diamonds)
+            elif isinstance(e, BattleStartEvent | BattleEvent | BattleEndEvent):
+                battle.append(e)
+        if battle:
+            self.on_battle(stream, battle)
 
     def on_battle(self, stream: str, events: list[AnyBattleEvent]) -> None:
         for e in events:
@@ -221,32 +167,15 @@ class Started(NamedTuple):
     """From sending the invitation to the acceptance's reply."""
 
 
-class _Head(msgspec.Struct):
-    type: str = ""
-    ref: str | None = None
-
-
-_head = msgspec.json.Decoder(_Head)
-_answer = msgspec.json.Decoder(protocol.BattleOk | protocol.Error)
-REF = "lt-battle"
-
-
 async def request(url: str, token: str, message: protocol.Request) -> protocol.BattleOk:
-    """One battle request on a connection of its own: its ``battle_ok``, or RelayError.
-
-    Not :class:`giftrelay.client.Client`'s: it does not know the v1.2 replies."""
-    async with connect(f"{url}?token={token}", open_timeout=10, compression=None) as ws:
-        async with asyncio.timeout(10):
-            await ws.recv()  # hello
-            await ws.send(msgspec.json.encode(msgspec.structs.replace(message, ref=REF)), text=True)
-            while True:
-                data = await ws.recv()
-                if _head.decode(data).ref == REF:
-                    break
-    reply = _answer.decode(data)
-    if isinstance(reply, protocol.Error):
-        raise RelayError(reply.code, reply.message)
-    return reply
+    """One battle request on a connection of its own: its ``battle_ok``, or RelayError."""
+    async with Client(url, token, reconnect=False) as client:
+        if isinstance(message, protocol.BattleInvite):
+            return await client.battle_invite(
+                message.stream, message.opponent, message.duration_s, message.id
+            )
+        assert isinstance(message, protocol.BattleAccept)
+        return await client.battle_answer(message.battle, accept=True)
 
 
 async def start(

@@ -25,7 +25,7 @@ from giftrelay.client import Client, Event, EventsHandler, GiftOk, Joined
 from ...drivers.gifter import Book, Gifter, error_code, pace
 from ...drivers.viewer import Expected, Meter, Viewer, drain
 from . import wire
-from .battle import BattleClient, BattleLog, BattleViewer
+from .battle import BattleLog, BattleViewer
 
 
 class Connection(Protocol):
@@ -112,10 +112,9 @@ class Worker:
     def _battle_seat(self, stream: str) -> Seat:
         assert self.battle is not None
         viewer = BattleViewer(stream, self.meter, self.battle)
-        client = BattleClient(
-            self.plan.url, None, dedupe=False, on_events=viewer.on_events,
-            on_joined=viewer.joined, on_battle=viewer.on_battle,
-        )  # fmt: skip
+        client = Client(
+            self.plan.url, None, dedupe=False, on_events=viewer.on_events, on_joined=viewer.joined
+        )
         return Seat(viewer, client, False)
 
     async def set_viewers(self, count: int) -> None:

@@ -57,17 +57,36 @@ from giftrelay.client.messages import ServerMessage as ServerMessage
 from giftrelay.client.messages import decode_event as decode_event
 from giftrelay.wire import protocol
 from giftrelay.wire.events import (
+    BattleEndEvent,
+    BattleEvent,
+    BattleInviteEvent,
+    BattleStartEvent,
     ComboEndEvent,
     GiftEvent,
     GoalEvent,
+    LevelUpEvent,
     StreamEndedEvent,
     TopEvent,
     ViewersEvent,
 )
-from giftrelay.wire.protocol import Balance, GiftOk, Hello, Joined, Spending, StreamOk, TopupOk
+from giftrelay.wire.protocol import (
+    Balance,
+    BattleOk,
+    GiftOk,
+    Hello,
+    Joined,
+    Spending,
+    StreamOk,
+    TopupOk,
+)
 
 __all__ = [
     "Balance",
+    "BattleEndEvent",
+    "BattleEvent",
+    "BattleInviteEvent",
+    "BattleOk",
+    "BattleStartEvent",
     "Client",
     "ComboEndEvent",
     "Disconnected",
@@ -77,6 +96,7 @@ __all__ = [
     "GoalEvent",
     "Hello",
     "Joined",
+    "LevelUpEvent",
     "RelayError",
     "Spending",
     "StreamEndedEvent",
@@ -197,3 +217,21 @@ class Client(Connection):
 
     async def stream_close(self, stream: str) -> StreamOk:
         return await self.request(protocol.StreamClose(stream=stream), StreamOk)
+
+    async def battle_invite(
+        self, stream: str, opponent: str, duration_s: int, id: str | None = None
+    ) -> BattleOk:
+        """Creator of ``stream``: invite the creator of ``opponent`` (idempotent by ``id``)."""
+        message = protocol.BattleInvite(
+            stream=stream, opponent=opponent, duration_s=duration_s, id=id or new_id()
+        )
+        return await self.request(message, BattleOk)
+
+    async def battle_answer(self, battle: str, accept: bool) -> BattleOk:
+        """The invited stream's creator: accept (the battle starts now) or decline."""
+        message: protocol.ClientMessage = (
+            protocol.BattleAccept(battle=battle)
+            if accept
+            else protocol.BattleDecline(battle=battle)
+        )
+        return await self.request(message, BattleOk)

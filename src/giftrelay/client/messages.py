@@ -25,16 +25,32 @@ Known = (
     events.GiftEvent
     | events.GoalEvent
     | events.StreamEndedEvent
+    | events.LevelUpEvent
+    | events.BattleInviteEvent
+    | events.BattleDeclinedEvent
+    | events.BattleStartEvent
+    | events.BattleEndEvent
     | events.ViewersEvent
     | events.TopEvent
     | events.ComboEndEvent
+    | events.BattleEvent
 )
 """The event kinds this client knows."""
 
 Event = Known | UnknownEvent
-"""Everything ``on_events`` can receive. Only gift, goal and stream_ended are stored events."""
+"""Everything ``on_events`` can receive. The live ones (viewers, top, combo_end, battle)
+are not stored: they carry the offset of the latest stored event."""
 
-STORED = (events.GiftEvent, events.GoalEvent, events.StreamEndedEvent)
+STORED = (
+    events.GiftEvent,
+    events.GoalEvent,
+    events.StreamEndedEvent,
+    events.LevelUpEvent,
+    events.BattleInviteEvent,
+    events.BattleDeclinedEvent,
+    events.BattleStartEvent,
+    events.BattleEndEvent,
+)
 
 EventsHandler = Callable[[str, list[Event]], Awaitable[None] | None]
 """Called with each batch of a stream's events, in offset order. A coroutine result is
@@ -66,6 +82,7 @@ ServerMessage = (
     | protocol.GoalOk
     | protocol.TestOk
     | protocol.RevokeOk
+    | protocol.BattleOk
     | protocol.Error
     | protocol.Events
 )

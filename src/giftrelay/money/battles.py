@@ -246,13 +246,15 @@ class Battles:
         stored = await self._stored(battle)
         if stored is None or stored.status != "running":
             return None
-        sides = await asyncio.gather(
+        a, b = await asyncio.gather(
             self._score(stored.a, stored.creator_a, battle),
             self._score(stored.b, stored.creator_b, battle),
         )
+        if a is None or b is None:  # being ended right now: its battle_end is on its way
+            return None
         return protocol.BattleState(
             battle=battle,
-            sides=list(sides),
+            sides=[a, b],
             starts_at=stored.start_ms,
             ends_at=stored.end_ms,
             boosts=self.catalog.battle.boosts(stored.start_ms, stored.end_ms),
@@ -274,11 +276,18 @@ class Battles:
         if stored is not None and stored.status in ("running", "ended"):
             raw = stored.result
             if stored.status == "running":
-                sides = await asyncio.gather(
+                scored = await asyncio.gather(
                     self._score(stored.a, stored.creator_a, battle),
                     self._score(stored.b, stored.creator_b, battle),
                 )
-                raw = msgspec.json.encode(_result_of(battle, stored, list(sides))).decode()
+                sides = [
+                    side or BattleSide(stream, creator, 0, [])  # a stream that never joined
+                    for side, stream, creator in zip(
+                        scored, (stored.a, stored.b), (stored.creator_a, stored.creator_b),
+                        strict=True,
+                    )
+                ]  # fmt: skip
+                raw = msgspec.json.encode(_result_of(battle, stored, sides)).decode()
                 reply = await self.pipe.call(
                     Script.BATTLE_CLOSE,
                     [keys.battle(battle)],
@@ -337,15 +346,16 @@ class Battles:
             return None
         return msgspec.convert(raw, Stored, strict=False)
 
-    async def _score(self, stream: str, creator: str, battle: str) -> BattleSide:
+    async def _score(self, stream: str, creator: str, battle: str) -> BattleSide | None:
         """One side: its score and top contributors with their levels (the stream's slot,
-        read at one instant)."""
+        read at one instant); None when the stream is not in the battle (it never joined,
+        or the referee let it go)."""
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hmget(keys.stream(stream), ["battle", "b_score"])
             pipe.zrevrange(keys.battle_top(stream), 0, TOP - 1, withscores=True)
             (current, score), top = await guard(pipe.execute())
-        if current != battle:  # left already, or another battle's: nothing of this one
-            score, top = 0, []
+        if current != battle:
+            return None
         levels = await self.levels([str(user) for user, _ in top])
         return BattleSide(
             stream=stream,

@@ -145,7 +145,8 @@ const viewer = new Feed({
       if (reply?.type === "balance") renderBalance(reply.coins);
     }
   },
-  onReset(snapshot) {
+  onReset(snapshot, ts) {
+    clock.observe(ts);
     info = { ...snapshot, goal: snapshot.goal && { ...snapshot.goal } };
     renderStream();
     renderTop(snapshot.top);

@@ -23,7 +23,10 @@ const view = new BattleView(document.getElementById("battle"), {
   clock,
 });
 const feed = startOverlay({
-  onReset: (snapshot) => view.reset(snapshot),
+  onReset(snapshot, ts) {
+    clock.observe(ts);
+    view.reset(snapshot);
+  },
   onMissed: (events) => view.missed(events),
   onEvent(e) {
     clock.observe(e.ts);

@@ -65,8 +65,8 @@ async function checkToken(token) {
 /**
  * One WebSocket to the relay, joined to one stream, rejoining by itself after a drop.
  *
- * Callbacks: onReset(snapshot) after every join (the snapshot is the whole current
- * state, so widgets replace theirs with it); onMissed(events) with the stored events
+ * Callbacks: onReset(snapshot, ts) after every join (the snapshot is the whole current
+ * state, so widgets replace theirs with it; ts is the relay's clock then); onMissed(events) with the stored events
  * missed during a drop, when all of them could be recovered (already counted in the
  * snapshot: only for showing them); onEvent(event) for each live event, each stored
  * one once; onHello(hello); onStatus(state, detail) where state is one of
@@ -197,7 +197,7 @@ export class Feed {
         this.#joinedAt = Date.now();
         const resumed = (this.#last !== null || this.#backfill) && m.recovered;
         this.#last = m.offset;
-        this.onReset(m.snapshot);
+        this.onReset(m.snapshot, m.ts);
         if (resumed && m.missed.length) this.onMissed(m.missed, { backfill: this.#backfill });
         this.#status("live");
         return;
@@ -398,7 +398,7 @@ export function levelBadge(level) {
  * whatever the clock of the PC running OBS says. Each live event's `ts` minus the
  * monotonic local time when it arrived is a lower bound of the offset (the event took
  * some time to arrive), so the largest of the last few is kept. Until an event has
- * arrived, the local clock stands in.
+ * arrived (a join's reply carries one too), the local clock stands in.
  */
 export class ServerClock {
   #samples = [];
