@@ -127,8 +127,7 @@ class Money(Streams, Battles):
             )
             receipt = self.gift_receipt(reply, stream, request_id)
             assert receipt is not None  # the cluster's steps never ask to re-read the creator
-            await self.steps.settle()  # its transfer out of the outbox: the gift is whole
-            return receipt
+            return receipt  # whole: its transfer leaves the outbox with others, soon
         for attempt in range(2):
             creator = await self._creator(stream, refresh=attempt > 0)
             reply = await self._gift_call(viewer, stream, gift, count, request_id, creator, confirm)
