@@ -223,7 +223,7 @@ async def test_reconcile_counts_earnings_and_holds_collects(money: Money, store:
     taken = await money.pipe.call(  # a payout's collect, its process dead after step 1
         Script.COLLECT,
         [keys.stream("stream0")],
-        ["stream0", money.clock()],
+        ["stream0", money.clock(), "creator0"],
         idempotent=False,
         shard=(keys.outbox, keys.hold),
     )
@@ -232,17 +232,20 @@ async def test_reconcile_counts_earnings_and_holds_collects(money: Money, store:
     consumer = quick_consumer(money.redis, store)
     await drain(consumer)
 
+    await money.redis.sadd(keys.HOLDS[0], "another-reconcile")  # running beside this one
     report = await reconcile(money.redis, store, wait=0.3)
     assert not report.caught_up
     assert report.waiting == "1 collect(s) of earnings still in the outboxes"
-    assert not any([await money.redis.exists(key) for key in keys.HOLDS])  # released
+    assert await money.redis.smembers(keys.HOLDS[0]) == {"another-reconcile"}  # not released
+    await money.redis.delete(keys.HOLDS[0])
+    assert not any([await money.redis.exists(key) for key in keys.HOLDS])  # its own released
     assert (await steps_of(money).sweep(grace_ms=0)).moved == 1  # the mover finishes it
     report = await reconcile(money.redis, store, wait=5)
     assert report.ok, report.lines()
     assert report.wallets == len(VIEWERS) + len(CREATORS)
 
     for key in keys.HOLDS:  # as a reconcile holds them
-        await money.redis.set(key, "1", px=60_000)
+        await money.redis.sadd(key, "a-reconcile")
     with pytest.raises(Unavailable):  # the wallet holds 2, the payout needs the earnings
         await money.payout("creator0", 3, "payout-00001")
     for key in keys.HOLDS:

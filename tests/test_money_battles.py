@@ -213,9 +213,36 @@ async def test_a_battle_being_ended_reads_as_over_not_as_zero(live: Money, clock
     assert [s.score for s in state.sides] == [10, 0]
     left = await live.pipe.call(
         Script.BATTLE_LEAVE,
-        [keys.stream("s1"), keys.history("s1"), keys.channel("s1")],
+        [keys.stream("s1"), keys.history("s1"), keys.channel("s1"), keys.battle_top("s1")],
         [battle, "", live.settings.history_len],
         idempotent=True,
     )
     assert left == ["ok", 1]  # s1 let go, s2 not yet, the record still running
     assert await live.battle_state(battle) is None
+
+
+async def test_a_battle_a_stream_is_not_in_at_its_end_is_cancelled_not_scored(
+    live: Money, redis: Redis, clock: Clock
+) -> None:
+    """An accept that died half-way (one stream joined): the referee records no result and
+    the joined stream announces the end, cancelled; a late join is refused."""
+    battle = await started(live, clock)
+    await live.pipe.call(
+        Script.BATTLE_LEAVE,
+        [keys.stream("s1"), keys.history("s1"), keys.channel("s1"), keys.battle_top("s1")],
+        [battle, "", live.settings.history_len],
+        idempotent=True,
+    )  # as if s1 had never joined
+    clock.advance(MINUTE)
+    assert await live.end_battles(grace_ms=0) == 1
+    assert await ledger_entries(redis, "battle") == []
+    [end] = await stored(redis, "s2", "battle_end")
+    assert (end["battle"], end["cancelled"]) == (battle, True)
+    assert await stored(redis, "s1", "battle_end") == []
+    late = await live.pipe.call(  # an accept's retry after the end joins nothing
+        Script.BATTLE_JOIN,
+        [keys.stream("s1"), keys.battle_top("s1"), keys.history("s1"), keys.channel("s1")],
+        [battle, 0, clock.ms - 1, "", "{}", 1000, clock.ms],
+        idempotent=True,
+    )
+    assert late[:2] == ["err", "battle_closed"]

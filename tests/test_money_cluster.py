@@ -339,6 +339,42 @@ async def test_earnings_wait_on_the_stream_until_a_payout_collects_them_once(
     assert {e["kind"] for e in await ledger_entries(money.redis)} == {"topup", "gift", "payout"}
 
 
+async def test_a_retried_gift_keeps_the_amounts_it_was_debited_at(
+    money: Money, redis_cluster: LocalCluster
+) -> None:
+    """A relay died after the debit; the retry reaches a relay with another diamond rate:
+    the stream's step credits what the debit priced, not the retry's price."""
+    await open_streams(money)
+    await money.topup("viewer4", 100, "grant-viewer4")
+    first = await money.gift("viewer4", "stream1", "heart", 2, "gift-price-01")  # 10, 10
+    other, redis = await money_on(redis_cluster, diamonds_per_coin="1/2")
+    try:
+        again = await other.gift("viewer4", "stream1", "heart", 2, "gift-price-01")
+        assert again.replayed
+        assert (again.coins, again.diamonds) == (first.coins, first.diamonds) == (10, 10)
+        steps = steps_of(other)
+        t = Transfer(id="gift-price-02", to="creator1", stream="stream1", diamonds=5, ts=1,
+                     gift="heart", name="Heart", count=2, coins=10, from_="viewer4")  # fmt: skip
+        debit = other.pipe.submit(  # a debit at the old price, as the dead relay made it
+            Script.GIFT_DEBIT,
+            [keys.wallet("viewer4"), keys.gift_idem("viewer4", "gift-price-02"),
+             keys.spending("viewer4", money.clock() // rules.DAY_MS)],
+            ["gift-price-02", "viewer4", "creator1", "stream1", "heart", "Heart", 2, 10, 10,
+             1, money.clock(), 3_600_000, 0, "", other.level_thresholds],
+            idempotent=True,
+            shard=(keys.outbox,),
+        )  # fmt: skip
+        reply = await steps.after_debit(debit, t)  # the retry's own price said 5 diamonds
+        assert reply[6] == 10
+        await steps.settle()
+    finally:
+        await other.aclose()
+        await redis.aclose()
+    gifts = [e for e in await ledger_entries(money.redis) if e["kind"] == "gift"]
+    assert sorted(e["diamonds"] for e in gifts) == [10, 10]
+    assert await money.redis.hget(keys.stream("stream1"), "earnings") == "20"
+
+
 async def test_a_collect_a_payout_left_is_credited_once_by_the_mover(money: Money) -> None:
     """The payout's process died between a collect's steps: the earnings left the stream
     for the outbox; the mover credits them to the wallet once."""
@@ -348,7 +384,7 @@ async def test_a_collect_a_payout_left_is_credited_once_by_the_mover(money: Mone
     taken = await money.pipe.call(
         Script.COLLECT,
         [keys.stream("stream1")],
-        ["stream1", money.clock()],
+        ["stream1", money.clock(), "creator1"],
         idempotent=False,
         shard=(keys.outbox, keys.hold),
     )
@@ -362,7 +398,10 @@ async def test_a_collect_a_payout_left_is_credited_once_by_the_mover(money: Mone
     assert (await money.balance("creator1")).diamonds == 5
     assert await money.redis.hget(keys.wallet("creator1"), "diamonds") == "5"
     # Nothing held: a collect moves nothing and leaves no transfer.
-    assert await steps_of(money).collect("stream1") == 0
+    assert await steps_of(money).collect("stream1", "creator1") == 0
+    await money.gift("viewer2", "stream1", "rose", 2, "gift-00002")
+    assert await steps_of(money).collect("stream1", "creator2") == 0  # not creator2's stream
+    assert await money.redis.hget(keys.stream("stream1"), "earnings") == "2"
     assert await outbox_length(money.redis) == 0
 
 

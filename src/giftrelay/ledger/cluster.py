@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import time
 from collections import Counter
 from typing import Any
@@ -154,20 +155,24 @@ class SlotsMoved(Exception):
 async def reconcile_cluster(redis: Redis, store: Store, *, wait: float = 30.0) -> Report:
     """``giftrelay.ledger.reconcile.reconcile`` on a Redis Cluster; see the module's doc."""
     heads = await store.heads()  # before anything else: see the lost-data rule
-    await _hold(redis, wait)
+    token = secrets.token_hex(8)
+    await _hold(redis, token, wait)
     try:
         collecting = await _let_collects_finish(redis, wait)
         if collecting:
             return Report(position=None, caught_up=False, waiting=collecting)
-        return await _reconcile(redis, store, heads, wait)
+        return await _reconcile(redis, store, heads, wait, token)
     finally:
-        await _release(redis)
+        await _release(redis, token)
 
 
-async def _reconcile(redis: Redis, store: Store, heads: dict[int, Position], wait: float) -> Report:
+async def _reconcile(
+    redis: Redis, store: Store, heads: dict[int, Position], wait: float, token: str
+) -> Report:
     extra: list[str] = []
     for attempt in range(ATTEMPTS):
         try:
+            await _hold(redis, token, wait)  # again: the wait and sums of an attempt take time
             seen = await _see(redis, extra)
         except SlotsMoved:
             if attempt == ATTEMPTS - 1:
@@ -205,18 +210,21 @@ HOLD_MS = 120_000
 not stop collects for long."""
 
 
-async def _hold(redis: Redis, wait: float) -> None:
-    """Hold collects on every node (collect.lua refuses while its bucket's hold is set)."""
+async def _hold(redis: Redis, token: str, wait: float) -> None:
+    """Hold collects on every node (collect.lua refuses while its bucket's hold is not
+    empty): this run's ``token`` joins the bucket's set of holders, so that a reconcile
+    running beside it, ending first, does not release this one's hold."""
     async with redis.pipeline(transaction=False) as pipe:
         for key in keys.HOLDS:
-            pipe.set(key, "1", px=HOLD_MS + round(wait * 1000))
+            pipe.sadd(key, token)
+            pipe.pexpire(key, HOLD_MS + round(wait * 1000))
         await pipe.execute()
 
 
-async def _release(redis: Redis) -> None:
+async def _release(redis: Redis, token: str) -> None:
     async with redis.pipeline(transaction=False) as pipe:
         for key in keys.HOLDS:
-            pipe.delete(key)
+            pipe.srem(key, token)
         await pipe.execute()
 
 
@@ -371,7 +379,10 @@ async def _compare(
             if gift is not None and gift.held == "stream" and p.asset == "diamonds":
                 # The creator's earnings on the stream, read by that stream's look.
                 found = earned.get(gift.stream)
-                at = found[2].streams.get(row.bucket) if found is not None else None
+                if found is None:  # a stream opened after its node's SCAN: no look read it
+                    adjust[(user, p.asset)] -= p.amount
+                    continue
+                at = found[2].streams.get(row.bucket)
                 if at is not None and row.position > at:
                     adjust[(user, p.asset)] -= p.amount  # made on its node after the look
                 continue

@@ -151,7 +151,7 @@ def _debit_record(e: GiftEntry, level: int) -> str:
     entry it names is none (RECORDED_OUTBOX_ENTRY): the stream's step is recorded too."""
     outbox = keys.outbox(key_slot(keys.wallet(e.sender).encode()) // keys.BUCKET_SLOT_SPAN)
     reply = ["ok", outbox, RECORDED_OUTBOX_ENTRY, e.coins, e.coins_after, e.ts, level, 0,
-             int(e.confirmed)]  # fmt: skip
+             int(e.confirmed), e.diamonds]  # fmt: skip
     return f"gift|{e.stream}|{e.gift}|{e.count}\n{_json(reply)}"
 
 

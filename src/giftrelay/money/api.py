@@ -475,7 +475,9 @@ class Money(Streams, Battles):
     async def _collect(self, creator: str) -> bool:
         assert self.steps is not None
         streams = await guard(self.redis.smembers(keys.creator_streams(creator)))
-        moved = await asyncio.gather(*(self.steps.collect(str(s)) for s in sorted(streams)))
+        moved = await asyncio.gather(
+            *(self.steps.collect(str(s), creator) for s in sorted(streams))
+        )
         return None in moved
 
     async def set_cap(self, user: str, daily_coins: int | None) -> int | None:
@@ -597,6 +599,8 @@ class Money(Streams, Battles):
         a collect meanwhile makes the sum short for that moment, never twice counted)."""
         streams = sorted(await guard(self.redis.smembers(keys.creator_streams(creator))))
         held = await guard(
-            asyncio.gather(*(self.redis.hget(keys.stream(str(s)), "earnings") for s in streams))
+            asyncio.gather(
+                *(self.redis.hmget(keys.stream(str(s)), ["creator", "earnings"]) for s in streams)
+            )
         )
-        return sum(int(h or 0) for h in held)
+        return sum(int(e or 0) for owner, e in held if owner == creator)  # theirs only

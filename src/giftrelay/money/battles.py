@@ -151,13 +151,15 @@ class Battles:
             idempotent=True,  # by the battle's id, made from the request's
         )
         _, status, new = ok(reply, "battle_invite")
-        if new:
+        announced = not new and await guard(self.redis.hexists(keys.battle(battle), "announced"))
+        if status == "invited" and not announced:  # (a retry announces what a crash did not)
             await self._announce(
                 opponent,
                 {"kind": "battle_invite", "ts": now, "battle": battle, "opponent": stream,
                  "opponent_creator": ours["creator"], "duration_s": duration_s,
                  "expires_at": expires},
             )  # fmt: skip
+            await guard(self.redis.hset(keys.battle(battle), "announced", 1))
         return protocol.BattleOk(battle=battle, status=str(status))
 
     async def battle_answer(
@@ -224,13 +226,19 @@ class Battles:
         refusal = next((r for r in joined if r[0] != "ok"), None)
         if refusal is None:
             return
+        await self._cancel(battle, stored, starts, ends)
+        ok(refusal, "battle_join")  # raises it
+
+    async def _cancel(self, battle: str, stored: Stored, starts: int, ends: int) -> None:
+        """A battle a stream could not join (or, for the referee, never joined): the
+        stream that joined announced the start, so it announces the end, cancelled; no
+        result is recorded."""
         cancelled = msgspec.json.encode(
             {"kind": "battle_end", "ts": self.clock(), "battle": battle,
              "sides": [BattleSide(stored.a, stored.creator_a, 0, []),
                        BattleSide(stored.b, stored.creator_b, 0, [])],
              "winner": None, "starts_at": starts, "ends_at": ends, "cancelled": True}
         ).decode()  # fmt: skip
-        # A stream that joined announced the start: it announces the end (the other, none).
         await asyncio.gather(*(self._leave(s, battle, cancelled) for s in (stored.a, stored.b)))
         await self.pipe.call(
             Script.BATTLE_ANSWER,
@@ -239,7 +247,6 @@ class Battles:
             idempotent=True,
         )
         await guard(self.redis.zrem(keys.BATTLES, battle))
-        ok(refusal, "battle_join")  # raises it
 
     async def battle_state(self, battle: str) -> protocol.BattleState | None:
         """A running battle as events and snapshots show it; None once it is over."""
@@ -268,7 +275,10 @@ class Battles:
             self.redis.zrangebyscore(keys.BATTLES, "-inf", now - grace_ms, start=0, num=32)
         )
         for battle in due:
-            await self._end(str(battle))
+            try:
+                await self._end(str(battle))
+            except Exception:  # one battle that fails must not keep the others running
+                log.exception("battle not ended; the next look tries again", battle=str(battle))
         return len(due)
 
     async def _end(self, battle: str) -> None:
@@ -276,18 +286,14 @@ class Battles:
         if stored is not None and stored.status in ("running", "ended"):
             raw = stored.result
             if stored.status == "running":
-                scored = await asyncio.gather(
+                a, b = await asyncio.gather(
                     self._score(stored.a, stored.creator_a, battle),
                     self._score(stored.b, stored.creator_b, battle),
                 )
-                sides = [
-                    side or BattleSide(stream, creator, 0, [])  # a stream that never joined
-                    for side, stream, creator in zip(
-                        scored, (stored.a, stored.b), (stored.creator_a, stored.creator_b),
-                        strict=True,
-                    )
-                ]  # fmt: skip
-                raw = msgspec.json.encode(_result_of(battle, stored, sides)).decode()
+                if a is None or b is None:  # a stream never joined (its accept died half-way)
+                    await self._cancel(battle, stored, stored.start_ms, stored.end_ms)
+                    return
+                raw = msgspec.json.encode(_result_of(battle, stored, [a, b])).decode()
                 reply = await self.pipe.call(
                     Script.BATTLE_CLOSE,
                     [keys.battle(battle)],
@@ -313,7 +319,12 @@ class Battles:
     async def _leave(self, stream: str, battle: str, event: str) -> None:
         reply = await self.pipe.call(
             Script.BATTLE_LEAVE,
-            [keys.stream(stream), keys.history(stream), keys.channel(stream)],
+            [
+                keys.stream(stream),
+                keys.history(stream),
+                keys.channel(stream),
+                keys.battle_top(stream),
+            ],
             [battle, event, self.settings.history_len],
             idempotent=True,  # leaves only a stream still in this battle
         )

@@ -57,8 +57,8 @@ def outbox(bucket: int | None) -> str:
 
 
 def hold(bucket: int | None) -> str:
-    """String with a TTL: on a cluster, set on every bucket while a reconcile counts; the
-    collects of earnings on its node wait (collect.lua)."""
+    """Set with a TTL: on a cluster, the reconciles counting (a token each), on every
+    bucket; while it is not empty the collects of earnings on its node wait (collect.lua)."""
     return f"hold:{{{BUCKET_TAGS[bucket or 0]}}}"
 
 

@@ -46,6 +46,9 @@ class Streams:
         check_ident("stream", stream)
         check_ident("creator", creator)
         check_title(title)
+        if self.pipe.cluster:  # first: a stream opened is always listed (its owner is checked
+            # where the list is read, so a refused open listing it here changes nothing)
+            await guard(self.redis.sadd(keys.creator_streams(creator), stream))
         reply = await self.pipe.call(
             Script.STREAM_OPEN,
             [keys.stream(stream)],
@@ -53,8 +56,6 @@ class Streams:
             idempotent=False,  # no id: run again after a close, it would reopen the stream
         )
         ok(reply, "stream_open")
-        if self.pipe.cluster:  # the creator's earnings there count in balances and payouts
-            await guard(self.redis.sadd(keys.creator_streams(creator), stream))
         self._creators[stream] = creator
         return await self.stream_info(stream)
 

@@ -124,7 +124,7 @@ class Steps:
         the coins: the future of a reply shaped as gift.lua's on one Redis, so that the
         callers read both alike. A refusal of step 1 is that reply. ``gift``: the transfer
         as the request made it; the debit's reply adds the rest (its time, the balance
-        after, the level, the confirmation)."""
+        after, the level, the confirmation) and its amounts replace the request's."""
         result: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
 
         def debited(step: asyncio.Future[Any]) -> None:
@@ -134,9 +134,13 @@ class Steps:
             if reply[0] != "ok":
                 result.set_result(reply)
                 return
-            _, outbox, entry, coins, balance, ts, level, level_up, confirmed, replayed = reply
-            t = msgspec.structs.replace(
+            _, outbox, entry, coins, balance, ts, level, level_up, confirmed, diamonds, replayed = (
+                reply
+            )
+            t = msgspec.structs.replace(  # the amounts as debited (a retry was priced again)
                 gift,
+                coins=coins,
+                diamonds=diamonds,
                 ts=ts,
                 coins_after=balance,
                 level=level,
@@ -172,7 +176,7 @@ class Steps:
             last = self.router.submit(
                 Script.COLLECT_CREDIT,
                 [keys.wallet(t.to), keys.collected(t.to, t.stream, int(t.id[1:]))],
-                [t.diamonds, retention, settings.max_balance],
+                [t.diamonds, retention],
                 idempotent=True,  # by the collect's record on the creator's slot
             )
         else:
@@ -215,14 +219,15 @@ class Steps:
         last.add_done_callback(done)
         return last
 
-    async def collect(self, stream: str) -> int | None:
-        """Move the creator's earnings on ``stream`` into their wallet (both steps): the
-        diamonds moved (0 when none were held), or None while a reconcile holds collects.
-        Raises :class:`Refused` or :class:`Unavailable` as the money core's calls do."""
+    async def collect(self, stream: str, creator: str) -> int | None:
+        """Move ``creator``'s earnings on ``stream`` into their wallet (both steps): the
+        diamonds moved (0 when none were held, or the stream is another's), or None while
+        a reconcile holds collects. Raises :class:`Refused` or :class:`Unavailable` as the
+        money core's calls do."""
         reply = await self.router.call(
             Script.COLLECT,
             [keys.stream(stream)],
-            [stream, int(self.clock() * 1000)],
+            [stream, int(self.clock() * 1000), creator],
             idempotent=False,  # a second run finds the earnings taken: nothing is held
             shard=(keys.outbox, keys.hold),
         )

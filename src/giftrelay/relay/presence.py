@@ -19,6 +19,10 @@ from giftrelay.money.catalog import multiplier_at
 from giftrelay.relay.room import Room
 from giftrelay.wire import events, protocol
 
+FORGET_BATTLE = 40
+"""Beats (10 s) a room's battle may read as not running before the room stops looking:
+the battle_end event ends it; this only bounds a battle whose end the room missed."""
+
 
 class Presence:
     def __init__(self, money: Money, worker: str, heartbeat_ttl_ms: int) -> None:
@@ -71,9 +75,12 @@ class Presence:
             state = states.get(room.battle or "", ValueError())  # a battle that began since
             if isinstance(state, BaseException):
                 continue
-            if state is None:  # over: its battle_end event is on its way
-                room.battle = None
+            if state is None:  # not both sides in it yet, or over (its battle_end will say)
+                room.battle_misses += 1
+                if room.battle_misses > FORGET_BATTLE:
+                    room.battle = None
                 continue
+            room.battle_misses = 0
             multiplier = multiplier_at(state.boosts, ts)
             seen = (state.sides, multiplier)
             if seen != room.battle_seen:

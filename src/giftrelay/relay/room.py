@@ -120,6 +120,8 @@ class Room:
         """The battle the stream is in: its state is read each beat (both sides)."""
         self.battle_seen: tuple[object, ...] | None = None
         """The battle's state last sent (sides and multiplier)."""
+        self.battle_misses = 0
+        """Beats in a row that read the battle as not running (presence.FORGET_BATTLE)."""
 
     @property
     def channel(self) -> str:

@@ -62,7 +62,7 @@ _MESSAGES: dict[Code, str] = {
     ),
     Code.COOLING_DOWN: "you are cooling down: gifts resume at resume_at",
     Code.UNKNOWN_BATTLE: "there is no such battle",
-    Code.BATTLE_BUSY: "a stream of this battle is in another battle or invitation",
+    Code.BATTLE_BUSY: "a stream of this battle is in another battle",
     Code.BATTLE_CLOSED: "this battle invitation is no longer open",
     Code.INTERNAL: "internal error",
 }

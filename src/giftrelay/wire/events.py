@@ -46,7 +46,8 @@ class StreamEndedEvent(StreamEvent, tag="stream_ended", frozen=True):
 
 
 class LevelUpEvent(StreamEvent, tag="level_up", frozen=True):
-    """A gift to this stream took its sender past a level's threshold (once per level)."""
+    """A gift to this stream took its sender past one or more levels' thresholds: once per
+    such gift, with the level reached."""
 
     user: str
     level: int

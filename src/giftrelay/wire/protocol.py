@@ -326,7 +326,8 @@ class RevokeOk(Reply, tag="revoke_ok", frozen=True):
 
 
 class BattleOk(Reply, tag="battle_ok", frozen=True):
-    """v1.2: ``status`` is ``invited``, ``running`` or ``declined``; the times once it runs."""
+    """v1.2: ``status`` is ``invited``, ``running`` or ``declined`` (a repeated request may
+    also find it ``ended``, ``expired`` or ``cancelled``); the times once it runs."""
 
     battle: str
     status: str

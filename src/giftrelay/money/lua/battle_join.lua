@@ -17,6 +17,8 @@ if bad then return refuse('internal', bad) end
 local st = redis.call('HMGET', KEYS[1], 'creator', 'status', 'battle', 'b_end')
 if not st[1] then return refuse('unknown_stream') end
 if st[3] == ARGV[1] then return {'ok', 0} end
+-- A late retry of the accept, after the referee ended the battle: never again.
+if int(ARGV[7]) >= int(ARGV[3]) then return refuse('battle_closed', 'the battle is over') end
 if st[3] and tonumber(st[4] or 0) + 60000 > int(ARGV[7]) then
   return refuse('battle_busy', 'the stream is in battle ' .. st[3])
 end

@@ -15,9 +15,10 @@
 -- ARGV[15] the gifter levels' thresholds ('100,1000,...')
 -- ARGV[16] out:{bucket}, the outbox, a shard key (see _prelude.lua)
 -- Returns {'ok', outbox, entry id, coins, balance, now, level, level up (1/0),
---   confirmed (1/0), replayed} or {'err', code, detail} ('cooling_down' and
+--   confirmed (1/0), diamonds, replayed} or {'err', code, detail} ('cooling_down' and
 --   'confirm_required' as gift.lua): the caller holds the rest of the transfer (the
---   request's own arguments), so neither the reply nor its record repeats it.
+--   request's own arguments), so neither the reply nor its record repeats it; the
+--   amounts are the first run's (a retry is priced again by its caller).
 
 local id, viewer, creator, stream = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local gift, count, coins = ARGV[5], int(ARGV[7]), int(ARGV[8])
@@ -49,4 +50,4 @@ local transfer = cjson.encode({
 local entry = redis.call('XADD', outbox, '*', 't', transfer)
 return remember(KEYS[2], fingerprint,
   {'ok', outbox, entry, coins, balance, now, level, level_up and 1 or 0,
-   charge.confirmed and 1 or 0}, int(ARGV[12]))
+   charge.confirmed and 1 or 0, int(ARGV[9])}, int(ARGV[12]))
