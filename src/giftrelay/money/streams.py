@@ -46,9 +46,11 @@ class Streams:
         check_ident("stream", stream)
         check_ident("creator", creator)
         check_title(title)
-        if self.pipe.cluster:  # first: a stream opened is always listed (its owner is checked
-            # where the list is read, so a refused open listing it here changes nothing)
-            await guard(self.redis.sadd(keys.creator_streams(creator), stream))
+        if self.pipe.cluster:  # first, so that a stream opened is always listed (a process
+            # dying in between lists one not opened: its owner is checked where it is read)
+            owner = await guard(self.redis.hget(keys.stream(stream), "creator"))
+            if owner in (None, creator):  # (another's stream: the open is refused below)
+                await guard(self.redis.sadd(keys.creator_streams(creator), stream))
         reply = await self.pipe.call(
             Script.STREAM_OPEN,
             [keys.stream(stream)],
