@@ -15,7 +15,7 @@ from prometheus_client import REGISTRY
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from giftrelay import auth
+from giftrelay import auth, referee
 from giftrelay.auth import Role
 from giftrelay.config import Settings
 from giftrelay.money import catalog
@@ -44,10 +44,16 @@ class RelayHandle(msgspec.Struct):
 
 @contextlib.asynccontextmanager
 async def running_relay(
-    url: str, drop_hook: Callable[[str, bytes], bool] | None = None, **overrides: Any
+    url: str,
+    drop_hook: Callable[[str, bytes], bool] | None = None,
+    *,
+    with_referee: bool = False,
+    port: int = 0,
+    **overrides: Any,
 ) -> AsyncIterator[RelayHandle]:
-    """A relay worker in this process over the Redis at ``url``, on a free port (a
-    ``catalog=`` path among the overrides replaces the shipped catalog)."""
+    """A relay worker in this process over the Redis at ``url``, on ``port`` (0: a free
+    one; a ``catalog=`` path among the overrides replaces the shipped catalog), with the
+    referee that ends battles beside it if ``with_referee`` (as ``giftrelay serve`` runs)."""
     settings = Settings.load({}, secret=SECRET, redis_url=url, **overrides)
     redis = redis_connect(url, timeout=settings.redis_timeout)
     core = Money(redis, settings, catalog.load(settings.catalog))
@@ -55,10 +61,15 @@ async def running_relay(
     relay = Relay(settings, SECRET, url, core, core.catalog)
     if drop_hook is not None:
         _drop_events(relay.fanout, drop_hook)
-    port = await relay.start("127.0.0.1", 0)
+    stop = asyncio.Event()
+    ending = asyncio.create_task(referee.run(core, stop)) if with_referee else None
     try:
+        port = await relay.start("127.0.0.1", port)
         yield RelayHandle(relay=relay, money=core, port=port)
     finally:
+        stop.set()
+        if ending is not None:
+            await ending
         await relay.shutdown()
         await core.aclose()
         await redis.aclose()

@@ -23,7 +23,6 @@ from playwright.async_api import expect
 from redis.asyncio import Redis
 from rich.console import Console
 
-from giftrelay import referee
 from giftrelay.client import Client, RelayError
 from giftrelay.embedded import RedisServer
 from giftrelay.money import keys
@@ -206,18 +205,14 @@ async def test_battle_scores_are_checked_against_the_gifts_the_viewers_received(
     ``giftrelay serve``; gifts before, through and just after it."""
     catalog = tmp_path / "catalog.toml"
     catalog.write_text(BATTLE_CATALOG)
-    stop = asyncio.Event()
-    async with running_relay(redis_server.url, catalog=str(catalog), **RELAY) as h:
-        judge = asyncio.create_task(referee.run(h.money, stop))
-        try:
-            status, output = await run_cli(
-                loadtest, "battle", "--url", h.ws, "--viewers", "20", "--gift-rate", "40",
-                "--battle-seconds", "10", "--processes", "2", "--out", str(tmp_path),
-                "--name", "battle",
-            )  # fmt: skip
-        finally:
-            stop.set()
-            await judge
+    async with running_relay(
+        redis_server.url, with_referee=True, catalog=str(catalog), **RELAY
+    ) as h:
+        status, output = await run_cli(
+            loadtest, "battle", "--url", h.ws, "--viewers", "20", "--gift-rate", "40",
+            "--battle-seconds", "10", "--processes", "2", "--out", str(tmp_path),
+            "--name", "battle",
+        )  # fmt: skip
     assert status == 0, output
     [json_path] = files(tmp_path, "battle-*.json")
     result = result_decoder.decode(json_path.read_bytes())

@@ -11,7 +11,6 @@ sleeps.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import math
@@ -26,14 +25,12 @@ import pytest
 from playwright.async_api import Browser, Locator, Page, expect
 from redis.asyncio import Redis
 
-from giftrelay import referee
 from giftrelay.auth import Role
 from giftrelay.config import Settings
 from giftrelay.embedded import RedisServer, free_port
 from giftrelay.money import catalog
 from giftrelay.money.api import Money
 from giftrelay.redis_client import connect as redis_connect
-from giftrelay.relay.server import Relay
 
 from .browser_helpers import (
     BACKDROP,
@@ -43,7 +40,7 @@ from .browser_helpers import (
     chromium,
     open_page,
 )
-from .relay_helpers import SECRET, Client, RelayHandle, token
+from .relay_helpers import Client, RelayHandle, running_relay, token
 
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)"
@@ -94,24 +91,10 @@ async def battle_relay(url: str, path: Path, port: int = 0) -> AsyncIterator[Rel
     """A relay worker over the Redis at ``url`` with the catalog at ``path``, and the
     referee that ends battles (as ``giftrelay serve`` runs them); ``port`` 0 for a free
     one, or a given one (a test stops it and starts another in its place)."""
-    settings = Settings.load(
-        {}, secret=SECRET, redis_url=url, catalog=str(path), combo_window_ms=1500, **FAST
-    )
-    redis = redis_connect(url, timeout=settings.redis_timeout)
-    core = Money(redis, settings, catalog.load(path))
-    await core.start()
-    relay = Relay(settings, SECRET, url, core, core.catalog)
-    stop = asyncio.Event()
-    ending = asyncio.create_task(referee.run(core, stop))
-    try:
-        port = await relay.start("127.0.0.1", port)
-        yield RelayHandle(relay=relay, money=core, port=port)
-    finally:
-        stop.set()
-        await ending
-        await relay.shutdown()
-        await core.aclose()
-        await redis.aclose()
+    async with running_relay(
+        url, with_referee=True, port=port, catalog=str(path), combo_window_ms=1500, **FAST
+    ) as handle:
+        yield handle
 
 
 async def setup_streams(money: Money) -> None:
