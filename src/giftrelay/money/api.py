@@ -33,6 +33,7 @@ from giftrelay.money.common import (
     now_ms,
     ok,
     priced,
+    shared,
 )
 from giftrelay.money.receipts import (
     GiftReceipt,
@@ -285,11 +286,7 @@ class Money(Streams, Battles):
         """On a cluster: the stream's creator ('' if none), and '' if it is live, else the
         refusal a new gift gets. A live stream is remembered for a second; the gifts that
         find it unknown meanwhile share one read (a burst would take a connection each)."""
-        reading = self._state_reads.get(stream)
-        if reading is None:
-            reading = self._state_reads[stream] = asyncio.ensure_future(self._read_state(stream))
-            reading.add_done_callback(lambda _: self._state_reads.pop(stream, None))
-        return await asyncio.shield(reading)
+        return await shared(self._state_reads, stream, lambda: self._read_state(stream))
 
     async def _read_state(self, stream: str) -> tuple[str, str]:
         creator, status = await guard(self.redis.hmget(keys.stream(stream), ["creator", "status"]))
@@ -466,11 +463,7 @@ class Money(Streams, Battles):
         (money.transfers); True if some could not move yet (a reconcile holds collects).
         Concurrent calls for one creator share one collect: a payout does not find the
         earnings gone while another's collect is still crediting them."""
-        running = self._collects.get(creator)
-        if running is None:
-            running = self._collects[creator] = asyncio.ensure_future(self._collect(creator))
-            running.add_done_callback(lambda _: self._collects.pop(creator, None))
-        return await asyncio.shield(running)
+        return await shared(self._collects, creator, lambda: self._collect(creator))
 
     async def _collect(self, creator: str) -> bool:
         assert self.steps is not None

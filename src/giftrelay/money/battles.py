@@ -62,6 +62,13 @@ class Stored(msgspec.Struct, frozen=True, kw_only=True):
     end_ms: int = 0
     result: str = ""
 
+    def unscored(self) -> list[BattleSide]:
+        """The two sides before any gift: as a start announces them, or a cancellation."""
+        return [
+            BattleSide(self.a, self.creator_a, 0, []),
+            BattleSide(self.b, self.creator_b, 0, []),
+        ]
+
 
 class Result(msgspec.Struct, frozen=True, kw_only=True):
     """A battle's result: its ledger entry (kind ``battle``), and the ``battle_end`` event's
@@ -200,8 +207,7 @@ class Battles:
         rules = self.catalog.battle
         start_event = msgspec.json.encode(
             {"kind": "battle_start", "ts": starts, "battle": battle,
-             "sides": [BattleSide(stored.a, stored.creator_a, 0, []),
-                       BattleSide(stored.b, stored.creator_b, 0, [])],
+             "sides": stored.unscored(),
              "starts_at": starts, "ends_at": ends, "boosts": rules.boosts(starts, ends)}
         ).decode()  # fmt: skip
         joined = await asyncio.gather(
@@ -235,8 +241,7 @@ class Battles:
         result is recorded."""
         cancelled = msgspec.json.encode(
             {"kind": "battle_end", "ts": self.clock(), "battle": battle,
-             "sides": [BattleSide(stored.a, stored.creator_a, 0, []),
-                       BattleSide(stored.b, stored.creator_b, 0, [])],
+             "sides": stored.unscored(),
              "winner": None, "starts_at": starts, "ends_at": ends, "cancelled": True}
         ).decode()  # fmt: skip
         await asyncio.gather(*(self._leave(s, battle, cancelled) for s in (stored.a, stored.b)))
@@ -253,10 +258,7 @@ class Battles:
         stored = await self._stored(battle)
         if stored is None or stored.status != "running":
             return None
-        a, b = await asyncio.gather(
-            self._score(stored.a, stored.creator_a, battle),
-            self._score(stored.b, stored.creator_b, battle),
-        )
+        a, b = await self._sides(battle, stored)
         if a is None or b is None:  # being ended right now: its battle_end is on its way
             return None
         return protocol.BattleState(
@@ -286,10 +288,7 @@ class Battles:
         if stored is not None and stored.status in ("running", "ended"):
             raw = stored.result
             if stored.status == "running":
-                a, b = await asyncio.gather(
-                    self._score(stored.a, stored.creator_a, battle),
-                    self._score(stored.b, stored.creator_b, battle),
-                )
+                a, b = await self._sides(battle, stored)
                 if a is None or b is None:  # a stream never joined (its accept died half-way)
                     await self._cancel(battle, stored, stored.start_ms, stored.end_ms)
                     return
@@ -356,6 +355,16 @@ class Battles:
         if not raw:
             return None
         return msgspec.convert(raw, Stored, strict=False)
+
+    async def _sides(
+        self, battle: str, stored: Stored
+    ) -> tuple[BattleSide | None, BattleSide | None]:
+        """Both sides, each from its stream's slot (:meth:`_score`)."""
+        a, b = await asyncio.gather(
+            self._score(stored.a, stored.creator_a, battle),
+            self._score(stored.b, stored.creator_b, battle),
+        )
+        return a, b
 
     async def _score(self, stream: str, creator: str, battle: str) -> BattleSide | None:
         """One side: its score and top contributors with their levels (the stream's slot,

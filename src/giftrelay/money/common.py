@@ -3,8 +3,9 @@ arguments before Redis sees them, and the reading of a script's reply."""
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable, Coroutine
 from fractions import Fraction
 from typing import Any, Protocol, TypeVar
 
@@ -108,6 +109,19 @@ async def guard(awaitable: Awaitable[T]) -> T:
         return await awaitable
     except REDIS_AWAY as exc:
         raise Unavailable() from exc
+
+
+def shared(
+    running: dict[str, asyncio.Future[T]], key: str, start: Callable[[], Coroutine[Any, Any, T]]
+) -> Awaitable[T]:
+    """The call under way for ``key`` in ``running``, or ``start()`` as a new one:
+    concurrent callers share one call (and its outcome), which leaves ``running`` when it
+    ends. Shielded: a caller cancelled does not cancel the others' call."""
+    future = running.get(key)
+    if future is None:
+        future = running[key] = asyncio.ensure_future(start())
+        future.add_done_callback(lambda _: running.pop(key, None))
+    return asyncio.shield(future)
 
 
 def check_ident(what: str, value: str) -> None:
