@@ -152,17 +152,6 @@ local function payer(key)
     {cool_log = true})
 end
 
--- The gifter level of `lifetime` coins spent: how many of the thresholds ('100,1000,...',
--- rising; the catalog's [levels]) it reached.
-local function level_of(lifetime, thresholds)
-  local level = 0
-  for t in string.gmatch(thresholds, '%d+') do
-    if lifetime < tonumber(t) then break end
-    level = level + 1
-  end
-  return level
-end
-
 -- The viewer's limits on a gift of `coins` at `now`: the daily cap, the cool-down, then
 -- the confirmation threshold. Returns (charge, nil), charge = {day, spent, cool_log,
 -- confirmed}, or (nil, refusal).
@@ -251,10 +240,18 @@ local function pay(wallet_key, spending_key, w, charge, creator, coins, now)
 end
 
 -- The gifter's level after a gift of `coins` (the wallet as payer read it), and whether
--- the gift took them past a threshold.
+-- the gift took them past a threshold: how many of the thresholds ('100,1000,...', rising;
+-- the catalog's [levels]) the coins spent in all reach, after the gift and before it, in
+-- one pass over them (this runs for every gift).
 local function levels(w, coins, thresholds)
-  local before = level_of(w.lifetime, thresholds)
-  local after = level_of(math.min(w.lifetime + coins, MAX_EXACT), thresholds)
+  local after_coins = math.min(w.lifetime + coins, MAX_EXACT)
+  local before, after = 0, 0
+  for t in string.gmatch(thresholds, '%d+') do
+    t = tonumber(t)
+    if after_coins < t then break end
+    after = after + 1
+    if w.lifetime >= t then before = before + 1 end
+  end
   return after, after > before
 end
 
