@@ -4,7 +4,6 @@ viewer counts, top gifters and a stream's state. A part of :class:`~giftrelay.mo
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 from collections.abc import Callable
 from fractions import Fraction
@@ -163,9 +162,10 @@ class Streams:
         """Each user's gifter level, from the coins they spent in all (their wallets)."""
         if not users:
             return {}
-        lifetimes = await guard(
-            asyncio.gather(*(self.redis.hget(keys.wallet(u), "lifetime") for u in users))
-        )
+        async with self.redis.pipeline(transaction=False) as pipe:  # one connection, not N
+            for u in users:
+                pipe.hget(keys.wallet(u), "lifetime")
+            lifetimes = await guard(pipe.execute())
         return {
             u: self.catalog.levels.level(int(t or 0)) for u, t in zip(users, lifetimes, strict=True)
         }
